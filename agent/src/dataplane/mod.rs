@@ -1,0 +1,25 @@
+//! The agent's side of the eBPF data plane: load the embedded object, attach its programs,
+//! pin them, and write their maps.
+//!
+//! Invariants:
+//! - the maps are the agent's only channel to the kernel programs;
+//! - every program link and map is pinned under the configured bpffs directory, so steering
+//!   keeps working while the agent is down, and a restarted agent swaps its fresh program
+//!   into the pinned link (one `BPF_LINK_UPDATE`, no window without a program) and reopens
+//!   the pinned maps with their contents.
+//!
+//! Pin layout: `<bpffs>/maps/<MAP NAME>` and `<bpffs>/links/connect4-<cgroup id>`. The cgroup
+//! id in the link's name ties a pin to the cgroup it steers, so pointing the agent at another
+//! cgroup root never adopts a link attached elsewhere.
+
+mod counters;
+mod loader;
+mod preflight;
+mod services;
+
+pub use counters::{CounterError, Counters};
+pub use loader::{Attachment, Dataplane, DataplaneConfig, LoadError, map_dir, unpin};
+pub use preflight::{
+    PreflightError, cgroup2_mount, check_bpffs, check_cgroup_root, check_program_types,
+};
+pub use services::{ServiceTable, ServiceTableError};

@@ -1,0 +1,10 @@
+//! `ferry-agent`: the privileged daemon on every server.
+//!
+//! # Layout
+//! - [`dataplane`]: load, attach and pin the eBPF programs; the typed API for their maps.
+//! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
+//! - [`daemon`]: the long-running process: start the data plane, then wait for a signal.
+
+pub mod daemon;
+pub mod dataplane;
+pub mod mesh;

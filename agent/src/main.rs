@@ -1,0 +1,203 @@
+//! The `ferry-agent` binary: argument parsing and error reporting around the library.
+
+use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+use ferry_agent::{
+    daemon,
+    dataplane::{self, Counters, DataplaneConfig, ServiceTable},
+};
+use ferry_ebpf_abi::Counter;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// ferry's per-server agent.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the data plane, then run until SIGINT or SIGTERM.
+    Run(Paths),
+    /// Check that this machine can run the data plane, and say what is missing.
+    Check(Paths),
+    /// Read or change the service addresses the kernel steers.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Print the data plane's event counters.
+    Counters(Pins),
+    /// Remove ferry's pinned programs and maps: steering stops.
+    Unpin(Pins),
+}
+
+#[derive(Subcommand)]
+enum ServiceCommand {
+    /// Steer connects to SERVICE round-robin over BACKENDS (none: refuse them).
+    Set {
+        #[command(flatten)]
+        pins: Pins,
+        /// The service address, e.g. 10.96.0.10:80.
+        service: SocketAddrV4,
+        /// Backend addresses, e.g. 10.66.1.2:3000.
+        backends: Vec<SocketAddrV4>,
+    },
+    /// Stop steering SERVICE.
+    Remove {
+        #[command(flatten)]
+        pins: Pins,
+        /// The service address.
+        service: SocketAddrV4,
+    },
+    /// List steered services and their backends.
+    List(Pins),
+}
+
+#[derive(Args)]
+struct Pins {
+    /// bpffs directory holding ferry's pinned programs and maps.
+    #[arg(long, default_value = "/sys/fs/bpf/ferry")]
+    bpffs: PathBuf,
+}
+
+#[derive(Args)]
+struct Paths {
+    #[command(flatten)]
+    pins: Pins,
+    /// cgroup v2 directory whose processes are steered (default: the cgroup2 mount).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+}
+
+impl Paths {
+    fn config(self) -> Result<DataplaneConfig> {
+        let cgroup_root = match self.cgroup_root {
+            Some(path) => path,
+            None => dataplane::cgroup2_mount()
+                .context("finding the cgroup2 mount in /proc/self/mounts")?
+                .context("no cgroup2 filesystem is mounted; mount one or pass --cgroup-root")?,
+        };
+        Ok(DataplaneConfig {
+            cgroup_root,
+            bpffs: self.pins.bpffs,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Command) -> Result<()> {
+    match command {
+        Command::Run(paths) => run(paths),
+        Command::Check(paths) => check(paths),
+        Command::Service(command) => service(command),
+        Command::Counters(pins) => counters(pins),
+        Command::Unpin(pins) => unpin(pins),
+    }
+}
+
+fn run(paths: Paths) -> Result<()> {
+    let config = paths.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        daemon::run(config, shutdown)
+            .await
+            .context("starting the data plane")
+    })
+}
+
+fn check(paths: Paths) -> Result<()> {
+    let config = paths.config()?;
+    dataplane::check_bpffs(&config.bpffs)?;
+    println!("ok: {} is on a bpf filesystem", config.bpffs.display());
+    dataplane::check_cgroup_root(&config.cgroup_root)?;
+    println!(
+        "ok: {} is a cgroup v2 directory",
+        config.cgroup_root.display()
+    );
+    dataplane::check_program_types()?;
+    println!("ok: the kernel loads cgroup sock_addr programs");
+    Ok(())
+}
+
+fn service(command: ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Set {
+            pins,
+            service,
+            backends,
+        } => {
+            let mut table = ServiceTable::open(&map_dir(&pins))?;
+            table.set(service, &backends)?;
+            println!("{service} -> {}", join(&backends));
+        }
+        ServiceCommand::Remove { pins, service } => {
+            ServiceTable::open(&map_dir(&pins))?.remove(service)?;
+            println!("{service} removed");
+        }
+        ServiceCommand::List(pins) => {
+            for (service, backends) in ServiceTable::open(&map_dir(&pins))?.list()? {
+                println!("{service} -> {}", join(&backends));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn counters(pins: Pins) -> Result<()> {
+    let counters = Counters::open(&map_dir(&pins))?;
+    for counter in Counter::ALL {
+        println!("{counter:?} {}", counters.get(counter)?);
+    }
+    Ok(())
+}
+
+fn unpin(pins: Pins) -> Result<()> {
+    dataplane::unpin(&pins.bpffs)
+        .with_context(|| format!("removing pins under {}", pins.bpffs.display()))?;
+    println!("removed ferry's pins under {}", pins.bpffs.display());
+    Ok(())
+}
+
+fn map_dir(pins: &Pins) -> PathBuf {
+    dataplane::map_dir(&pins.bpffs)
+}
+
+fn join(backends: &[SocketAddrV4]) -> String {
+    if backends.is_empty() {
+        return "(no backends: connects refused)".into();
+    }
+    backends
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

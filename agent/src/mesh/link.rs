@@ -1,0 +1,143 @@
+//! rtnetlink verbs: create links, bring them up, add addresses and routes.
+
+use std::{io, net::Ipv4Addr};
+
+use futures_util::TryStreamExt as _;
+use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+/// A failed rtnetlink request, naming what it was for.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("open an rtnetlink socket: {0}")]
+    Connect(#[source] io::Error),
+    #[error("no network link named {name}")]
+    NoSuchLink { name: String },
+    #[error("{action} on link {name}: {source}")]
+    Request {
+        action: &'static str,
+        name: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+/// An rtnetlink connection in the network namespace of the thread that opened it.
+pub struct Netlink {
+    handle: Handle,
+    connection: JoinHandle<()>,
+}
+
+const EEXIST: i32 = libc::EEXIST;
+
+impl Netlink {
+    /// Opens a connection; must run inside a tokio runtime.
+    pub fn connect() -> Result<Self, LinkError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(LinkError::Connect)?;
+        Ok(Self {
+            handle,
+            connection: tokio::spawn(connection),
+        })
+    }
+
+    /// The index of the link called `name`.
+    pub async fn index(&self, name: &str) -> Result<u32, LinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(link.header.index),
+            Ok(None) => Err(LinkError::NoSuchLink { name: name.into() }),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                Err(LinkError::NoSuchLink { name: name.into() })
+            }
+            Err(source) => Err(request("look up", name, source)),
+        }
+    }
+
+    /// Creates a WireGuard link called `name` unless it exists; returns its index.
+    pub async fn add_wireguard(&self, name: &str) -> Result<u32, LinkError> {
+        let result = self
+            .handle
+            .link()
+            .add(LinkWireguard::new(name).build())
+            .execute()
+            .await;
+        tolerate_exists(result).map_err(|source| request("create wireguard link", name, source))?;
+        self.index(name).await
+    }
+
+    /// Brings the link up.
+    pub async fn set_up(&self, name: &str) -> Result<(), LinkError> {
+        let index = self.index(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|source| request("set up", name, source))
+    }
+
+    /// Adds `addr/prefix` to the link; an address already present is fine.
+    pub async fn add_address(
+        &self,
+        name: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), LinkError> {
+        let index = self.index(name).await?;
+        let result = self
+            .handle
+            .address()
+            .add(index, addr.into(), prefix)
+            .execute()
+            .await;
+        tolerate_exists(result).map_err(|source| request("add address", name, source))
+    }
+
+    /// Routes `dest/prefix` through the link; a route already present is fine.
+    pub async fn add_route(&self, name: &str, dest: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+        let index = self.index(name).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, prefix)
+            .output_interface(index)
+            .build();
+        let result = self.handle.route().add(route).execute().await;
+        tolerate_exists(result).map_err(|source| request("add route", name, source))
+    }
+
+    /// Deletes the link.
+    pub async fn delete(&self, name: &str) -> Result<(), LinkError> {
+        let index = self.index(name).await?;
+        self.handle
+            .link()
+            .del(index)
+            .execute()
+            .await
+            .map_err(|source| request("delete", name, source))
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+fn tolerate_exists(result: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match result {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -EEXIST => Ok(()),
+        other => other,
+    }
+}
+
+fn request(action: &'static str, name: &str, source: rtnetlink::Error) -> LinkError {
+    LinkError::Request {
+        action,
+        name: name.into(),
+        source,
+    }
+}

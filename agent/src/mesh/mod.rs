@@ -1,0 +1,10 @@
+//! The encrypted container network between servers: a WireGuard link per server, one peer
+//! per other server, each peer's AllowedIPs its `/24` of ContainerNet.
+//!
+//! Two layers of verbs, as innernet has them: [`link`] speaks rtnetlink for links,
+//! addresses and routes; [`wireguard`] speaks WireGuard's own interface (generic netlink for
+//! the kernel module, the UAPI socket for wireguard-go) for keys and peers. Private keys are
+//! generated and kept on the server they belong to; only public keys travel.
+
+pub mod link;
+pub mod wireguard;
