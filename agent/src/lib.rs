@@ -1,10 +1,12 @@
 //! `ferry-agent`: the privileged daemon on every server.
 //!
 //! # Layout
+//! - [`containers`]: the Docker Engine the agent runs containers through.
 //! - [`dataplane`]: load, attach and pin the eBPF programs; the typed API for their maps.
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
 //! - [`daemon`]: the long-running process: start the data plane, then wait for a signal.
 
+pub mod containers;
 pub mod daemon;
 pub mod dataplane;
 pub mod mesh;

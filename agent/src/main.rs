@@ -5,6 +5,7 @@ use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ferry_agent::{
+    containers::Engine,
     daemon,
     dataplane::{self, Counters, DataplaneConfig, ServiceTable},
 };
@@ -24,7 +25,7 @@ enum Command {
     /// Load and attach the data plane, then run until SIGINT or SIGTERM.
     Run(Paths),
     /// Check that this machine can run the data plane, and say what is missing.
-    Check(Paths),
+    Check(CheckArgs),
     /// Read or change the service addresses the kernel steers.
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -54,6 +55,15 @@ enum ServiceCommand {
     },
     /// List steered services and their backends.
     List(Pins),
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    paths: Paths,
+    /// Also check that a Docker Engine answers on this unix socket.
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -134,8 +144,8 @@ fn run(paths: Paths) -> Result<()> {
     })
 }
 
-fn check(paths: Paths) -> Result<()> {
-    let config = paths.config()?;
+fn check(args: CheckArgs) -> Result<()> {
+    let config = args.paths.config()?;
     dataplane::check_bpffs(&config.bpffs)?;
     println!("ok: {} is on a bpf filesystem", config.bpffs.display());
     dataplane::check_cgroup_root(&config.cgroup_root)?;
@@ -145,6 +155,14 @@ fn check(paths: Paths) -> Result<()> {
     );
     dataplane::check_program_types()?;
     println!("ok: the kernel loads cgroup sock_addr programs");
+    if let Some(socket) = args.docker_socket {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?;
+        let engine = runtime.block_on(Engine::connect(&socket))?;
+        println!("ok: a Docker Engine answers at {}", engine.socket().display());
+    }
     Ok(())
 }
 

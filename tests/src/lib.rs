@@ -1,1 +1,27 @@
+//! Fixtures for ferry's privileged test tiers, and the programs those tiers run.
+//!
+//! # Layout
+//! - [`netns`]: a "server" is a network namespace with a veth to a test bridge, no route out.
+//! - [`cgroup`]: a "container" is a cgroup v2 directory plus the processes placed in it.
+//! - [`agent`]: the real `ferry-agent` binary, started, killed and restarted.
+//! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
+//! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
+//! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
+//!
+//! Every fixture removes what it made when dropped. None of them skips when it lacks a
+//! privilege: a privileged tier that cannot run fails and says why.
 
+pub mod agent;
+pub mod cgroup;
+pub mod docker;
+pub mod netns;
+pub mod node_image;
+pub mod probe;
+
+/// A name unique to this process and call, short enough for an interface name suffix.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}{n}", std::process::id() % 10_000)
+}

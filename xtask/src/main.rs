@@ -1,1 +1,62 @@
-fn main() {}
+//! `cargo xtask`: everything around the crates that cargo alone does not do.
+//!
+//! # Layout
+//! - `setup`: install and check what the build and the test tiers need.
+//! - `build_ebpf`: build the kernel programs the agent embeds.
+//! - `test`: the tiers (lint, unit, host, vm), alone or in order.
+//! - `vm`: the VM tier: a distribution kernel booted under QEMU.
+//! - `demo`: build, start the agent here, and show connect steering.
+//! - `mounts`: reading the mount table.
+//! - `process`: running external commands with their command line in every error.
+//! - `workspace`: paths of the workspace.
+
+mod build_ebpf;
+mod demo;
+mod mounts;
+mod process;
+mod setup;
+mod test;
+mod vm;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// ferry's developer tasks.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the packages, linker and mounts the build and the test tiers need (idempotent).
+    Setup(setup::Options),
+    /// Build the eBPF objects the agent embeds.
+    BuildEbpf(build_ebpf::Options),
+    /// Run the test tiers: lint, unit, host, vm (all of them, in order, by default).
+    Test(test::Options),
+    /// Run the VM tier alone: kernel WireGuard inside a QEMU guest.
+    Vm(vm::Options),
+    /// Build everything, start the agent on this machine and show connect steering.
+    Demo(demo::Options),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup(options) => setup::run(options),
+        Command::BuildEbpf(options) => build_ebpf::run(options),
+        Command::Test(options) => test::run(options),
+        Command::Vm(options) => vm::run(options),
+        Command::Demo(options) => demo::run(options),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

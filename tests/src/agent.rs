@@ -1,0 +1,137 @@
+//! The real `ferry-agent` binary as a child process.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use ferry_agent::daemon::READY_PREFIX;
+
+/// The agent binary: `FERRY_AGENT_BIN` (set by `cargo xtask test`), else the workspace's
+/// debug build.
+pub fn agent_binary() -> Result<PathBuf> {
+    let path = match std::env::var_os("FERRY_AGENT_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferry-agent"),
+    };
+    if !path.exists() {
+        bail!(
+            "no agent binary at {}; build it with `cargo build -p ferry-agent` or run the \
+             tier through `./x test host`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Where an agent attaches and pins.
+#[derive(Clone, Debug)]
+pub struct AgentPaths {
+    /// The cgroup root it steers.
+    pub cgroup_root: PathBuf,
+    /// Its bpffs directory.
+    pub bpffs: PathBuf,
+}
+
+/// A running agent. Dropping it kills the process; the pins stay (see [`Pins`]).
+pub struct Agent {
+    child: Child,
+    /// The line the agent printed when it became ready.
+    pub ready_line: String,
+}
+
+impl Agent {
+    /// Starts `ferry-agent run` and waits until it reports ready.
+    pub fn start(paths: &AgentPaths) -> Result<Self> {
+        let mut child = Command::new(agent_binary()?)
+            .arg("run")
+            .arg("--cgroup-root")
+            .arg(&paths.cgroup_root)
+            .arg("--bpffs")
+            .arg(&paths.bpffs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting ferry-agent")?;
+        let stdout = child.stdout.take().context("agent stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with(READY_PREFIX) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(ready_line) => Ok(Self { child, ready_line }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let mut stderr = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    let _ = err.read_to_string(&mut stderr);
+                }
+                bail!("ferry-agent did not become ready:\n{stderr}")
+            }
+        }
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill().context("killing ferry-agent")?;
+        self.child.wait().context("reaping ferry-agent")?;
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the agent binary with `args` to completion: (success, stdout, stderr).
+pub fn agent_command(args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(agent_binary()?)
+        .args(args)
+        .output()
+        .context("running ferry-agent")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// A bpffs directory whose pins are removed on drop, which detaches the programs.
+pub struct Pins {
+    path: PathBuf,
+}
+
+impl Pins {
+    /// `/sys/fs/bpf/<name>`, which must not exist yet.
+    pub fn new(name: &str) -> Result<Self> {
+        let path = Path::new("/sys/fs/bpf").join(name);
+        let _ = ferry_agent::dataplane::unpin(&path);
+        let _ = std::fs::remove_dir(&path);
+        Ok(Self { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = ferry_agent::dataplane::unpin(&self.path);
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}

@@ -1,0 +1,150 @@
+//! Network namespaces as servers, joined by a bridge in the host namespace.
+//!
+//! A test network is `10.250.N.0/24`: the bridge holds `.1`, servers `.2` and up. No
+//! namespace gets a default route, so nothing a test sends can leave the machine.
+
+use std::{
+    fs::File,
+    io,
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Runs `ip` with `args`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2); install it with `./x setup`")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A bridge in the host namespace that servers attach to.
+pub struct Network {
+    bridge: String,
+    subnet: u8,
+    next_host: u8,
+}
+
+impl Network {
+    /// Creates bridge `name` with `10.250.<subnet>.1/24`.
+    pub fn new(name: &str, subnet: u8) -> Result<Self> {
+        let _ = ip(&["link", "del", name]);
+        ip(&["link", "add", name, "type", "bridge"])?;
+        let network = Self {
+            bridge: name.into(),
+            subnet,
+            next_host: 2,
+        };
+        ip(&["addr", "add", &format!("10.250.{subnet}.1/24"), "dev", name])?;
+        ip(&["link", "set", name, "up"])?;
+        Ok(network)
+    }
+
+    /// Creates a server namespace attached to this bridge, with the next free address.
+    pub fn server(&mut self, name: &str) -> Result<Server> {
+        let addr = Ipv4Addr::new(10, 250, self.subnet, self.next_host);
+        self.next_host += 1;
+        Server::create(name, Some((&self.bridge, addr)))
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// A named network namespace (`/run/netns/<name>`).
+pub struct Server {
+    name: String,
+    netns: File,
+    addr: Option<Ipv4Addr>,
+}
+
+impl Server {
+    /// Creates a namespace with loopback up and, if `uplink` is given, a veth `eth0` whose
+    /// peer joins that bridge.
+    pub fn create(name: &str, uplink: Option<(&str, Ipv4Addr)>) -> Result<Self> {
+        let _ = ip(&["netns", "del", name]);
+        ip(&["netns", "add", name])?;
+        let path = PathBuf::from("/run/netns").join(name);
+        let netns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let server = Self {
+            name: name.into(),
+            netns,
+            addr: uplink.map(|(_, a)| a),
+        };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        if let Some((bridge, addr)) = uplink {
+            let host_end = format!("v{name}");
+            let host_end = &host_end[..host_end.len().min(15)];
+            ip(&["link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", name])?;
+            ip(&["link", "set", host_end, "master", bridge, "up"])?;
+            ip(&["-n", name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", name, "link", "set", "eth0", "up"])?;
+        }
+        Ok(server)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server's address on its test network, if it has one.
+    pub fn addr(&self) -> Option<Ipv4Addr> {
+        self.addr
+    }
+
+    /// Makes `cmd` run inside this namespace (as `nsenter --net` would: /sys is not
+    /// remounted, so a dockerd started this way still finds its cgroups).
+    pub fn enter(&self, cmd: &mut Command) {
+        let fd = self.netns.as_raw_fd();
+        // SAFETY: setns is async-signal-safe, and the fd stays open in the parent until
+        // spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it opens live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
+        let fd = self.netns.as_raw_fd();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: the fd is valid for the scope; setns affects this thread only.
+                    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error()).context("setns");
+                    }
+                    Ok(f())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread in netns {} panicked", self.name))?
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}

@@ -1,0 +1,204 @@
+//! Host tier: east-west steering by `cgroup/connect4` on this machine's kernel.
+//!
+//! Each test builds a server namespace with two TCP backends on its own address, a cgroup
+//! for "containers", and a real agent attached to that cgroup. The service address has no
+//! route in the namespace, so a connect that is not steered fails at once and nothing can
+//! leave the machine.
+
+use std::{net::SocketAddrV4, process::Command};
+
+use anyhow::Result;
+use ferry_agent::dataplane::ServiceTable;
+use ferry_tests::{
+    agent::{Agent, AgentPaths, Pins, agent_command},
+    cgroup::TestCgroup,
+    netns::{Network, Server},
+    probe::{Backend, Probe},
+    unique,
+};
+
+const SERVICE: &str = "10.96.0.10:80";
+
+struct Setup {
+    probe: Probe,
+    server: Server,
+    cgroup: TestCgroup,
+    pins: Pins,
+    backend_a: SocketAddrV4,
+    backend_b: SocketAddrV4,
+    _backends: Vec<Backend>,
+    _network: Network,
+}
+
+impl Setup {
+    fn new(subnet: u8) -> Result<Self> {
+        let tag = unique("fc");
+        let mut network = Network::new(&format!("fb{tag}"), subnet)?;
+        let server = network.server(&format!("fs{tag}"))?;
+        let ip = server.addr().expect("servers on a network have an address");
+        let probe = Probe::new(env!("CARGO_BIN_EXE_ferry-probe"));
+        let backend_a = SocketAddrV4::new(ip, 9001);
+        let backend_b = SocketAddrV4::new(ip, 9002);
+        let backends = vec![
+            probe.serve(backend_a, "A", |cmd| server.enter(cmd))?,
+            probe.serve(backend_b, "B", |cmd| server.enter(cmd))?,
+        ];
+        Ok(Self {
+            probe,
+            cgroup: TestCgroup::top_level(&format!("ferry-test-{tag}"))?,
+            pins: Pins::new(&format!("ferry-test-{tag}"))?,
+            server,
+            backend_a,
+            backend_b,
+            _backends: backends,
+            _network: network,
+        })
+    }
+
+    fn paths(&self) -> AgentPaths {
+        AgentPaths {
+            cgroup_root: self.cgroup.path().to_path_buf(),
+            bpffs: self.pins.path().to_path_buf(),
+        }
+    }
+
+    fn table(&self) -> Result<ServiceTable> {
+        Ok(ServiceTable::open(&ferry_agent::dataplane::map_dir(self.pins.path()))?)
+    }
+
+    /// Connects `count` times from a process in the namespace and in the test cgroup.
+    fn connect_inside(&self, addr: SocketAddrV4, count: usize) -> Result<Vec<String>> {
+        let mut placed = Ok(());
+        let answers = self.probe.connect(addr, count, |cmd: &mut Command| {
+            self.server.enter(cmd);
+            placed = self.cgroup.place(cmd);
+        })?;
+        placed?;
+        Ok(answers)
+    }
+
+    /// Connects `count` times from a process in the namespace but outside the cgroup.
+    fn connect_outside(&self, addr: SocketAddrV4, count: usize) -> Result<Vec<String>> {
+        self.probe.connect(addr, count, |cmd| self.server.enter(cmd))
+    }
+}
+
+fn service() -> SocketAddrV4 {
+    SERVICE.parse().expect("valid service address")
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn connects_in_the_cgroup_round_robin_over_backends_and_others_are_untouched() -> Result<()> {
+    let setup = Setup::new(11)?;
+    let agent = Agent::start(&setup.paths())?;
+    assert!(agent.ready_line.contains("attached"), "{}", agent.ready_line);
+    setup.table()?.set(service(), &[setup.backend_a, setup.backend_b])?;
+
+    let answers = setup.connect_inside(service(), 6)?;
+    assert_eq!(answers, strings(&["A", "B", "A", "B", "A", "B"]));
+
+    // Outside the cgroup the service address is just an address with no route.
+    let outside = setup.connect_outside(service(), 2)?;
+    assert!(
+        outside.iter().all(|a| a.contains("errno 101")),
+        "expected ENETUNREACH outside the cgroup, got {outside:?}"
+    );
+    // Inside the cgroup, a connect to a plain address is not rewritten.
+    assert_eq!(setup.connect_inside(setup.backend_b, 3)?, strings(&["B", "B", "B"]));
+    Ok(())
+}
+
+#[test]
+fn round_robin_is_even_over_many_connects_and_follows_backend_changes() -> Result<()> {
+    let setup = Setup::new(12)?;
+    let _agent = Agent::start(&setup.paths())?;
+    let mut table = setup.table()?;
+    table.set(service(), &[setup.backend_a, setup.backend_b])?;
+    let answers = setup.connect_inside(service(), 40)?;
+    let a = answers.iter().filter(|x| *x == "A").count();
+    let b = answers.iter().filter(|x| *x == "B").count();
+    assert_eq!((a, b), (20, 20), "{answers:?}");
+
+    table.set(service(), &[setup.backend_b])?;
+    assert_eq!(setup.connect_inside(service(), 3)?, strings(&["B", "B", "B"]));
+    assert_eq!(table.get(service())?, Some(vec![setup.backend_b]));
+
+    // A known service with no backend refuses at once instead of hanging.
+    table.set(service(), &[])?;
+    let refused = setup.connect_inside(service(), 1)?;
+    assert!(refused[0].contains("errno 1)"), "expected EPERM, got {refused:?}");
+
+    table.remove(service())?;
+    assert_eq!(table.get(service())?, None);
+    let unsteered = setup.connect_inside(service(), 1)?;
+    assert!(unsteered[0].contains("errno 101"), "{unsteered:?}");
+    Ok(())
+}
+
+#[test]
+fn steering_survives_an_agent_kill_and_the_restarted_agent_adopts_it() -> Result<()> {
+    let setup = Setup::new(13)?;
+    let agent = Agent::start(&setup.paths())?;
+    setup.table()?.set(service(), &[setup.backend_a, setup.backend_b])?;
+    assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
+
+    agent.kill()?;
+    // No agent at all: the pinned link and maps keep steering.
+    assert_eq!(setup.connect_inside(service(), 4)?, strings(&["A", "B", "A", "B"]));
+
+    let agent = Agent::start(&setup.paths())?;
+    assert!(agent.ready_line.contains("adopted"), "{}", agent.ready_line);
+    // The maps kept their contents, the cursor included.
+    assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
+    setup.table()?.set(service(), &[setup.backend_a])?;
+    assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "A"]));
+
+    // The adopted link is still the only one: one connect is counted once, not twice.
+    let (ok, out, err) = agent_command(&["counters", "--bpffs", &setup.pins.path().to_string_lossy()])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("Steered 10"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn bad_paths_are_refused_with_the_fix_and_nothing_is_pinned() -> Result<()> {
+    let pins = Pins::new(&unique("ferry-test-bad"))?;
+    let bpffs = pins.path().to_string_lossy().into_owned();
+
+    let (ok, _, err) = agent_command(&["run", "--cgroup-root", "/nonexistent/ferry", "--bpffs", &bpffs])?;
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/ferry") && err.contains("--cgroup-root"), "{err}");
+    assert!(!pins.path().exists(), "a refused start must not create pins");
+
+    let cgroup = TestCgroup::top_level(&unique("ferry-test-bad"))?;
+    let not_bpffs = std::env::temp_dir().join(unique("ferry-not-bpffs"));
+    let (ok, _, err) = agent_command(&[
+        "run",
+        "--cgroup-root",
+        &cgroup.path().to_string_lossy(),
+        "--bpffs",
+        &not_bpffs.to_string_lossy(),
+    ])?;
+    assert!(!ok);
+    assert!(err.contains("not on a bpf filesystem") && err.contains("mount -t bpf"), "{err}");
+    assert!(!not_bpffs.exists());
+
+    let (ok, _, err) = agent_command(&[
+        "run",
+        "--cgroup-root",
+        &std::env::temp_dir().to_string_lossy(),
+        "--bpffs",
+        &bpffs,
+    ])?;
+    assert!(!ok);
+    assert!(err.contains("not a cgroup v2 directory"), "{err}");
+
+    let (ok, _, err) = agent_command(&["service", "list", "--bpffs", &bpffs])?;
+    assert!(!ok);
+    assert!(err.contains("is the agent running"), "{err}");
+    Ok(())
+}

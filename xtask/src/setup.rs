@@ -1,0 +1,147 @@
+//! `setup`: install what the build and the tiers need, and check the kernel. Idempotent:
+//! each step first looks whether its work is already done.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::{build_ebpf, mounts, process, workspace};
+
+/// Options of `setup`.
+#[derive(Args, Default)]
+pub struct Options {}
+
+/// Distribution packages, grouped by why ferry needs them.
+const PACKAGES: &[(&str, &[&str])] = &[
+    (
+        "bpf-linker links the eBPF programs against LLVM 22",
+        &["llvm-22-dev", "libpolly-22-dev", "clang-22", "libzstd-dev", "zlib1g-dev"],
+    ),
+    (
+        "the host tier runs a real Docker Engine and builds a Node base image from the host's node",
+        &["docker.io", "nodejs", "busybox-static", "iproute2"],
+    ),
+    (
+        "the VM tier boots the distribution's kernel under QEMU with a busybox initramfs",
+        &["qemu-system-x86", "busybox-static", "kmod", "cpio", "xz-utils"],
+    ),
+    (
+        "the container network uses WireGuard, with wireguard-go where the kernel has none",
+        &["wireguard-go", "wireguard-tools"],
+    ),
+];
+
+const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Runs every setup step.
+pub fn run(_options: Options) -> Result<()> {
+    require_root()?;
+    install_packages()?;
+    install_bpf_linker()?;
+    mount_bpffs()?;
+    check_cgroup2()?;
+    check_kernel()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("setup installs packages and mounts bpffs, so it must run as root (try `sudo ./x setup`)");
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    process::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_ok_and(|status| status.ends_with("installed") && !status.contains("not-installed"))
+}
+
+fn install_packages() -> Result<()> {
+    let mut missing = Vec::new();
+    for (why, packages) in PACKAGES {
+        let absent: Vec<&str> = packages
+            .iter()
+            .copied()
+            .filter(|p| !installed(p) && !missing.contains(p))
+            .collect();
+        if !absent.is_empty() {
+            eprintln!("setup: installing {} because {why}", absent.join(" "));
+            missing.extend(absent);
+        }
+    }
+    if missing.is_empty() {
+        eprintln!("setup: distribution packages present");
+        return Ok(());
+    }
+    process::run(Command::new("apt-get").arg("update").arg("-q"))
+        .context("apt-get update failed; the distribution's package mirror must be reachable")?;
+    process::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .with_context(|| format!("installing {} failed", missing.join(" ")))
+}
+
+fn install_bpf_linker() -> Result<()> {
+    let current = process::output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if current.trim() == format!("bpf-linker {BPF_LINKER_VERSION}") {
+        eprintln!("setup: {} present", current.trim());
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (links the eBPF programs; a few minutes)"
+    );
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    process::run(
+        Command::new(workspace::cargo())
+            .env("PATH", path)
+            .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+    .context("building bpf-linker failed; is llvm-22-dev installed?")
+}
+
+fn mount_bpffs() -> Result<()> {
+    if mounts::is_mounted_at("/sys/fs/bpf", "bpf")? {
+        eprintln!("setup: bpffs mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf (the agent pins its programs and maps there)");
+    std::fs::create_dir_all("/sys/fs/bpf").context("creating /sys/fs/bpf")?;
+    process::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+        .context("mounting bpffs failed; the kernel needs CONFIG_BPF_SYSCALL")
+}
+
+fn check_cgroup2() -> Result<()> {
+    match mounts::first_of_type("cgroup2")? {
+        Some(at) => {
+            eprintln!("setup: cgroup v2 mounted at {}", at.display());
+            Ok(())
+        }
+        None => bail!(
+            "no cgroup v2 hierarchy is mounted; ferry keys its programs on cgroup v2 \
+             (mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`)"
+        ),
+    }
+}
+
+/// Checks the kernel features the programs use: BTF, and (by asking the agent, which
+/// probes with the same library that loads the programs) cgroup sock_addr programs.
+fn check_kernel() -> Result<()> {
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux); ferry needs CONFIG_DEBUG_INFO_BTF");
+    }
+    eprintln!("setup: kernel BTF present");
+    build_ebpf::run(build_ebpf::Options::default())?;
+    process::run(Command::new(workspace::cargo()).args(["build", "--package", "ferry-agent"]))?;
+    let agent = workspace::target_dir().join("debug/ferry-agent");
+    process::run(Command::new(agent).args(["check", "--bpffs", "/sys/fs/bpf/ferry"]))
+        .context("the kernel cannot run ferry's data plane (see the agent's message above)")
+}

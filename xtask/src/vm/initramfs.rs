@@ -1,0 +1,129 @@
+//! The guest's initramfs: busybox, the module closure (decompressed, in modprobe's order),
+//! and an init script that mounts the host root over 9p and runs the guest program in it.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::kernel::Kernel;
+use crate::process;
+
+const BUSYBOX: &str = "/bin/busybox";
+
+/// The line init prints before anything else; the KVM trial waits for it.
+pub const BOOTED: &str = "ferry-vm: booted";
+/// The prefix of the line that carries the guest program's exit code.
+pub const EXIT_PREFIX: &str = "ferry-vm-exit: ";
+
+/// Builds `<work>/initramfs.cpio` for `kernel` that runs `guest` and powers off.
+pub fn build(work: &Path, kernel: &Kernel, modules: &[&str], guest: &Path) -> Result<PathBuf> {
+    let staging = work.join("initramfs");
+    let _ = fs::remove_dir_all(&staging);
+    for dir in ["bin", "dev", "proc", "sys", "host", "modules"] {
+        fs::create_dir_all(staging.join(dir))
+            .with_context(|| format!("creating {}", staging.join(dir).display()))?;
+    }
+    let busybox = Path::new(BUSYBOX);
+    if !busybox.exists() {
+        bail!("{BUSYBOX} is missing; install busybox-static (`./x setup`)");
+    }
+    fs::copy(busybox, staging.join("bin/busybox")).context("copying busybox")?;
+
+    let order = module_closure(kernel, modules)?;
+    let mut names = Vec::new();
+    for (index, module) in order.iter().enumerate() {
+        let stem = module
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(|n| n.trim_end_matches(".xz").trim_end_matches(".ko"))
+            .with_context(|| format!("odd module path {}", module.display()))?;
+        let name = format!("{index:02}-{stem}.ko");
+        decompress(module, &staging.join("modules").join(&name))?;
+        names.push(name);
+    }
+    fs::write(staging.join("modules/order"), names.join("\n") + "\n")
+        .context("writing the module order")?;
+
+    let init = staging.join("init");
+    fs::write(&init, init_script(guest)).context("writing init")?;
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).context("chmod init")?;
+
+    let image = work.join("initramfs.cpio");
+    let out = fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?;
+    let mut cpio = Command::new("sh");
+    cpio.current_dir(&staging)
+        .args(["-c", "find . -print0 | cpio --null --create --format=newc --quiet"])
+        .stdout(Stdio::from(out));
+    process::run(&mut cpio).context("packing the initramfs; is cpio installed? (`./x setup`)")?;
+    Ok(image)
+}
+
+/// The modules to load, dependencies first, each once (modprobe repeats shared ones).
+fn module_closure(kernel: &Kernel, modules: &[&str]) -> Result<Vec<PathBuf>> {
+    let text = process::output(
+        Command::new("modprobe")
+            .arg("-d")
+            .arg(&kernel.root)
+            .args(["-S", &kernel.release, "--all", "--show-depends"])
+            .args(modules),
+    )
+    .context("resolving module dependencies; is kmod installed? (`./x setup`)")?;
+    let mut order: Vec<PathBuf> = Vec::new();
+    for line in text.lines() {
+        if let Some(path) = line.strip_prefix("insmod ") {
+            let path = PathBuf::from(path.trim());
+            if !order.contains(&path) {
+                order.push(path);
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn decompress(from: &Path, to: &Path) -> Result<()> {
+    if from.extension().is_some_and(|e| e == "xz") {
+        let out = fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
+        let mut xz = Command::new("xz");
+        xz.arg("-dc").arg(from).stdout(Stdio::from(out));
+        let status = xz.status().context("running xz; install xz-utils (`./x setup`)")?;
+        if !status.success() {
+            bail!("xz -dc {} failed: {status}", from.display());
+        }
+        Ok(())
+    } else {
+        fs::copy(from, to)
+            .map(drop)
+            .with_context(|| format!("copying {}", from.display()))
+    }
+}
+
+fn init_script(guest: &Path) -> String {
+    format!(
+        r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+echo "{BOOTED}"
+if grep -q ferry.trial=1 /proc/cmdline; then poweroff -f; fi
+for m in $(cat /modules/order); do
+  insmod /modules/$m || echo "ferry-vm: insmod $m failed"
+done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host || echo "ferry-vm: 9p mount failed"
+mount -t proc proc /host/proc
+mount -t sysfs sys /host/sys
+mount -t devtmpfs dev /host/dev
+mount -t tmpfs tmp /host/tmp
+mount -t tmpfs run /host/run
+chroot /host {guest}
+echo "{EXIT_PREFIX}$?"
+poweroff -f
+"#,
+        guest = guest.display()
+    )
+}
