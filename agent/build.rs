@@ -41,14 +41,14 @@ fn embed() -> Result<(), String> {
             )
         })?;
     for dir in &sources {
-        if let Some((path, changed)) = newest(dir) {
-            if changed > built {
-                return Err(format!(
-                    "the eBPF object {} is older than {}; run `./x build-ebpf` again",
-                    object.display(),
-                    path.display()
-                ));
-            }
+        if let Some((path, changed)) = newest(dir)
+            && changed > built
+        {
+            return Err(format!(
+                "the eBPF object {} is older than {}; run `./x build-ebpf` again",
+                object.display(),
+                path.display()
+            ));
         }
     }
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
@@ -67,10 +67,10 @@ fn newest(dir: &Path) -> Option<(PathBuf, SystemTime)> {
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
                 stack.push(path);
-            } else if let Ok(modified) = meta.modified() {
-                if best.as_ref().is_none_or(|(_, t)| modified > *t) {
-                    best = Some((path, modified));
-                }
+            } else if let Ok(modified) = meta.modified()
+                && best.as_ref().is_none_or(|(_, t)| modified > *t)
+            {
+                best = Some((path, modified));
             }
         }
     }

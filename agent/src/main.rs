@@ -161,7 +161,10 @@ fn check(args: CheckArgs) -> Result<()> {
             .build()
             .context("starting the tokio runtime")?;
         let engine = runtime.block_on(Engine::connect(&socket))?;
-        println!("ok: a Docker Engine answers at {}", engine.socket().display());
+        println!(
+            "ok: a Docker Engine answers at {}",
+            engine.socket().display()
+        );
     }
     Ok(())
 }

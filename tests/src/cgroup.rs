@@ -27,7 +27,8 @@ impl TestCgroup {
     /// Creates `<parent>/<name>`.
     pub fn new(parent: &Path, name: &str) -> Result<Self> {
         let path = parent.join(name);
-        std::fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
         Ok(Self { path })
     }
 

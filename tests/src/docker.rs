@@ -12,7 +12,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use bollard::{
     models::{ContainerCreateBody, HostConfig},
-    query_parameters::{CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder},
+    query_parameters::{
+        CreateContainerOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    },
 };
 use ferry_agent::containers::Engine;
 use futures_util::StreamExt as _;
@@ -47,7 +49,8 @@ impl DockerEngine {
         }
         let socket = run.join("docker.sock");
         let log = run.join("dockerd.log");
-        let log_file = fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = Command::new("dockerd");
         cmd.arg("--host")
             .arg(format!("unix://{}", socket.display()))
@@ -77,7 +80,10 @@ impl DockerEngine {
                 Ok(engine) => break engine,
                 Err(e) => {
                     if let Some(status) = child.try_wait()? {
-                        bail!("dockerd exited ({status}) before answering:\n{}", tail(&log));
+                        bail!(
+                            "dockerd exited ({status}) before answering:\n{}",
+                            tail(&log)
+                        );
                     }
                     if Instant::now() > deadline {
                         let _ = child.kill();
@@ -116,7 +122,10 @@ impl DockerEngine {
         let id = created.id;
         let result = self.start_and_collect(&id).await;
         let _ = docker
-            .remove_container(&id, Some(RemoveContainerOptionsBuilder::new().force(true).build()))
+            .remove_container(
+                &id,
+                Some(RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
             .await;
         result
     }
@@ -133,7 +142,10 @@ impl DockerEngine {
             Some(Err(e)) => return Err(e).with_context(|| format!("waiting for container {id}")),
             None => bail!("the wait stream of container {id} ended without a result"),
         };
-        let mut logs = docker.logs(id, Some(LogsOptionsBuilder::new().stdout(true).stderr(true).build()));
+        let mut logs = docker.logs(
+            id,
+            Some(LogsOptionsBuilder::new().stdout(true).stderr(true).build()),
+        );
         let mut output = String::new();
         while let Some(chunk) = logs.next().await {
             let chunk = chunk.with_context(|| format!("reading the logs of container {id}"))?;
@@ -154,7 +166,10 @@ impl Drop for DockerEngine {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        eprintln!("dockerd did not stop in 20s; killing it. Log:\n{}", tail(&self.log));
+        eprintln!(
+            "dockerd did not stop in 20s; killing it. Log:\n{}",
+            tail(&self.log)
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

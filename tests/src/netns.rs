@@ -4,13 +4,8 @@
 //! namespace gets a default route, so nothing a test sends can leave the machine.
 
 use std::{
-    fs::File,
-    io,
-    net::Ipv4Addr,
-    os::fd::AsRawFd as _,
-    os::unix::process::CommandExt as _,
-    path::PathBuf,
-    process::Command,
+    fs::File, io, net::Ipv4Addr, os::fd::AsRawFd as _, os::unix::process::CommandExt as _,
+    path::PathBuf, process::Command,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -91,9 +86,19 @@ impl Server {
         if let Some((bridge, addr)) = uplink {
             let host_end = format!("v{name}");
             let host_end = &host_end[..host_end.len().min(15)];
-            ip(&["link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", name])?;
+            ip(&[
+                "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", name,
+            ])?;
             ip(&["link", "set", host_end, "master", bridge, "up"])?;
-            ip(&["-n", name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                name,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", name, "link", "set", "eth0", "up"])?;
         }
         Ok(server)

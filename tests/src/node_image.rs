@@ -32,7 +32,11 @@ pub async fn ensure(engine: &DockerEngine) -> Result<String> {
         .repo(REPOSITORY)
         .tag(&version)
         .build();
-    let mut progress = docker.create_image(Some(options), Some(bollard::body_full(tarball.into())), None);
+    let mut progress = docker.create_image(
+        Some(options),
+        Some(bollard::body_full(tarball.into())),
+        None,
+    );
     while let Some(step) = progress.next().await {
         step.with_context(|| format!("importing {reference}"))?;
     }
@@ -48,7 +52,10 @@ fn node_version() -> Result<String> {
         .arg("--version")
         .output()
         .with_context(|| format!("running {NODE}; install nodejs with `./x setup`"))?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().trim_start_matches('v').to_string();
+    let version = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches('v')
+        .to_string();
     if version.is_empty() {
         bail!("{NODE} --version printed nothing");
     }
@@ -88,7 +95,8 @@ fn rootfs_tar() -> Result<Vec<u8>> {
     let text = b"root:x:0:0:root:/root:/bin/sh\n";
     passwd.set_size(text.len() as u64);
     passwd.set_mode(0o644);
-    tar.append_data(&mut passwd, "etc/passwd", &text[..]).context("adding /etc/passwd")?;
+    tar.append_data(&mut passwd, "etc/passwd", &text[..])
+        .context("adding /etc/passwd")?;
     tar.into_inner().context("finishing the image tarball")
 }
 
@@ -99,7 +107,11 @@ fn shared_libraries(binary: &Path) -> Result<BTreeSet<PathBuf>> {
         .output()
         .with_context(|| format!("running ldd {}", binary.display()))?;
     if !out.status.success() {
-        bail!("ldd {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ldd {} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()

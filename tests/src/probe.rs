@@ -35,7 +35,12 @@ impl Probe {
     }
 
     /// A command that serves `name` on `addr`; `prepare` may place it in a netns or cgroup.
-    pub fn serve(&self, addr: SocketAddrV4, name: &str, prepare: impl FnOnce(&mut Command)) -> Result<Backend> {
+    pub fn serve(
+        &self,
+        addr: SocketAddrV4,
+        name: &str,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Backend> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["serve", &addr.to_string(), name])
             .stdin(Stdio::null())
@@ -44,7 +49,9 @@ impl Probe {
         let mut child = cmd.spawn().context("starting ferry-probe serve")?;
         let stdout = child.stdout.take().context("probe stdout")?;
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).context("reading probe output")?;
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading probe output")?;
         if !line.starts_with("listening") {
             let _ = child.kill();
             bail!("ferry-probe serve {addr} did not start: {line:?}");
@@ -54,7 +61,12 @@ impl Probe {
 
     /// Connects `count` times to `addr`, one after another, and returns what each
     /// connection read (a backend's name) or `error: <reason>`.
-    pub fn connect(&self, addr: SocketAddrV4, count: usize, prepare: impl FnOnce(&mut Command)) -> Result<Vec<String>> {
+    pub fn connect(
+        &self,
+        addr: SocketAddrV4,
+        count: usize,
+        prepare: impl FnOnce(&mut Command),
+    ) -> Result<Vec<String>> {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["connect", &addr.to_string(), &count.to_string()])
             .stdin(Stdio::null());
@@ -66,6 +78,9 @@ impl Probe {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect())
     }
 }

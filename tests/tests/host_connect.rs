@@ -63,7 +63,9 @@ impl Setup {
     }
 
     fn table(&self) -> Result<ServiceTable> {
-        Ok(ServiceTable::open(&ferry_agent::dataplane::map_dir(self.pins.path()))?)
+        Ok(ServiceTable::open(&ferry_agent::dataplane::map_dir(
+            self.pins.path(),
+        ))?)
     }
 
     /// Connects `count` times from a process in the namespace and in the test cgroup.
@@ -79,7 +81,8 @@ impl Setup {
 
     /// Connects `count` times from a process in the namespace but outside the cgroup.
     fn connect_outside(&self, addr: SocketAddrV4, count: usize) -> Result<Vec<String>> {
-        self.probe.connect(addr, count, |cmd| self.server.enter(cmd))
+        self.probe
+            .connect(addr, count, |cmd| self.server.enter(cmd))
     }
 }
 
@@ -95,8 +98,14 @@ fn strings(items: &[&str]) -> Vec<String> {
 fn connects_in_the_cgroup_round_robin_over_backends_and_others_are_untouched() -> Result<()> {
     let setup = Setup::new(11)?;
     let agent = Agent::start(&setup.paths())?;
-    assert!(agent.ready_line.contains("attached"), "{}", agent.ready_line);
-    setup.table()?.set(service(), &[setup.backend_a, setup.backend_b])?;
+    assert!(
+        agent.ready_line.contains("attached"),
+        "{}",
+        agent.ready_line
+    );
+    setup
+        .table()?
+        .set(service(), &[setup.backend_a, setup.backend_b])?;
 
     let answers = setup.connect_inside(service(), 6)?;
     assert_eq!(answers, strings(&["A", "B", "A", "B", "A", "B"]));
@@ -108,7 +117,10 @@ fn connects_in_the_cgroup_round_robin_over_backends_and_others_are_untouched() -
         "expected ENETUNREACH outside the cgroup, got {outside:?}"
     );
     // Inside the cgroup, a connect to a plain address is not rewritten.
-    assert_eq!(setup.connect_inside(setup.backend_b, 3)?, strings(&["B", "B", "B"]));
+    assert_eq!(
+        setup.connect_inside(setup.backend_b, 3)?,
+        strings(&["B", "B", "B"])
+    );
     Ok(())
 }
 
@@ -124,13 +136,19 @@ fn round_robin_is_even_over_many_connects_and_follows_backend_changes() -> Resul
     assert_eq!((a, b), (20, 20), "{answers:?}");
 
     table.set(service(), &[setup.backend_b])?;
-    assert_eq!(setup.connect_inside(service(), 3)?, strings(&["B", "B", "B"]));
+    assert_eq!(
+        setup.connect_inside(service(), 3)?,
+        strings(&["B", "B", "B"])
+    );
     assert_eq!(table.get(service())?, Some(vec![setup.backend_b]));
 
     // A known service with no backend refuses at once instead of hanging.
     table.set(service(), &[])?;
     let refused = setup.connect_inside(service(), 1)?;
-    assert!(refused[0].contains("errno 1)"), "expected EPERM, got {refused:?}");
+    assert!(
+        refused[0].contains("errno 1)"),
+        "expected EPERM, got {refused:?}"
+    );
 
     table.remove(service())?;
     assert_eq!(table.get(service())?, None);
@@ -143,12 +161,17 @@ fn round_robin_is_even_over_many_connects_and_follows_backend_changes() -> Resul
 fn steering_survives_an_agent_kill_and_the_restarted_agent_adopts_it() -> Result<()> {
     let setup = Setup::new(13)?;
     let agent = Agent::start(&setup.paths())?;
-    setup.table()?.set(service(), &[setup.backend_a, setup.backend_b])?;
+    setup
+        .table()?
+        .set(service(), &[setup.backend_a, setup.backend_b])?;
     assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
 
     agent.kill()?;
     // No agent at all: the pinned link and maps keep steering.
-    assert_eq!(setup.connect_inside(service(), 4)?, strings(&["A", "B", "A", "B"]));
+    assert_eq!(
+        setup.connect_inside(service(), 4)?,
+        strings(&["A", "B", "A", "B"])
+    );
 
     let agent = Agent::start(&setup.paths())?;
     assert!(agent.ready_line.contains("adopted"), "{}", agent.ready_line);
@@ -158,7 +181,8 @@ fn steering_survives_an_agent_kill_and_the_restarted_agent_adopts_it() -> Result
     assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "A"]));
 
     // The adopted link is still the only one: one connect is counted once, not twice.
-    let (ok, out, err) = agent_command(&["counters", "--bpffs", &setup.pins.path().to_string_lossy()])?;
+    let (ok, out, err) =
+        agent_command(&["counters", "--bpffs", &setup.pins.path().to_string_lossy()])?;
     assert!(ok, "{err}");
     assert!(out.contains("Steered 10"), "{out}");
     Ok(())
@@ -169,10 +193,22 @@ fn bad_paths_are_refused_with_the_fix_and_nothing_is_pinned() -> Result<()> {
     let pins = Pins::new(&unique("ferry-test-bad"))?;
     let bpffs = pins.path().to_string_lossy().into_owned();
 
-    let (ok, _, err) = agent_command(&["run", "--cgroup-root", "/nonexistent/ferry", "--bpffs", &bpffs])?;
+    let (ok, _, err) = agent_command(&[
+        "run",
+        "--cgroup-root",
+        "/nonexistent/ferry",
+        "--bpffs",
+        &bpffs,
+    ])?;
     assert!(!ok);
-    assert!(err.contains("/nonexistent/ferry") && err.contains("--cgroup-root"), "{err}");
-    assert!(!pins.path().exists(), "a refused start must not create pins");
+    assert!(
+        err.contains("/nonexistent/ferry") && err.contains("--cgroup-root"),
+        "{err}"
+    );
+    assert!(
+        !pins.path().exists(),
+        "a refused start must not create pins"
+    );
 
     let cgroup = TestCgroup::top_level(&unique("ferry-test-bad"))?;
     let not_bpffs = std::env::temp_dir().join(unique("ferry-not-bpffs"));
@@ -184,7 +220,10 @@ fn bad_paths_are_refused_with_the_fix_and_nothing_is_pinned() -> Result<()> {
         &not_bpffs.to_string_lossy(),
     ])?;
     assert!(!ok);
-    assert!(err.contains("not on a bpf filesystem") && err.contains("mount -t bpf"), "{err}");
+    assert!(
+        err.contains("not on a bpf filesystem") && err.contains("mount -t bpf"),
+        "{err}"
+    );
     assert!(!not_bpffs.exists());
 
     let (ok, _, err) = agent_command(&[

@@ -10,7 +10,14 @@ async fn a_container_runs_node_and_its_output_comes_back() -> Result<()> {
     let engine = DockerEngine::start("ferry-host-tier", None).await?;
     let image = node_image::ensure(&engine).await?;
     let done = engine
-        .run_to_completion(&image, &["node", "-e", "console.log('ferry', 6 * 7, typeof require('node:net').connect)"])
+        .run_to_completion(
+            &image,
+            &[
+                "node",
+                "-e",
+                "console.log('ferry', 6 * 7, typeof require('node:net').connect)",
+            ],
+        )
         .await?;
     assert_eq!(done.exit_code, 0, "{}", done.output);
     assert_eq!(done.output.trim(), "ferry 42 function");
@@ -25,8 +32,13 @@ async fn a_container_runs_node_and_its_output_comes_back() -> Result<()> {
 #[tokio::test]
 async fn an_unreachable_docker_socket_is_named_with_the_fix() {
     let socket = std::path::Path::new("/run/ferry-test/no-such-engine.sock");
-    let err = Engine::connect(socket).await.expect_err("nothing listens there");
+    let err = Engine::connect(socket)
+        .await
+        .expect_err("nothing listens there");
     assert!(matches!(err, EngineError::NoSocket { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("/run/ferry-test/no-such-engine.sock") && text.contains("dockerd"), "{text}");
+    assert!(
+        text.contains("/run/ferry-test/no-such-engine.sock") && text.contains("dockerd"),
+        "{text}"
+    );
 }

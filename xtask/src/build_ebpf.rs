@@ -21,7 +21,11 @@ const TARGET: &str = "bpfel-unknown-none";
 
 /// Where the object lands; agent/build.rs reads the same path.
 pub fn object_path() -> PathBuf {
-    workspace::target_dir().join("ebpf").join(TARGET).join("release").join(PACKAGE)
+    workspace::target_dir()
+        .join("ebpf")
+        .join(TARGET)
+        .join("release")
+        .join(PACKAGE)
 }
 
 /// Builds the eBPF object.
@@ -29,23 +33,41 @@ pub fn run(_options: Options) -> Result<()> {
     check_linker()?;
     // rustc joins these with 0x1f; they reach only this build, not the host crates.
     let rustflags = ["-Cdebuginfo=2", "-Clink-arg=--btf", "-Ctarget-cpu=v3"].join("\x1f");
-    let target_dir = workspace::target_dir().join("ebpf");
     process::run(
-        Command::new(workspace::cargo())
-            .current_dir(workspace::root())
-            .env("RUSTC_BOOTSTRAP", "1")
+        bpf_cargo("build", "ebpf")
             .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-            .env_remove("RUSTFLAGS")
-            .args(["build", "--package", PACKAGE, "--release", "--target", TARGET])
-            .args(["-Z", "build-std=core", "--target-dir"])
-            .arg(&target_dir),
+            .arg("--release"),
     )?;
     let object = object_path();
     let size = std::fs::metadata(&object)
-        .with_context(|| format!("the build reported success but {} is missing", object.display()))?
+        .with_context(|| {
+            format!(
+                "the build reported success but {} is missing",
+                object.display()
+            )
+        })?
         .len();
     eprintln!("eBPF object: {} ({size} bytes)", object.display());
     Ok(())
+}
+
+/// Runs clippy on the kernel programs, for their own target.
+pub fn clippy() -> Result<()> {
+    process::run(bpf_cargo("clippy", "ebpf-clippy").args(["--", "-D", "warnings"]))
+}
+
+/// `cargo <subcommand>` of the kernel programs for the BPF target, in its own target dir.
+fn bpf_cargo(subcommand: &str, target_dir: &str) -> Command {
+    let mut cmd = Command::new(workspace::cargo());
+    cmd.current_dir(workspace::root())
+        // build-std needs unstable flags; this lets the pinned stable toolchain take them,
+        // for this build only.
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env_remove("RUSTFLAGS")
+        .args([subcommand, "--package", PACKAGE, "--target", TARGET])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(workspace::target_dir().join(target_dir));
+    cmd
 }
 
 fn check_linker() -> Result<()> {

@@ -102,7 +102,12 @@ impl Demo {
         println!("    {}", self.client(&example, true)?);
 
         say("kernel counters:");
-        process::run(Command::new(&self.agent_bin).arg("counters").arg("--bpffs").arg(&self.bpffs))?;
+        process::run(
+            Command::new(&self.agent_bin)
+                .arg("counters")
+                .arg("--bpffs")
+                .arg(&self.bpffs),
+        )?;
         Ok(())
     }
 
@@ -148,7 +153,11 @@ impl Demo {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = Command::new(&self.agent_bin).arg("unpin").arg("--bpffs").arg(&self.bpffs).output();
+        let _ = Command::new(&self.agent_bin)
+            .arg("unpin")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output();
         let _ = std::fs::remove_dir(&self.bpffs);
         let _ = std::fs::remove_dir(&self.cgroup);
     }

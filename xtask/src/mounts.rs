@@ -19,7 +19,10 @@ fn entries() -> Result<Vec<(PathBuf, String)>> {
 
 /// The first mount point of filesystem type `fstype`.
 pub fn first_of_type(fstype: &str) -> Result<Option<PathBuf>> {
-    Ok(entries()?.into_iter().find(|(_, t)| t == fstype).map(|(p, _)| p))
+    Ok(entries()?
+        .into_iter()
+        .find(|(_, t)| t == fstype)
+        .map(|(p, _)| p))
 }
 
 /// Whether a filesystem of type `fstype` is mounted exactly at `path`.

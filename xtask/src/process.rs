@@ -63,7 +63,9 @@ pub fn run_tee(cmd: &mut Command) -> Result<Vec<String>> {
             lines.push(l);
         }
     }
-    let status = child.wait().with_context(|| format!("waiting for `{line}`"))?;
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{line}`"))?;
     if !status.success() {
         bail!("`{line}` failed: {status}");
     }

@@ -16,7 +16,13 @@ pub struct Options {}
 const PACKAGES: &[(&str, &[&str])] = &[
     (
         "bpf-linker links the eBPF programs against LLVM 22",
-        &["llvm-22-dev", "libpolly-22-dev", "clang-22", "libzstd-dev", "zlib1g-dev"],
+        &[
+            "llvm-22-dev",
+            "libpolly-22-dev",
+            "clang-22",
+            "libzstd-dev",
+            "zlib1g-dev",
+        ],
     ),
     (
         "the host tier runs a real Docker Engine and builds a Node base image from the host's node",
@@ -24,7 +30,13 @@ const PACKAGES: &[(&str, &[&str])] = &[
     ),
     (
         "the VM tier boots the distribution's kernel under QEMU with a busybox initramfs",
-        &["qemu-system-x86", "busybox-static", "kmod", "cpio", "xz-utils"],
+        &[
+            "qemu-system-x86",
+            "busybox-static",
+            "kmod",
+            "cpio",
+            "xz-utils",
+        ],
     ),
     (
         "the container network uses WireGuard, with wireguard-go where the kernel has none",
@@ -50,7 +62,9 @@ pub fn run(_options: Options) -> Result<()> {
 fn require_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("setup installs packages and mounts bpffs, so it must run as root (try `sudo ./x setup`)");
+        bail!(
+            "setup installs packages and mounts bpffs, so it must run as root (try `sudo ./x setup`)"
+        );
     }
     Ok(())
 }
@@ -102,7 +116,13 @@ fn install_bpf_linker() -> Result<()> {
         Command::new(workspace::cargo())
             .env("PATH", path)
             .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
-            .args(["install", "bpf-linker", "--locked", "--version", BPF_LINKER_VERSION])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("building bpf-linker failed; is llvm-22-dev installed?")
@@ -136,7 +156,9 @@ fn check_cgroup2() -> Result<()> {
 /// probes with the same library that loads the programs) cgroup sock_addr programs.
 fn check_kernel() -> Result<()> {
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux); ferry needs CONFIG_DEBUG_INFO_BTF");
+        bail!(
+            "the kernel exposes no BTF (/sys/kernel/btf/vmlinux); ferry needs CONFIG_DEBUG_INFO_BTF"
+        );
     }
     eprintln!("setup: kernel BTF present");
     build_ebpf::run(build_ebpf::Options::default())?;

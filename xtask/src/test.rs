@@ -18,7 +18,8 @@ pub struct Options {
 /// The test tiers, in the order `test` runs them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Tier {
-    /// `cargo fmt --check` and `cargo clippy --all-targets -- -D warnings`.
+    /// `cargo fmt --check`, and clippy with `-D warnings` on the host crates and the
+    /// kernel programs.
     Lint,
     /// Unit tests: no privileges.
     Unit,
@@ -70,7 +71,8 @@ fn cargo() -> Command {
 
 fn lint() -> Result<()> {
     process::run(cargo().args(["fmt", "--all", "--check"]))?;
-    process::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))
+    process::run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    build_ebpf::clippy()
 }
 
 fn unit() -> Result<usize> {

@@ -82,8 +82,9 @@ pub enum LoadError {
     #[error("load the eBPF object (maps pinned under {map_dir}): {source}")]
     Object {
         map_dir: PathBuf,
+        // Boxed: EbpfError is large and this error travels up every start path.
         #[source]
-        source: EbpfError,
+        source: Box<EbpfError>,
     },
     #[error("the eBPF object has no program {name}; rebuild with `./x build-ebpf`")]
     MissingProgram { name: &'static str },
@@ -134,7 +135,10 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .load(OBJECT)
-            .map_err(|source| LoadError::Object { map_dir, source })?;
+            .map_err(|source| LoadError::Object {
+                map_dir,
+                source: Box::new(source),
+            })?;
         let logger = start_logger(&mut ebpf);
 
         let cgroup =

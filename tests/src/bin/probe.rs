@@ -14,7 +14,12 @@ use std::{
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve", addr, name] => serve(addr, name),
         ["connect", addr, count] => connect(addr, count),
         _ => Err("usage: ferry-probe serve ADDR NAME | connect ADDR COUNT".into()),
@@ -29,7 +34,8 @@ fn main() -> ExitCode {
 }
 
 fn parse(addr: &str) -> Result<SocketAddr, String> {
-    addr.parse().map_err(|e| format!("bad address {addr:?}: {e}"))
+    addr.parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))
 }
 
 fn serve(addr: &str, name: &str) -> Result<(), String> {
@@ -45,7 +51,9 @@ fn serve(addr: &str, name: &str) -> Result<(), String> {
 
 fn connect(addr: &str, count: &str) -> Result<(), String> {
     let addr = parse(addr)?;
-    let count: usize = count.parse().map_err(|e| format!("bad count {count:?}: {e}"))?;
+    let count: usize = count
+        .parse()
+        .map_err(|e| format!("bad count {count:?}: {e}"))?;
     for _ in 0..count {
         match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(stream) => {

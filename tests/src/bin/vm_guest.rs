@@ -50,17 +50,27 @@ fn main() -> ExitCode {
     };
     match build_sides() {
         Ok((a, b)) => {
-            report("wireguard links configured through netlink", configure(&a, &b));
+            report(
+                "wireguard links configured through netlink",
+                configure(&a, &b),
+            );
             report(
                 "traffic between the container subnets crosses the LAN encrypted",
                 encrypted_traffic(&a, &b),
             );
-            report("a peer with the wrong key gets nothing through", wrong_key(&a, &b));
+            report(
+                "a peer with the wrong key gets nothing through",
+                wrong_key(&a, &b),
+            );
         }
         Err(e) => report("two servers joined by veth", Err(e)),
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn build_sides() -> Result<(Side, Side)> {
@@ -80,11 +90,21 @@ fn build_sides() -> Result<(Side, Side)> {
         container: Ipv4Addr::new(10, 66, 2, 1),
         key: Key::generate_private(),
     };
-    ip(&["link", "add", a.lan_if, "type", "veth", "peer", "name", b.lan_if])?;
+    ip(&[
+        "link", "add", a.lan_if, "type", "veth", "peer", "name", b.lan_if,
+    ])?;
     for side in [&a, &b] {
         ip(&["link", "set", side.lan_if, "netns", side.server.name()])?;
         let n = side.server.name();
-        ip(&["-n", n, "addr", "add", &format!("{}/24", side.lan_addr), "dev", side.lan_if])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{}/24", side.lan_addr),
+            "dev",
+            side.lan_if,
+        ])?;
         ip(&["-n", n, "link", "set", side.lan_if, "up"])?;
     }
     Ok((a, b))
@@ -104,7 +124,9 @@ fn configure_side(me: &Side, peer: &Side, trusted: bool) -> Result<()> {
         subnet: (peer.subnet, 24),
     }];
     me.server.run(|| -> Result<()> {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         runtime.block_on(async {
             let netlink = Netlink::connect()?;
             netlink.add_wireguard("wg0").await?;
@@ -154,19 +176,36 @@ fn encrypted_traffic(a: &Side, b: &Side) -> Result<()> {
             stream.read_exact(&mut buf)?;
             Ok(buf)
         })??;
-        echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+        echo.join()
+            .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, Ordering::Relaxed);
-        let capture = sniffer.join().map_err(|_| anyhow::anyhow!("sniffer panicked"))???;
+        let capture = sniffer
+            .join()
+            .map_err(|_| anyhow::anyhow!("sniffer panicked"))???;
         Ok((capture, reply))
     })?;
     ensure!(reply == MARKER, "the echo came back altered: {reply:?}");
-    ensure!(capture.wireguard_frames > 0, "no WireGuard frame crossed the LAN: {capture:?}");
-    ensure!(capture.plaintext_frames == 0, "plaintext crossed the LAN: {capture:?}");
-    let stats = a.server.run(|| wireguard::peer_stats("wg0", Backend::Kernel))??;
+    ensure!(
+        capture.wireguard_frames > 0,
+        "no WireGuard frame crossed the LAN: {capture:?}"
+    );
+    ensure!(
+        capture.plaintext_frames == 0,
+        "plaintext crossed the LAN: {capture:?}"
+    );
+    let stats = a
+        .server
+        .run(|| wireguard::peer_stats("wg0", Backend::Kernel))??;
     let peer = stats.first().context("wg0 on srv-a has no peer")?;
-    ensure!(peer.last_handshake.is_some(), "no handshake recorded: {peer:?}");
-    ensure!(peer.tx_bytes > 0 && peer.rx_bytes > 0, "no bytes counted: {peer:?}");
+    ensure!(
+        peer.last_handshake.is_some(),
+        "no handshake recorded: {peer:?}"
+    );
+    ensure!(
+        peer.tx_bytes > 0 && peer.rx_bytes > 0,
+        "no bytes counted: {peer:?}"
+    );
     println!(
         "# {} frames on the LAN, {} WireGuard, 0 plaintext; peer tx {} B rx {} B",
         capture.frames, capture.wireguard_frames, peer.tx_bytes, peer.rx_bytes
@@ -195,7 +234,11 @@ fn sniff(interface: &str, stop: &AtomicBool) -> Result<Capture> {
     let protocol = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2) call.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
-    ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    ensure!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
     let result = (|| {
         let name = std::ffi::CString::new(interface)?;
         // SAFETY: name is NUL-terminated.
@@ -214,8 +257,15 @@ fn sniff(interface: &str, stop: &AtomicBool) -> Result<Capture> {
                 std::mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
-        ensure!(rc == 0, "bind to {interface}: {}", std::io::Error::last_os_error());
-        let timeout = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
+        ensure!(
+            rc == 0,
+            "bind to {interface}: {}",
+            std::io::Error::last_os_error()
+        );
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
         // SAFETY: timeout is a valid timeval.
         unsafe {
             libc::setsockopt(

@@ -57,7 +57,10 @@ pub fn build(work: &Path, kernel: &Kernel, modules: &[&str], guest: &Path) -> Re
     let out = fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?;
     let mut cpio = Command::new("sh");
     cpio.current_dir(&staging)
-        .args(["-c", "find . -print0 | cpio --null --create --format=newc --quiet"])
+        .args([
+            "-c",
+            "find . -print0 | cpio --null --create --format=newc --quiet",
+        ])
         .stdout(Stdio::from(out));
     process::run(&mut cpio).context("packing the initramfs; is cpio installed? (`./x setup`)")?;
     Ok(image)
@@ -90,7 +93,9 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
         let out = fs::File::create(to).with_context(|| format!("creating {}", to.display()))?;
         let mut xz = Command::new("xz");
         xz.arg("-dc").arg(from).stdout(Stdio::from(out));
-        let status = xz.status().context("running xz; install xz-utils (`./x setup`)")?;
+        let status = xz
+            .status()
+            .context("running xz; install xz-utils (`./x setup`)")?;
         if !status.success() {
             bail!("xz -dc {} failed: {status}", from.display());
         }

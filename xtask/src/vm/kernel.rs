@@ -70,17 +70,30 @@ fn resolve_package() -> Result<String> {
 /// Downloads the .deb into `work` unless it is there.
 fn download(work: &Path, package: &str) -> Result<PathBuf> {
     let find = || -> Option<PathBuf> {
-        std::fs::read_dir(work).ok()?.flatten().map(|e| e.path()).find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
-        })
+        std::fs::read_dir(work)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+            })
     };
     if let Some(deb) = find() {
         return Ok(deb);
     }
     eprintln!("vm: downloading {package} (cached in {})", work.display());
-    process::run(Command::new("apt-get").current_dir(work).args(["download", package]))
-        .context("apt-get download failed")?;
-    find().with_context(|| format!("apt-get download left no {package}_*.deb in {}", work.display()))
+    process::run(
+        Command::new("apt-get")
+            .current_dir(work)
+            .args(["download", package]),
+    )
+    .context("apt-get download failed")?;
+    find().with_context(|| {
+        format!(
+            "apt-get download left no {package}_*.deb in {}",
+            work.display()
+        )
+    })
 }

@@ -23,13 +23,7 @@ pub struct Options {
 }
 
 /// The modules the guest loads, with their dependencies resolved by modprobe.
-const MODULES: &[&str] = &[
-    "virtio_pci",
-    "9pnet_virtio",
-    "9p",
-    "veth",
-    "wireguard",
-];
+const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "wireguard"];
 
 /// Runs the VM tier alone.
 pub fn run(options: Options) -> Result<()> {
@@ -68,7 +62,13 @@ fn build_guest() -> Result<PathBuf> {
     process::run(
         Command::new(workspace::cargo())
             .current_dir(workspace::root())
-            .args(["build", "--package", "ferry-tests", "--bin", "ferry-vm-guest"]),
+            .args([
+                "build",
+                "--package",
+                "ferry-tests",
+                "--bin",
+                "ferry-vm-guest",
+            ]),
     )?;
     let path = workspace::target_dir().join("debug/ferry-vm-guest");
     let path = path

@@ -65,7 +65,14 @@ pub fn choose_accel(work: &Path, kernel: &Kernel, image: &Path) -> Result<Accel>
         }
     }
     let accel = if Path::new("/dev/kvm").exists() {
-        let trial = run_qemu(kernel, image, Accel::Kvm, "ferry.trial=1", Duration::from_secs(20), false);
+        let trial = run_qemu(
+            kernel,
+            image,
+            Accel::Kvm,
+            "ferry.trial=1",
+            Duration::from_secs(20),
+            false,
+        );
         match trial {
             Ok(run) if run.lines.iter().any(|l| l.contains(BOOTED)) => Accel::Kvm,
             _ => Accel::Tcg,
@@ -73,7 +80,10 @@ pub fn choose_accel(work: &Path, kernel: &Kernel, image: &Path) -> Result<Accel>
     } else {
         Accel::Tcg
     };
-    eprintln!("vm: using {accel:?} (trial boot decides; cached in {})", cache.display());
+    eprintln!(
+        "vm: using {accel:?} (trial boot decides; cached in {})",
+        cache.display()
+    );
     std::fs::write(&cache, if accel == Accel::Kvm { "kvm" } else { "tcg" })
         .with_context(|| format!("writing {}", cache.display()))?;
     Ok(accel)
@@ -93,29 +103,38 @@ fn run_qemu(
     echo: bool,
 ) -> Result<Run> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "q35", "-m", "1024", "-smp", "2", "-nodefaults", "-no-reboot"])
-        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-        .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
-        .arg("-kernel")
-        .arg(&kernel.vmlinuz)
-        .arg("-initrd")
-        .arg(image)
-        .args([
-            "-append",
-            &format!("console=ttyS0 panic=-1 loglevel=4 {extra_cmdline}"),
-            "-virtfs",
-            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "-machine",
+        "q35",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-nodefaults",
+        "-no-reboot",
+    ])
+    .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+    .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
+    .arg("-kernel")
+    .arg(&kernel.vmlinuz)
+    .arg("-initrd")
+    .arg(image)
+    .args([
+        "-append",
+        &format!("console=ttyS0 panic=-1 loglevel=4 {extra_cmdline}"),
+        "-virtfs",
+        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let line = process::describe(&cmd);
     if echo {
         eprintln!("+ {line}");
     }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting `{line}`; is qemu-system-x86 installed? (`./x setup`)"))?;
+    let mut child = cmd.spawn().with_context(|| {
+        format!("starting `{line}`; is qemu-system-x86 installed? (`./x setup`)")
+    })?;
     let (tx, rx) = mpsc::channel();
     if let Some(stdout) = child.stdout.take() {
         let tx = tx.clone();
@@ -160,7 +179,10 @@ fn run_qemu(
     }
     let _ = child.wait();
     if timed_out {
-        lines.push(format!("ferry-vm: guest killed after {}s", timeout.as_secs()));
+        lines.push(format!(
+            "ferry-vm: guest killed after {}s",
+            timeout.as_secs()
+        ));
     }
     Ok(Run { lines, exit_code })
 }
@@ -174,7 +196,11 @@ mod tests {
         assert_eq!(parse_counts("3 passed, 0 failed"), Some((3, 0)));
         assert_eq!(parse_counts("[  1.2] random kernel line"), None);
         let run = Run {
-            lines: vec!["ok 1 - x".into(), "1 passed, 1 failed".into(), "ferry-vm-exit: 1".into()],
+            lines: vec![
+                "ok 1 - x".into(),
+                "1 passed, 1 failed".into(),
+                "ferry-vm-exit: 1".into(),
+            ],
             exit_code: Some(1),
         };
         assert_eq!(run.counts(), (1, 1));
