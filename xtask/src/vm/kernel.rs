@@ -55,10 +55,18 @@ pub fn fetch(work: &Path) -> Result<Kernel> {
     })
 }
 
-/// Names the concrete kernel package, e.g. `linux-image-6.12.117+deb12-amd64`.
+/// Names the concrete kernel package, e.g. `linux-image-6.12.117+deb12-amd64`. Refreshes
+/// apt's lists once if they do not know the meta package yet (a fresh machine).
 fn resolve_package() -> Result<String> {
-    let depends = process::output(Command::new("apt-cache").args(["depends", META_PACKAGE]))
-        .context("asking apt for the 6.12 kernel; run `apt-get update` (or `./x setup`)")?;
+    let ask = || process::output(Command::new("apt-cache").args(["depends", META_PACKAGE]));
+    let depends = match ask() {
+        Ok(depends) => depends,
+        Err(_) => {
+            process::run(Command::new("apt-get").args(["update", "-q"]))
+                .context("apt-get update failed; the distribution's mirror must be reachable")?;
+            ask().context("apt knows no 6.12 kernel package even after apt-get update")?
+        }
+    };
     depends
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
