@@ -20,8 +20,20 @@ pub const BOOTED: &str = "ferry-vm: booted";
 /// The prefix of the line that carries the guest program's exit code.
 pub const EXIT_PREFIX: &str = "ferry-vm-exit: ";
 
+/// Host directories the guest covers with its own mounts (/run must be writable for
+/// `ip netns`); the guest program cannot live under them. /tmp is left as the host has it,
+/// since CI may clone the workspace there.
+const COVERED: [&str; 4] = ["/run", "/proc", "/sys", "/dev"];
+
 /// Builds `<work>/initramfs.cpio` for `kernel` that runs `guest` and powers off.
 pub fn build(work: &Path, kernel: &Kernel, modules: &[&str], guest: &Path) -> Result<PathBuf> {
+    if let Some(dir) = COVERED.iter().find(|d| guest.starts_with(d)) {
+        bail!(
+            "the guest program {} is under {dir}, which the guest mounts over; build the \
+             workspace elsewhere (or set CARGO_TARGET_DIR)",
+            guest.display()
+        );
+    }
     let staging = work.join("initramfs");
     let _ = fs::remove_dir_all(&staging);
     for dir in ["bin", "dev", "proc", "sys", "host", "modules"] {
@@ -123,7 +135,6 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host || e
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
-mount -t tmpfs tmp /host/tmp
 mount -t tmpfs run /host/run
 chroot /host {guest}
 echo "{EXIT_PREFIX}$?"
