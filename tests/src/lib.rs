@@ -7,6 +7,8 @@
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
+//! - [`sniff`]: what really crosses a link, from an AF_PACKET socket.
+//! - [`tunnel`]: two servers joined by WireGuard through the agent's mesh verbs.
 //!
 //! Every fixture removes what it made when dropped. None of them skips when it lacks a
 //! privilege: a privileged tier that cannot run fails and says why.
@@ -17,6 +19,8 @@ pub mod docker;
 pub mod netns;
 pub mod node_image;
 pub mod probe;
+pub mod sniff;
+pub mod tunnel;
 
 /// A name unique to this process and call, short enough for an interface name suffix.
 pub fn unique(prefix: &str) -> String {

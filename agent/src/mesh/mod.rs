@@ -4,7 +4,9 @@
 //! Two layers of verbs, as innernet has them: [`link`] speaks rtnetlink for links,
 //! addresses and routes; [`wireguard`] speaks WireGuard's own interface (generic netlink for
 //! the kernel module, the UAPI socket for wireguard-go) for keys and peers. Private keys are
-//! generated and kept on the server they belong to; only public keys travel.
+//! generated and kept on the server they belong to; only public keys travel. [`interface`]
+//! composes them: detect the backend, then bring one interface to its desired state.
 
+pub mod interface;
 pub mod link;
 pub mod wireguard;

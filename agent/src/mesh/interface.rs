@@ -1,0 +1,91 @@
+//! One server's WireGuard interface, brought to a desired state with the verbs below it,
+//! on the kernel module when the kernel has one and on wireguard-go when it does not.
+
+use std::net::Ipv4Addr;
+
+use tracing::{info, warn};
+
+use super::{
+    link::{LinkError, Netlink},
+    wireguard::{self, Backend, Key, Peer, WireguardError},
+};
+
+/// The desired state of this server's WireGuard interface.
+#[derive(Clone, Debug)]
+pub struct InterfaceConfig {
+    /// Interface name (at most 15 bytes).
+    pub name: String,
+    /// This server's private key; generated here and never sent anywhere.
+    pub private_key: Key,
+    /// UDP port WireGuard listens on.
+    pub listen_port: u16,
+    /// This server's address on the container network (its bridge gateway).
+    pub address: Ipv4Addr,
+    /// Every other server.
+    pub peers: Vec<Peer>,
+}
+
+/// A failed step of bringing the interface up.
+#[derive(Debug, thiserror::Error)]
+pub enum InterfaceError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Wireguard(#[from] WireguardError),
+}
+
+/// Which implementation this kernel allows: `Kernel` if a WireGuard link can be created
+/// (the kernel loads the module on demand), else `Userspace`.
+pub async fn detect_backend(netlink: &Netlink) -> Backend {
+    const PROBE: &str = "ferry-wgprobe";
+    match netlink.add_wireguard(PROBE).await {
+        Ok(_) => {
+            if let Err(e) = netlink.delete(PROBE).await {
+                warn!("removing the WireGuard probe link {PROBE}: {e}");
+            }
+            Backend::Kernel
+        }
+        Err(e) => {
+            info!("kernel WireGuard unavailable ({e}); falling back to wireguard-go");
+            Backend::Userspace
+        }
+    }
+}
+
+/// Brings the interface to `config`: link, keys and peers, address, up, a route per peer
+/// subnet. Idempotent, so the agent can re-apply its whole state after a restart.
+pub async fn apply(
+    netlink: &Netlink,
+    config: &InterfaceConfig,
+    backend: Backend,
+) -> Result<(), InterfaceError> {
+    if backend == Backend::Kernel {
+        netlink.add_wireguard(&config.name).await?;
+    }
+    // For wireguard-go this also starts the daemon, which creates the TUN link.
+    wireguard::configure(
+        &config.name,
+        &config.private_key,
+        config.listen_port,
+        &config.peers,
+        backend,
+    )?;
+    netlink
+        .add_address(&config.name, config.address, 32)
+        .await?;
+    netlink.set_up(&config.name).await?;
+    for peer in &config.peers {
+        netlink
+            .add_route(&config.name, peer.subnet.0, peer.subnet.1)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Removes the interface. wireguard-go notices its TUN link is gone and exits.
+pub async fn remove(netlink: &Netlink, name: &str) -> Result<(), InterfaceError> {
+    match netlink.delete(name).await {
+        Ok(()) | Err(LinkError::NoSuchLink { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,244 @@
+//! Two servers joined by WireGuard, as the agent's mesh verbs build them: each a network
+//! namespace with its own private key, a veth pair between them as their LAN, each one's
+//! container subnet reachable from the other only through the tunnel.
+//!
+//! The same scenario runs on kernel WireGuard (VM tier) and on wireguard-go (host tier).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use ferry_agent::mesh::{
+    interface::{self, InterfaceConfig},
+    link::Netlink,
+    wireguard::{self, Backend, Key, Peer},
+};
+
+use crate::{
+    netns::{Server, ip},
+    sniff,
+};
+
+const WG_PORT: u16 = 51820;
+const LAN_IF: &str = "lan";
+const MARKER: &[u8] = b"ferry-plaintext-marker-7f3a";
+
+/// One server of the pair.
+struct Side {
+    server: Server,
+    wg_name: String,
+    lan_addr: Ipv4Addr,
+    subnet: Ipv4Addr,
+    container: Ipv4Addr,
+    key: Key,
+}
+
+/// Two servers and the backend their tunnel runs on.
+pub struct Tunnel {
+    a: Side,
+    b: Side,
+    backend: Backend,
+}
+
+/// What the encrypted-traffic check saw.
+#[derive(Debug)]
+pub struct TrafficReport {
+    /// Frames captured on the LAN.
+    pub frames: usize,
+    /// Of those, WireGuard frames.
+    pub wireguard_frames: usize,
+    /// Bytes srv-a's peer counters recorded as sent.
+    pub tx_bytes: u64,
+}
+
+impl Tunnel {
+    /// Creates both namespaces and the veth LAN between them. `tag` keeps names (and
+    /// wireguard-go's sockets, which are not per namespace) apart from other tests.
+    pub fn new(tag: &str, backend: Backend) -> Result<Self> {
+        let side = |name: &str, host: u8| -> Result<Side> {
+            Ok(Side {
+                server: Server::create(&format!("{name}{tag}"), None)?,
+                wg_name: format!("wg{name}{tag}"),
+                lan_addr: Ipv4Addr::new(192, 168, 77, host),
+                subnet: Ipv4Addr::new(10, 66, host, 0),
+                container: Ipv4Addr::new(10, 66, host, 1),
+                key: Key::generate_private(),
+            })
+        };
+        let (a, b) = (side("a", 1)?, side("b", 2)?);
+        ip(&[
+            "-n",
+            a.server.name(),
+            "link",
+            "add",
+            LAN_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            LAN_IF,
+            "netns",
+            b.server.name(),
+        ])?;
+        for side in [&a, &b] {
+            let n = side.server.name();
+            ip(&[
+                "-n",
+                n,
+                "addr",
+                "add",
+                &format!("{}/24", side.lan_addr),
+                "dev",
+                LAN_IF,
+            ])?;
+            ip(&["-n", n, "link", "set", LAN_IF, "up"])?;
+        }
+        Ok(Self { a, b, backend })
+    }
+
+    /// Brings up both interfaces with each other as peers, twice on one side, since the
+    /// verbs must be idempotent.
+    pub fn configure(&self) -> Result<()> {
+        self.configure_side(&self.a, &self.b, true)?;
+        self.configure_side(&self.b, &self.a, true)?;
+        self.configure_side(&self.a, &self.b, true)
+    }
+
+    /// Sends a marker from a's container address to b's and back; captures b's LAN side
+    /// meanwhile. Fails unless the echo is intact, WireGuard frames crossed, no frame
+    /// carried the marker in the clear, and the peer counters moved.
+    pub fn check_encrypted(&self) -> Result<TrafficReport> {
+        let (a, b) = (&self.a, &self.b);
+        let stop = AtomicBool::new(false);
+        let (capture, reply) = std::thread::scope(|scope| -> Result<_> {
+            // Bound before any traffic, so the capture cannot miss the start.
+            let socket = b.server.run(|| sniff::PacketSocket::bind(LAN_IF))??;
+            let stop = &stop;
+            let sniffer = scope.spawn(move || sniff::capture(&socket, WG_PORT, MARKER, stop));
+            let listener = b.server.run(|| TcpListener::bind((b.container, 7000)))??;
+            let echo = scope.spawn(move || -> Result<()> {
+                let (mut stream, _) = listener.accept()?;
+                let mut buf = vec![0; MARKER.len()];
+                stream.read_exact(&mut buf)?;
+                stream.write_all(&buf)?;
+                Ok(())
+            });
+            let reply = a.server.run(|| -> Result<Vec<u8>> {
+                let target = SocketAddr::V4(SocketAddrV4::new(b.container, 7000));
+                let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
+                    .context("connecting through the tunnel")?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                stream.write_all(MARKER)?;
+                let mut buf = vec![0; MARKER.len()];
+                stream.read_exact(&mut buf)?;
+                Ok(buf)
+            })??;
+            echo.join().map_err(|_| anyhow!("echo thread panicked"))??;
+            // Let the last frames of the exchange reach the sniffer.
+            std::thread::sleep(Duration::from_millis(300));
+            stop.store(true, Ordering::Relaxed);
+            let capture = sniffer.join().map_err(|_| anyhow!("sniffer panicked"))?;
+            Ok((capture, reply))
+        })?;
+        ensure!(reply == MARKER, "the echo came back altered: {reply:?}");
+        ensure!(
+            capture.udp_port_frames > 0,
+            "no WireGuard frame crossed the LAN: {capture:?}"
+        );
+        ensure!(
+            capture.marker_frames == 0,
+            "plaintext crossed the LAN: {capture:?}"
+        );
+        let stats = a
+            .server
+            .run(|| wireguard::peer_stats(&a.wg_name, self.backend))??;
+        let peer = stats.first().context("srv-a's interface has no peer")?;
+        ensure!(
+            peer.last_handshake.is_some(),
+            "no handshake recorded: {peer:?}"
+        );
+        ensure!(
+            peer.tx_bytes > 0 && peer.rx_bytes > 0,
+            "no bytes counted: {peer:?}"
+        );
+        Ok(TrafficReport {
+            frames: capture.frames,
+            wireguard_frames: capture.udp_port_frames,
+            tx_bytes: peer.tx_bytes,
+        })
+    }
+
+    /// b trusts a stranger's key instead of a's: a's packets must not get through. The
+    /// trusted configuration is restored afterwards.
+    pub fn check_wrong_key(&self) -> Result<()> {
+        let (a, b) = (&self.a, &self.b);
+        self.configure_side(b, a, false)?;
+        let result = a.server.run(|| {
+            let target = SocketAddr::V4(SocketAddrV4::new(b.container, 7001));
+            TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        })?;
+        self.configure_side(b, a, true)?;
+        match result {
+            Ok(_) => bail!("a connection got through a peer with the wrong key"),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(()),
+            Err(e) => bail!("expected a timeout (packets dropped), got {e}"),
+        }
+    }
+
+    /// The backend the agent's detection picks inside srv-a.
+    pub fn detected_backend(&self) -> Result<Backend> {
+        Self::with_netlink(&self.a, async |netlink| {
+            Ok(interface::detect_backend(netlink).await)
+        })
+    }
+
+    /// Runs `f` with an rtnetlink connection inside `side`'s namespace.
+    fn with_netlink<T: Send>(
+        side: &Side,
+        f: impl AsyncFnOnce(&Netlink) -> Result<T> + Send,
+    ) -> Result<T> {
+        side.server.run(|| -> Result<T> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async { f(&Netlink::connect()?).await })
+        })?
+    }
+
+    fn configure_side(&self, me: &Side, peer: &Side, trusted: bool) -> Result<()> {
+        let public_key = if trusted {
+            peer.key.get_public()
+        } else {
+            Key::generate_private().get_public()
+        };
+        let config = InterfaceConfig {
+            name: me.wg_name.clone(),
+            private_key: me.key.clone(),
+            listen_port: WG_PORT,
+            address: me.container,
+            peers: vec![Peer {
+                public_key,
+                endpoint: SocketAddr::V4(SocketAddrV4::new(peer.lan_addr, WG_PORT)),
+                subnet: (peer.subnet, 24),
+            }],
+        };
+        Self::with_netlink(me, async |netlink| {
+            Ok(interface::apply(netlink, &config, self.backend).await?)
+        })
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        // wireguard-go keeps its namespace alive, so the link goes first: it exits with it.
+        for side in [&self.a, &self.b] {
+            let _ = Self::with_netlink(side, async |netlink| {
+                Ok(interface::remove(netlink, &side.wg_name).await?)
+            });
+        }
+    }
+}

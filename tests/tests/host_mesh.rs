@@ -1,0 +1,35 @@
+//! Host tier: the WireGuard mesh verbs on wireguard-go, the fallback for kernels without
+//! the WireGuard module (this machine's kernel has none; the VM tier covers the module).
+
+use std::path::Path;
+
+use anyhow::Result;
+use ferry_agent::mesh::wireguard::Backend;
+use ferry_tests::{tunnel::Tunnel, unique};
+
+#[test]
+fn the_agent_falls_back_to_wireguard_go_exactly_when_the_kernel_has_no_module() -> Result<()> {
+    let tunnel = Tunnel::new(&unique("d"), Backend::Userspace)?;
+    let detected = tunnel.detected_backend()?;
+    // Creating a wireguard link loads the module when the kernel has it.
+    let expected = if Path::new("/sys/module/wireguard").exists() {
+        Backend::Kernel
+    } else {
+        Backend::Userspace
+    };
+    assert_eq!(detected, expected);
+    Ok(())
+}
+
+#[test]
+fn wireguard_go_carries_traffic_encrypted_and_refuses_a_wrong_key() -> Result<()> {
+    let tunnel = Tunnel::new(&unique("u"), Backend::Userspace)?;
+    tunnel.configure()?;
+    let report = tunnel.check_encrypted()?;
+    assert!(
+        report.wireguard_frames > 0 && report.tx_bytes > 0,
+        "{report:?}"
+    );
+    tunnel.check_wrong_key()?;
+    Ok(())
+}
