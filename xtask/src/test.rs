@@ -21,7 +21,7 @@ enum Tier {
     /// `cargo fmt --check`, and clippy with `-D warnings` on the host crates and the
     /// kernel programs.
     Lint,
-    /// Unit tests: no privileges.
+    /// Unit and integration tests that need no privileges.
     Unit,
     /// Privileged tests on this machine's kernel: eBPF, cgroups, namespaces, Docker.
     Host,
@@ -78,8 +78,24 @@ fn lint() -> Result<()> {
     build_ebpf::clippy()
 }
 
+/// Every test of every host crate, except the privileged tiers' integration tests, which
+/// live in ferry-tests (its own unit tests run here too).
 fn unit() -> Result<usize> {
-    let lines = process::run_tee(cargo().args(["test", "--lib", "--bins"]))?;
+    let mut lines = process::run_tee(cargo().args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "ferry-ebpf",
+        "--exclude",
+        "ferry-tests",
+    ]))?;
+    lines.extend(process::run_tee(cargo().args([
+        "test",
+        "--package",
+        "ferry-tests",
+        "--lib",
+        "--bins",
+    ]))?);
     require_tests("unit", &lines)
 }
 
