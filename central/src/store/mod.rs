@@ -1,0 +1,156 @@
+//! Central's state: a revisioned key-value model, etcd's.
+//!
+//! Invariants:
+//! - one global revision; every committed transaction bumps it by exactly one, and it never
+//!   goes backwards, across restarts included;
+//! - each key carries the revision that created it and the one that last changed it;
+//! - every change is logged under its revision, so a watcher that saw revision R resumes
+//!   with exactly the changes after R: none lost, none repeated. Compaction drops old log
+//!   entries; a watcher asking for a compacted revision is told to list again.
+//!
+//! [`Store`] is the seam for backends. [`sqlite::SqliteStore`] is the embedded one (one
+//! file, WAL, synced on every commit); an etcd backend can follow behind the same trait.
+
+pub mod sqlite;
+mod watch;
+
+pub use watch::{Watch, WatchError};
+
+/// A revision of the whole store.
+pub type Revision = u64;
+
+/// A key and its value as of some revision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision that created the key (since its last deletion).
+    pub create_revision: Revision,
+    /// The revision of its last change.
+    pub mod_revision: Revision,
+}
+
+/// One change, as a watcher sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The revision of the transaction that made the change.
+    pub revision: Revision,
+    /// The key changed.
+    pub key: String,
+    /// The new value, or None for a deletion.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A condition a transaction checks before it applies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Compare {
+    /// The key's modification revision equals this (0: the key does not exist).
+    ModRevision(String, Revision),
+}
+
+/// A write inside a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Set a key.
+    Put(String, Vec<u8>),
+    /// Remove a key (a no-op if absent).
+    Delete(String),
+}
+
+/// What a transaction did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Every compare held; the writes are committed at this revision.
+    Committed(Revision),
+    /// A compare failed; nothing was written. The store's revision at the time.
+    Failed(Revision),
+}
+
+/// Errors from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("open the store at {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {op}: {source}")]
+    Sql {
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "revision {requested} has been compacted (oldest kept: {oldest}); list again and watch from the revision the list returns"
+    )]
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
+    #[error("key {key:?} is not valid: {why}")]
+    BadKey { key: String, why: &'static str },
+    #[error("a value of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+}
+
+/// The operations every backend offers.
+pub trait Store: Send + Sync + 'static {
+    /// The current revision.
+    fn revision(&self) -> Result<Revision, StoreError>;
+    /// One key, if present.
+    fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Every key starting with `prefix`, in key order, and the revision they are as of.
+    fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError>;
+    /// Applies `ops` atomically, at one new revision, if every compare holds.
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError>;
+    /// The changes after `after` to keys starting with `prefix`, oldest first, at most
+    /// `limit` of them.
+    fn changes(
+        &self,
+        prefix: &str,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+    /// Forgets the change log up to and including `upto`.
+    fn compact(&self, upto: Revision) -> Result<(), StoreError>;
+    /// A receiver that is told the revision of every commit.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
+
+    /// Sets one key; returns the new revision.
+    fn put(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {
+        match self.txn(&[], &[Op::Put(key.into(), value.into())])? {
+            TxnOutcome::Committed(rev) | TxnOutcome::Failed(rev) => Ok(rev),
+        }
+    }
+}
+
+/// Longest key accepted.
+pub const MAX_KEY: usize = 1024;
+/// Largest value accepted.
+pub const MAX_VALUE: usize = 1 << 20;
+
+/// Checks a key and value against the limits every backend enforces.
+pub fn check_write(op: &Op) -> Result<(), StoreError> {
+    let (key, value) = match op {
+        Op::Put(key, value) => (key, Some(value)),
+        Op::Delete(key) => (key, None),
+    };
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(StoreError::BadKey {
+            key: key.chars().take(64).collect(),
+            why: "keys are 1 to 1024 bytes",
+        });
+    }
+    if let Some(value) = value
+        && value.len() > MAX_VALUE
+    {
+        return Err(StoreError::TooLarge {
+            size: value.len(),
+            limit: MAX_VALUE,
+        });
+    }
+    Ok(())
+}

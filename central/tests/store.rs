@@ -1,0 +1,233 @@
+//! The revisioned store on its real SQLite file: revisions, transactions, the change log,
+//! watches that resume without loss or repetition, and durability across a SIGKILL.
+
+use std::{collections::BTreeSet, process::Command, sync::Arc, time::Duration};
+
+use ferry_central::store::{
+    Compare, Event, Op, Store, StoreError, TxnOutcome, Watch, sqlite::SqliteStore,
+};
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(&dir.path().join("central.db")).expect("open store")
+}
+
+#[test]
+fn every_write_bumps_one_revision_and_keys_remember_theirs() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    assert_eq!(store.revision()?, 0);
+    assert_eq!(store.put("stacks/shop", b"v1")?, 1);
+    assert_eq!(store.put("stacks/blog", b"v1")?, 2);
+    assert_eq!(store.put("stacks/shop", b"v2")?, 3);
+    let shop = store.get("stacks/shop")?.expect("present");
+    assert_eq!(
+        (
+            shop.value.as_slice(),
+            shop.create_revision,
+            shop.mod_revision
+        ),
+        (&b"v2"[..], 1, 3)
+    );
+
+    let (all, at) = store.list("stacks/")?;
+    assert_eq!(at, 3);
+    assert_eq!(
+        all.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
+        ["stacks/blog", "stacks/shop"]
+    );
+    assert!(store.list("stacks/x")?.0.is_empty());
+
+    // A multi-key transaction is one revision.
+    let outcome = store.txn(
+        &[],
+        &[
+            Op::Put("a".into(), b"1".to_vec()),
+            Op::Delete("stacks/blog".into()),
+        ],
+    )?;
+    assert_eq!(outcome, TxnOutcome::Committed(4));
+    assert_eq!(store.get("stacks/blog")?, None);
+    // Deleting what is not there changes nothing, so no revision is spent.
+    assert_eq!(
+        store.txn(&[], &[Op::Delete("nothing".into())])?,
+        TxnOutcome::Committed(4)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_failed_compare_writes_nothing() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    store.put("serving/shop", b"1")?;
+    let stale = Compare::ModRevision("serving/shop".into(), 0);
+    let write = [
+        Op::Put("serving/shop".into(), b"2".to_vec()),
+        Op::Put("other".into(), b"x".to_vec()),
+    ];
+    assert_eq!(store.txn(&[stale], &write)?, TxnOutcome::Failed(1));
+    assert_eq!(store.get("serving/shop")?.expect("kept").value, b"1");
+    assert_eq!(store.get("other")?, None);
+    assert_eq!(store.revision()?, 1);
+    let fresh = Compare::ModRevision("serving/shop".into(), 1);
+    assert_eq!(store.txn(&[fresh], &write)?, TxnOutcome::Committed(2));
+    Ok(())
+}
+
+#[test]
+fn bad_writes_are_refused_and_change_nothing() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let err = store.put("", b"x").unwrap_err();
+    assert!(matches!(err, StoreError::BadKey { .. }), "{err}");
+    let err = store
+        .put("big", &vec![0; ferry_central::store::MAX_VALUE + 1])
+        .unwrap_err();
+    assert!(err.to_string().contains("over the limit"), "{err}");
+    assert_eq!(store.revision()?, 0);
+    Ok(())
+}
+
+#[test]
+fn the_revision_and_state_survive_a_reopen() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open(&dir);
+        store.put("k", b"v")?;
+        store.put("k", b"w")?;
+    }
+    let store = open(&dir);
+    assert_eq!(store.revision()?, 2);
+    assert_eq!(store.get("k")?.expect("kept").value, b"w");
+    assert_eq!(store.put("k", b"x")?, 3);
+    Ok(())
+}
+
+#[test]
+fn changes_are_filtered_by_prefix_and_a_batch_never_splits_a_revision() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    store.put("servers/a", b"1")?; // 1
+    store.txn(
+        &[],
+        &[
+            Op::Put("servers/b".into(), b"1".to_vec()),
+            Op::Put("servers/c".into(), b"1".to_vec()),
+            Op::Put("stacks/x".into(), b"1".to_vec()),
+        ],
+    )?; // 2
+    store.put("servers/a", b"2")?; // 3
+    let batch = store.changes("servers/", 0, 2)?;
+    // The limit of 2 falls inside revision 2, which comes whole.
+    assert_eq!(
+        batch
+            .iter()
+            .map(|e| (e.revision, e.key.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "servers/a"), (2, "servers/b"), (2, "servers/c")]
+    );
+    let rest = store.changes("servers/", 2, 2)?;
+    assert_eq!(
+        rest,
+        vec![Event {
+            revision: 3,
+            key: "servers/a".into(),
+            value: Some(b"2".to_vec())
+        }]
+    );
+
+    store.compact(2)?;
+    let err = store.changes("servers/", 1, 10).unwrap_err();
+    assert!(err.to_string().contains("list again"), "{err}");
+    assert_eq!(store.changes("servers/", 2, 10)?.len(), 1);
+    assert_eq!(store.revision()?, 3, "compaction never lowers the revision");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_change_once_across_a_reconnect()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(open(&dir));
+    let writer = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            for i in 0..300 {
+                store.put(&format!("containers/{}", i % 7), format!("{i}").as_bytes())?;
+                store.put("unrelated", b"x")?;
+            }
+            Ok(())
+        })
+    };
+    let mut seen = Vec::new();
+    let mut watch = Watch::new(store.clone(), "containers/", 0);
+    while seen.len() < 150 {
+        seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
+    }
+    // The client goes away and comes back with the revision it had reached.
+    let resume_at = watch.revision();
+    drop(watch);
+    let mut watch = Watch::new(store.clone(), "containers/", resume_at);
+    while seen.len() < 300 {
+        seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
+    }
+    writer.await??;
+    let values: Vec<String> = seen
+        .iter()
+        .map(|e| String::from_utf8_lossy(e.value.as_deref().unwrap_or_default()).into_owned())
+        .collect();
+    let expected: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    assert_eq!(values, expected, "every change, in order, once");
+    let revisions: BTreeSet<u64> = seen.iter().map(|e| e.revision).collect();
+    assert_eq!(revisions.len(), 300);
+    Ok(())
+}
+
+/// The child process of `an_acknowledged_write_survives_sigkill`: writes until killed,
+/// printing each acknowledged revision. Not a test of its own.
+#[test]
+#[ignore = "run only as the child of an_acknowledged_write_survives_sigkill"]
+fn durability_writer_child() -> Result<(), Box<dyn std::error::Error>> {
+    let path = std::env::var("FERRY_STORE_CHILD")?;
+    let store = SqliteStore::open(std::path::Path::new(&path))?;
+    for i in 0.. {
+        let rev = store.put(&format!("k/{}", i % 10), format!("{i}").as_bytes())?;
+        println!("acked {rev}");
+    }
+    Ok(())
+}
+
+#[test]
+fn an_acknowledged_write_survives_sigkill() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("central.db");
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "durability_writer_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FERRY_STORE_CHILD", &path)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    child.kill()?; // SIGKILL: no destructor, no orderly close
+    let output = child.wait_with_output()?;
+    let acked = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("acked ")?.trim().parse::<u64>().ok())
+        .max()
+        .ok_or("the writer acknowledged nothing")?;
+    let store = SqliteStore::open(&path)?;
+    let revision = store.revision()?;
+    // Every acknowledged write is there; at most the one in flight beyond it.
+    assert!(
+        revision == acked || revision == acked + 1,
+        "acked {acked}, found {revision}"
+    );
+    let (keys, _) = store.list("k/")?;
+    assert!(!keys.is_empty());
+    Ok(())
+}
