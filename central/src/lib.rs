@@ -4,5 +4,7 @@
 //! - [`servicefile`]: reading a stack's `service.yml` (Cloud 66's format) into typed
 //!   services, with every problem located by file, line and column.
 //! - [`store`]: the revisioned key-value state (etcd's model) and its SQLite backend.
+//! - [`state`]: central's typed records on the store: servers and their subnets.
 pub mod servicefile;
+pub mod state;
 pub mod store;

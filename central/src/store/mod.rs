@@ -94,6 +94,8 @@ pub enum StoreError {
     BadKey { key: String, why: &'static str },
     #[error("a value of {size} bytes is over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("{what} kept losing races with concurrent writers; try again")]
+    Contended { what: &'static str },
 }
 
 /// The operations every backend offers.

@@ -1,0 +1,11 @@
+//! Central's typed state on top of the [`store`](crate::store): what lives under which
+//! key, and the rules that keep it consistent.
+//!
+//! Key layout (values are JSON):
+//! - `servers/<name>`: a [`Server`], with its ContainerNet subnet;
+//! - `subnets/<index>`: the name of the server holding `10.66.<index>.0/24`, so a subnet is
+//!   taken by creating a key that must not exist: two servers can never get the same one.
+
+mod servers;
+
+pub use servers::{ContainerNet, Server, ServerError, Servers};

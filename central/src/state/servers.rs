@@ -1,0 +1,191 @@
+//! Servers and their ContainerNet subnets: one `/24` each, never handed out twice,
+//! released when the server is removed.
+
+use std::{net::Ipv4Addr, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Compare, Op, Store, StoreError, TxnOutcome};
+
+/// The container network: a `/16` cut into one `/24` per server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContainerNet {
+    /// The network address, e.g. 10.66.0.0.
+    pub base: Ipv4Addr,
+}
+
+impl Default for ContainerNet {
+    fn default() -> Self {
+        Self {
+            base: Ipv4Addr::new(10, 66, 0, 0),
+        }
+    }
+}
+
+impl ContainerNet {
+    /// The `/24` with third octet `index`.
+    pub fn subnet(&self, index: u8) -> Ipv4Addr {
+        let [a, b, _, _] = self.base.octets();
+        Ipv4Addr::new(a, b, index, 0)
+    }
+}
+
+/// A server as central knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    /// Unique name.
+    pub name: String,
+    /// Third octet of its `/24`.
+    pub subnet_index: u8,
+    /// Its WireGuard public key (base64); the private key never leaves the server.
+    pub wireguard_public_key: String,
+}
+
+/// Errors from server bookkeeping.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a server named {name:?} is already registered; remove it first or pick another name")]
+    Exists { name: String },
+    #[error("no server named {name:?}")]
+    Unknown { name: String },
+    #[error("{name:?} is not a valid server name: use 1 to 63 lower-case letters, digits and '-'")]
+    BadName { name: String },
+    #[error(
+        "every subnet of the container network is taken ({max} servers); remove a server first"
+    )]
+    Exhausted { max: usize },
+    #[error("the record at {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Server registration over a store.
+pub struct Servers<S: Store> {
+    store: Arc<S>,
+    net: ContainerNet,
+}
+
+/// Subnet indexes handed out: 1 to 254 (0 and 255 stay free for central's own use).
+const INDEXES: std::ops::RangeInclusive<u8> = 1..=254;
+/// How often a registration retries after losing a race for a subnet.
+const ATTEMPTS: usize = 16;
+
+impl<S: Store> Servers<S> {
+    /// Server bookkeeping on `store` for the container network `net`.
+    pub fn new(store: Arc<S>, net: ContainerNet) -> Self {
+        Self { store, net }
+    }
+
+    /// The `/24` of a server.
+    pub fn subnet_of(&self, server: &Server) -> (Ipv4Addr, u8) {
+        (self.net.subnet(server.subnet_index), 24)
+    }
+
+    /// Registers a server and gives it the lowest free subnet, atomically.
+    pub fn register(&self, name: &str, wireguard_public_key: &str) -> Result<Server, ServerError> {
+        check_name(name)?;
+        let server_key = format!("servers/{name}");
+        for _ in 0..ATTEMPTS {
+            if self.store.get(&server_key)?.is_some() {
+                return Err(ServerError::Exists { name: name.into() });
+            }
+            let (taken, _) = self.store.list("subnets/")?;
+            let taken: Vec<u8> = taken
+                .iter()
+                .filter_map(|kv| kv.key.strip_prefix("subnets/")?.parse().ok())
+                .collect();
+            let index =
+                INDEXES
+                    .clone()
+                    .find(|i| !taken.contains(i))
+                    .ok_or(ServerError::Exhausted {
+                        max: INDEXES.count(),
+                    })?;
+            let server = Server {
+                name: name.into(),
+                subnet_index: index,
+                wireguard_public_key: wireguard_public_key.into(),
+            };
+            let subnet_key = format!("subnets/{index}");
+            let record = serde_json::to_vec(&server).map_err(|source| ServerError::Corrupt {
+                key: server_key.clone(),
+                source,
+            })?;
+            // Both keys must be absent: the name is new and the subnet is free.
+            let outcome = self.store.txn(
+                &[
+                    Compare::ModRevision(server_key.clone(), 0),
+                    Compare::ModRevision(subnet_key.clone(), 0),
+                ],
+                &[
+                    Op::Put(subnet_key, name.as_bytes().to_vec()),
+                    Op::Put(server_key.clone(), record),
+                ],
+            )?;
+            if let TxnOutcome::Committed(_) = outcome {
+                return Ok(server);
+            }
+        }
+        // Every attempt lost a race: other registrations are taking subnets as fast as we
+        // look. Say so rather than spin.
+        Err(ServerError::Store(StoreError::Contended {
+            what: "subnet allocation",
+        }))
+    }
+
+    /// Removes a server and releases its subnet, atomically.
+    pub fn remove(&self, name: &str) -> Result<Server, ServerError> {
+        let server = self.get(name)?;
+        self.store.txn(
+            &[],
+            &[
+                Op::Delete(format!("servers/{name}")),
+                Op::Delete(format!("subnets/{}", server.subnet_index)),
+            ],
+        )?;
+        Ok(server)
+    }
+
+    /// One server.
+    pub fn get(&self, name: &str) -> Result<Server, ServerError> {
+        let key = format!("servers/{name}");
+        let kv = self
+            .store
+            .get(&key)?
+            .ok_or_else(|| ServerError::Unknown { name: name.into() })?;
+        serde_json::from_slice(&kv.value).map_err(|source| ServerError::Corrupt { key, source })
+    }
+
+    /// Every server, by name.
+    pub fn list(&self) -> Result<Vec<Server>, ServerError> {
+        let (records, _) = self.store.list("servers/")?;
+        records
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|source| ServerError::Corrupt {
+                    key: kv.key,
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ServerError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ServerError::BadName { name: name.into() })
+    }
+}
