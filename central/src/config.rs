@@ -1,0 +1,93 @@
+//! `central.toml`: what the operator chose at `init`. Config is kept apart from state
+//! (`state.db`): the one is edited by people, the other only by central.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    net::SocketAddr,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// Name of the config file in the data directory.
+pub const FILE: &str = "central.toml";
+
+/// Central's configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Version of this file's format.
+    pub version: u32,
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// The URL agents and the CLI use to reach central (`https://host:port`).
+    pub url: String,
+}
+
+/// Errors reading or writing the config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a valid central config: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path} has format version {found}; this ferry-central reads version 1")]
+    Version { path: PathBuf, found: u32 },
+}
+
+impl Config {
+    /// Reads `<data_dir>/central.toml`.
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        let path = data_dir.join(FILE);
+        let text = fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.clone(),
+            source,
+        })?;
+        if config.version != 1 {
+            return Err(ConfigError::Version {
+                path,
+                found: config.version,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Writes `<data_dir>/central.toml`, which must not exist yet.
+    pub fn create(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Io {
+            path: data_dir.join(FILE),
+            source: io::Error::other(e),
+        })?;
+        write_new(&data_dir.join(FILE), text.as_bytes(), 0o600)
+    }
+}
+
+/// Creates `path` with `mode`, failing if it exists.
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
+    let io_error = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_error)?;
+    file.write_all(contents).map_err(io_error)?;
+    file.sync_all().map_err(io_error)
+}
