@@ -2,9 +2,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use ferry_central::init;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// ferry's control plane.
 #[derive(Parser)]
@@ -27,6 +28,15 @@ enum Command {
         /// Address the API listens on.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
+    },
+    /// Serve the API until SIGINT or SIGTERM.
+    Serve {
+        /// The data directory `init` made.
+        #[arg(long, default_value = "/var/lib/ferry-central")]
+        data_dir: PathBuf,
+        /// Listen here instead of the configured address.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
 }
 
@@ -65,5 +75,33 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Serve { data_dir, listen } => serve(&data_dir, listen),
     }
+}
+
+fn serve(data_dir: &std::path::Path, listen: Option<SocketAddr>) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let running = ferry_central::serve::start(data_dir, listen)
+            .await
+            .with_context(|| format!("starting central from {}", data_dir.display()))?;
+        println!("ferry-central listening on {}", running.local_addr());
+        let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        drop(running);
+        Ok(())
+    })
 }

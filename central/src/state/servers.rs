@@ -88,6 +88,17 @@ impl<S: Store> Servers<S> {
 
     /// Registers a server and gives it the lowest free subnet, atomically.
     pub fn register(&self, name: &str, wireguard_public_key: &str) -> Result<Server, ServerError> {
+        self.register_with(name, wireguard_public_key, Vec::new())
+    }
+
+    /// [`register`](Self::register), with `extra` writes committed in the same transaction
+    /// (the server's credential, for one).
+    pub fn register_with(
+        &self,
+        name: &str,
+        wireguard_public_key: &str,
+        extra: Vec<Op>,
+    ) -> Result<Server, ServerError> {
         check_name(name)?;
         let server_key = format!("servers/{name}");
         for _ in 0..ATTEMPTS {
@@ -123,9 +134,13 @@ impl<S: Store> Servers<S> {
                     Compare::ModRevision(subnet_key.clone(), 0),
                 ],
                 &[
-                    Op::Put(subnet_key, name.as_bytes().to_vec()),
-                    Op::Put(server_key.clone(), record),
-                ],
+                    vec![
+                        Op::Put(subnet_key, name.as_bytes().to_vec()),
+                        Op::Put(server_key.clone(), record),
+                    ],
+                    extra.clone(),
+                ]
+                .concat(),
             )?;
             if let TxnOutcome::Committed(_) = outcome {
                 return Ok(server);
@@ -140,14 +155,21 @@ impl<S: Store> Servers<S> {
 
     /// Removes a server and releases its subnet, atomically.
     pub fn remove(&self, name: &str) -> Result<Server, ServerError> {
+        self.remove_with(name, Vec::new())
+    }
+
+    /// [`remove`](Self::remove), with `extra` writes in the same transaction.
+    pub fn remove_with(&self, name: &str, extra: Vec<Op>) -> Result<Server, ServerError> {
         let server = self.get(name)?;
-        self.store.txn(
-            &[],
-            &[
+        let ops = [
+            vec![
                 Op::Delete(format!("servers/{name}")),
                 Op::Delete(format!("subnets/{}", server.subnet_index)),
             ],
-        )?;
+            extra,
+        ]
+        .concat();
+        self.store.txn(&[], &ops)?;
         Ok(server)
     }
 

@@ -1,0 +1,83 @@
+//! Who is calling: the bearer token, looked up by its hash.
+
+use std::sync::Arc;
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+
+use super::{ApiError, AppState};
+use crate::{
+    store::Store as _,
+    tokens::{self, Role},
+};
+
+/// The caller's role, from its token.
+pub struct Caller(pub Role);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or(ApiError::NoToken)?;
+        let record = state
+            .store
+            .get(&tokens::key(token))?
+            .ok_or(ApiError::BadToken)?;
+        let role = serde_json::from_slice(&record.value).map_err(|_| ApiError::BadToken)?;
+        Ok(Caller(role))
+    }
+}
+
+impl Caller {
+    /// Only the admin.
+    pub fn admin(&self, action: &str) -> Result<(), ApiError> {
+        match self.0 {
+            Role::Admin => Ok(()),
+            _ => Err(forbidden(action)),
+        }
+    }
+
+    /// Reads of `prefix`: the admin anything; an agent what its server needs (the other
+    /// servers, for the mesh; its own desired state; DNS records).
+    pub fn may_read(&self, prefix: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Role::Admin => Ok(()),
+            Role::Agent { server } => {
+                let own = format!("desired/{server}/");
+                let allowed = prefix.starts_with("servers/")
+                    || prefix.starts_with("records/")
+                    || prefix.starts_with(&own);
+                if allowed {
+                    Ok(())
+                } else {
+                    Err(forbidden(&format!(
+                        "read {prefix:?} (agents read servers/, records/ and {own})"
+                    )))
+                }
+            }
+            Role::Join => Err(forbidden(&format!(
+                "read {prefix:?} (a join token only joins)"
+            ))),
+        }
+    }
+}
+
+pub fn forbidden(action: &str) -> ApiError {
+    ApiError::Forbidden {
+        action: action.into(),
+    }
+}
+
+/// Whether `token` is an agent token for some server; used to revoke on removal.
+pub fn agent_token_key(server: &str) -> String {
+    format!("auth/agents/{server}")
+}

@@ -1,0 +1,57 @@
+//! API errors as the client sees them: a status and a JSON body saying what was wrong and
+//! what to do.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::{state::ServerError, store::StoreError};
+
+/// An error a handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or malformed Authorization header; send `Authorization: Bearer <token>`")]
+    NoToken,
+    #[error("unknown token; use the token ferry-central init printed, or the agent's own")]
+    BadToken,
+    #[error("this token may not {action}")]
+    Forbidden { action: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NoToken | Self::BadToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Server(ServerError::Exists { .. }) => StatusCode::CONFLICT,
+            Self::Server(ServerError::Unknown { .. }) => StatusCode::NOT_FOUND,
+            Self::Server(ServerError::BadName { .. }) => StatusCode::BAD_REQUEST,
+            Self::Server(ServerError::Exhausted { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            Self::Store(StoreError::Compacted { .. }) => StatusCode::GONE,
+            Self::Store(StoreError::BadKey { .. } | StoreError::TooLarge { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Server(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}

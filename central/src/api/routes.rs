@@ -1,0 +1,177 @@
+//! The handlers.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, AppState,
+    auth::{Caller, agent_token_key, forbidden},
+    types::{JoinRequest, JoinResponse},
+};
+use crate::{
+    state::Server,
+    store::{Event, Op, Revision, Store as _, Watch},
+    tokens::{self, Role},
+};
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "revision": state.store.revision()? })))
+}
+
+pub async fn join(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Json(request): Json<JoinRequest>,
+) -> Result<(StatusCode, Json<JoinResponse>), ApiError> {
+    if caller.0 != Role::Join && caller.0 != Role::Admin {
+        return Err(forbidden("join a server (use the join token)"));
+    }
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(request.wireguard_public_key.trim())
+        .ok()
+        .filter(|k| k.len() == 32);
+    if key.is_none() {
+        return Err(ApiError::BadRequest(
+            "wireguard_public_key must be a base64 WireGuard public key (32 bytes)".into(),
+        ));
+    }
+    let agent_token =
+        tokens::generate("agent").map_err(|e| ApiError::BadRequest(format!("no entropy: {e}")))?;
+    let token_key = tokens::key(&agent_token);
+    let role = Role::Agent {
+        server: request.name.clone(),
+    };
+    let extra = vec![
+        Op::Put(
+            token_key.clone(),
+            serde_json::to_vec(&role).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+        ),
+        Op::Put(agent_token_key(&request.name), token_key.into_bytes()),
+    ];
+    let server =
+        state
+            .servers
+            .register_with(&request.name, &request.wireguard_public_key, extra)?;
+    let (subnet, prefix) = state.servers.subnet_of(&server);
+    tracing::info!(server = %server.name, %subnet, "server joined");
+    Ok((
+        StatusCode::CREATED,
+        Json(JoinResponse {
+            server,
+            subnet: format!("{subnet}/{prefix}"),
+            agent_token,
+        }),
+    ))
+}
+
+pub async fn list_servers(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<Server>>, ApiError> {
+    caller.admin("list servers")?;
+    Ok(Json(state.servers.list()?))
+}
+
+pub async fn remove_server(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Server>, ApiError> {
+    caller.admin("remove servers")?;
+    // The agent's token goes with its server, in the same transaction.
+    let mut extra = vec![Op::Delete(agent_token_key(&name))];
+    if let Some(kv) = state.store.get(&agent_token_key(&name))? {
+        extra.push(Op::Delete(String::from_utf8_lossy(&kv.value).into_owned()));
+    }
+    Ok(Json(state.servers.remove_with(&name, extra)?))
+}
+
+/// `?prefix=&after=`.
+#[derive(Debug, Deserialize)]
+pub struct PrefixQuery {
+    prefix: String,
+    #[serde(default)]
+    after: Revision,
+}
+
+fn check_prefix(prefix: &str) -> Result<(), ApiError> {
+    if prefix.len() > 512 || prefix.starts_with("auth/") {
+        return Err(ApiError::BadRequest(format!(
+            "{prefix:?} cannot be read through the API"
+        )));
+    }
+    Ok(())
+}
+
+fn value_json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+fn event_json(event: &Event) -> Value {
+    json!({
+        "revision": event.revision,
+        "key": event.key,
+        "value": event.value.as_deref().map(value_json),
+    })
+}
+
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(query): Query<PrefixQuery>,
+) -> Result<Json<Value>, ApiError> {
+    check_prefix(&query.prefix)?;
+    caller.may_read(&query.prefix)?;
+    let (items, revision) = state.store.list(&query.prefix)?;
+    let items: Vec<Value> = items
+        .iter()
+        .map(|kv| json!({ "key": kv.key, "value": value_json(&kv.value), "mod_revision": kv.mod_revision }))
+        .collect();
+    Ok(Json(json!({ "revision": revision, "items": items })))
+}
+
+pub async fn watch(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Query(query): Query<PrefixQuery>,
+) -> Result<Response, ApiError> {
+    check_prefix(&query.prefix)?;
+    caller.may_read(&query.prefix)?;
+    // A compacted start is refused with a status, before the stream begins.
+    state.store.changes(&query.prefix, query.after, 1)?;
+    let watch = Watch::new(state.store.clone(), query.prefix, query.after);
+    let lines = stream::unfold(Some(watch), |watch| async move {
+        let mut watch = watch?;
+        match watch.next().await {
+            Ok(events) => {
+                let line = json!({
+                    "revision": watch.revision(),
+                    "events": events.iter().map(event_json).collect::<Vec<_>>(),
+                });
+                Some((
+                    Ok::<_, std::convert::Infallible>(format!("{line}\n")),
+                    Some(watch),
+                ))
+            }
+            // Say why the stream ends, then end it; the client resumes or re-lists.
+            Err(e) => Some((Ok(format!("{}\n", json!({ "error": e.to_string() }))), None)),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}

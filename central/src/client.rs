@@ -1,0 +1,328 @@
+//! A client of central's API, for the `ferry` CLI and the agents.
+//!
+//! Trust is explicit: either the CA certificate itself (saved after joining), or, on first
+//! contact, the CA's fingerprint from `ferry-central init`. With a fingerprint the client
+//! accepts central only if the chain central presents contains a CA with that fingerprint
+//! and the server certificate verifies against that CA for the name dialled.
+
+use std::sync::{Arc, Mutex};
+
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    client::{
+        WebPkiServerVerifier,
+        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    },
+    crypto::CryptoProvider,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    api::types::{JoinRequest, JoinResponse, ListResponse, WatchLine},
+    pki::fingerprint,
+    state::Server,
+    store::Revision,
+};
+
+/// How the client recognises central.
+#[derive(Clone, Debug)]
+pub enum Trust {
+    /// `sha256:...` of central's CA, as `ferry-central init` printed it.
+    Fingerprint(String),
+    /// The CA certificate in PEM.
+    CaPem(String),
+}
+
+/// Errors talking to central.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the CA certificate given is not valid PEM: {0}")]
+    BadCa(String),
+    #[error("{url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("{url}: central answered {status}: {message}")]
+    Status {
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{url}: the watch ended: {message}")]
+    WatchEnded { url: String, message: String },
+}
+
+/// A client bound to one central and one token.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    pinned: Arc<Mutex<Option<CertificateDer<'static>>>>,
+}
+
+impl Client {
+    /// A client of the central at `url` (e.g. `https://central.example.com:7443`).
+    pub fn new(url: &str, token: &str, trust: Trust) -> Result<Self, ClientError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let pinned = Arc::new(Mutex::new(None));
+        let verifier: Arc<dyn ServerCertVerifier> = match trust {
+            Trust::Fingerprint(expected) => Arc::new(PinnedCa {
+                expected,
+                provider: provider.clone(),
+                seen: pinned.clone(),
+            }),
+            Trust::CaPem(pem) => {
+                let ca = CertificateDer::from_pem_slice(pem.as_bytes())
+                    .map_err(|e| ClientError::BadCa(e.to_string()))?;
+                verifier_for(ca, &provider).map_err(|e| ClientError::BadCa(e.to_string()))?
+            }
+        };
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::BadCa(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|source| ClientError::Transport {
+                url: url.into(),
+                source,
+            })?;
+        Ok(Self {
+            http,
+            base: url.trim_end_matches('/').into(),
+            token: token.into(),
+            pinned,
+        })
+    }
+
+    /// The CA certificate a fingerprint-pinned client accepted, in PEM, to save for later.
+    pub fn pinned_ca_pem(&self) -> Option<String> {
+        let der = self.pinned.lock().ok()?.clone()?;
+        Some(pem_encode(&der))
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<T, ClientError> {
+        let transport = |source| ClientError::Transport {
+            url: url.into(),
+            source,
+        };
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            return Err(ClientError::Status {
+                url: url.into(),
+                status: status.as_u16(),
+                message: body["error"].as_str().unwrap_or("no reason given").into(),
+            });
+        }
+        response.json().await.map_err(transport)
+    }
+
+    /// Registers this server (with the join token).
+    pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse, ClientError> {
+        let url = format!("{}/v1/join", self.base);
+        self.send(self.http.post(&url).json(request), &url).await
+    }
+
+    /// Every server (admin).
+    pub async fn servers(&self) -> Result<Vec<Server>, ClientError> {
+        let url = format!("{}/v1/servers", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Removes a server and revokes its agent token (admin).
+    pub async fn remove_server(&self, name: &str) -> Result<Server, ClientError> {
+        let url = format!("{}/v1/servers/{name}", self.base);
+        self.send(self.http.delete(&url), &url).await
+    }
+
+    /// The keys under `prefix`, and their revision.
+    pub async fn list(&self, prefix: &str) -> Result<ListResponse, ClientError> {
+        let url = format!("{}/v1/list", self.base);
+        self.send(self.http.get(&url).query(&[("prefix", prefix)]), &url)
+            .await
+    }
+
+    /// The changes under `prefix` after `after`, batch by batch, until the stream ends.
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<impl Stream<Item = Result<WatchLine, ClientError>> + use<>, ClientError> {
+        let url = format!("{}/v1/watch", self.base);
+        let request = self
+            .http
+            .get(&url)
+            .query(&[("prefix", prefix), ("after", &after.to_string())]);
+        let transport = |source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        };
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = response.status();
+        if !status.is_success() {
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            return Err(ClientError::Status {
+                url,
+                status: status.as_u16(),
+                message: body["error"].as_str().unwrap_or("no reason given").into(),
+            });
+        }
+        let mut buffer = Vec::new();
+        let stream_url = url.clone();
+        let bytes = response
+            .bytes_stream()
+            .map_err(move |source| ClientError::Transport {
+                url: stream_url.clone(),
+                source,
+            });
+        Ok(bytes
+            .map(move |chunk| -> Result<Vec<WatchLine>, ClientError> {
+                let chunk: bytes::Bytes = chunk?;
+                buffer.extend_from_slice(&chunk);
+                let mut lines = Vec::new();
+                while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    let parsed: WatchLine =
+                        serde_json::from_slice(&line).map_err(|e| ClientError::WatchEnded {
+                            url: url.clone(),
+                            message: format!("unreadable line: {e}"),
+                        })?;
+                    if let Some(message) = parsed.error {
+                        return Err(ClientError::WatchEnded {
+                            url: url.clone(),
+                            message,
+                        });
+                    }
+                    lines.push(parsed);
+                }
+                Ok(lines)
+            })
+            .flat_map(|batch| {
+                futures_util::stream::iter(match batch {
+                    Ok(lines) => lines.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                })
+            }))
+    }
+}
+
+fn verifier_for(
+    ca: CertificateDer<'static>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<WebPkiServerVerifier>, rustls::Error> {
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+fn pem_encode(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Accepts central only through a CA with the expected fingerprint.
+#[derive(Debug)]
+struct PinnedCa {
+    expected: String,
+    provider: Arc<CryptoProvider>,
+    seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.expected)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "central presented no CA with fingerprint {}: wrong central, or wrong fingerprint",
+                    self.expected
+                ))
+            })?
+            .clone()
+            .into_owned();
+        verifier_for(ca.clone(), &self.provider)?.verify_server_cert(
+            end_entity,
+            &[],
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(ca);
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

@@ -1,0 +1,165 @@
+//! Serving the API over TLS: `start` binds, returns a handle with the bound address, and
+//! the server stops when the handle is dropped (omicron's dns-server does the same).
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::{
+    api::{self, AppState},
+    config::{Config, ConfigError},
+    init::STATE_DB,
+    store::{StoreError, sqlite::SqliteStore},
+};
+
+/// Most connections served at once; more wait in the kernel's accept queue.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// A TLS handshake that takes longer is dropped, so idle sockets cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why central could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("read {path}: {source}")]
+    Pem {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("the TLS certificate or key in {dir} is unusable: {source}")]
+    Tls {
+        dir: std::path::PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("listen on {addr}: {source}; is another central running, or is the port taken?")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running central. Dropping it stops accepting and closes every connection.
+pub struct Running {
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts central from `data_dir`, on `listen` if given, else on the configured address.
+pub async fn start(data_dir: &Path, listen: Option<SocketAddr>) -> Result<Running, ServeError> {
+    let config = Config::load(data_dir)?;
+    let tls = tls_config(&data_dir.join("tls"))?;
+    let store = Arc::new(SqliteStore::open(&data_dir.join(STATE_DB))?);
+    let addr = listen.unwrap_or(config.listen);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let router = api::router(AppState::new(store));
+    info!(%local_addr, "central listening");
+    let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), router));
+    Ok(Running { local_addr, task })
+}
+
+fn tls_config(dir: &Path) -> Result<Arc<ServerConfig>, ServeError> {
+    let pem = |name: &str| dir.join(name);
+    let server =
+        CertificateDer::from_pem_file(pem("server.pem")).map_err(|source| ServeError::Pem {
+            path: pem("server.pem"),
+            source,
+        })?;
+    // The CA goes out with the server certificate so a joining agent can pin it by
+    // fingerprint before it trusts anything else.
+    let ca = CertificateDer::from_pem_file(pem("ca.pem")).map_err(|source| ServeError::Pem {
+        path: pem("ca.pem"),
+        source,
+    })?;
+    let key =
+        PrivateKeyDer::from_pem_file(pem("server-key.pem")).map_err(|source| ServeError::Pem {
+            path: pem("server-key.pem"),
+            source,
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| {
+            b.with_no_client_auth()
+                .with_single_cert(vec![server, ca], key)
+        })
+        .map_err(|source| ServeError::Tls {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    Ok(Arc::new(config))
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: axum::Router) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if let Err(e) = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                debug!(%peer, "connection ended: {e}");
+            }
+        });
+        // Reap finished connections so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+    }
+}

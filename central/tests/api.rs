@@ -1,0 +1,337 @@
+//! Central's API over real TLS on loopback: joining, tokens and their limits, watches.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_central::{
+    api::types::JoinRequest,
+    client::{Client, ClientError, Trust},
+    init,
+    serve::{self, Running},
+    store::{Store as _, sqlite::SqliteStore},
+};
+use futures_util::StreamExt as _;
+
+struct Central {
+    _dir: tempfile::TempDir,
+    data_dir: std::path::PathBuf,
+    admin: String,
+    join: String,
+    fingerprint: String,
+    running: Option<Running>,
+}
+
+impl Central {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("central");
+        let done = init::init(
+            &data_dir,
+            "https://127.0.0.1:7443",
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("init");
+        let running = serve::start(&data_dir, None).await.expect("serve");
+        Self {
+            _dir: dir,
+            data_dir,
+            admin: done.admin_token,
+            join: done.join_token,
+            fingerprint: done.ca_fingerprint,
+            running: Some(running),
+        }
+    }
+
+    fn url(&self) -> String {
+        let addr = self.running.as_ref().expect("running").local_addr();
+        format!("https://127.0.0.1:{}", addr.port())
+    }
+
+    fn client(&self, token: &str) -> Client {
+        Client::new(
+            &self.url(),
+            token,
+            Trust::Fingerprint(self.fingerprint.clone()),
+        )
+        .expect("client")
+    }
+}
+
+fn wg_key(n: u8) -> String {
+    base64::engine::general_purpose::STANDARD.encode([n; 32])
+}
+
+fn status(err: &ClientError) -> u16 {
+    match err {
+        ClientError::Status { status, .. } => *status,
+        other => panic!("expected an HTTP status, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_server_joins_with_the_join_token_and_gets_its_own_subnet_and_credential() {
+    let central = Central::start().await;
+    let joiner = central.client(&central.join);
+    let joined = joiner
+        .join(&JoinRequest {
+            name: "alpha".into(),
+            wireguard_public_key: wg_key(1),
+        })
+        .await
+        .expect("join");
+    assert_eq!(joined.subnet, "10.66.1.0/24");
+    assert!(joined.agent_token.starts_with("ferry-agent-"));
+
+    // The CA the client pinned by fingerprint is central's CA, ready to be saved.
+    let pinned = joiner.pinned_ca_pem().expect("pinned CA");
+    let on_disk = std::fs::read_to_string(central.data_dir.join("tls/ca.pem")).expect("ca.pem");
+    let trusted =
+        Client::new(&central.url(), &central.admin, Trust::CaPem(pinned)).expect("client");
+    let servers = trusted.servers().await.expect("servers");
+    assert_eq!(servers.len(), 1);
+    let via_disk =
+        Client::new(&central.url(), &central.admin, Trust::CaPem(on_disk)).expect("client");
+    assert_eq!(via_disk.servers().await.expect("servers")[0].name, "alpha");
+
+    let second = joiner
+        .join(&JoinRequest {
+            name: "bravo".into(),
+            wireguard_public_key: wg_key(2),
+        })
+        .await
+        .expect("join");
+    assert_eq!(second.subnet, "10.66.2.0/24");
+    let again = joiner
+        .join(&JoinRequest {
+            name: "alpha".into(),
+            wireguard_public_key: wg_key(3),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status(&again), 409, "{again}");
+}
+
+#[tokio::test]
+async fn the_wrong_fingerprint_never_reaches_central() {
+    let central = Central::start().await;
+    let wrong = Client::new(
+        &central.url(),
+        &central.admin,
+        Trust::Fingerprint(format!("sha256:{}", "0".repeat(64))),
+    )
+    .expect("client");
+    let err = wrong.servers().await.unwrap_err();
+    let text = format!("{err:?}");
+    assert!(text.contains("no CA with fingerprint"), "{text}");
+}
+
+#[tokio::test]
+async fn every_token_can_do_only_its_own_job() {
+    let central = Central::start().await;
+    let joined = central
+        .client(&central.join)
+        .join(&JoinRequest {
+            name: "alpha".into(),
+            wireguard_public_key: wg_key(1),
+        })
+        .await
+        .expect("join");
+    let agent = central.client(&joined.agent_token);
+    let admin = central.client(&central.admin);
+
+    assert_eq!(
+        status(&central.client("").servers().await.unwrap_err()),
+        401
+    );
+    assert_eq!(
+        status(
+            &central
+                .client("ferry-admin-forged")
+                .servers()
+                .await
+                .unwrap_err()
+        ),
+        401
+    );
+    assert_eq!(
+        status(&central.client(&central.join).servers().await.unwrap_err()),
+        403
+    );
+    assert_eq!(
+        status(
+            &central
+                .client(&central.join)
+                .list("servers/")
+                .await
+                .unwrap_err()
+        ),
+        403
+    );
+    assert_eq!(status(&agent.servers().await.unwrap_err()), 403);
+    // An agent reads the other servers (for the mesh) and its own desired state only.
+    assert_eq!(
+        agent.list("servers/").await.expect("servers").items.len(),
+        1
+    );
+    agent
+        .list("desired/alpha/")
+        .await
+        .expect("own desired state");
+    let other = agent.list("desired/bravo/").await.unwrap_err();
+    assert_eq!(status(&other), 403, "{other}");
+    assert_eq!(status(&agent.list("").await.unwrap_err()), 403);
+    // Token hashes are never served, even to the admin.
+    assert_eq!(status(&admin.list("auth/").await.unwrap_err()), 400);
+    let bad_key = central
+        .client(&central.join)
+        .join(&JoinRequest {
+            name: "bravo".into(),
+            wireguard_public_key: "not-a-key".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status(&bad_key), 400);
+
+    // Removing a server revokes its credential.
+    admin.remove_server("alpha").await.expect("remove");
+    assert_eq!(status(&agent.list("servers/").await.unwrap_err()), 401);
+    assert!(admin.servers().await.expect("servers").is_empty());
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_requests_are_refused() {
+    let central = Central::start().await;
+    let http = reqwest_client(&central);
+    let url = format!("{}/v1/join", central.url());
+    let big = format!(
+        "{{\"name\":\"{}\",\"wireguard_public_key\":\"x\"}}",
+        "a".repeat(200_000)
+    );
+    let response = http
+        .post(&url)
+        .bearer_auth(&central.join)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 413);
+    let response = http
+        .post(&url)
+        .bearer_auth(&central.join)
+        .header("content-type", "application/json")
+        .body("{\"name\":")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+    let response = http
+        .post(&url)
+        .bearer_auth(&central.join)
+        .header("content-type", "application/json")
+        .body("{\"name\":\"x\",\"wireguard_public_key\":\"k\",\"admin\":true}")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(
+        response.status().as_u16(),
+        422,
+        "unknown fields are refused"
+    );
+    let servers = SqliteStore::open(&central.data_dir.join("state.db"))
+        .expect("store")
+        .list("servers/")
+        .expect("list")
+        .0;
+    assert!(servers.is_empty(), "nothing changed");
+}
+
+#[tokio::test]
+async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() {
+    let mut central = Central::start().await;
+    let joined = central
+        .client(&central.join)
+        .join(&JoinRequest {
+            name: "alpha".into(),
+            wireguard_public_key: wg_key(1),
+        })
+        .await
+        .expect("join");
+    let agent = central.client(&joined.agent_token);
+    let start = agent.list("servers/").await.expect("list").revision;
+    let mut watch = Box::pin(agent.watch("servers/", start).await.expect("watch"));
+
+    let joiner = central.client(&central.join);
+    joiner
+        .join(&JoinRequest {
+            name: "bravo".into(),
+            wireguard_public_key: wg_key(2),
+        })
+        .await
+        .expect("join");
+    let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("in time")
+        .expect("line")
+        .expect("ok");
+    assert_eq!(line.events.len(), 1);
+    assert_eq!(line.events[0].key, "servers/bravo");
+    let seen = line.revision;
+
+    // Central goes down; the watch ends; a change is made while it is down.
+    let port = central.running.as_ref().expect("running").local_addr();
+    central.running = None;
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("in time");
+    assert!(
+        !matches!(ended, Some(Ok(_))),
+        "the stream must end when central stops"
+    );
+    central.running = Some(
+        serve::start(&central.data_dir, Some(port))
+            .await
+            .expect("restart"),
+    );
+    joiner
+        .join(&JoinRequest {
+            name: "charlie".into(),
+            wireguard_public_key: wg_key(3),
+        })
+        .await
+        .expect("join");
+
+    let mut watch = Box::pin(agent.watch("servers/", seen).await.expect("resume"));
+    let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("in time")
+        .expect("line")
+        .expect("ok");
+    let keys: Vec<&str> = line.events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["servers/charlie"],
+        "bravo is not repeated, charlie is not lost"
+    );
+}
+
+fn reqwest_client(central: &Central) -> reqwest::Client {
+    // A plain client trusting central's CA, for sending what the typed client never would.
+    let ca = std::fs::read(central.data_dir.join("tls/ca.pem")).expect("ca");
+    let ca = rustls_pki_types::CertificateDer::from_pem_slice(&ca).expect("pem");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("root");
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .build()
+        .expect("client")
+}
+
+use rustls_pki_types::pem::PemObject as _;
