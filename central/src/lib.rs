@@ -5,12 +5,11 @@
 //!   services, with every problem located by file, line and column.
 //! - [`store`]: the revisioned key-value state (etcd's model) and its SQLite backend.
 //! - [`state`]: central's typed records on the store: servers and their subnets.
-//! - [`api`] and [`serve`]: the HTTP/JSON API with token checks, over TLS; [`client`]: its
-//!   client, which pins central's CA.
+//! - [`api`] and [`serve`]: the HTTP/JSON API with token checks, over TLS (its types and
+//!   client are in the `ferry-api` crate, shared with the CLI and the agents).
 //! - [`init`]: making a data directory: [`pki`] (CA and TLS certificate), [`tokens`]
 //!   (admin and join tokens, stored hashed) and [`config`] (`central.toml`).
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod init;
 pub mod pki;

@@ -2,8 +2,8 @@
 //! certificate; agents pin the CA by its SHA-256 fingerprint when they join, so no one can
 //! stand in for central even on a network the operator does not trust.
 
+pub use ferry_api::fingerprint;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-use sha2::{Digest as _, Sha256};
 
 /// A CA and the server certificate it signed, in PEM.
 pub struct Pki {
@@ -62,11 +62,4 @@ pub fn create(names: &[String]) -> Result<Pki, PkiError> {
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
     })
-}
-
-/// `sha256:<hex>` of a certificate's DER bytes.
-pub fn fingerprint(der: &[u8]) -> String {
-    let digest = Sha256::digest(der);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
 }

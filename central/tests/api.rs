@@ -3,9 +3,11 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_central::{
-    api::types::JoinRequest,
+use ferry_api::{
     client::{Client, ClientError, Trust},
+    types::JoinRequest,
+};
+use ferry_central::{
     init,
     serve::{self, Running},
     store::{Store as _, sqlite::SqliteStore},

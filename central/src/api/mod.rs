@@ -15,7 +15,8 @@
 mod auth;
 mod error;
 mod routes;
-pub mod types;
+
+pub use ferry_api::types;
 
 use std::sync::Arc;
 

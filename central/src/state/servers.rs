@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, sync::Arc};
 
-use serde::{Deserialize, Serialize};
+pub use ferry_api::types::Server;
 
 use crate::store::{Compare, Op, Store, StoreError, TxnOutcome};
 
@@ -28,17 +28,6 @@ impl ContainerNet {
         let [a, b, _, _] = self.base.octets();
         Ipv4Addr::new(a, b, index, 0)
     }
-}
-
-/// A server as central knows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Server {
-    /// Unique name.
-    pub name: String,
-    /// Third octet of its `/24`.
-    pub subnet_index: u8,
-    /// Its WireGuard public key (base64); the private key never leaves the server.
-    pub wireguard_public_key: String,
 }
 
 /// Errors from server bookkeeping.

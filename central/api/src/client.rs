@@ -20,10 +20,8 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject as _
 use serde::de::DeserializeOwned;
 
 use crate::{
-    api::types::{JoinRequest, JoinResponse, ListResponse, WatchLine},
-    pki::fingerprint,
-    state::Server,
-    store::Revision,
+    Revision, fingerprint,
+    types::{JoinRequest, JoinResponse, ListResponse, Server, WatchLine},
 };
 
 /// How the client recognises central.

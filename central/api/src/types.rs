@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{state::Server, store::Revision};
+use crate::Revision;
 
 /// `POST /v1/join`.
 #[derive(Debug, Deserialize, Serialize)]
@@ -69,4 +69,15 @@ pub struct WatchEvent {
     pub key: String,
     /// The new value, or null when deleted.
     pub value: Option<Value>,
+}
+
+/// A server as central knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    /// Unique name.
+    pub name: String,
+    /// Third octet of its `/24` in the container network.
+    pub subnet_index: u8,
+    /// Its WireGuard public key (base64); the private key never leaves the server.
+    pub wireguard_public_key: String,
 }

@@ -1,0 +1,21 @@
+//! `ferry-api`: what central, the `ferry` CLI and the agents agree on.
+//!
+//! # Layout
+//! - [`types`]: request and response bodies.
+//! - [`client`]: the HTTPS client, which pins central's CA.
+//! - [`fingerprint`]: how a CA certificate is named in `--ca-fingerprint`.
+
+pub mod client;
+pub mod types;
+
+use sha2::{Digest as _, Sha256};
+
+/// A revision of central's state.
+pub type Revision = u64;
+
+/// `sha256:` and the hex digest of a certificate's DER bytes.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
