@@ -78,6 +78,7 @@ async fn a_server_joins_with_the_join_token_and_gets_its_own_subnet_and_credenti
         .join(&JoinRequest {
             name: "alpha".into(),
             wireguard_public_key: wg_key(1),
+            wireguard_endpoint: ep(),
         })
         .await
         .expect("join");
@@ -99,6 +100,7 @@ async fn a_server_joins_with_the_join_token_and_gets_its_own_subnet_and_credenti
         .join(&JoinRequest {
             name: "bravo".into(),
             wireguard_public_key: wg_key(2),
+            wireguard_endpoint: ep(),
         })
         .await
         .expect("join");
@@ -107,6 +109,7 @@ async fn a_server_joins_with_the_join_token_and_gets_its_own_subnet_and_credenti
         .join(&JoinRequest {
             name: "alpha".into(),
             wireguard_public_key: wg_key(3),
+            wireguard_endpoint: ep(),
         })
         .await
         .unwrap_err();
@@ -135,6 +138,7 @@ async fn every_token_can_do_only_its_own_job() {
         .join(&JoinRequest {
             name: "alpha".into(),
             wireguard_public_key: wg_key(1),
+            wireguard_endpoint: ep(),
         })
         .await
         .expect("join");
@@ -189,6 +193,7 @@ async fn every_token_can_do_only_its_own_job() {
         .join(&JoinRequest {
             name: "bravo".into(),
             wireguard_public_key: "not-a-key".into(),
+            wireguard_endpoint: ep(),
         })
         .await
         .unwrap_err();
@@ -256,6 +261,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
         .join(&JoinRequest {
             name: "alpha".into(),
             wireguard_public_key: wg_key(1),
+            wireguard_endpoint: ep(),
         })
         .await
         .expect("join");
@@ -268,6 +274,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
         .join(&JoinRequest {
             name: "bravo".into(),
             wireguard_public_key: wg_key(2),
+            wireguard_endpoint: ep(),
         })
         .await
         .expect("join");
@@ -299,6 +306,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
         .join(&JoinRequest {
             name: "charlie".into(),
             wireguard_public_key: wg_key(3),
+            wireguard_endpoint: ep(),
         })
         .await
         .expect("join");
@@ -337,3 +345,7 @@ fn reqwest_client(central: &Central) -> reqwest::Client {
 }
 
 use rustls_pki_types::pem::PemObject as _;
+
+fn ep() -> std::net::SocketAddr {
+    "192.0.2.1:51820".parse().expect("addr")
+}

@@ -16,14 +16,14 @@ fn servers(dir: &tempfile::TempDir) -> Servers<SqliteStore> {
 fn each_server_gets_its_own_subnet_and_a_removed_one_is_released() -> Result<(), ServerError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let servers = servers(&dir);
-    let a = servers.register("alpha", "pubkey-a")?;
-    let b = servers.register("bravo", "pubkey-b")?;
-    let c = servers.register("charlie", "pubkey-c")?;
+    let a = servers.register("alpha", "pubkey-a", ep())?;
+    let b = servers.register("bravo", "pubkey-b", ep())?;
+    let c = servers.register("charlie", "pubkey-c", ep())?;
     assert_eq!(servers.subnet_of(&a), (Ipv4Addr::new(10, 66, 1, 0), 24));
     assert_eq!((b.subnet_index, c.subnet_index), (2, 3));
 
     assert_eq!(servers.remove("bravo")?.subnet_index, 2);
-    let d = servers.register("delta", "pubkey-d")?;
+    let d = servers.register("delta", "pubkey-d", ep())?;
     assert_eq!(d.subnet_index, 2, "the released subnet is reused");
     let names: Vec<String> = servers.list()?.into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["alpha", "charlie", "delta"]);
@@ -46,7 +46,7 @@ fn concurrent_registrations_never_share_a_subnet() {
                 (0..15)
                     .map(|i| {
                         servers
-                            .register(&format!("s{t}-{i}"), "k")
+                            .register(&format!("s{t}-{i}"), "k", ep())
                             .map(|s| s.subnet_index)
                     })
                     .collect::<Result<Vec<u8>, _>>()
@@ -66,14 +66,14 @@ fn concurrent_registrations_never_share_a_subnet() {
 fn bad_requests_are_refused_with_what_to_do() -> Result<(), ServerError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let servers = servers(&dir);
-    servers.register("alpha", "k")?;
-    let err = servers.register("alpha", "k2").unwrap_err();
+    servers.register("alpha", "k", ep())?;
+    let err = servers.register("alpha", "k2", ep()).unwrap_err();
     assert!(
         err.to_string()
             .contains("already registered; remove it first"),
         "{err}"
     );
-    let err = servers.register("Alpha Server", "k").unwrap_err();
+    let err = servers.register("Alpha Server", "k", ep()).unwrap_err();
     assert!(matches!(err, ServerError::BadName { .. }), "{err}");
     let err = servers.remove("ghost").unwrap_err();
     assert!(matches!(err, ServerError::Unknown { .. }), "{err}");
@@ -86,13 +86,17 @@ fn the_network_runs_out_after_254_servers() -> Result<(), ServerError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let servers = servers(&dir);
     for i in 0..254 {
-        servers.register(&format!("s{i}"), "k")?;
+        servers.register(&format!("s{i}"), "k", ep())?;
     }
-    let err = servers.register("one-too-many", "k").unwrap_err();
+    let err = servers.register("one-too-many", "k", ep()).unwrap_err();
     assert!(
         err.to_string()
             .contains("every subnet of the container network is taken"),
         "{err}"
     );
     Ok(())
+}
+
+fn ep() -> std::net::SocketAddr {
+    "192.0.2.1:51820".parse().expect("addr")
 }

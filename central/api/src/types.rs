@@ -13,6 +13,8 @@ pub struct JoinRequest {
     pub name: String,
     /// Its WireGuard public key, base64.
     pub wireguard_public_key: String,
+    /// Where its WireGuard listens, as the other servers reach it.
+    pub wireguard_endpoint: std::net::SocketAddr,
 }
 
 /// What a joined server gets back.
@@ -80,4 +82,6 @@ pub struct Server {
     pub subnet_index: u8,
     /// Its WireGuard public key (base64); the private key never leaves the server.
     pub wireguard_public_key: String,
+    /// Where its WireGuard listens.
+    pub wireguard_endpoint: std::net::SocketAddr,
 }

@@ -59,10 +59,12 @@ pub async fn join(
         ),
         Op::Put(agent_token_key(&request.name), token_key.into_bytes()),
     ];
-    let server =
-        state
-            .servers
-            .register_with(&request.name, &request.wireguard_public_key, extra)?;
+    let server = state.servers.register_with(
+        &request.name,
+        &request.wireguard_public_key,
+        request.wireguard_endpoint,
+        extra,
+    )?;
     let (subnet, prefix) = state.servers.subnet_of(&server);
     tracing::info!(server = %server.name, %subnet, "server joined");
     Ok((

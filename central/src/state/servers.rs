@@ -1,7 +1,10 @@
 //! Servers and their ContainerNet subnets: one `/24` each, never handed out twice,
 //! released when the server is removed.
 
-use std::{net::Ipv4Addr, sync::Arc};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
 
 pub use ferry_api::types::Server;
 
@@ -76,8 +79,13 @@ impl<S: Store> Servers<S> {
     }
 
     /// Registers a server and gives it the lowest free subnet, atomically.
-    pub fn register(&self, name: &str, wireguard_public_key: &str) -> Result<Server, ServerError> {
-        self.register_with(name, wireguard_public_key, Vec::new())
+    pub fn register(
+        &self,
+        name: &str,
+        wireguard_public_key: &str,
+        endpoint: SocketAddr,
+    ) -> Result<Server, ServerError> {
+        self.register_with(name, wireguard_public_key, endpoint, Vec::new())
     }
 
     /// [`register`](Self::register), with `extra` writes committed in the same transaction
@@ -86,6 +94,7 @@ impl<S: Store> Servers<S> {
         &self,
         name: &str,
         wireguard_public_key: &str,
+        endpoint: SocketAddr,
         extra: Vec<Op>,
     ) -> Result<Server, ServerError> {
         check_name(name)?;
@@ -110,6 +119,7 @@ impl<S: Store> Servers<S> {
                 name: name.into(),
                 subnet_index: index,
                 wireguard_public_key: wireguard_public_key.into(),
+                wireguard_endpoint: endpoint,
             };
             let subnet_key = format!("subnets/{index}");
             let record = serde_json::to_vec(&server).map_err(|source| ServerError::Corrupt {
