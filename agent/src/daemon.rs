@@ -1,21 +1,27 @@
-//! The long-running agent: start the data plane, report ready, run until told to stop.
+//! The long-running agent: start the data plane, report ready, keep the mesh in step with
+//! central if this server has joined one, run until told to stop.
 //!
-//! Stopping the daemon never stops steering: the programs and maps stay pinned, and the next
-//! daemon adopts them.
+//! Stopping the daemon never stops steering or the mesh: the programs and maps stay
+//! pinned, the WireGuard interface stays configured, and the next daemon adopts them.
 
 use std::future::Future;
 
-use tracing::info;
+use tracing::{error, info};
 
-use crate::dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError};
+use crate::{
+    dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError},
+    membership::state::Loaded,
+    mesh::sync::{self, MeshOptions},
+};
 
 /// The line the daemon prints on stdout once its programs are attached; supervisors and
 /// tests wait for it.
 pub const READY_PREFIX: &str = "ferry-agent ready";
 
-/// Starts the data plane and runs until `shutdown` completes.
+/// Starts the data plane (and the mesh, given a membership) and runs until `shutdown`.
 pub async fn run(
     config: DataplaneConfig,
+    mesh: Option<(Loaded, MeshOptions)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LoadError> {
     let dataplane = Dataplane::start(&config)?;
@@ -27,7 +33,18 @@ pub async fn run(
         "{READY_PREFIX}: connect4 {how} at {}",
         dataplane.link_pin().display()
     );
+    let mesh_task = mesh.map(|(loaded, options)| {
+        info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
+        tokio::spawn(async move {
+            if let Err(e) = sync::run(loaded, options).await {
+                error!("the mesh could not start: {e}");
+            }
+        })
+    });
     shutdown.await;
-    info!("shutting down; pinned programs keep steering");
+    if let Some(task) = mesh_task {
+        task.abort();
+    }
+    info!("shutting down; pinned programs and the mesh keep working");
     Ok(())
 }

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`containers`]: the Docker Engine the agent runs containers through.
 //! - [`dataplane`]: load, attach and pin the eBPF programs; the typed API for their maps.
+//! - [`membership`]: joining central; the credentials in the state directory.
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
 //! - [`daemon`]: the long-running process: start the data plane, then wait for a signal.
 
 pub mod containers;
 pub mod daemon;
 pub mod dataplane;
+pub mod membership;
 pub mod mesh;

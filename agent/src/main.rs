@@ -8,6 +8,8 @@ use ferry_agent::{
     containers::Engine,
     daemon,
     dataplane::{self, Counters, DataplaneConfig, ServiceTable},
+    membership::{self, JoinOptions, StateError},
+    mesh::{sync::MeshOptions, wireguard::Backend},
 };
 use ferry_ebpf_abi::Counter;
 use tokio::signal::unix::{SignalKind, signal};
@@ -22,8 +24,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and attach the data plane, then run until SIGINT or SIGTERM.
-    Run(Paths),
+    /// Load and attach the data plane and, once joined, keep the WireGuard mesh in step
+    /// with central; run until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Join a cluster: make this server's WireGuard key and register it with central.
+    Join(JoinArgs),
     /// Check that this machine can run the data plane, and say what is missing.
     Check(CheckArgs),
     /// Read or change the service addresses the kernel steers.
@@ -55,6 +60,56 @@ enum ServiceCommand {
     },
     /// List steered services and their backends.
     List(Pins),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    paths: Paths,
+    #[command(flatten)]
+    state: StateDir,
+    /// Name of the WireGuard interface of the container network.
+    #[arg(long, default_value = "ferry0")]
+    wg_interface: String,
+    /// Use this WireGuard implementation instead of detecting one.
+    #[arg(long, value_enum)]
+    wg_backend: Option<WgBackend>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum WgBackend {
+    /// The kernel module.
+    Kernel,
+    /// wireguard-go.
+    Userspace,
+}
+
+#[derive(Args)]
+struct StateDir {
+    /// Where the agent keeps its membership, credential and WireGuard key.
+    #[arg(long, default_value = "/var/lib/ferry-agent")]
+    state_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct JoinArgs {
+    #[command(flatten)]
+    state: StateDir,
+    /// Central's URL, as `ferry-central init` printed it.
+    #[arg(long)]
+    central: String,
+    /// The join token.
+    #[arg(long)]
+    token: String,
+    /// The CA fingerprint (sha256:...).
+    #[arg(long)]
+    ca_fingerprint: String,
+    /// This server's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Address and port where other servers reach this server's WireGuard.
+    #[arg(long)]
+    endpoint: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -116,7 +171,8 @@ fn main() -> ExitCode {
 
 fn dispatch(command: Command) -> Result<()> {
     match command {
-        Command::Run(paths) => run(paths),
+        Command::Run(args) => run(args),
+        Command::Join(args) => join(args),
         Command::Check(paths) => check(paths),
         Command::Service(command) => service(command),
         Command::Counters(pins) => counters(pins),
@@ -124,8 +180,23 @@ fn dispatch(command: Command) -> Result<()> {
     }
 }
 
-fn run(paths: Paths) -> Result<()> {
-    let config = paths.config()?;
+fn run(args: RunArgs) -> Result<()> {
+    let config = args.paths.config()?;
+    let mesh = match membership::load(&args.state.state_dir) {
+        Ok(loaded) => Some((
+            loaded,
+            MeshOptions {
+                interface: args.wg_interface,
+                container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
+                backend: args.wg_backend.map(|b| match b {
+                    WgBackend::Kernel => Backend::Kernel,
+                    WgBackend::Userspace => Backend::Userspace,
+                }),
+            },
+        )),
+        Err(StateError::NotJoined { .. }) => None,
+        Err(e) => return Err(e).context("reading the agent's state directory"),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,10 +209,42 @@ fn run(paths: Paths) -> Result<()> {
                 _ = term.recv() => {}
             }
         };
-        daemon::run(config, shutdown)
+        daemon::run(config, mesh, shutdown)
             .await
             .context("starting the data plane")
     })
+}
+
+fn join(args: JoinArgs) -> Result<()> {
+    let name = match args.name {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name; pass --name")?
+            .trim()
+            .to_string(),
+    };
+    let options = JoinOptions {
+        central: args.central,
+        token: args.token,
+        ca_fingerprint: args.ca_fingerprint,
+        name,
+        endpoint: args.endpoint,
+        state_dir: args.state.state_dir,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let membership = runtime.block_on(membership::join(&options))?;
+    println!(
+        "joined {} as {:?}: container subnet 10.66.{}.0/24, WireGuard at {}",
+        membership.central, membership.name, membership.subnet_index, membership.wireguard_endpoint
+    );
+    println!(
+        "start the agent: ferry-agent run --state-dir {}",
+        options.state_dir.display()
+    );
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> Result<()> {
@@ -178,7 +281,7 @@ fn service(command: ServiceCommand) -> Result<()> {
         } => {
             let mut table = ServiceTable::open(&map_dir(&pins))?;
             table.set(service, &backends)?;
-            println!("{service} -> {}", join(&backends));
+            println!("{service} -> {}", describe_backends(&backends));
         }
         ServiceCommand::Remove { pins, service } => {
             ServiceTable::open(&map_dir(&pins))?.remove(service)?;
@@ -186,7 +289,7 @@ fn service(command: ServiceCommand) -> Result<()> {
         }
         ServiceCommand::List(pins) => {
             for (service, backends) in ServiceTable::open(&map_dir(&pins))?.list()? {
-                println!("{service} -> {}", join(&backends));
+                println!("{service} -> {}", describe_backends(&backends));
             }
         }
     }
@@ -212,7 +315,7 @@ fn map_dir(pins: &Pins) -> PathBuf {
     dataplane::map_dir(&pins.bpffs)
 }
 
-fn join(backends: &[SocketAddrV4]) -> String {
+fn describe_backends(backends: &[SocketAddrV4]) -> String {
     if backends.is_empty() {
         return "(no backends: connects refused)".into();
     }

@@ -11,30 +11,44 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ferry_agent::daemon::READY_PREFIX;
 
-/// The agent binary: `FERRY_AGENT_BIN` (set by `cargo xtask test`), else the workspace's
-/// debug build.
-pub fn agent_binary() -> Result<PathBuf> {
-    let path = match std::env::var_os("FERRY_AGENT_BIN") {
+use crate::netns::Server;
+
+/// A binary of the workspace: `$<env>` (set by `cargo xtask test`), else the workspace's
+/// debug build of `name`.
+pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf> {
+    let path = match std::env::var_os(env) {
         Some(path) => PathBuf::from(path),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferry-agent"),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name),
     };
     if !path.exists() {
         bail!(
-            "no agent binary at {}; build it with `cargo build -p ferry-agent` or run the \
-             tier through `./x test host`",
+            "no {name} binary at {}; build it with `cargo build -p {name}` or run the tier \
+             through `./x test host`",
             path.display()
         );
     }
     Ok(path)
 }
 
-/// Where an agent attaches and pins.
+/// The agent binary.
+pub fn agent_binary() -> Result<PathBuf> {
+    workspace_binary("ferry-agent", "FERRY_AGENT_BIN")
+}
+
+/// Where an agent attaches, pins and keeps its state.
 #[derive(Clone, Debug)]
 pub struct AgentPaths {
     /// The cgroup root it steers.
     pub cgroup_root: PathBuf,
     /// Its bpffs directory.
     pub bpffs: PathBuf,
+    /// Its state directory (membership, credential, WireGuard key).
+    pub state_dir: PathBuf,
+    /// The name of its WireGuard interface (wireguard-go's sockets are not per
+    /// namespace, so agents in one test need distinct names).
+    pub wg_interface: String,
 }
 
 /// A running agent. Dropping it kills the process; the pins stay (see [`Pins`]).
@@ -47,17 +61,27 @@ pub struct Agent {
 impl Agent {
     /// Starts `ferry-agent run` and waits until it reports ready.
     pub fn start(paths: &AgentPaths) -> Result<Self> {
-        let mut child = Command::new(agent_binary()?)
-            .arg("run")
+        Self::start_in(paths, None)
+    }
+
+    /// Starts `ferry-agent run` inside `server`'s namespace, if given.
+    pub fn start_in(paths: &AgentPaths, server: Option<&Server>) -> Result<Self> {
+        let mut cmd = Command::new(agent_binary()?);
+        cmd.arg("run")
             .arg("--cgroup-root")
             .arg(&paths.cgroup_root)
             .arg("--bpffs")
             .arg(&paths.bpffs)
+            .arg("--state-dir")
+            .arg(&paths.state_dir)
+            .args(["--wg-interface", &paths.wg_interface])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting ferry-agent")?;
+            .stderr(Stdio::piped());
+        if let Some(server) = server {
+            server.enter(&mut cmd);
+        }
+        let mut child = cmd.spawn().context("starting ferry-agent")?;
         let stdout = child.stdout.take().context("agent stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -98,10 +122,17 @@ impl Drop for Agent {
 
 /// Runs the agent binary with `args` to completion: (success, stdout, stderr).
 pub fn agent_command(args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(agent_binary()?)
-        .args(args)
-        .output()
-        .context("running ferry-agent")?;
+    agent_command_in(args, None)
+}
+
+/// [`agent_command`] inside `server`'s namespace, if given.
+pub fn agent_command_in(args: &[&str], server: Option<&Server>) -> Result<(bool, String, String)> {
+    let mut cmd = Command::new(agent_binary()?);
+    cmd.args(args);
+    if let Some(server) = server {
+        server.enter(&mut cmd);
+    }
+    let out = cmd.output().context("running ferry-agent")?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

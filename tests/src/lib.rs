@@ -4,6 +4,7 @@
 //! - [`netns`]: a "server" is a network namespace with a veth to a test bridge, no route out.
 //! - [`cgroup`]: a "container" is a cgroup v2 directory plus the processes placed in it.
 //! - [`agent`]: the real `ferry-agent` binary, started, killed and restarted.
+//! - [`central`]: the real `ferry-central`, initialised and serving.
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
@@ -14,6 +15,7 @@
 //! privilege: a privileged tier that cannot run fails and says why.
 
 pub mod agent;
+pub mod central;
 pub mod cgroup;
 pub mod docker;
 pub mod netns;

@@ -59,6 +59,10 @@ impl Setup {
         AgentPaths {
             cgroup_root: self.cgroup.path().to_path_buf(),
             bpffs: self.pins.path().to_path_buf(),
+            // Never joined: the agent runs the data plane only.
+            state_dir: std::env::temp_dir()
+                .join(format!("ferry-test-state-{}", std::process::id())),
+            wg_interface: "ferry0".into(),
         }
     }
 

@@ -107,11 +107,18 @@ fn host() -> Result<usize> {
              root (it fails rather than skips, in CI and out)"
         );
     }
-    process::run(cargo().args(["build", "--package", "ferry-agent"]))?;
-    let agent = workspace::target_dir().join("debug/ferry-agent");
+    process::run(cargo().args([
+        "build",
+        "--package",
+        "ferry-agent",
+        "--package",
+        "ferry-central",
+    ]))?;
+    let debug = workspace::target_dir().join("debug");
     let lines = process::run_tee(
         cargo()
-            .env("FERRY_AGENT_BIN", agent)
+            .env("FERRY_AGENT_BIN", debug.join("ferry-agent"))
+            .env("FERRY_CENTRAL_BIN", debug.join("ferry-central"))
             .args(["test", "--package", "ferry-tests", "--test", "host_*"])
             .args(["--", "--test-threads=1"]),
     )?;

@@ -5,8 +5,10 @@
 //! addresses and routes; [`wireguard`] speaks WireGuard's own interface (generic netlink for
 //! the kernel module, the UAPI socket for wireguard-go) for keys and peers. Private keys are
 //! generated and kept on the server they belong to; only public keys travel. [`interface`]
-//! composes them: detect the backend, then bring one interface to its desired state.
+//! composes them: detect the backend, then bring one interface to its desired state;
+//! [`sync`] drives it from central's watch.
 
 pub mod interface;
 pub mod link;
+pub mod sync;
 pub mod wireguard;

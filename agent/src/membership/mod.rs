@@ -1,0 +1,14 @@
+//! This server's membership of a ferry cluster: joining central, and the credentials that
+//! come of it, kept in the agent's state directory.
+//!
+//! State directory layout (all files mode 0600, the directory 0700):
+//! - `membership.json`: who this server is to central (versioned);
+//! - `agent.token`: its credential;
+//! - `wireguard.key`: its WireGuard private key, made here and never sent anywhere;
+//! - `central-ca.pem`: central's CA, pinned at join by its fingerprint.
+
+mod join;
+pub mod state;
+
+pub use join::{JoinError, JoinOptions, join};
+pub use state::{Membership, StateError, load};

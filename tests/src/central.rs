@@ -1,0 +1,105 @@
+//! A real central: `ferry-central init` and `ferry-central serve` as the operator runs them.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::agent::workspace_binary;
+
+/// A running central and what `init` printed; the process stops on drop.
+pub struct Central {
+    child: Child,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The URL to reach it.
+    pub url: String,
+    /// The admin token.
+    pub admin_token: String,
+    /// The join token.
+    pub join_token: String,
+    /// The CA fingerprint.
+    pub ca_fingerprint: String,
+}
+
+impl Central {
+    /// Initialises `data_dir` for `host` and serves on `host`, on a port the kernel picks.
+    pub fn start(data_dir: &Path, host: &str) -> Result<Self> {
+        let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
+        let _ = std::fs::remove_dir_all(data_dir);
+        let init = Command::new(&bin)
+            .args(["init", "--data-dir"])
+            .arg(data_dir)
+            .args(["--url", &format!("https://{host}:7443")])
+            .output()
+            .context("running ferry-central init")?;
+        if !init.status.success() {
+            bail!(
+                "ferry-central init failed: {}",
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let printed = String::from_utf8_lossy(&init.stdout).into_owned();
+        let after = |marker: &str| -> Result<String> {
+            printed
+                .split_whitespace()
+                .skip_while(|w| *w != marker)
+                .nth(1)
+                .map(str::to_string)
+                .with_context(|| format!("init printed no {marker}:\n{printed}"))
+        };
+        let admin_token = printed
+            .split_whitespace()
+            .find(|w| w.starts_with("ferry-admin-"))
+            .map(str::to_string)
+            .with_context(|| format!("init printed no admin token:\n{printed}"))?;
+        let (join_token, ca_fingerprint) = (after("--token")?, after("--ca-fingerprint")?);
+
+        let mut child = Command::new(&bin)
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("{host}:0")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting ferry-central serve")?;
+        let stdout = child.stdout.take().context("central stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("ferry-central listening on ") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr.parse().context("central printed an odd address")?,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("ferry-central serve did not start listening");
+            }
+        };
+        Ok(Self {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            url: format!("https://{host}:{}", addr.port()),
+            admin_token,
+            join_token,
+            ca_fingerprint,
+        })
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

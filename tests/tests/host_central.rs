@@ -1,0 +1,209 @@
+//! Host tier: a real central, two servers (namespaces on a test bridge) whose agents join
+//! it and build the WireGuard mesh from its watch. This kernel has no WireGuard module, so
+//! the agents fall back to wireguard-go, as they would on such a server.
+
+use std::{
+    net::SocketAddrV4,
+    os::unix::fs::PermissionsExt as _,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ferry_api::client::{Client, Trust};
+use ferry_tests::{
+    agent::{Agent, AgentPaths, Pins, agent_command_in},
+    central::Central,
+    cgroup::TestCgroup,
+    netns::{Network, Server, ip},
+    probe::Probe,
+    unique,
+};
+
+struct Node {
+    server: Server,
+    paths: AgentPaths,
+    _cgroup: TestCgroup,
+    _pins: Pins,
+}
+
+impl Node {
+    fn new(network: &mut Network, tag: &str, name: &str) -> Result<Self> {
+        let server = network.server(&format!("{name}{tag}"))?;
+        let cgroup = TestCgroup::top_level(&format!("ferry-test-{name}{tag}"))?;
+        let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
+        let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let paths = AgentPaths {
+            cgroup_root: cgroup.path().to_path_buf(),
+            bpffs: pins.path().to_path_buf(),
+            state_dir,
+            wg_interface: format!("fw{name}{tag}"),
+        };
+        Ok(Self {
+            server,
+            paths,
+            _cgroup: cgroup,
+            _pins: pins,
+        })
+    }
+
+    fn join(&self, central: &Central, name: &str) -> Result<String> {
+        let endpoint = format!("{}:51820", self.server.addr().context("address")?);
+        let state = self.paths.state_dir.to_string_lossy().into_owned();
+        let (ok, out, err) = agent_command_in(
+            &[
+                "join",
+                "--central",
+                &central.url,
+                "--token",
+                &central.join_token,
+                "--ca-fingerprint",
+                &central.ca_fingerprint,
+                "--name",
+                name,
+                "--endpoint",
+                &endpoint,
+                "--state-dir",
+                &state,
+            ],
+            Some(&self.server),
+        )?;
+        if !ok {
+            bail!("join failed: {err}");
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // wireguard-go holds its namespace; removing the link makes it exit.
+        let _ = ip(&[
+            "-n",
+            self.server.name(),
+            "link",
+            "del",
+            &self.paths.wg_interface,
+        ]);
+        let _ = std::fs::remove_dir_all(&self.paths.state_dir);
+    }
+}
+
+/// Connects from `from` to `to` until a backend answers or `deadline` passes.
+fn reach(probe: &Probe, from: &Server, to: SocketAddrV4, within: Duration) -> Result<String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = probe
+            .connect(to, 1, |cmd| from.enter(cmd))?
+            .pop()
+            .unwrap_or_default();
+        if !answer.starts_with("error") || Instant::now() > deadline {
+            return Ok(answer);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn agents_join_central_and_the_mesh_follows_its_watch() -> Result<()> {
+    let tag = unique("");
+    let mut network = Network::new(&format!("fbc{tag}"), 31)?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-central{tag}"));
+    let central = Central::start(&central_dir, "10.250.31.1")?;
+    let one = Node::new(&mut network, &tag, "one")?;
+    let two = Node::new(&mut network, &tag, "two")?;
+
+    let joined = one.join(&central, "one")?;
+    assert!(joined.contains("container subnet 10.66.1.0/24"), "{joined}");
+    assert!(two.join(&central, "two")?.contains("10.66.2.0/24"));
+    // A second join of the same server is refused and changes nothing.
+    let (ok, _, err) = agent_command_in(
+        &[
+            "join",
+            "--central",
+            &central.url,
+            "--token",
+            &central.join_token,
+            "--ca-fingerprint",
+            &central.ca_fingerprint,
+            "--name",
+            "one",
+            "--endpoint",
+            "10.250.31.2:51820",
+            "--state-dir",
+            &one.paths.state_dir.to_string_lossy(),
+        ],
+        Some(&one.server),
+    )?;
+    assert!(!ok && err.contains("already joined"), "{err}");
+
+    // The private key stays on its server: mode 0600 there, and central never saw it.
+    let key_file = one.paths.state_dir.join("wireguard.key");
+    assert_eq!(
+        std::fs::metadata(&key_file)?.permissions().mode() & 0o777,
+        0o600
+    );
+    let private = std::fs::read(&key_file)?;
+    let db = std::fs::read(central_dir.join("state.db"))?;
+    let wal = std::fs::read(central_dir.join("state.db-wal")).unwrap_or_default();
+    assert!(
+        !db.windows(private.len()).any(|w| w == private)
+            && !wal.windows(private.len()).any(|w| w == private)
+    );
+
+    let agent_one = Agent::start_in(&one.paths, Some(&one.server))?;
+    let _agent_two = Agent::start_in(&two.paths, Some(&two.server))?;
+
+    // A service on server two's container address answers server one through the tunnel.
+    let probe = Probe::new(env!("CARGO_BIN_EXE_ferry-probe"));
+    let target = SocketAddrV4::new("10.66.2.1".parse()?, 9000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let _backend = loop {
+        // The address exists once two's agent has configured its interface.
+        match probe.serve(target, "two", |cmd| two.server.enter(cmd)) {
+            Ok(backend) => break backend,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => return Err(e).context("server two's mesh address never appeared"),
+        }
+    };
+    assert_eq!(
+        reach(&probe, &one.server, target, Duration::from_secs(30))?,
+        "two"
+    );
+
+    // The agent going away leaves the mesh working.
+    agent_one.kill()?;
+    assert_eq!(
+        reach(&probe, &one.server, target, Duration::from_secs(5))?,
+        "two"
+    );
+    let _agent_one = Agent::start_in(&one.paths, Some(&one.server))?;
+
+    // The operator removes server two: server one's agent drops it as a peer.
+    let admin = Client::new(
+        &central.url,
+        &central.admin_token,
+        Trust::Fingerprint(central.ca_fingerprint.clone()),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(admin.remove_server("two"))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = probe
+            .connect(target, 1, |cmd| one.server.enter(cmd))?
+            .pop()
+            .unwrap_or_default();
+        if answer.starts_with("error") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("server two is still reachable 20 s after its removal: {answer}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(central);
+    let _ = std::fs::remove_dir_all(&central_dir);
+    Ok(())
+}
