@@ -107,30 +107,46 @@ impl Client {
         Some(pem_encode(&der))
     }
 
+    /// Sends `request` with the token; a non-2xx answer becomes [`ClientError::Status`]
+    /// with central's reason.
+    async fn respond(
+        &self,
+        request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.into(),
+                source,
+            })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        Err(ClientError::Status {
+            url: url.into(),
+            status: status.as_u16(),
+            message: body["error"].as_str().unwrap_or("no reason given").into(),
+        })
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<T, ClientError> {
-        let transport = |source| ClientError::Transport {
-            url: url.into(),
-            source,
-        };
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
+        let response = self.respond(request, url).await?;
+        response
+            .json()
             .await
-            .map_err(transport)?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            return Err(ClientError::Status {
+            .map_err(|source| ClientError::Transport {
                 url: url.into(),
-                status: status.as_u16(),
-                message: body["error"].as_str().unwrap_or("no reason given").into(),
-            });
-        }
-        response.json().await.map_err(transport)
+                source,
+            })
     }
 
     /// Registers this server (with the join token).
@@ -169,24 +185,7 @@ impl Client {
             .http
             .get(&url)
             .query(&[("prefix", prefix), ("after", &after.to_string())]);
-        let transport = |source| ClientError::Transport {
-            url: url.clone(),
-            source,
-        };
-        let response = request
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        if !status.is_success() {
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
-            return Err(ClientError::Status {
-                url,
-                status: status.as_u16(),
-                message: body["error"].as_str().unwrap_or("no reason given").into(),
-            });
-        }
+        let response = self.respond(request, &url).await?;
         let mut buffer = Vec::new();
         let stream_url = url.clone();
         let bytes = response
