@@ -1,0 +1,131 @@
+//! The `ferry` binary against a real central on loopback.
+
+use std::process::{Command, Output};
+
+use base64::Engine as _;
+use ferry_api::{
+    client::{Client, Trust},
+    types::JoinRequest,
+};
+use ferry_central::{init, serve};
+
+fn ferry(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env("FERRY_CONFIG", config)
+        .output()
+        .expect("run ferry")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_then_list_and_remove_servers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("central");
+    let done = init::init(
+        &data,
+        "https://127.0.0.1:7443",
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("init");
+    let running = serve::start(&data, None).await.expect("serve");
+    let url = format!("https://127.0.0.1:{}", running.local_addr().port());
+    let config = dir.path().join("ferry-config");
+
+    // Not logged in yet: the error says what to do.
+    let out = ferry(&config, &["servers", "list"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("run `ferry login` first"),
+        "{}",
+        text(&out).1
+    );
+
+    // A wrong token is checked before anything is saved.
+    let out = ferry(
+        &config,
+        &[
+            "login",
+            "--central",
+            &url,
+            "--token",
+            "ferry-admin-wrong",
+            "--ca-fingerprint",
+            &done.ca_fingerprint,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("nothing was saved") && text(&out).1.contains("401"),
+        "{}",
+        text(&out).1
+    );
+    assert!(!config.exists());
+
+    let out = ferry(
+        &config,
+        &[
+            "login",
+            "--central",
+            &url,
+            "--token",
+            &done.admin_token,
+            "--ca-fingerprint",
+            &done.ca_fingerprint,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("logged in") && text(&out).0.contains("0 servers"));
+
+    let joiner = Client::new(
+        &url,
+        &done.join_token,
+        Trust::Fingerprint(done.ca_fingerprint.clone()),
+    )
+    .expect("client");
+    joiner
+        .join(&JoinRequest {
+            name: "web-1".into(),
+            wireguard_public_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+            wireguard_endpoint: "192.0.2.10:51820".parse().expect("addr"),
+        })
+        .await
+        .expect("join");
+
+    let out = ferry(&config, &["servers", "list"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("SUBNET"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with("web-1")
+            && lines[1].contains("10.66.1.0/24")
+            && lines[1].contains("192.0.2.10:51820"),
+        "{stdout}"
+    );
+
+    let out = ferry(&config, &["servers", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["name"], "web-1");
+
+    let out = ferry(&config, &["servers", "remove", "web-1"]);
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("10.66.1.0/24 released"));
+    let out = ferry(&config, &["servers", "remove", "web-1"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("404") && text(&out).1.contains("no server named \"web-1\""),
+        "{}",
+        text(&out).1
+    );
+    drop(running);
+}
