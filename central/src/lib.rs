@@ -1,8 +1,6 @@
 //! `ferry-central`: the control plane, and the types the `ferry` CLI shares with it.
 //!
 //! # Layout
-//! - [`servicefile`]: reading a stack's `service.yml` (Cloud 66's format) into typed
-//!   services, with every problem located by file, line and column.
 //! - [`store`]: the revisioned key-value state (etcd's model) and its SQLite backend.
 //! - [`state`]: central's typed records on the store: servers and their subnets.
 //! - [`api`] and [`serve`]: the HTTP/JSON API with token checks, over TLS (its types and
@@ -14,7 +12,10 @@ pub mod config;
 pub mod init;
 pub mod pki;
 pub mod serve;
-pub mod servicefile;
 pub mod state;
 pub mod store;
 pub mod tokens;
+
+/// A stack's `service.yml`, read with every problem located (lives in `ferry-api`, which
+/// the CLI shares).
+pub use ferry_api::servicefile;

@@ -2,10 +2,13 @@
 //!
 //! # Layout
 //! - [`types`]: request and response bodies.
+//! - [`servicefile`]: a stack's `service.yml` (Cloud 66's format), read with located
+//!   errors; the CLI checks it before upload, central again on receipt.
 //! - [`client`]: the HTTPS client, which pins central's CA.
 //! - [`fingerprint`]: how a CA certificate is named in `--ca-fingerprint`.
 
 pub mod client;
+pub mod servicefile;
 pub mod types;
 
 use sha2::{Digest as _, Sha256};

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use ferry_api::types::Server;
+use ferry_api::{servicefile, types::Server};
 
 /// ferry: run Node apps on your own servers.
 #[derive(Parser)]
@@ -29,6 +29,14 @@ enum Command {
     /// Servers that joined central.
     #[command(subcommand)]
     Servers(ServersCommand),
+    /// Check a service.yml here, before any deploy: every error and warning, located.
+    Validate {
+        /// The file (default: service.yml in this directory).
+        #[arg(default_value = "service.yml")]
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -73,6 +81,7 @@ fn run(command: Command) -> Result<()> {
             Command::Servers(ServersCommand::Remove { name, output }) => {
                 servers_remove(&name, output).await
             }
+            Command::Validate { path, output } => validate(&path, output),
         }
     })
 }
@@ -98,6 +107,53 @@ async fn servers_remove(name: &str, output: Output) -> Result<()> {
             "removed {}: subnet 10.66.{}.0/24 released, its agent token revoked",
             removed.name, removed.subnet_index
         );
+    }
+    Ok(())
+}
+
+fn validate(path: &std::path::Path, output: Output) -> Result<()> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size > servicefile::MAX_BYTES as u64 {
+        anyhow::bail!(
+            "{} is {size} bytes; service files may be at most {} bytes",
+            path.display(),
+            servicefile::MAX_BYTES
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path.display().to_string();
+    let (diagnostics, stack) = match servicefile::parse(&name, &text) {
+        Ok(parsed) => (parsed.warnings, Some(parsed.stack)),
+        Err(err) => (err.diagnostics, None),
+    };
+    if output.json {
+        let problems: Vec<serde_json::Value> = diagnostics
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "severity": if d.severity == servicefile::Severity::Error { "error" } else { "warning" },
+                    "file": d.file, "line": d.line, "column": d.column, "path": d.path, "message": d.message,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "valid": stack.is_some(), "problems": problems })
+        );
+    } else {
+        for d in &diagnostics {
+            eprintln!("{d}");
+        }
+    }
+    let Some(stack) = stack else {
+        anyhow::bail!("{name} is not valid; fix the errors above");
+    };
+    if !output.json {
+        let names: Vec<&str> = stack.services.keys().map(String::as_str).collect();
+        println!("{name}: {} service(s): {}", names.len(), names.join(", "));
     }
     Ok(())
 }

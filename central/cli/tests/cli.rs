@@ -129,3 +129,38 @@ async fn login_then_list_and_remove_servers() {
     );
     drop(running);
 }
+
+#[test]
+fn validate_reports_located_problems_and_fails_only_on_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = dir.path().join("service.yml");
+    std::fs::write(&good, "services:\n  web:\n    ports: [\"3000:80\"]\n    comand: node s.js\n  api:\n    image: node:20\n").expect("write");
+    let out = ferry(dir.path(), &["validate", &good.to_string_lossy()]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("2 service(s): api, web"), "{stdout}");
+    assert!(
+        stderr.contains("service.yml:4:13: warning: services.web.comand")
+            && stderr.contains("did you mean \"command\""),
+        "{stderr}"
+    );
+
+    let bad = dir.path().join("bad.yml");
+    std::fs::write(&bad, "services:\n  web:\n    ports: [\"http\"]\n").expect("write");
+    let out = ferry(dir.path(), &["validate", &bad.to_string_lossy(), "--json"]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["problems"][0]["line"], 3);
+    assert_eq!(report["problems"][0]["path"], "services.web.ports[0]");
+
+    let out = ferry(
+        dir.path(),
+        &[
+            "validate",
+            &dir.path().join("missing.yml").to_string_lossy(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("missing.yml"), "{}", text(&out).1);
+}

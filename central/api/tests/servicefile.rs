@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_central::servicefile::{
+use ferry_api::servicefile::{
     Database, DnsBehaviour, EnvValue, Health, LoadBalancing, ParseError, Port, Severity, StopStep,
     parse,
 };
