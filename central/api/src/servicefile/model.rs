@@ -2,8 +2,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use serde::{Deserialize, Serialize};
+
 /// A stack as its `service.yml` declares it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackFile {
     /// Services by name.
     pub services: BTreeMap<String, Service>,
@@ -12,7 +14,7 @@ pub struct StackFile {
 }
 
 /// One service.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Service {
     /// Directory of the source to build, relative to the stack's source root.
     pub build_root: Option<String>,
@@ -52,7 +54,7 @@ pub struct Service {
 
 /// One published port, in Cloud 66's sense: a container port and the host ports that
 /// reach it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Port {
     /// Port inside the container.
     pub container: u16,
@@ -67,7 +69,7 @@ pub struct Port {
 }
 
 /// Readiness checking of new containers.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Health {
     /// ferry's default check: the container is running and its first port accepts TCP.
     #[default]
@@ -79,7 +81,7 @@ pub enum Health {
 }
 
 /// An explicit health check.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
     /// Path requested, e.g. `/healthz`.
     pub endpoint: String,
@@ -92,7 +94,7 @@ pub struct HealthCheck {
 }
 
 /// An environment variable's value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EnvValue {
     /// Used as written.
     Plain(String),
@@ -101,7 +103,7 @@ pub enum EnvValue {
 }
 
 /// A volume mount.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
     /// Host path or named volume.
     pub source: String,
@@ -112,7 +114,7 @@ pub struct Volume {
 }
 
 /// One step of a pre-stop sequence.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StopStep {
     /// Wait this long.
     Wait(Duration),
@@ -121,7 +123,8 @@ pub enum StopStep {
 }
 
 /// Versioned or not, for service discovery.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DnsBehaviour {
     /// Callers get the generation that matches their own.
     #[default]
@@ -131,7 +134,8 @@ pub enum DnsBehaviour {
 }
 
 /// Load balancing mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LoadBalancing {
     /// Each new connection to the next container.
     #[default]
@@ -143,7 +147,7 @@ pub enum LoadBalancing {
 }
 
 /// Placement and resource limits.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Constraints {
     /// At most this many containers of the service.
     pub max_count: Option<u32>,
@@ -154,7 +158,8 @@ pub struct Constraints {
 }
 
 /// A datasource type ferry can run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Database {
     /// MySQL.
     Mysql,

@@ -1,0 +1,331 @@
+//! Stacks and their generations: every deploy makes generation N+1; a generation serves
+//! only after it was marked healthy; a flip moves serving to it and retires the one before,
+//! which a rollback can serve again.
+//!
+//! Keys: `stacks/<stack>` holds a [`Stack`]; `generations/<stack>/<N, 10 digits>` holds a
+//! [`Generation`], zero-padded so key order is generation order. Every change is one
+//! compare-and-put transaction on the records it reads, so two deploys or a deploy and a
+//! flip racing each other cannot interleave: one of them retries or fails, never both win.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use ferry_api::servicefile::Service;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Compare, KeyValue, Op, Store, StoreError, TxnOutcome};
+
+/// A stack's pointers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stack {
+    /// The stack's name.
+    pub name: String,
+    /// The newest generation made (0: none yet).
+    pub latest: u64,
+    /// The generation that serves, if any.
+    pub serving: Option<u64>,
+    /// The generation that served before it, for `rollback`.
+    pub previous: Option<u64>,
+}
+
+/// Where a generation is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Images build, containers start and are checked.
+    Deploying,
+    /// Every container passed its health check; ready to serve.
+    Healthy,
+    /// A check failed; this generation never serves.
+    Failed {
+        /// What failed, for the operator.
+        reason: String,
+    },
+    /// New connections and requests go here.
+    Serving,
+    /// Served before; drained. Rollback can serve it again.
+    Retired,
+}
+
+/// One deploy of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// Its stack.
+    pub stack: String,
+    /// N.
+    pub number: u64,
+    /// The services as service.yml declared them.
+    pub services: BTreeMap<String, Service>,
+    /// SHA-256 of the uploaded source, hex.
+    pub source_digest: String,
+    /// Where it is.
+    pub phase: Phase,
+}
+
+/// Errors from stack bookkeeping.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{name:?} is not a valid stack name: use 1 to 63 lower-case letters, digits and '-'")]
+    BadName { name: String },
+    #[error("no stack named {name:?}; deploy it first")]
+    UnknownStack { name: String },
+    #[error("stack {stack:?} has no generation {number}")]
+    UnknownGeneration { stack: String, number: u64 },
+    #[error("generation {number} of {stack:?} is {phase}, so it cannot {action}")]
+    WrongPhase {
+        stack: String,
+        number: u64,
+        phase: String,
+        action: &'static str,
+    },
+    #[error("stack {stack:?} has no earlier generation to roll back to")]
+    NothingToRollBack { stack: String },
+    #[error("the record at {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How often a change retries after losing a race.
+const ATTEMPTS: usize = 16;
+
+/// Stack bookkeeping over a store.
+pub struct Stacks<S: Store> {
+    store: Arc<S>,
+}
+
+fn stack_key(name: &str) -> String {
+    format!("stacks/{name}")
+}
+
+fn generation_key(stack: &str, number: u64) -> String {
+    format!("generations/{stack}/{number:010}")
+}
+
+fn phase_name(phase: &Phase) -> String {
+    match phase {
+        Phase::Deploying => "deploying".into(),
+        Phase::Healthy => "healthy".into(),
+        Phase::Failed { reason } => format!("failed ({reason})"),
+        Phase::Serving => "serving".into(),
+        Phase::Retired => "retired".into(),
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, StackError> {
+    serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
+        key: kv.key.clone(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StackError> {
+    serde_json::to_vec(value).map_err(|source| StackError::Corrupt {
+        key: key.into(),
+        source,
+    })
+}
+
+fn contended() -> StackError {
+    StackError::Store(StoreError::Contended {
+        what: "a stack change",
+    })
+}
+
+impl<S: Store> Stacks<S> {
+    /// Stack bookkeeping on `store`.
+    pub fn new(store: Arc<S>) -> Self {
+        Self { store }
+    }
+
+    /// A stack's pointers.
+    pub fn stack(&self, name: &str) -> Result<Stack, StackError> {
+        self.read_stack(name)?
+            .map(|(stack, _)| stack)
+            .ok_or_else(|| StackError::UnknownStack { name: name.into() })
+    }
+
+    /// Every stack.
+    pub fn list(&self) -> Result<Vec<Stack>, StackError> {
+        let (records, _) = self.store.list("stacks/")?;
+        records.iter().map(decode).collect()
+    }
+
+    /// One generation.
+    pub fn generation(&self, stack: &str, number: u64) -> Result<Generation, StackError> {
+        self.read_generation(stack, number).map(|(g, _)| g)
+    }
+
+    /// Every generation of a stack, oldest first.
+    pub fn generations(&self, stack: &str) -> Result<Vec<Generation>, StackError> {
+        let (records, _) = self.store.list(&format!("generations/{stack}/"))?;
+        records.iter().map(decode).collect()
+    }
+
+    /// Makes generation N+1 of `stack` (creating the stack on its first deploy).
+    pub fn create_generation(
+        &self,
+        stack: &str,
+        services: BTreeMap<String, Service>,
+        source_digest: &str,
+    ) -> Result<Generation, StackError> {
+        check_name(stack)?;
+        for _ in 0..ATTEMPTS {
+            let (mut record, revision) = match self.read_stack(stack)? {
+                Some(found) => found,
+                None => (
+                    Stack {
+                        name: stack.into(),
+                        latest: 0,
+                        serving: None,
+                        previous: None,
+                    },
+                    0,
+                ),
+            };
+            record.latest += 1;
+            let generation = Generation {
+                stack: stack.into(),
+                number: record.latest,
+                services: services.clone(),
+                source_digest: source_digest.into(),
+                phase: Phase::Deploying,
+            };
+            let (sk, gk) = (stack_key(stack), generation_key(stack, generation.number));
+            let outcome = self.store.txn(
+                &[Compare::ModRevision(sk.clone(), revision)],
+                &[
+                    Op::Put(sk.clone(), encode(&sk, &record)?),
+                    Op::Put(gk.clone(), encode(&gk, &generation)?),
+                ],
+            )?;
+            if let TxnOutcome::Committed(_) = outcome {
+                return Ok(generation);
+            }
+        }
+        Err(contended())
+    }
+
+    /// Records the outcome of a generation's health checks: Healthy, or Failed with why.
+    pub fn finish_deploy(
+        &self,
+        stack: &str,
+        number: u64,
+        outcome: Result<(), String>,
+    ) -> Result<Generation, StackError> {
+        for _ in 0..ATTEMPTS {
+            let (mut generation, revision) = self.read_generation(stack, number)?;
+            if generation.phase != Phase::Deploying {
+                return Err(wrong_phase(&generation, "finish deploying"));
+            }
+            generation.phase = match &outcome {
+                Ok(()) => Phase::Healthy,
+                Err(reason) => Phase::Failed {
+                    reason: reason.clone(),
+                },
+            };
+            let key = generation_key(stack, number);
+            let outcome = self.store.txn(
+                &[Compare::ModRevision(key.clone(), revision)],
+                &[Op::Put(key.clone(), encode(&key, &generation)?)],
+            )?;
+            if let TxnOutcome::Committed(_) = outcome {
+                return Ok(generation);
+            }
+        }
+        Err(contended())
+    }
+
+    /// Serves generation `number`: it must be healthy (or retired, for a rollback). The
+    /// one serving before is retired and remembered for rollback.
+    pub fn flip(&self, stack: &str, number: u64) -> Result<Stack, StackError> {
+        for _ in 0..ATTEMPTS {
+            let (mut record, stack_revision) = self
+                .read_stack(stack)?
+                .ok_or_else(|| StackError::UnknownStack { name: stack.into() })?;
+            let (mut target, target_revision) = self.read_generation(stack, number)?;
+            match target.phase {
+                Phase::Healthy | Phase::Retired => {}
+                Phase::Serving => return Ok(record),
+                _ => return Err(wrong_phase(&target, "serve")),
+            }
+            let mut compares = vec![
+                Compare::ModRevision(stack_key(stack), stack_revision),
+                Compare::ModRevision(generation_key(stack, number), target_revision),
+            ];
+            let mut ops = Vec::new();
+            if let Some(old) = record.serving {
+                let (mut previous, previous_revision) = self.read_generation(stack, old)?;
+                previous.phase = Phase::Retired;
+                let key = generation_key(stack, old);
+                compares.push(Compare::ModRevision(key.clone(), previous_revision));
+                ops.push(Op::Put(key.clone(), encode(&key, &previous)?));
+            }
+            target.phase = Phase::Serving;
+            record.previous = record.serving;
+            record.serving = Some(number);
+            let (sk, gk) = (stack_key(stack), generation_key(stack, number));
+            ops.push(Op::Put(gk.clone(), encode(&gk, &target)?));
+            ops.push(Op::Put(sk.clone(), encode(&sk, &record)?));
+            if let TxnOutcome::Committed(_) = self.store.txn(&compares, &ops)? {
+                return Ok(record);
+            }
+        }
+        Err(contended())
+    }
+
+    /// Serves the generation that served before the current one.
+    pub fn rollback(&self, stack: &str) -> Result<Stack, StackError> {
+        let record = self.stack(stack)?;
+        let previous = record
+            .previous
+            .ok_or_else(|| StackError::NothingToRollBack {
+                stack: stack.into(),
+            })?;
+        self.flip(stack, previous)
+    }
+
+    fn read_stack(&self, name: &str) -> Result<Option<(Stack, u64)>, StackError> {
+        match self.store.get(&stack_key(name))? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    fn read_generation(&self, stack: &str, number: u64) -> Result<(Generation, u64), StackError> {
+        let kv = self
+            .store
+            .get(&generation_key(stack, number))?
+            .ok_or_else(|| StackError::UnknownGeneration {
+                stack: stack.into(),
+                number,
+            })?;
+        Ok((decode(&kv)?, kv.mod_revision))
+    }
+}
+
+fn wrong_phase(generation: &Generation, action: &'static str) -> StackError {
+    StackError::WrongPhase {
+        stack: generation.stack.clone(),
+        number: generation.number,
+        phase: phase_name(&generation.phase),
+        action,
+    }
+}
+
+fn check_name(name: &str) -> Result<(), StackError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StackError::BadName { name: name.into() })
+    }
+}
