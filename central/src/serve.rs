@@ -84,7 +84,7 @@ pub async fn start(data_dir: &Path, listen: Option<SocketAddr>) -> Result<Runnin
     let local_addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let router = api::router(AppState::new(store));
+    let router = api::router(AppState::new(store, data_dir));
     info!(%local_addr, "central listening");
     let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), router));
     Ok(Running { local_addr, task })

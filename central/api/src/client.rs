@@ -21,7 +21,10 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     Revision, fingerprint,
-    types::{JoinRequest, JoinResponse, ListResponse, Server, WatchLine},
+    types::{
+        DeployResponse, Generation, JoinRequest, JoinResponse, ListResponse, Server, Stack,
+        WatchLine,
+    },
 };
 
 /// How the client recognises central.
@@ -165,6 +168,34 @@ impl Client {
     pub async fn remove_server(&self, name: &str) -> Result<Server, ClientError> {
         let url = format!("{}/v1/servers/{name}", self.base);
         self.send(self.http.delete(&url), &url).await
+    }
+
+    /// Uploads a source archive (tar.gz, service.yml at its root) as the next generation of
+    /// `stack` (admin).
+    pub async fn deploy(
+        &self,
+        stack: &str,
+        archive: Vec<u8>,
+    ) -> Result<DeployResponse, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/deploy", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/gzip")
+            .body(archive);
+        self.send(request, &url).await
+    }
+
+    /// Every stack (admin).
+    pub async fn stacks(&self) -> Result<Vec<Stack>, ClientError> {
+        let url = format!("{}/v1/stacks", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// A stack's generations, oldest first (admin).
+    pub async fn generations(&self, stack: &str) -> Result<Vec<Generation>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/generations", self.base);
+        self.send(self.http.get(&url), &url).await
     }
 
     /// The keys under `prefix`, and their revision.

@@ -85,3 +85,66 @@ pub struct Server {
     /// Where its WireGuard listens.
     pub wireguard_endpoint: std::net::SocketAddr,
 }
+
+/// What `POST /v1/stacks/{stack}/deploy` made.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct DeployResponse {
+    /// The stack.
+    pub stack: String,
+    /// The new generation's number.
+    pub generation: u64,
+    /// `sha256:` of the uploaded source archive.
+    pub source: String,
+    /// Warnings about service.yml, located.
+    pub warnings: Vec<String>,
+}
+
+/// Largest source archive a deploy may upload.
+pub const MAX_SOURCE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// A stack's pointers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stack {
+    /// The stack's name.
+    pub name: String,
+    /// The newest generation made (0: none yet).
+    pub latest: u64,
+    /// The generation that serves, if any.
+    pub serving: Option<u64>,
+    /// The generation that served before it, for `rollback`.
+    pub previous: Option<u64>,
+}
+
+/// Where a generation is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    /// Images build, containers start and are checked.
+    Deploying,
+    /// Every container passed its health check; ready to serve.
+    Healthy,
+    /// A check failed; this generation never serves.
+    Failed {
+        /// What failed, for the operator.
+        reason: String,
+    },
+    /// New connections and requests go here.
+    Serving,
+    /// Served before; drained. Rollback can serve it again.
+    Retired,
+}
+
+/// One deploy of a stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// Its stack.
+    pub stack: String,
+    /// N.
+    pub number: u64,
+    /// The services as service.yml declared them.
+    pub services: std::collections::BTreeMap<String, crate::servicefile::Service>,
+    /// SHA-256 of the uploaded source, hex.
+    pub source_digest: String,
+    /// Where it is.
+    pub phase: Phase,
+}

@@ -2,9 +2,11 @@
 //! doc comments are the help.
 //!
 //! # Layout
+//! - `deploy`: packing and checking a stack's source before upload.
 //! - `login`: where central is and the operator's token, kept in the CLI's config.
 //! - `table`: plain aligned tables, the default output (`--json` everywhere else).
 
+mod deploy;
 mod login;
 mod table;
 
@@ -29,6 +31,20 @@ enum Command {
     /// Servers that joined central.
     #[command(subcommand)]
     Servers(ServersCommand),
+    /// Upload a stack's source as its next generation (service.yml is checked here first).
+    Deploy {
+        /// The stack (default: the directory's name).
+        #[arg(long)]
+        stack: Option<String>,
+        /// The source directory, with service.yml at its root.
+        #[arg(default_value = ".")]
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Stacks and their generations.
+    #[command(subcommand)]
+    Stacks(StacksCommand),
     /// Check a service.yml here, before any deploy: every error and warning, located.
     Validate {
         /// The file (default: service.yml in this directory).
@@ -50,6 +66,12 @@ enum ServersCommand {
         #[command(flatten)]
         output: Output,
     },
+}
+
+#[derive(Subcommand)]
+enum StacksCommand {
+    /// List stacks with their newest and serving generations.
+    List(Output),
 }
 
 #[derive(Args)]
@@ -82,6 +104,12 @@ fn run(command: Command) -> Result<()> {
                 servers_remove(&name, output).await
             }
             Command::Validate { path, output } => validate(&path, output),
+            Command::Deploy {
+                stack,
+                path,
+                output,
+            } => deploy(stack, &path, output).await,
+            Command::Stacks(StacksCommand::List(output)) => stacks_list(output).await,
         }
     })
 }
@@ -108,6 +136,63 @@ async fn servers_remove(name: &str, output: Output) -> Result<()> {
             removed.name, removed.subnet_index
         );
     }
+    Ok(())
+}
+
+async fn deploy(stack: Option<String>, dir: &std::path::Path, output: Output) -> Result<()> {
+    deploy::check(dir)?;
+    let stack = deploy::stack_name(stack, dir)?;
+    let client = login::client()?;
+    let archive = deploy::pack(dir)?;
+    if !output.json {
+        eprintln!(
+            "uploading {} ({} bytes packed) as the next generation of {stack}",
+            dir.display(),
+            archive.len()
+        );
+    }
+    let done = client.deploy(&stack, archive).await?;
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    } else {
+        for warning in &done.warnings {
+            eprintln!("{warning}");
+        }
+        println!(
+            "generation {} of {} recorded (source {})",
+            done.generation, done.stack, done.source
+        );
+        // Say plainly what does not happen yet, rather than let the operator wait for it.
+        println!(
+            "note: agents do not build or start containers yet, so this generation stays \
+             `deploying` and does not serve"
+        );
+    }
+    Ok(())
+}
+
+async fn stacks_list(output: Output) -> Result<()> {
+    let stacks = login::client()?.stacks().await?;
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&stacks)?);
+        return Ok(());
+    }
+    let show = |g: Option<u64>| g.map_or("-".to_string(), |g| g.to_string());
+    let rows: Vec<Vec<String>> = stacks
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.latest.to_string(),
+                show(s.serving),
+                show(s.previous),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(&["STACK", "LATEST", "SERVING", "PREVIOUS"], &rows)
+    );
     Ok(())
 }
 

@@ -164,3 +164,121 @@ fn validate_reports_located_problems_and_fails_only_on_errors() {
     assert!(!out.status.success());
     assert!(text(&out).1.contains("missing.yml"), "{}", text(&out).1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_checks_packs_and_records_generations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("central");
+    let done = init::init(
+        &data,
+        "https://127.0.0.1:7443",
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("init");
+    let running = serve::start(&data, None).await.expect("serve");
+    let url = format!("https://127.0.0.1:{}", running.local_addr().port());
+    let config = dir.path().join("ferry-config");
+    let out = ferry(
+        &config,
+        &[
+            "login",
+            "--central",
+            &url,
+            "--token",
+            &done.admin_token,
+            "--ca-fingerprint",
+            &done.ca_fingerprint,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
+    let shop = shop.to_string_lossy();
+    for expected in [1, 2] {
+        let out = ferry(&config, &["deploy", "--stack", "shop", &shop]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "generation {expected} of shop recorded (source sha256:"
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("does not serve"),
+            "the CLI must not pretend: {stdout}"
+        );
+    }
+    let admin = Client::new(
+        &url,
+        &done.admin_token,
+        Trust::Fingerprint(done.ca_fingerprint.clone()),
+    )
+    .expect("client");
+    let generations = admin.generations("shop").await.expect("generations");
+    assert_eq!(generations.len(), 2);
+    assert_eq!(
+        generations[1].services.keys().collect::<Vec<_>>(),
+        ["api", "web"]
+    );
+    // The same source twice is one file on disk.
+    assert_eq!(generations[0].source_digest, generations[1].source_digest);
+    assert_eq!(
+        std::fs::read_dir(data.join("sources"))
+            .expect("sources")
+            .count(),
+        1
+    );
+
+    let out = ferry(&config, &["stacks", "list"]);
+    let stdout = text(&out).0;
+    assert!(
+        stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("shop") && l.contains(" 2 ")),
+        "{stdout}"
+    );
+
+    // A bad service.yml is refused here, before anything is uploaded.
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).expect("mkdir");
+    std::fs::write(
+        bad.join("service.yml"),
+        "services:\n  web:\n    ports: [oops]\n",
+    )
+    .expect("write");
+    let out = ferry(
+        &config,
+        &["deploy", "--stack", "shop", &bad.to_string_lossy()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("service.yml:3:13"),
+        "{}",
+        text(&out).1
+    );
+
+    // Central checks again: an archive without service.yml, garbage, and an oversized body.
+    let err = admin
+        .deploy("shop", b"not gzip".to_vec())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("400") && err.to_string().contains("gzip"),
+        "{err}"
+    );
+    let err = admin.deploy("Shop!", b"x".to_vec()).await.unwrap_err();
+    assert!(err.to_string().contains("not a valid stack name"), "{err}");
+    let err = admin
+        .deploy("shop", vec![0u8; 101 * 1024 * 1024])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("413"), "{err}");
+    assert_eq!(
+        admin.generations("shop").await.expect("generations").len(),
+        2,
+        "nothing changed"
+    );
+    drop(running);
+}

@@ -8,7 +8,11 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::{state::ServerError, store::StoreError};
+use crate::{
+    sources::SourceError,
+    state::{ServerError, StackError},
+    store::StoreError,
+};
 
 /// An error a handler returns.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,10 @@ pub enum ApiError {
     Server(#[from] ServerError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 impl ApiError {
@@ -41,7 +49,17 @@ impl ApiError {
             Self::Store(StoreError::BadKey { .. } | StoreError::TooLarge { .. }) => {
                 StatusCode::BAD_REQUEST
             }
-            Self::Server(_) | Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Stack(StackError::BadName { .. }) => StatusCode::BAD_REQUEST,
+            Self::Stack(StackError::UnknownStack { .. } | StackError::UnknownGeneration { .. }) => {
+                StatusCode::NOT_FOUND
+            }
+            Self::Stack(StackError::WrongPhase { .. } | StackError::NothingToRollBack { .. }) => {
+                StatusCode::CONFLICT
+            }
+            Self::Source(SourceError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Source(SourceError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Source(_) => StatusCode::BAD_REQUEST,
+            Self::Server(_) | Self::Store(_) | Self::Stack(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -11,6 +11,9 @@
 //! - `GET /v1/list?prefix=`: keys under a prefix and the revision they are as of.
 //! - `GET /v1/watch?prefix=&after=`: newline-delimited JSON batches of changes after a
 //!   revision; a client resumes with the last revision it saw.
+//! - `POST /v1/stacks/{stack}/deploy`: upload a source archive (tar.gz with service.yml at
+//!   its root); a valid one becomes generation N+1. `GET /v1/stacks`,
+//!   `GET /v1/stacks/{stack}/generations`.
 
 mod auth;
 mod error;
@@ -18,7 +21,10 @@ mod routes;
 
 pub use ferry_api::types;
 
-use std::sync::Arc;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use axum::{
     Router,
@@ -29,7 +35,7 @@ use axum::{
 pub use error::ApiError;
 
 use crate::{
-    state::{ContainerNet, Servers},
+    state::{ContainerNet, Servers, Stacks},
     store::sqlite::SqliteStore,
 };
 
@@ -42,13 +48,19 @@ pub struct AppState {
     pub store: Arc<SqliteStore>,
     /// Server bookkeeping.
     pub servers: Servers<SqliteStore>,
+    /// Stacks and generations.
+    pub stacks: Stacks<SqliteStore>,
+    /// Where uploaded sources are kept.
+    pub sources: PathBuf,
 }
 
 impl AppState {
-    /// State over `store`.
-    pub fn new(store: Arc<SqliteStore>) -> Arc<Self> {
+    /// State over `store`, with sources under `data_dir`.
+    pub fn new(store: Arc<SqliteStore>, data_dir: &Path) -> Arc<Self> {
         Arc::new(Self {
             servers: Servers::new(store.clone(), ContainerNet::default()),
+            stacks: Stacks::new(store.clone()),
+            sources: data_dir.join("sources"),
             store,
         })
     }
@@ -63,6 +75,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/servers/{name}", delete(routes::remove_server))
         .route("/v1/list", get(routes::list))
         .route("/v1/watch", get(routes::watch))
+        .route("/v1/stacks", get(routes::list_stacks))
+        .route(
+            "/v1/stacks/{stack}/generations",
+            get(routes::list_generations),
+        )
+        .route(
+            "/v1/stacks/{stack}/deploy",
+            // Sources stream to disk with their own limit (see `sources`).
+            post(routes::deploy).layer(DefaultBodyLimit::disable()),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }

@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 use super::{
     ApiError, AppState,
     auth::{Caller, agent_token_key, forbidden},
-    types::{JoinRequest, JoinResponse},
+    types::{DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES},
 };
 use crate::{
-    state::Server,
+    servicefile, sources,
+    state::{Generation, Server, Stack},
     store::{Event, Op, Revision, Store as _, Watch},
     tokens::{self, Role},
 };
@@ -176,4 +177,56 @@ pub async fn watch(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+pub async fn list_stacks(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Vec<Stack>>, ApiError> {
+    caller.admin("list stacks")?;
+    Ok(Json(state.stacks.list()?))
+}
+
+pub async fn list_generations(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(stack): Path<String>,
+) -> Result<Json<Vec<Generation>>, ApiError> {
+    caller.admin("list generations")?;
+    state.stacks.stack(&stack)?;
+    Ok(Json(state.stacks.generations(&stack)?))
+}
+
+/// Stores the archive, reads and checks its service.yml, and records generation N+1.
+/// A refused upload changes nothing but a content-addressed file on disk.
+pub async fn deploy(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(stack): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
+    caller.admin("deploy")?;
+    // Refuse a bad stack name before reading a byte of the upload.
+    state.stacks.check_name(&stack)?;
+    let stored = sources::store(&state.sources, body.into_data_stream(), MAX_SOURCE_BYTES).await?;
+    let path = stored.path.clone();
+    let text = tokio::task::spawn_blocking(move || sources::service_file(&path))
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))??;
+    let parsed = servicefile::parse("service.yml", &text)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let generation =
+        state
+            .stacks
+            .create_generation(&stack, parsed.stack.services, &stored.digest)?;
+    tracing::info!(%stack, generation = generation.number, source = %stored.digest, "generation created");
+    Ok((
+        StatusCode::CREATED,
+        Json(DeployResponse {
+            stack,
+            generation: generation.number,
+            source: format!("sha256:{}", stored.digest),
+            warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
+        }),
+    ))
 }

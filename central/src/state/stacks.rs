@@ -10,56 +10,10 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ferry_api::servicefile::Service;
+pub use ferry_api::types::{Generation, Phase, Stack};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Compare, KeyValue, Op, Store, StoreError, TxnOutcome};
-
-/// A stack's pointers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stack {
-    /// The stack's name.
-    pub name: String,
-    /// The newest generation made (0: none yet).
-    pub latest: u64,
-    /// The generation that serves, if any.
-    pub serving: Option<u64>,
-    /// The generation that served before it, for `rollback`.
-    pub previous: Option<u64>,
-}
-
-/// Where a generation is in its life.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
-pub enum Phase {
-    /// Images build, containers start and are checked.
-    Deploying,
-    /// Every container passed its health check; ready to serve.
-    Healthy,
-    /// A check failed; this generation never serves.
-    Failed {
-        /// What failed, for the operator.
-        reason: String,
-    },
-    /// New connections and requests go here.
-    Serving,
-    /// Served before; drained. Rollback can serve it again.
-    Retired,
-}
-
-/// One deploy of a stack.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Generation {
-    /// Its stack.
-    pub stack: String,
-    /// N.
-    pub number: u64,
-    /// The services as service.yml declared them.
-    pub services: BTreeMap<String, Service>,
-    /// SHA-256 of the uploaded source, hex.
-    pub source_digest: String,
-    /// Where it is.
-    pub phase: Phase,
-}
 
 /// Errors from stack bookkeeping.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +93,11 @@ impl<S: Store> Stacks<S> {
     /// Stack bookkeeping on `store`.
     pub fn new(store: Arc<S>) -> Self {
         Self { store }
+    }
+
+    /// Checks a stack name.
+    pub fn check_name(&self, name: &str) -> Result<(), StackError> {
+        check_name(name)
     }
 
     /// A stack's pointers.
