@@ -1,5 +1,19 @@
-//! Containers through the Docker Engine API (bollard). For now: reaching the engine.
+//! Containers through the Docker Engine API (bollard): reaching the engine, building
+//! images from uploaded source, the per-server network, and ferry's labelled containers.
+//!
+//! Every container ferry runs carries `ferry.stack`, `ferry.service` and
+//! `ferry.generation` labels; they are how an agent finds its containers again after a
+//! restart, instead of starting new ones.
 
 mod engine;
+mod image;
+mod network;
+mod running;
 
 pub use engine::{Engine, EngineError};
+pub use image::{ImageError, build_image, node_dockerfile};
+pub use network::{NetworkError, ensure_network};
+pub use running::{
+    ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_SERVICE, LABEL_STACK,
+    list, start,
+};

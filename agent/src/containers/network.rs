@@ -1,0 +1,77 @@
+//! The per-server Docker network: a bridge with this server's ContainerNet subnet.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
+
+use super::Engine;
+
+/// A network that could not be made or does not fit.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(
+        "network {name} exists with subnet {found:?}, not {wanted}; remove it (docker network rm {name}) or fix the server's subnet"
+    )]
+    Mismatch {
+        name: String,
+        found: Option<String>,
+        wanted: String,
+    },
+    #[error("creating network {name}: {source}")]
+    Engine {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// Makes sure network `name` exists with `subnet/24` and gateway `.1`; an existing one with
+/// another subnet is an error, never silently reused.
+pub async fn ensure_network(
+    engine: &Engine,
+    name: &str,
+    subnet: Ipv4Addr,
+) -> Result<(), NetworkError> {
+    let wanted = format!("{subnet}/24");
+    let docker = engine.docker();
+    if let Ok(existing) = docker.inspect_network(name, None).await {
+        let found = existing
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .and_then(|configs| configs.into_iter().find_map(|c| c.subnet));
+        if found.as_deref() == Some(wanted.as_str()) {
+            return Ok(());
+        }
+        return Err(NetworkError::Mismatch {
+            name: name.into(),
+            found,
+            wanted,
+        });
+    }
+    let [a, b, c, _] = subnet.octets();
+    let request = NetworkCreateRequest {
+        name: name.into(),
+        driver: Some("bridge".into()),
+        ipam: Some(Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(wanted),
+                gateway: Some(Ipv4Addr::new(a, b, c, 1).to_string()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        labels: Some(HashMap::from([(
+            "ferry.network".to_string(),
+            "1".to_string(),
+        )])),
+        ..Default::default()
+    };
+    docker
+        .create_network(request)
+        .await
+        .map(drop)
+        .map_err(|source| NetworkError::Engine {
+            name: name.into(),
+            source,
+        })
+}

@@ -1,0 +1,147 @@
+//! Starting ferry's containers and finding them again by their labels.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use bollard::{
+    models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig},
+    query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder},
+};
+
+use super::Engine;
+
+/// Label naming the stack.
+pub const LABEL_STACK: &str = "ferry.stack";
+/// Label naming the service.
+pub const LABEL_SERVICE: &str = "ferry.service";
+/// Label holding the generation.
+pub const LABEL_GENERATION: &str = "ferry.generation";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    /// Stack.
+    pub stack: String,
+    /// Service.
+    pub service: String,
+    /// Generation.
+    pub generation: u64,
+    /// Image reference.
+    pub image: String,
+    /// Environment, `NAME=value`.
+    pub env: Vec<String>,
+    /// The per-server network to join.
+    pub network: String,
+}
+
+/// A ferry container the engine knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FerryContainer {
+    /// Docker's id.
+    pub id: String,
+    /// Stack label.
+    pub stack: String,
+    /// Service label.
+    pub service: String,
+    /// Generation label.
+    pub generation: u64,
+    /// Its address on the ferry network, if it has one.
+    pub address: Option<Ipv4Addr>,
+    /// Whether it runs.
+    pub running: bool,
+}
+
+/// Errors starting or listing containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{action} {what}: {source}")]
+    Engine {
+        action: &'static str,
+        what: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// Creates and starts a container for `spec`; returns its id.
+pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, ContainerError> {
+    let what = format!(
+        "{}/{} generation {}",
+        spec.stack, spec.service, spec.generation
+    );
+    let fail = |action| {
+        let what = what.clone();
+        move |source| ContainerError::Engine {
+            action,
+            what,
+            source,
+        }
+    };
+    let labels = HashMap::from([
+        (LABEL_STACK.to_string(), spec.stack.clone()),
+        (LABEL_SERVICE.to_string(), spec.service.clone()),
+        (LABEL_GENERATION.to_string(), spec.generation.to_string()),
+    ]);
+    let body = ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        env: Some(spec.env.clone()),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            network_mode: Some(spec.network.clone()),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                spec.network.clone(),
+                EndpointSettings::default(),
+            )])),
+        }),
+        ..Default::default()
+    };
+    let docker = engine.docker();
+    let created = docker
+        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
+        .await
+        .map_err(fail("create"))?;
+    docker
+        .start_container(&created.id, None)
+        .await
+        .map_err(fail("start"))?;
+    Ok(created.id)
+}
+
+/// Every container carrying ferry's labels, running or not.
+pub async fn list(engine: &Engine) -> Result<Vec<FerryContainer>, ContainerError> {
+    let filters = HashMap::from([("label", vec![LABEL_STACK])]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let summaries = engine
+        .docker()
+        .list_containers(Some(options))
+        .await
+        .map_err(|source| ContainerError::Engine {
+            action: "list",
+            what: "ferry's containers".into(),
+            source,
+        })?;
+    Ok(summaries
+        .into_iter()
+        .filter_map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            let address = c
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|networks| networks.into_values().find_map(|e| e.ip_address))
+                .and_then(|ip| ip.parse().ok());
+            Some(FerryContainer {
+                id: c.id?,
+                stack: labels.get(LABEL_STACK)?.clone(),
+                service: labels.get(LABEL_SERVICE)?.clone(),
+                generation: labels.get(LABEL_GENERATION)?.parse().ok()?,
+                address,
+                running: c.state.is_some_and(|s| s.to_string() == "running"),
+            })
+        })
+        .collect())
+}

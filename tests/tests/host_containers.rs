@@ -1,0 +1,141 @@
+//! Host tier: the agent's container verbs on a real Docker Engine inside a server's
+//! namespace: the per-server network with its subnet, an image built from the example
+//! stack's source with a generated Node Dockerfile, a labelled container that serves, and
+//! finding it again by its labels.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use ferry_agent::containers::{
+    ContainerSpec, NetworkError, build_image, ensure_network, list, node_dockerfile, start,
+};
+use ferry_tests::{docker::DockerEngine, netns::Network, node_image, unique};
+
+/// The example api's source as a build context, with a generated Dockerfile.
+fn api_context(dockerfile: &str) -> Result<Vec<u8>> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop/api");
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append_dir_all(".", &source)
+        .with_context(|| format!("packing {}", source.display()))?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "Dockerfile.ferry", dockerfile.as_bytes())?;
+    Ok(tar.into_inner()?)
+}
+
+fn http_get(addr: SocketAddrV4) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_labels() -> Result<()>
+{
+    let tag = unique("");
+    let mut network = Network::new(&format!("fbd{tag}"), 41)?;
+    let server = network.server(&format!("fd{tag}"))?;
+    let docker = DockerEngine::start("ferry-host-containers", Some(&server)).await?;
+    let engine = docker.engine();
+    let base = node_image::ensure(&docker).await?;
+
+    let net = format!("ferry-{tag}");
+    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0)).await?;
+    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0)).await?;
+    let clash = ensure_network(engine, &net, Ipv4Addr::new(10, 66, 8, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(clash, NetworkError::Mismatch { .. }), "{clash}");
+    assert!(clash.to_string().contains("10.66.8.0/24"), "{clash}");
+
+    let image = format!("ferry-test/shop-api:{tag}");
+    let mut lines = Vec::new();
+    build_image(
+        engine,
+        api_context(&node_dockerfile(&base, "node server.js"))?,
+        "Dockerfile.ferry",
+        &image,
+        |l| lines.push(l.to_string()),
+    )
+    .await?;
+    assert!(
+        lines.iter().any(|l| l.contains("COPY . /app")),
+        "build progress: {lines:?}"
+    );
+
+    // A Dockerfile that fails is reported with the engine's reason.
+    let err = build_image(
+        engine,
+        api_context("FROM ferry/does-not-exist:0\n")?,
+        "Dockerfile.ferry",
+        "ferry-test/broken:1",
+        |_| {},
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("ferry-test/broken:1"), "{err}");
+
+    let id = start(
+        engine,
+        &ContainerSpec {
+            stack: "shop".into(),
+            service: "api".into(),
+            generation: 1,
+            image: image.clone(),
+            env: vec!["PORT=4000".into(), "FERRY_GENERATION=1".into()],
+            network: net.clone(),
+        },
+    )
+    .await?;
+
+    let found = list(engine).await?;
+    let mine = found
+        .iter()
+        .find(|c| c.id == id)
+        .context("the new container is not listed")?;
+    assert_eq!(
+        (mine.stack.as_str(), mine.service.as_str(), mine.generation),
+        ("shop", "api", 1)
+    );
+    let address = mine.address.context("no address on the ferry network")?;
+    assert_eq!(address.octets()[..3], [10, 66, 7], "{address}");
+
+    // The server reaches the container on its ContainerNet address.
+    let target = SocketAddrV4::new(address, 4000);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let response = loop {
+        match server.run(|| http_get(target))? {
+            Ok(response) => break response,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Err(e) => bail!("the api never answered at {target}: {e}"),
+        }
+    };
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.ends_with("api of generation 1\n"),
+        "{response}"
+    );
+
+    let docker_api = engine.docker();
+    docker_api
+        .remove_container(
+            &id,
+            Some(
+                bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .build(),
+            ),
+        )
+        .await?;
+    docker_api.remove_network(&net).await?;
+    Ok(())
+}
