@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
     service::TowerToHyperService,
 };
@@ -25,6 +25,8 @@ use crate::{
 pub const MAX_CONNECTIONS: usize = 4096;
 /// A TLS handshake that takes longer is dropped, so idle sockets cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why central could not start.
 #[derive(Debug, thiserror::Error)]
@@ -152,10 +154,14 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, router: axum:
                     return;
                 }
             };
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await
-            {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // A client that never finishes its request head is dropped, so slow or idle
+            // connections cannot hold slots forever.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
                 debug!(%peer, "connection ended: {e}");
             }
         });
