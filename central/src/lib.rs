@@ -5,11 +5,13 @@
 //! - [`state`]: central's typed records on the store: servers and their subnets.
 //! - [`api`] and [`serve`]: the HTTP/JSON API with token checks, over TLS (its types and
 //!   client are in the `ferry-api` crate, shared with the CLI and the agents).
+//! - [`deploy`]: placing a generation on servers, and settling it from their reports.
 //! - [`sources`]: uploaded source archives, content-addressed on disk.
 //! - [`init`]: making a data directory: [`pki`] (CA and TLS certificate), [`tokens`]
 //!   (admin and join tokens, stored hashed) and [`config`] (`central.toml`).
 pub mod api;
 pub mod config;
+pub mod deploy;
 pub mod init;
 pub mod pki;
 pub mod serve;

@@ -349,3 +349,114 @@ use rustls_pki_types::pem::PemObject as _;
 fn ep() -> std::net::SocketAddr {
     "192.0.2.1:51820".parse().expect("addr")
 }
+
+fn archive(service_yml: &str) -> Vec<u8> {
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    let mut header = tar::Header::new_gnu();
+    header.set_size(service_yml.len() as u64);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "service.yml", service_yml.as_bytes())
+        .expect("append");
+    tar.into_inner().expect("tar").finish().expect("gzip")
+}
+
+#[tokio::test]
+async fn server_reports_settle_a_generation() {
+    let central = Central::start().await;
+    let join = |name: &str, n: u8| {
+        let client = central.client(&central.join);
+        let name = name.to_string();
+        async move {
+            client
+                .join(&JoinRequest {
+                    name,
+                    wireguard_public_key: wg_key(n),
+                    wireguard_endpoint: ep(),
+                })
+                .await
+                .expect("join")
+                .agent_token
+        }
+    };
+    let one = central.client(&join("one", 1).await);
+    let two = central.client(&join("two", 2).await);
+    let admin = central.client(&central.admin);
+    let yml = "services:\n  api:\n    ports: [\"4000\"]\n  worker:\n    constraints:\n      max_count: 1\n";
+    let done = admin.deploy("shop", archive(yml)).await.expect("deploy");
+    assert_eq!(done.generation, 1);
+
+    // Each server was assigned its share in the same transaction as the generation.
+    let mine = one.list("desired/one/").await.expect("assignments");
+    let assignment: ferry_api::types::Assignment =
+        serde_json::from_value(mine.items[0].value.clone()).expect("assignment");
+    assert_eq!(
+        assignment.services.keys().collect::<Vec<_>>(),
+        ["api", "worker"]
+    );
+    let theirs: ferry_api::types::Assignment = serde_json::from_value(
+        two.list("desired/two/").await.expect("list").items[0]
+            .value
+            .clone(),
+    )
+    .expect("assignment");
+    assert_eq!(
+        theirs.services.keys().collect::<Vec<_>>(),
+        ["api"],
+        "worker has max_count 1"
+    );
+    // An agent fetches the source it was assigned, and reports only for itself.
+    let source = one.source(&assignment.source_digest).await.expect("source");
+    assert_eq!(source, archive(yml));
+    let healthy = ferry_api::types::StatusReport {
+        healthy: true,
+        detail: String::new(),
+    };
+    let err = one
+        .report_status("two", "shop", 1, &healthy)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 403);
+
+    one.report_status("one", "shop", 1, &healthy)
+        .await
+        .expect("report");
+    assert_eq!(
+        admin.stacks().await.expect("stacks")[0].serving,
+        None,
+        "two has not reported yet"
+    );
+    two.report_status("two", "shop", 1, &healthy)
+        .await
+        .expect("report");
+    assert_eq!(admin.stacks().await.expect("stacks")[0].serving, Some(1));
+
+    // Generation 2 fails on one server: it never serves; 1 keeps serving.
+    admin.deploy("shop", archive(yml)).await.expect("deploy");
+    let failed = ferry_api::types::StatusReport {
+        healthy: false,
+        detail: "api: exited with code 3".into(),
+    };
+    two.report_status("two", "shop", 2, &failed)
+        .await
+        .expect("report");
+    one.report_status("one", "shop", 2, &healthy)
+        .await
+        .expect("report");
+    let stack = &admin.stacks().await.expect("stacks")[0];
+    assert_eq!(stack.serving, Some(1));
+    let generations = admin.generations("shop").await.expect("generations");
+    assert_eq!(
+        generations[1].phase,
+        ferry_api::types::Phase::Failed {
+            reason: "two: api: exited with code 3".into()
+        }
+    );
+    let err = one
+        .report_status("one", "shop", 9, &healthy)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 404);
+}

@@ -23,7 +23,7 @@ use crate::{
     Revision, fingerprint,
     types::{
         DeployResponse, Generation, JoinRequest, JoinResponse, ListResponse, Server, Stack,
-        WatchLine,
+        StatusReport, WatchLine,
     },
 };
 
@@ -196,6 +196,32 @@ impl Client {
     pub async fn generations(&self, stack: &str) -> Result<Vec<Generation>, ClientError> {
         let url = format!("{}/v1/stacks/{stack}/generations", self.base);
         self.send(self.http.get(&url), &url).await
+    }
+
+    /// A source archive by its hex digest.
+    pub async fn source(&self, digest: &str) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/v1/sources/{digest}", self.base);
+        let response = self.respond(self.http.get(&url), &url).await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Reports this server's state of one generation (agent).
+    pub async fn report_status(
+        &self,
+        server: &str,
+        stack: &str,
+        generation: u64,
+        report: &StatusReport,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/status/{server}/{stack}/{generation}", self.base);
+        self.send(self.http.put(&url).json(report), &url).await
     }
 
     /// The keys under `prefix`, and their revision.

@@ -148,3 +148,25 @@ pub struct Generation {
     /// Where it is.
     pub phase: Phase,
 }
+
+/// What one server must run for one generation: `desired/<server>/<stack>/<N>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The stack.
+    pub stack: String,
+    /// The generation.
+    pub generation: u64,
+    /// `GET /v1/sources/<digest>` fetches the source.
+    pub source_digest: String,
+    /// The services this server runs one container of, with their specs.
+    pub services: std::collections::BTreeMap<String, crate::servicefile::Service>,
+}
+
+/// A server's report on one generation: `PUT /v1/status/<server>/<stack>/<N>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Every container of the generation on this server passed its health check.
+    pub healthy: bool,
+    /// What failed, with the container and the tail of its log; empty when healthy.
+    pub detail: String,
+}

@@ -192,8 +192,29 @@ async fn deploy_checks_packs_and_records_generations() {
     );
     assert!(out.status.success(), "{}", text(&out).1);
 
+    // With no server joined there is nowhere to run: refused before the upload.
     let shop = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/shop");
     let shop = shop.to_string_lossy();
+    let out = ferry(&config, &["deploy", "--stack", "shop", &shop]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("no server has joined central"),
+        "{}",
+        text(&out).1
+    );
+    Client::new(
+        &url,
+        &done.join_token,
+        Trust::Fingerprint(done.ca_fingerprint.clone()),
+    )
+    .expect("client")
+    .join(&JoinRequest {
+        name: "web-1".into(),
+        wireguard_public_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        wireguard_endpoint: "192.0.2.10:51820".parse().expect("addr"),
+    })
+    .await
+    .expect("join");
     for expected in [1, 2] {
         let out = ferry(&config, &["deploy", "--stack", "shop", &shop]);
         let (stdout, stderr) = text(&out);

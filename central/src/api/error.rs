@@ -25,6 +25,10 @@ pub enum ApiError {
     Forbidden { action: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
@@ -41,6 +45,8 @@ impl ApiError {
             Self::NoToken | Self::BadToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Server(ServerError::Exists { .. }) => StatusCode::CONFLICT,
             Self::Server(ServerError::Unknown { .. }) => StatusCode::NOT_FOUND,
             Self::Server(ServerError::BadName { .. }) => StatusCode::BAD_REQUEST,

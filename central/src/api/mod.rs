@@ -13,7 +13,10 @@
 //!   revision; a client resumes with the last revision it saw.
 //! - `POST /v1/stacks/{stack}/deploy`: upload a source archive (tar.gz with service.yml at
 //!   its root); a valid one becomes generation N+1. `GET /v1/stacks`,
-//!   `GET /v1/stacks/{stack}/generations`.
+//!   `GET /v1/stacks/{stack}/generations`. The new generation's placement is written to
+//!   `desired/<server>/...` in the same transaction (see [`crate::deploy`]).
+//! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
+//! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
 
 mod auth;
 mod error;
@@ -29,7 +32,7 @@ use std::{
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{delete, get, post},
+    routing::{delete, get, post, put},
 };
 
 pub use error::ApiError;
@@ -84,6 +87,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/stacks/{stack}/deploy",
             // Sources stream to disk with their own limit (see `sources`).
             post(routes::deploy).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/sources/{digest}", get(routes::source))
+        .route(
+            "/v1/status/{server}/{stack}/{generation}",
+            put(routes::report_status),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

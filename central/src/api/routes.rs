@@ -17,10 +17,12 @@ use serde_json::{Value, json};
 use super::{
     ApiError, AppState,
     auth::{Caller, agent_token_key, forbidden},
-    types::{DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES},
+    types::{
+        Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, StatusReport,
+    },
 };
 use crate::{
-    servicefile, sources,
+    deploy, servicefile, sources,
     state::{Generation, Server, Stack},
     store::{Event, Op, Revision, Store as _, Watch},
     tokens::{self, Role},
@@ -206,8 +208,14 @@ pub async fn deploy(
     body: Body,
 ) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
     caller.admin("deploy")?;
-    // Refuse a bad stack name before reading a byte of the upload.
+    // Refuse a bad stack name, or a cluster with nowhere to run, before reading a byte of
+    // the upload.
     state.stacks.check_name(&stack)?;
+    if state.servers.list()?.is_empty() {
+        return Err(ApiError::Conflict(
+            "no server has joined central; run `ferry-agent join` on a server first".into(),
+        ));
+    }
     let stored = sources::store(&state.sources, body.into_data_stream(), MAX_SOURCE_BYTES).await?;
     let path = stored.path.clone();
     let text = tokio::task::spawn_blocking(move || sources::service_file(&path))
@@ -215,10 +223,14 @@ pub async fn deploy(
         .map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))??;
     let parsed = servicefile::parse("service.yml", &text)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let generation =
-        state
-            .stacks
-            .create_generation(&stack, parsed.stack.services, &stored.digest)?;
+    let servers = state.servers.list()?;
+    let placement = deploy::place(&servers, &parsed.stack.services);
+    let generation = state.stacks.create_generation_with(
+        &stack,
+        parsed.stack.services,
+        &stored.digest,
+        |generation| deploy::assignment_ops(generation, &placement),
+    )?;
     tracing::info!(%stack, generation = generation.number, source = %stored.digest, "generation created");
     Ok((
         StatusCode::CREATED,
@@ -229,4 +241,72 @@ pub async fn deploy(
             warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
         }),
     ))
+}
+
+/// `GET /v1/sources/{digest}`: the admin, or an agent whose server is assigned that source.
+pub async fn source(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(digest): Path<String>,
+) -> Result<Response, ApiError> {
+    if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!(
+            "{digest:?} is not a source digest (64 hex digits)"
+        )));
+    }
+    match &caller.0 {
+        Role::Admin => {}
+        Role::Agent { server } => {
+            let (assigned, _) = state.store.list(&format!("desired/{server}/"))?;
+            let mine = assigned.iter().any(|kv| {
+                serde_json::from_slice::<Assignment>(&kv.value)
+                    .is_ok_and(|a| a.source_digest == digest)
+            });
+            if !mine {
+                return Err(forbidden("fetch a source its server is not assigned"));
+            }
+        }
+        Role::Join => return Err(forbidden("fetch sources")),
+    }
+    let path = state.sources.join(format!("{digest}.tar.gz"));
+    let bytes = tokio::fs::read(&path)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("no source {digest}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response())
+}
+
+/// `PUT /v1/status/{server}/{stack}/{generation}`: an agent reports on its own server.
+pub async fn report_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((server, stack, generation)): Path<(String, String, u64)>,
+    Json(report): Json<StatusReport>,
+) -> Result<Json<Value>, ApiError> {
+    match &caller.0 {
+        Role::Agent { server: own } if *own == server => {}
+        _ => {
+            return Err(forbidden(&format!(
+                "report for server {server:?} (agents report for their own)"
+            )));
+        }
+    }
+    if state
+        .store
+        .get(&deploy::assignment_key(&server, &stack, generation))?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "server {server:?} is not assigned generation {generation} of {stack:?}"
+        )));
+    }
+    let phase = deploy::record_status(
+        state.store.as_ref(),
+        &state.stacks,
+        &server,
+        &stack,
+        generation,
+        &report,
+    )?;
+    tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
+    Ok(Json(json!({ "phase": phase })))
 }

@@ -11,4 +11,5 @@ mod servers;
 mod stacks;
 
 pub use servers::{ContainerNet, Server, ServerError, Servers};
+pub(crate) use stacks::encode;
 pub use stacks::{Generation, Phase, Stack, StackError, Stacks};

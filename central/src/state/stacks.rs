@@ -76,7 +76,7 @@ fn decode<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, StackError> 
     })
 }
 
-fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StackError> {
+pub(crate) fn encode<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StackError> {
     serde_json::to_vec(value).map_err(|source| StackError::Corrupt {
         key: key.into(),
         source,
@@ -131,6 +131,18 @@ impl<S: Store> Stacks<S> {
         services: BTreeMap<String, Service>,
         source_digest: &str,
     ) -> Result<Generation, StackError> {
+        self.create_generation_with(stack, services, source_digest, |_| Ok(Vec::new()))
+    }
+
+    /// [`create_generation`](Self::create_generation), with the writes `extra` makes for the
+    /// new generation committed in the same transaction (its placement, for one).
+    pub fn create_generation_with(
+        &self,
+        stack: &str,
+        services: BTreeMap<String, Service>,
+        source_digest: &str,
+        extra: impl Fn(&Generation) -> Result<Vec<Op>, StackError>,
+    ) -> Result<Generation, StackError> {
         check_name(stack)?;
         for _ in 0..ATTEMPTS {
             let (mut record, revision) = match self.read_stack(stack)? {
@@ -154,13 +166,14 @@ impl<S: Store> Stacks<S> {
                 phase: Phase::Deploying,
             };
             let (sk, gk) = (stack_key(stack), generation_key(stack, generation.number));
-            let outcome = self.store.txn(
-                &[Compare::ModRevision(sk.clone(), revision)],
-                &[
-                    Op::Put(sk.clone(), encode(&sk, &record)?),
-                    Op::Put(gk.clone(), encode(&gk, &generation)?),
-                ],
-            )?;
+            let mut ops = vec![
+                Op::Put(sk.clone(), encode(&sk, &record)?),
+                Op::Put(gk.clone(), encode(&gk, &generation)?),
+            ];
+            ops.extend(extra(&generation)?);
+            let outcome = self
+                .store
+                .txn(&[Compare::ModRevision(sk.clone(), revision)], &ops)?;
             if let TxnOutcome::Committed(_) = outcome {
                 return Ok(generation);
             }

@@ -1,0 +1,147 @@
+//! A deploy across servers: where a generation's containers go, and what the servers'
+//! reports make of it.
+//!
+//! Placement: every service runs one container on every server, in name order, up to its
+//! `constraints.max_count`. Each server's share is written as an
+//! [`Assignment`] under `desired/<server>/<stack>/<N>` in the transaction that creates the
+//! generation, so no agent ever sees a generation without its placement or the reverse.
+//!
+//! Completion: each server reports under `status/<server>/<stack>/<N>`. One unhealthy
+//! report fails the generation (it never serves); when every assigned server reported
+//! healthy, the generation is marked healthy and flipped to serving.
+
+use std::collections::BTreeMap;
+
+use ferry_api::{
+    servicefile::Service,
+    types::{Assignment, Generation, Phase, Server, StatusReport},
+};
+
+use crate::{
+    state::{StackError, Stacks},
+    store::{Op, Store},
+};
+
+/// `desired/<server>/<stack>/<N>`.
+pub fn assignment_key(server: &str, stack: &str, generation: u64) -> String {
+    format!("desired/{server}/{stack}/{generation:010}")
+}
+
+/// `status/<server>/<stack>/<N>`.
+pub fn status_key(server: &str, stack: &str, generation: u64) -> String {
+    format!("status/{server}/{stack}/{generation:010}")
+}
+
+/// Which services each server runs.
+pub fn place(
+    servers: &[Server],
+    services: &BTreeMap<String, Service>,
+) -> BTreeMap<String, BTreeMap<String, Service>> {
+    let mut names: Vec<&str> = servers.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    let mut placement: BTreeMap<String, BTreeMap<String, Service>> = BTreeMap::new();
+    for (service, spec) in services {
+        let count = spec
+            .constraints
+            .max_count
+            .map_or(names.len(), |n| n as usize);
+        for server in names.iter().take(count) {
+            placement
+                .entry((*server).to_string())
+                .or_default()
+                .insert(service.clone(), spec.clone());
+        }
+    }
+    placement
+}
+
+/// The writes that record `placement` for `generation`.
+pub fn assignment_ops(
+    generation: &Generation,
+    placement: &BTreeMap<String, BTreeMap<String, Service>>,
+) -> Result<Vec<Op>, StackError> {
+    placement
+        .iter()
+        .map(|(server, services)| {
+            let key = assignment_key(server, &generation.stack, generation.number);
+            let assignment = Assignment {
+                stack: generation.stack.clone(),
+                generation: generation.number,
+                source_digest: generation.source_digest.clone(),
+                services: services.clone(),
+            };
+            Ok(Op::Put(
+                key.clone(),
+                crate::state::encode(&key, &assignment)?,
+            ))
+        })
+        .collect()
+}
+
+/// Records `server`'s report and, if that settles the generation, fails it or makes it
+/// serve. Returns the generation's phase afterwards.
+pub fn record_status<S: Store>(
+    store: &S,
+    stacks: &Stacks<S>,
+    server: &str,
+    stack: &str,
+    generation: u64,
+    report: &StatusReport,
+) -> Result<Phase, StackError> {
+    let key = status_key(server, stack, generation);
+    store.put(&key, &crate::state::encode(&key, report)?)?;
+    let current = stacks.generation(stack, generation)?;
+    if current.phase != Phase::Deploying {
+        return Ok(current.phase);
+    }
+    if !report.healthy {
+        let reason = format!("{server}: {}", report.detail);
+        return Ok(stacks.finish_deploy(stack, generation, Err(reason))?.phase);
+    }
+    let suffix = format!("/{stack}/{generation:010}");
+    let (assigned, _) = store.list("desired/")?;
+    let (reported, _) = store.list("status/")?;
+    let servers: Vec<&str> = assigned
+        .iter()
+        .filter(|kv| kv.key.ends_with(&suffix))
+        .filter_map(|kv| kv.key.strip_prefix("desired/")?.split('/').next())
+        .collect();
+    let all_healthy = servers.iter().all(|s| {
+        reported.iter().any(|kv| {
+            kv.key == status_key(s, stack, generation)
+                && serde_json::from_slice::<StatusReport>(&kv.value).is_ok_and(|r| r.healthy)
+        })
+    });
+    if !all_healthy {
+        return Ok(Phase::Deploying);
+    }
+    stacks.finish_deploy(stack, generation, Ok(()))?;
+    stacks.flip(stack, generation)?;
+    Ok(Phase::Serving)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(name: &str) -> Server {
+        Server {
+            name: name.into(),
+            subnet_index: 1,
+            wireguard_public_key: String::new(),
+            wireguard_endpoint: "192.0.2.1:51820".parse().expect("addr"),
+        }
+    }
+
+    #[test]
+    fn every_service_on_every_server_up_to_its_max_count() {
+        let mut services = BTreeMap::new();
+        services.insert("web".to_string(), Service::default());
+        let mut api = Service::default();
+        api.constraints.max_count = Some(1);
+        services.insert("api".to_string(), api);
+        let placement = place(&[server("b"), server("a")], &services);
+        assert_eq!(placement["a"].keys().collect::<Vec<_>>(), ["api", "web"]);
+        assert_eq!(placement["b"].keys().collect::<Vec<_>>(), ["web"]);
+    }
+}
