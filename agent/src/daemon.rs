@@ -12,6 +12,7 @@ use crate::{
     dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError},
     membership::state::Loaded,
     mesh::sync::{self, MeshOptions},
+    workloads::{self, WorkloadOptions},
 };
 
 /// The line the daemon prints on stdout once its programs are attached; supervisors and
@@ -22,6 +23,7 @@ pub const READY_PREFIX: &str = "ferry-agent ready";
 pub async fn run(
     config: DataplaneConfig,
     mesh: Option<(Loaded, MeshOptions)>,
+    workloads: Option<(Loaded, WorkloadOptions)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LoadError> {
     let dataplane = Dataplane::start(&config)?;
@@ -41,8 +43,12 @@ pub async fn run(
             }
         })
     });
+    let workload_task = workloads.map(|(loaded, options)| {
+        info!(docker = %options.docker_socket.display(), "running this server's workloads");
+        tokio::spawn(workloads::run(loaded, options))
+    });
     shutdown.await;
-    if let Some(task) = mesh_task {
+    for task in [mesh_task, workload_task].into_iter().flatten() {
         task.abort();
     }
     info!("shutting down; pinned programs and the mesh keep working");

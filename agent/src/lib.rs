@@ -5,6 +5,7 @@
 //! - [`dataplane`]: load, attach and pin the eBPF programs; the typed API for their maps.
 //! - [`membership`]: joining central; the credentials in the state directory.
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
+//! - [`workloads`]: this server's share of each generation: build, start, check, report.
 //! - [`daemon`]: the long-running process: start the data plane, then wait for a signal.
 
 pub mod containers;
@@ -12,3 +13,4 @@ pub mod daemon;
 pub mod dataplane;
 pub mod membership;
 pub mod mesh;
+pub mod workloads;

@@ -10,6 +10,7 @@ use ferry_agent::{
     dataplane::{self, Counters, DataplaneConfig, ServiceTable},
     membership::{self, JoinOptions, StateError},
     mesh::{sync::MeshOptions, wireguard::Backend},
+    workloads::WorkloadOptions,
 };
 use ferry_ebpf_abi::Counter;
 use tokio::signal::unix::{SignalKind, signal};
@@ -74,6 +75,15 @@ struct RunArgs {
     /// Use this WireGuard implementation instead of detecting one.
     #[arg(long, value_enum)]
     wg_backend: Option<WgBackend>,
+    /// Run this server's containers through the Docker Engine on this socket.
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
+    /// The image services without a Dockerfile are built on.
+    #[arg(long, default_value = "ferry/node-base:latest")]
+    base_image: String,
+    /// The Docker network every container joins.
+    #[arg(long, default_value = "ferry")]
+    docker_network: String,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -182,8 +192,25 @@ fn dispatch(command: Command) -> Result<()> {
 
 fn run(args: RunArgs) -> Result<()> {
     let config = args.paths.config()?;
-    let mesh = match membership::load(&args.state.state_dir) {
-        Ok(loaded) => Some((
+    let joined = match membership::load(&args.state.state_dir) {
+        Ok(loaded) => Some(loaded),
+        Err(StateError::NotJoined { .. }) => None,
+        Err(e) => return Err(e).context("reading the agent's state directory"),
+    };
+    let workloads = match (&joined, args.docker_socket) {
+        (Some(loaded), Some(docker_socket)) => Some((
+            loaded.clone(),
+            WorkloadOptions {
+                docker_socket,
+                base_image: args.base_image,
+                network: args.docker_network,
+                container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
+            },
+        )),
+        _ => None,
+    };
+    let mesh = joined.map(|loaded| {
+        (
             loaded,
             MeshOptions {
                 interface: args.wg_interface,
@@ -193,10 +220,8 @@ fn run(args: RunArgs) -> Result<()> {
                     WgBackend::Userspace => Backend::Userspace,
                 }),
             },
-        )),
-        Err(StateError::NotJoined { .. }) => None,
-        Err(e) => return Err(e).context("reading the agent's state directory"),
-    };
+        )
+    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -209,7 +234,7 @@ fn run(args: RunArgs) -> Result<()> {
                 _ = term.recv() => {}
             }
         };
-        daemon::run(config, mesh, shutdown)
+        daemon::run(config, mesh, workloads, shutdown)
             .await
             .context("starting the data plane")
     })

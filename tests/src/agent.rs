@@ -49,6 +49,8 @@ pub struct AgentPaths {
     /// The name of its WireGuard interface (wireguard-go's sockets are not per
     /// namespace, so agents in one test need distinct names).
     pub wg_interface: String,
+    /// More arguments for `ferry-agent run` (its Docker Engine, for one).
+    pub extra: Vec<String>,
 }
 
 /// A running agent. Dropping it kills the process; the pins stay (see [`Pins`]).
@@ -75,6 +77,7 @@ impl Agent {
             .arg("--state-dir")
             .arg(&paths.state_dir)
             .args(["--wg-interface", &paths.wg_interface])
+            .args(&paths.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -96,6 +96,11 @@ impl DockerEngine {
         Ok(Self { child, engine, log })
     }
 
+    /// The engine's socket.
+    pub fn socket(&self) -> &Path {
+        self.engine.socket()
+    }
+
     /// The connection to this engine.
     pub fn engine(&self) -> &Engine {
         &self.engine

@@ -38,6 +38,7 @@ impl Node {
             bpffs: pins.path().to_path_buf(),
             state_dir,
             wg_interface: format!("fw{name}{tag}"),
+            extra: Vec::new(),
         };
         Ok(Self {
             server,

@@ -63,6 +63,7 @@ impl Setup {
             state_dir: std::env::temp_dir()
                 .join(format!("ferry-test-state-{}", std::process::id())),
             wg_interface: "ferry0".into(),
+            extra: Vec::new(),
         }
     }
 

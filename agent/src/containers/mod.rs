@@ -15,5 +15,5 @@ pub use image::{ImageError, build_image, node_dockerfile};
 pub use network::{NetworkError, ensure_network};
 pub use running::{
     ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_SERVICE, LABEL_STACK,
-    list, start,
+    describe_state, list, log_tail, start,
 };

@@ -3,8 +3,13 @@
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use bollard::{
-    models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkingConfig},
-    query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder},
+    models::{
+        ContainerCreateBody, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
+        NetworkingConfig,
+    },
+    query_parameters::{
+        CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    },
 };
 
 use super::Engine;
@@ -140,8 +145,36 @@ pub async fn list(engine: &Engine) -> Result<Vec<FerryContainer>, ContainerError
                 service: labels.get(LABEL_SERVICE)?.clone(),
                 generation: labels.get(LABEL_GENERATION)?.parse().ok()?,
                 address,
-                running: c.state.is_some_and(|s| s.to_string() == "running"),
+                running: matches!(c.state, Some(ContainerSummaryStateEnum::RUNNING)),
             })
         })
         .collect())
+}
+
+/// The last `lines` lines the container printed, for reports.
+pub async fn log_tail(engine: &Engine, id: &str, lines: usize) -> String {
+    use futures_util::StreamExt as _;
+    let options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail(&lines.to_string())
+        .build();
+    let mut stream = engine.docker().logs(id, Some(options));
+    let mut out = String::new();
+    while let Some(Ok(chunk)) = stream.next().await {
+        out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    out.trim_end().to_string()
+}
+
+/// "running", or "exited with code N", for reports.
+pub async fn describe_state(engine: &Engine, id: &str) -> String {
+    match engine.docker().inspect_container(id, None).await {
+        Ok(inspect) => match inspect.state {
+            Some(state) if state.running == Some(true) => "running".into(),
+            Some(state) => format!("exited with code {}", state.exit_code.unwrap_or(-1)),
+            None => "in an unknown state".into(),
+        },
+        Err(e) => format!("not inspectable ({e})"),
+    }
 }

@@ -103,6 +103,7 @@ pub fn write_private(dir: &Path, name: &str, contents: &[u8]) -> Result<(), Stat
 }
 
 /// Everything an agent needs to talk to central and run the mesh.
+#[derive(Clone)]
 pub struct Loaded {
     /// Who this server is.
     pub membership: Membership,

@@ -1,0 +1,13 @@
+//! Running this server's share of each generation: fetch the source, build, start, check,
+//! report to central. Central decides from the reports whether the generation serves.
+//!
+//! Containers are found again by their labels, so an agent restarted mid-deploy checks and
+//! reports what already runs instead of starting it twice.
+
+mod context;
+mod health;
+mod reconcile;
+
+pub use context::{ContextError, build_context};
+pub use health::check;
+pub use reconcile::{WorkloadOptions, run};
