@@ -7,56 +7,20 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddrV4, TcpStream},
     path::Path,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use ferry_agent::containers::list;
-use ferry_api::{
-    client::{Client, Trust},
-    types::Phase,
-};
+use ferry_api::client::{Client, Trust};
 use ferry_tests::{
-    agent::{Agent, AgentPaths, Pins, agent_command_in},
+    agent::{Agent, AgentPaths, Pins, agent_command_in, workspace_binary},
     central::Central,
     cgroup::TestCgroup,
     docker::DockerEngine,
     netns::{Network, ip},
     node_image, unique,
 };
-
-/// A source archive: `service_yml` first, then the files under `dir`.
-fn archive(service_yml: &str, dir: &Path) -> Result<Vec<u8>> {
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    let mut header = tar::Header::new_gnu();
-    header.set_size(service_yml.len() as u64);
-    header.set_mode(0o644);
-    tar.append_data(&mut header, "service.yml", service_yml.as_bytes())?;
-    for entry in walk(dir)? {
-        let relative = entry.strip_prefix(dir)?;
-        if relative != Path::new("service.yml") {
-            tar.append_path_with_name(&entry, relative)?;
-        }
-    }
-    Ok(tar.into_inner()?.finish()?)
-}
-
-fn walk(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            files.extend(walk(&path)?);
-        } else {
-            files.push(path);
-        }
-    }
-    files.sort();
-    Ok(files)
-}
 
 fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
@@ -65,27 +29,6 @@ fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
-}
-
-async fn wait_for_phase(
-    admin: &Client,
-    stack: &str,
-    number: u64,
-    want: fn(&Phase) -> bool,
-) -> Result<Phase> {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let generations = admin.generations(stack).await?;
-        if let Some(g) = generations.iter().find(|g| g.number == number)
-            && want(&g.phase)
-        {
-            return Ok(g.phase.clone());
-        }
-        if Instant::now() > deadline {
-            bail!("generation {number} of {stack} never got there: {generations:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,16 +83,42 @@ async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves(
     };
     let _agent = Agent::start_in(&paths, Some(&server))?;
 
+    // The operator's journey, with the real CLI: log in, deploy, wait until it serves.
+    let cli_config = std::env::temp_dir().join(format!("ferry-test-cli{tag}"));
+    let ferry = |args: &[&str]| -> Result<(bool, String, String)> {
+        let out = std::process::Command::new(workspace_binary("ferry", "FERRY_CLI_BIN")?)
+            .args(args)
+            .env("FERRY_CONFIG", &cli_config)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        ))
+    };
+    let (ok, _, err) = ferry(&[
+        "login",
+        "--central",
+        &central.url,
+        "--token",
+        &central.admin_token,
+        "--ca-fingerprint",
+        &central.ca_fingerprint,
+    ])?;
+    assert!(ok, "{err}");
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let (ok, out, err) = ferry(&["deploy", "--stack", "shop", &shop.to_string_lossy()])?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("generation 1 of shop recorded")
+            && out.contains("generation 1 of shop is serving"),
+        "{out}"
+    );
     let admin = Client::new(
         &central.url,
         &central.admin_token,
         Trust::Fingerprint(central.ca_fingerprint.clone()),
     )?;
-    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
-    let service_yml = std::fs::read_to_string(shop.join("service.yml"))?;
-    let done = admin.deploy("shop", archive(&service_yml, &shop)?).await?;
-    assert_eq!(done.generation, 1);
-    wait_for_phase(&admin, "shop", 1, |p| *p == Phase::Serving).await?;
     assert_eq!(admin.stacks().await?[0].serving, Some(1));
 
     // Both services run, labelled, on the server's subnet, and answer there.
@@ -164,25 +133,30 @@ async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves(
     let response = server.run(|| http_get(SocketAddrV4::new(address, 4000), "/"))??;
     assert!(response.ends_with("api of generation 1\n"), "{response}");
 
-    // A generation whose service exits at once fails its check and never serves.
-    let broken = "services:\n  api:\n    build_root: api\n    command: exit 3\n    ports: [\"4000\"]\n    health:\n      endpoint: /healthz\n      timeout: 5s\n";
-    let done = admin.deploy("shop", archive(broken, &shop)?).await?;
-    let phase = wait_for_phase(&admin, "shop", done.generation, |p| {
-        matches!(p, Phase::Failed { .. })
-    })
-    .await?;
-    let Phase::Failed { reason } = phase else {
-        unreachable!("waited for Failed")
-    };
+    // A generation whose service exits at once fails its check and never serves; the CLI
+    // says which container failed and why, and exits non-zero.
+    let broken_dir = std::env::temp_dir().join(format!("ferry-test-broken{tag}"));
+    std::fs::create_dir_all(broken_dir.join("api"))?;
+    std::fs::copy(shop.join("api/server.js"), broken_dir.join("api/server.js"))?;
+    std::fs::write(
+        broken_dir.join("service.yml"),
+        "services:\n  api:\n    build_root: api\n    command: exit 3\n    ports: [\"4000\"]\n    health:\n      endpoint: /healthz\n      timeout: 5s\n",
+    )?;
+    let (ok, out, err) = ferry(&["deploy", "--stack", "shop", &broken_dir.to_string_lossy()])?;
+    assert!(!ok, "{out}");
     assert!(
-        reason.starts_with("one: api: ") && reason.contains("exited with code 3"),
-        "{reason}"
+        err.contains("generation 2 of shop failed and does not serve; generation 1 keeps serving")
+            && err.contains("one: api: ")
+            && err.contains("exited with code 3"),
+        "{err}"
     );
     assert_eq!(
         admin.stacks().await?[0].serving,
         Some(1),
         "generation 1 keeps serving"
     );
+    let _ = std::fs::remove_dir_all(&broken_dir);
+    let _ = std::fs::remove_dir_all(&cli_config);
 
     let _ = ip(&["-n", server.name(), "link", "del", &paths.wg_interface]);
     let _ = std::fs::remove_dir_all(&state_dir);

@@ -119,6 +119,7 @@ fn host() -> Result<usize> {
         cargo()
             .env("FERRY_AGENT_BIN", debug.join("ferry-agent"))
             .env("FERRY_CENTRAL_BIN", debug.join("ferry-central"))
+            .env("FERRY_CLI_BIN", debug.join("ferry"))
             .args(["test", "--package", "ferry-tests", "--test", "host_*"])
             .args(["--", "--test-threads=1"]),
     )?;

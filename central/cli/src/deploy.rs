@@ -87,3 +87,31 @@ pub fn stack_name(given: Option<String>, dir: &Path) -> Result<String> {
         .map(|n| n.to_string_lossy().to_lowercase())
         .context("the source directory has no name; pass --stack")
 }
+
+/// Waits until generation `number` of `stack` serves or fails (at most 15 minutes).
+pub async fn wait(
+    client: &ferry_api::client::Client,
+    stack: &str,
+    number: u64,
+) -> Result<ferry_api::types::Phase> {
+    use ferry_api::types::Phase;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
+    loop {
+        let generation = client
+            .generations(stack)
+            .await?
+            .into_iter()
+            .find(|g| g.number == number)
+            .with_context(|| format!("generation {number} of {stack} disappeared"))?;
+        match generation.phase {
+            Phase::Serving | Phase::Failed { .. } | Phase::Retired => return Ok(generation.phase),
+            Phase::Deploying | Phase::Healthy => {}
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "generation {number} of {stack} is still deploying after 15 minutes; see `ferry stacks list`"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}

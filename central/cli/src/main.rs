@@ -14,7 +14,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use ferry_api::{servicefile, types::Server};
+use ferry_api::{
+    servicefile,
+    types::{Phase, Server},
+};
 
 /// ferry: run Node apps on your own servers.
 #[derive(Parser)]
@@ -36,6 +39,9 @@ enum Command {
         /// The stack (default: the directory's name).
         #[arg(long)]
         stack: Option<String>,
+        /// Return once the generation is recorded, without waiting for it to serve.
+        #[arg(long)]
+        no_wait: bool,
         /// The source directory, with service.yml at its root.
         #[arg(default_value = ".")]
         path: std::path::PathBuf,
@@ -106,9 +112,10 @@ fn run(command: Command) -> Result<()> {
             Command::Validate { path, output } => validate(&path, output),
             Command::Deploy {
                 stack,
+                no_wait,
                 path,
                 output,
-            } => deploy(stack, &path, output).await,
+            } => deploy(stack, &path, no_wait, output).await,
             Command::Stacks(StacksCommand::List(output)) => stacks_list(output).await,
         }
     })
@@ -139,7 +146,12 @@ async fn servers_remove(name: &str, output: Output) -> Result<()> {
     Ok(())
 }
 
-async fn deploy(stack: Option<String>, dir: &std::path::Path, output: Output) -> Result<()> {
+async fn deploy(
+    stack: Option<String>,
+    dir: &std::path::Path,
+    no_wait: bool,
+    output: Output,
+) -> Result<()> {
     deploy::check(dir)?;
     let stack = deploy::stack_name(stack, dir)?;
     let client = login::client()?;
@@ -152,9 +164,7 @@ async fn deploy(stack: Option<String>, dir: &std::path::Path, output: Output) ->
         );
     }
     let done = client.deploy(&stack, archive).await?;
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-    } else {
+    if !output.json {
         for warning in &done.warnings {
             eprintln!("{warning}");
         }
@@ -162,13 +172,47 @@ async fn deploy(stack: Option<String>, dir: &std::path::Path, output: Output) ->
             "generation {} of {} recorded (source {})",
             done.generation, done.stack, done.source
         );
-        // Say plainly what does not happen yet, rather than let the operator wait for it.
-        println!(
-            "note: agents do not build or start containers yet, so this generation stays \
-             `deploying` and does not serve"
-        );
     }
-    Ok(())
+    if no_wait {
+        if output.json {
+            println!("{}", serde_json::to_string_pretty(&done)?);
+        }
+        return Ok(());
+    }
+    if !output.json {
+        println!("servers are building, starting and checking its containers...");
+    }
+    let phase = deploy::wait(&client, &stack, done.generation).await?;
+    if output.json {
+        println!("{}", serde_json::json!({ "deploy": done, "phase": phase }));
+    }
+    match phase {
+        Phase::Serving => {
+            if !output.json {
+                println!("generation {} of {stack} is serving", done.generation);
+            }
+            Ok(())
+        }
+        Phase::Failed { reason } => {
+            let serving = client
+                .stacks()
+                .await?
+                .into_iter()
+                .find(|s| s.name == stack)
+                .and_then(|s| s.serving);
+            let keeps = serving.map_or("nothing serves yet".to_string(), |g| {
+                format!("generation {g} keeps serving")
+            });
+            anyhow::bail!(
+                "generation {} of {stack} failed and does not serve; {keeps}:\n{reason}",
+                done.generation
+            )
+        }
+        other => anyhow::bail!(
+            "generation {} of {stack} ended up {other:?}",
+            done.generation
+        ),
+    }
 }
 
 async fn stacks_list(output: Output) -> Result<()> {

