@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::agent::workspace_binary;
+use crate::{
+    agent::{agent_command_in, workspace_binary},
+    netns::Server,
+};
 
 /// A running central and what `init` printed; the process stops on drop.
 pub struct Central {
@@ -94,6 +97,41 @@ impl Central {
             join_token,
             ca_fingerprint,
         })
+    }
+}
+
+impl Central {
+    /// Runs `ferry-agent join` inside `server` as `name`, with WireGuard on port 51820 of
+    /// the server's address: (success, stdout, stderr).
+    pub fn join(
+        &self,
+        server: &Server,
+        name: &str,
+        state_dir: &Path,
+    ) -> Result<(bool, String, String)> {
+        let endpoint = format!(
+            "{}:51820",
+            server.addr().context("the server has no address")?
+        );
+        let state = state_dir.to_string_lossy();
+        agent_command_in(
+            &[
+                "join",
+                "--central",
+                &self.url,
+                "--token",
+                &self.join_token,
+                "--ca-fingerprint",
+                &self.ca_fingerprint,
+                "--name",
+                name,
+                "--endpoint",
+                &endpoint,
+                "--state-dir",
+                &state,
+            ],
+            Some(server),
+        )
     }
 }
 

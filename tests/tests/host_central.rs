@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ferry_api::client::{Client, Trust};
 use ferry_tests::{
-    agent::{Agent, AgentPaths, Pins, agent_command_in},
+    agent::{Agent, AgentPaths, Pins},
     central::Central,
     cgroup::TestCgroup,
     netns::{Network, Server, ip},
@@ -50,26 +50,7 @@ impl Node {
 
     /// Runs `ferry-agent join` in this server: (success, stdout, stderr).
     fn join(&self, central: &Central, name: &str) -> Result<(bool, String, String)> {
-        let endpoint = format!("{}:51820", self.server.addr().context("address")?);
-        let state = self.paths.state_dir.to_string_lossy().into_owned();
-        agent_command_in(
-            &[
-                "join",
-                "--central",
-                &central.url,
-                "--token",
-                &central.join_token,
-                "--ca-fingerprint",
-                &central.ca_fingerprint,
-                "--name",
-                name,
-                "--endpoint",
-                &endpoint,
-                "--state-dir",
-                &state,
-            ],
-            Some(&self.server),
-        )
+        central.join(&self.server, name, &self.paths.state_dir)
     }
 }
 

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use ferry_agent::containers::list;
 use ferry_api::client::{Client, Trust};
 use ferry_tests::{
-    agent::{Agent, AgentPaths, Pins, agent_command_in, workspace_binary},
+    agent::{Agent, AgentPaths, Pins, workspace_binary},
     central::Central,
     cgroup::TestCgroup,
     docker::DockerEngine,
@@ -45,26 +45,7 @@ async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves(
     let pins = Pins::new(&format!("ferry-test-e{tag}"))?;
     let state_dir = std::env::temp_dir().join(format!("ferry-test-e{tag}"));
     let _ = std::fs::remove_dir_all(&state_dir);
-    let state = state_dir.to_string_lossy().into_owned();
-    let endpoint = format!("{}:51820", server.addr().context("address")?);
-    let (ok, _, err) = agent_command_in(
-        &[
-            "join",
-            "--central",
-            &central.url,
-            "--token",
-            &central.join_token,
-            "--ca-fingerprint",
-            &central.ca_fingerprint,
-            "--name",
-            "one",
-            "--endpoint",
-            &endpoint,
-            "--state-dir",
-            &state,
-        ],
-        Some(&server),
-    )?;
+    let (ok, _, err) = central.join(&server, "one", &state_dir)?;
     assert!(ok, "{err}");
     let docker_network = format!("ferry-{tag}");
     let paths = AgentPaths {
