@@ -137,6 +137,19 @@ async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves(
         "generation 1 keeps serving"
     );
     let _ = std::fs::remove_dir_all(&broken_dir);
+
+    // Generation 3 serves; the operator rolls back to 1.
+    let (ok, out, err) = ferry(&["deploy", "--stack", "shop", &shop.to_string_lossy()])?;
+    assert!(
+        ok && out.contains("generation 3 of shop is serving"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = ferry(&["rollback", "--stack", "shop"])?;
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "shop: generation 1 serves again (generation 3 retired)"
+    );
     let _ = std::fs::remove_dir_all(&cli_config);
 
     let _ = ip(&["-n", server.name(), "link", "del", &paths.wg_interface]);

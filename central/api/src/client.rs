@@ -186,6 +186,12 @@ impl Client {
         self.send(request, &url).await
     }
 
+    /// Serves the generation that served before the current one (admin).
+    pub async fn rollback(&self, stack: &str) -> Result<Stack, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/rollback", self.base);
+        self.send(self.http.post(&url), &url).await
+    }
+
     /// Every stack (admin).
     pub async fn stacks(&self) -> Result<Vec<Stack>, ClientError> {
         let url = format!("{}/v1/stacks", self.base);

@@ -48,6 +48,14 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Serve the generation that served before the current one.
+    Rollback {
+        /// The stack.
+        #[arg(long)]
+        stack: String,
+        #[command(flatten)]
+        output: Output,
+    },
     /// Stacks and their generations.
     #[command(subcommand)]
     Stacks(StacksCommand),
@@ -117,6 +125,7 @@ fn run(command: Command) -> Result<()> {
                 output,
             } => deploy(stack, &path, no_wait, output).await,
             Command::Stacks(StacksCommand::List(output)) => stacks_list(output).await,
+            Command::Rollback { stack, output } => rollback(&stack, output).await,
         }
     })
 }
@@ -213,6 +222,21 @@ async fn deploy(
             done.generation
         ),
     }
+}
+
+async fn rollback(stack: &str, output: Output) -> Result<()> {
+    let record = login::client()?.rollback(stack).await?;
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        let show = |g: Option<u64>| g.map_or("nothing".to_string(), |g| format!("generation {g}"));
+        println!(
+            "{stack}: {} serves again ({} retired)",
+            show(record.serving),
+            show(record.previous)
+        );
+    }
+    Ok(())
 }
 
 async fn stacks_list(output: Output) -> Result<()> {

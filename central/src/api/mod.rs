@@ -15,6 +15,7 @@
 //!   its root); a valid one becomes generation N+1. `GET /v1/stacks`,
 //!   `GET /v1/stacks/{stack}/generations`. The new generation's placement is written to
 //!   `desired/<server>/...` in the same transaction (see [`crate::deploy`]).
+//! - `POST /v1/stacks/{stack}/rollback`: serve the previous generation again.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
 
@@ -88,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             // Sources stream to disk with their own limit (see `sources`).
             post(routes::deploy).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/stacks/{stack}/rollback", post(routes::rollback))
         .route("/v1/sources/{digest}", get(routes::source))
         .route(
             "/v1/status/{server}/{stack}/{generation}",

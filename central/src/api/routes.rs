@@ -310,3 +310,15 @@ pub async fn report_status(
     tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
     Ok(Json(json!({ "phase": phase })))
 }
+
+/// `POST /v1/stacks/{stack}/rollback`: serve the generation that served before.
+pub async fn rollback(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(stack): Path<String>,
+) -> Result<Json<Stack>, ApiError> {
+    caller.admin("roll back")?;
+    let record = state.stacks.rollback(&stack)?;
+    tracing::info!(%stack, serving = ?record.serving, "rolled back");
+    Ok(Json(record))
+}
