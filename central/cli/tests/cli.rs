@@ -24,8 +24,17 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn login_then_list_and_remove_servers() {
+/// A central serving on loopback, and a config directory not logged in yet.
+struct Setup {
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    done: init::Initialised,
+    _running: serve::Running,
+    url: String,
+    config: std::path::PathBuf,
+}
+
+async fn setup() -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("central");
     let done = init::init(
@@ -37,6 +46,37 @@ async fn login_then_list_and_remove_servers() {
     let running = serve::start(&data, None).await.expect("serve");
     let url = format!("https://127.0.0.1:{}", running.local_addr().port());
     let config = dir.path().join("ferry-config");
+    Setup {
+        dir,
+        data,
+        done,
+        _running: running,
+        url,
+        config,
+    }
+}
+
+impl Setup {
+    fn login(&self) -> Output {
+        ferry(
+            &self.config,
+            &[
+                "login",
+                "--central",
+                &self.url,
+                "--token",
+                &self.done.admin_token,
+                "--ca-fingerprint",
+                &self.done.ca_fingerprint,
+            ],
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_then_list_and_remove_servers() {
+    let setup = setup().await;
+    let (url, config, done) = (setup.url.clone(), setup.config.clone(), &setup.done);
 
     // Not logged in yet: the error says what to do.
     let out = ferry(&config, &["servers", "list"]);
@@ -68,18 +108,7 @@ async fn login_then_list_and_remove_servers() {
     );
     assert!(!config.exists());
 
-    let out = ferry(
-        &config,
-        &[
-            "login",
-            "--central",
-            &url,
-            "--token",
-            &done.admin_token,
-            "--ca-fingerprint",
-            &done.ca_fingerprint,
-        ],
-    );
+    let out = setup.login();
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(text(&out).0.contains("logged in") && text(&out).0.contains("0 servers"));
 
@@ -127,7 +156,6 @@ async fn login_then_list_and_remove_servers() {
         "{}",
         text(&out).1
     );
-    drop(running);
 }
 
 #[test]
@@ -167,29 +195,14 @@ fn validate_reports_located_problems_and_fails_only_on_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_checks_packs_and_records_generations() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("central");
-    let done = init::init(
-        &data,
-        "https://127.0.0.1:7443",
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("init");
-    let running = serve::start(&data, None).await.expect("serve");
-    let url = format!("https://127.0.0.1:{}", running.local_addr().port());
-    let config = dir.path().join("ferry-config");
-    let out = ferry(
-        &config,
-        &[
-            "login",
-            "--central",
-            &url,
-            "--token",
-            &done.admin_token,
-            "--ca-fingerprint",
-            &done.ca_fingerprint,
-        ],
+    let setup = setup().await;
+    let (data, url, config, done) = (
+        setup.data.clone(),
+        setup.url.clone(),
+        setup.config.clone(),
+        &setup.done,
     );
+    let out = setup.login();
     assert!(out.status.success(), "{}", text(&out).1);
 
     // With no server joined there is nowhere to run: refused before the upload.
@@ -260,7 +273,7 @@ async fn deploy_checks_packs_and_records_generations() {
     );
 
     // A bad service.yml is refused here, before anything is uploaded.
-    let bad = dir.path().join("bad");
+    let bad = setup.dir.path().join("bad");
     std::fs::create_dir_all(&bad).expect("mkdir");
     std::fs::write(
         bad.join("service.yml"),
@@ -299,5 +312,4 @@ async fn deploy_checks_packs_and_records_generations() {
         2,
         "nothing changed"
     );
-    drop(running);
 }
