@@ -59,6 +59,15 @@ impl Central {
     }
 }
 
+/// A join request for server `name` with a key made from `n`.
+fn join_request(name: &str, n: u8) -> JoinRequest {
+    JoinRequest {
+        name: name.into(),
+        wireguard_public_key: wg_key(n),
+        wireguard_endpoint: ep(),
+    }
+}
+
 fn wg_key(n: u8) -> String {
     base64::engine::general_purpose::STANDARD.encode([n; 32])
 }
@@ -74,14 +83,7 @@ fn status(err: &ClientError) -> u16 {
 async fn a_server_joins_with_the_join_token_and_gets_its_own_subnet_and_credential() {
     let central = Central::start().await;
     let joiner = central.client(&central.join);
-    let joined = joiner
-        .join(&JoinRequest {
-            name: "alpha".into(),
-            wireguard_public_key: wg_key(1),
-            wireguard_endpoint: ep(),
-        })
-        .await
-        .expect("join");
+    let joined = joiner.join(&join_request("alpha", 1)).await.expect("join");
     assert_eq!(joined.subnet, "10.66.1.0/24");
     assert!(joined.agent_token.starts_with("ferry-agent-"));
 
@@ -96,23 +98,9 @@ async fn a_server_joins_with_the_join_token_and_gets_its_own_subnet_and_credenti
         Client::new(&central.url(), &central.admin, Trust::CaPem(on_disk)).expect("client");
     assert_eq!(via_disk.servers().await.expect("servers")[0].name, "alpha");
 
-    let second = joiner
-        .join(&JoinRequest {
-            name: "bravo".into(),
-            wireguard_public_key: wg_key(2),
-            wireguard_endpoint: ep(),
-        })
-        .await
-        .expect("join");
+    let second = joiner.join(&join_request("bravo", 2)).await.expect("join");
     assert_eq!(second.subnet, "10.66.2.0/24");
-    let again = joiner
-        .join(&JoinRequest {
-            name: "alpha".into(),
-            wireguard_public_key: wg_key(3),
-            wireguard_endpoint: ep(),
-        })
-        .await
-        .unwrap_err();
+    let again = joiner.join(&join_request("alpha", 3)).await.unwrap_err();
     assert_eq!(status(&again), 409, "{again}");
 }
 
@@ -135,11 +123,7 @@ async fn every_token_can_do_only_its_own_job() {
     let central = Central::start().await;
     let joined = central
         .client(&central.join)
-        .join(&JoinRequest {
-            name: "alpha".into(),
-            wireguard_public_key: wg_key(1),
-            wireguard_endpoint: ep(),
-        })
+        .join(&join_request("alpha", 1))
         .await
         .expect("join");
     let agent = central.client(&joined.agent_token);
@@ -244,11 +228,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
     let mut central = Central::start().await;
     let joined = central
         .client(&central.join)
-        .join(&JoinRequest {
-            name: "alpha".into(),
-            wireguard_public_key: wg_key(1),
-            wireguard_endpoint: ep(),
-        })
+        .join(&join_request("alpha", 1))
         .await
         .expect("join");
     let agent = central.client(&joined.agent_token);
@@ -256,14 +236,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
     let mut watch = Box::pin(agent.watch("servers/", start).await.expect("watch"));
 
     let joiner = central.client(&central.join);
-    joiner
-        .join(&JoinRequest {
-            name: "bravo".into(),
-            wireguard_public_key: wg_key(2),
-            wireguard_endpoint: ep(),
-        })
-        .await
-        .expect("join");
+    joiner.join(&join_request("bravo", 2)).await.expect("join");
     let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
         .expect("in time")
@@ -289,11 +262,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
             .expect("restart"),
     );
     joiner
-        .join(&JoinRequest {
-            name: "charlie".into(),
-            wireguard_public_key: wg_key(3),
-            wireguard_endpoint: ep(),
-        })
+        .join(&join_request("charlie", 3))
         .await
         .expect("join");
 
@@ -354,18 +323,8 @@ async fn server_reports_settle_a_generation() {
     let central = Central::start().await;
     let join = |name: &str, n: u8| {
         let client = central.client(&central.join);
-        let name = name.to_string();
-        async move {
-            client
-                .join(&JoinRequest {
-                    name,
-                    wireguard_public_key: wg_key(n),
-                    wireguard_endpoint: ep(),
-                })
-                .await
-                .expect("join")
-                .agent_token
-        }
+        let request = join_request(name, n);
+        async move { client.join(&request).await.expect("join").agent_token }
     };
     let one = central.client(&join("one", 1).await);
     let two = central.client(&join("two", 2).await);

@@ -115,6 +115,17 @@ pub struct Loaded {
     pub central_ca: String,
 }
 
+impl Loaded {
+    /// A client of central with this server's credential, trusting only the pinned CA.
+    pub fn client(&self) -> Result<ferry_api::client::Client, ferry_api::client::ClientError> {
+        ferry_api::client::Client::new(
+            &self.membership.central,
+            &self.token,
+            ferry_api::client::Trust::CaPem(self.central_ca.clone()),
+        )
+    }
+}
+
 /// Loads the state directory of a joined agent.
 pub fn load(dir: &Path) -> Result<Loaded, StateError> {
     let path = dir.join(MEMBERSHIP);

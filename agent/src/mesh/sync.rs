@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use ferry_api::{
     Revision,
-    client::{Client, ClientError, Trust},
+    client::{Client, ClientError},
     types::Server,
 };
 use futures_util::StreamExt as _;
@@ -54,11 +54,7 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
         "ferry-agent mesh: {backend:?} WireGuard on {}",
         options.interface
     );
-    let client = Client::new(
-        &loaded.membership.central,
-        &loaded.token,
-        Trust::CaPem(loaded.central_ca.clone()),
-    )?;
+    let client = loaded.client()?;
     let mut servers: BTreeMap<String, Server> = BTreeMap::new();
     let mut seen: Option<Revision> = None;
     let mut backoff = Duration::from_millis(200);

@@ -3,7 +3,7 @@
 use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Duration};
 
 use ferry_api::{
-    client::{Client, Trust},
+    client::Client,
     servicefile::{EnvValue, Service},
     types::{Assignment, StatusReport},
 };
@@ -59,12 +59,7 @@ async fn follow(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let client = Client::new(
-        &me.central,
-        &loaded.token,
-        Trust::CaPem(loaded.central_ca.clone()),
-    )
-    .map_err(|e| e.to_string())?;
+    let client = loaded.client().map_err(|e| e.to_string())?;
     let prefix = format!("desired/{}/", me.name);
     let list = client.list(&prefix).await.map_err(|e| e.to_string())?;
     let mut pending: Vec<Assignment> = list

@@ -24,6 +24,15 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// The join request of the server these tests register.
+fn web_1() -> JoinRequest {
+    JoinRequest {
+        name: "web-1".into(),
+        wireguard_public_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        wireguard_endpoint: "192.0.2.10:51820".parse().expect("addr"),
+    }
+}
+
 /// A central serving on loopback, and a config directory not logged in yet.
 struct Setup {
     dir: tempfile::TempDir,
@@ -118,14 +127,7 @@ async fn login_then_list_and_remove_servers() {
         Trust::Fingerprint(done.ca_fingerprint.clone()),
     )
     .expect("client");
-    joiner
-        .join(&JoinRequest {
-            name: "web-1".into(),
-            wireguard_public_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-            wireguard_endpoint: "192.0.2.10:51820".parse().expect("addr"),
-        })
-        .await
-        .expect("join");
+    joiner.join(&web_1()).await.expect("join");
 
     let out = ferry(&config, &["servers", "list"]);
     let (stdout, stderr) = text(&out);
@@ -221,11 +223,7 @@ async fn deploy_checks_packs_and_records_generations() {
         Trust::Fingerprint(done.ca_fingerprint.clone()),
     )
     .expect("client")
-    .join(&JoinRequest {
-        name: "web-1".into(),
-        wireguard_public_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
-        wireguard_endpoint: "192.0.2.10:51820".parse().expect("addr"),
-    })
+    .join(&web_1())
     .await
     .expect("join");
     for expected in [1, 2] {

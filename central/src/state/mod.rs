@@ -10,6 +10,17 @@
 mod servers;
 mod stacks;
 
+/// Whether `name` may name a server or a stack: 1 to 63 lower-case letters, digits and
+/// '-', not starting with '-' (names appear in keys, DNS names and Docker labels).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 pub use servers::{ContainerNet, Server, ServerError, Servers};
 pub(crate) use stacks::encode;
 pub use stacks::{Generation, Phase, Stack, StackError, Stacks};

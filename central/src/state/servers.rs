@@ -198,13 +198,7 @@ impl<S: Store> Servers<S> {
 }
 
 fn check_name(name: &str) -> Result<(), ServerError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-');
-    if ok {
+    if super::valid_name(name) {
         Ok(())
     } else {
         Err(ServerError::BadName { name: name.into() })

@@ -289,13 +289,7 @@ fn wrong_phase(generation: &Generation, action: &'static str) -> StackError {
 }
 
 fn check_name(name: &str) -> Result<(), StackError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && !name.starts_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
+    if super::valid_name(name) {
         Ok(())
     } else {
         Err(StackError::BadName { name: name.into() })
