@@ -24,6 +24,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The URL agents and the CLI use to reach central (`https://host:port`).
     pub url: String,
+    /// Seconds a retired generation keeps its containers running for requests in flight
+    /// before they are stopped.
+    #[serde(default = "default_drain_seconds")]
+    pub drain_seconds: u64,
+}
+
+/// Long enough for a typical request and for clients to stop picking old addresses.
+pub const DEFAULT_DRAIN_SECONDS: u64 = 10;
+
+fn default_drain_seconds() -> u64 {
+    DEFAULT_DRAIN_SECONDS
 }
 
 /// Errors reading or writing the config.

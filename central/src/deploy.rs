@@ -7,14 +7,17 @@
 //! generation, so no agent ever sees a generation without its placement or the reverse.
 //!
 //! Completion: each server reports under `status/<server>/<stack>/<N>`. One unhealthy
-//! report fails the generation (it never serves); when every assigned server reported
-//! healthy, the generation is marked healthy and flipped to serving.
+//! report fails the generation (it never serves) and, in the same transaction, tells every
+//! server to stop its containers at once. When every assigned server reported healthy, the
+//! generation serves and the one before is retired: its assignments turn to
+//! [`Desired::Stop`] with the drain period, so the old containers keep answering requests
+//! in flight for that long and only then stop.
 
 use std::collections::BTreeMap;
 
 use ferry_api::{
     servicefile::Service,
-    types::{Assignment, Generation, Phase, Server, StatusReport},
+    types::{Assignment, Desired, Generation, Phase, Server, StatusReport},
 };
 
 use crate::{
@@ -69,6 +72,7 @@ pub fn assignment_ops(
                 generation: generation.number,
                 source_digest: generation.source_digest.clone(),
                 services: services.clone(),
+                state: Desired::Run,
             };
             Ok(Op::Put(
                 key.clone(),
@@ -78,16 +82,59 @@ pub fn assignment_ops(
         .collect()
 }
 
+/// Every server's assignment of `generation` of `stack`, rewritten to `state`.
+pub fn set_state_ops<S: Store>(
+    store: &S,
+    stack: &str,
+    generation: u64,
+    state: Desired,
+) -> Result<Vec<Op>, StackError> {
+    let suffix = format!("/{stack}/{generation:010}");
+    let (assigned, _) = store.list("desired/")?;
+    assigned
+        .iter()
+        .filter(|kv| kv.key.ends_with(&suffix))
+        .map(|kv| {
+            let mut assignment: Assignment =
+                serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
+                    key: kv.key.clone(),
+                    source,
+                })?;
+            assignment.state = state;
+            Ok(Op::Put(
+                kv.key.clone(),
+                crate::state::encode(&kv.key, &assignment)?,
+            ))
+        })
+        .collect()
+}
+
+/// The writes that deploy a retired generation again: its containers wanted again, the
+/// reports of its first deploy forgotten so only fresh ones settle it.
+pub fn rerun_ops<S: Store>(store: &S, generation: &Generation) -> Result<Vec<Op>, StackError> {
+    let suffix = format!("/{}/{:010}", generation.stack, generation.number);
+    let mut ops = set_state_ops(store, &generation.stack, generation.number, Desired::Run)?;
+    let (reported, _) = store.list("status/")?;
+    ops.extend(
+        reported
+            .into_iter()
+            .filter(|kv| kv.key.ends_with(&suffix))
+            .map(|kv| Op::Delete(kv.key)),
+    );
+    Ok(ops)
+}
+
 /// Records `server`'s report and, if that settles the generation, fails it or makes it
-/// serve. Returns the generation's phase afterwards.
+/// serve (retiring the one before, which drains for `drain`). Returns the generation's
+/// phase afterwards.
 pub fn record_status<S: Store>(
     store: &S,
     stacks: &Stacks<S>,
-    server: &str,
-    stack: &str,
-    generation: u64,
+    report_from: (&str, &str, u64),
     report: &StatusReport,
+    drain: std::time::Duration,
 ) -> Result<Phase, StackError> {
+    let (server, stack, generation) = report_from;
     let key = status_key(server, stack, generation);
     store.put(&key, &crate::state::encode(&key, report)?)?;
     let current = stacks.generation(stack, generation)?;
@@ -96,7 +143,8 @@ pub fn record_status<S: Store>(
     }
     if !report.healthy {
         let reason = format!("{server}: {}", report.detail);
-        return Ok(stacks.finish_deploy(stack, generation, Err(reason))?.phase);
+        let stop = set_state_ops(store, stack, generation, Desired::Stop { drain_ms: 0 })?;
+        return Ok(stacks.fail(stack, generation, reason, &stop)?.phase);
     }
     let suffix = format!("/{stack}/{generation:010}");
     let (assigned, _) = store.list("desired/")?;
@@ -115,8 +163,10 @@ pub fn record_status<S: Store>(
     if !all_healthy {
         return Ok(Phase::Deploying);
     }
-    stacks.finish_deploy(stack, generation, Ok(()))?;
-    stacks.flip(stack, generation)?;
+    let drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX);
+    stacks.serve_deployed(stack, generation, |old| {
+        set_state_ops(store, stack, old, Desired::Stop { drain_ms })
+    })?;
     Ok(Phase::Serving)
 }
 

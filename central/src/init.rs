@@ -157,6 +157,7 @@ fn populate(
         version: 1,
         listen,
         url: url.into(),
+        drain_seconds: crate::config::DEFAULT_DRAIN_SECONDS,
     }
     .create(dir)?;
     Ok((admin, join, pki.ca_fingerprint))

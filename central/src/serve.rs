@@ -74,9 +74,22 @@ impl Drop for Running {
     }
 }
 
-/// Starts central from `data_dir`, on `listen` if given, else on the configured address.
-pub async fn start(data_dir: &Path, listen: Option<SocketAddr>) -> Result<Running, ServeError> {
+/// What `serve` may override in the configuration.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    /// Listen here instead of the configured address.
+    pub listen: Option<SocketAddr>,
+    /// Drain retired generations this long instead of the configured period.
+    pub drain: Option<std::time::Duration>,
+}
+
+/// Starts central from `data_dir`, with the configuration's values unless overridden.
+pub async fn start(data_dir: &Path, overrides: Overrides) -> Result<Running, ServeError> {
     let config = Config::load(data_dir)?;
+    let listen = overrides.listen;
+    let drain = overrides
+        .drain
+        .unwrap_or(std::time::Duration::from_secs(config.drain_seconds));
     let tls = tls_config(&data_dir.join("tls"))?;
     let store = Arc::new(SqliteStore::open(&data_dir.join(STATE_DB))?);
     let addr = listen.unwrap_or(config.listen);
@@ -86,7 +99,7 @@ pub async fn start(data_dir: &Path, listen: Option<SocketAddr>) -> Result<Runnin
     let local_addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
-    let router = api::router(AppState::new(store, data_dir));
+    let router = api::router(AppState::new(store, data_dir, drain));
     info!(%local_addr, "central listening");
     let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), router));
     Ok(Running { local_addr, task })

@@ -33,7 +33,9 @@ impl Central {
             "127.0.0.1:0".parse().expect("addr"),
         )
         .expect("init");
-        let running = serve::start(&data_dir, None).await.expect("serve");
+        let running = serve::start(&data_dir, Default::default())
+            .await
+            .expect("serve");
         Self {
             _dir: dir,
             data_dir,
@@ -257,9 +259,15 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
         "the stream must end when central stops"
     );
     central.running = Some(
-        serve::start(&central.data_dir, Some(port))
-            .await
-            .expect("restart"),
+        serve::start(
+            &central.data_dir,
+            serve::Overrides {
+                listen: Some(port),
+                drain: None,
+            },
+        )
+        .await
+        .expect("restart"),
     );
     joiner
         .join(&join_request("charlie", 3))

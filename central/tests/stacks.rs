@@ -66,7 +66,11 @@ fn deploys_make_numbered_generations_and_only_healthy_ones_serve() -> Result<(),
     let stack = stacks.flip("shop", 3)?;
     assert_eq!((stack.serving, stack.previous), (Some(3), Some(1)));
     assert_eq!(stacks.generation("shop", 1)?.phase, Phase::Retired);
-    let stack = stacks.rollback("shop")?;
+    // Rollback deploys 1 again; 3 serves until 1 is healthy.
+    let again = stacks.rollback("shop", |_| Ok(Vec::new()))?;
+    assert_eq!((again.number, &again.phase), (1, &Phase::Deploying));
+    assert_eq!(stacks.stack("shop")?.serving, Some(3));
+    let stack = stacks.serve_deployed("shop", 1, |_| Ok(Vec::new()))?;
     assert_eq!((stack.serving, stack.previous), (Some(1), Some(3)));
     assert_eq!(stacks.generation("shop", 1)?.phase, Phase::Serving);
     assert_eq!(stacks.generation("shop", 3)?.phase, Phase::Retired);
@@ -125,7 +129,7 @@ fn bad_requests_change_nothing() -> Result<(), StackError> {
         Err(StackError::UnknownGeneration { .. })
     ));
     assert!(matches!(
-        stacks.rollback("shop"),
+        stacks.rollback("shop", |_| Ok(Vec::new())),
         Err(StackError::NothingToRollBack { .. })
     ));
     stacks.finish_deploy("shop", 1, Ok(()))?;

@@ -29,6 +29,8 @@ pub struct Central {
     pub join_token: String,
     /// The CA fingerprint.
     pub ca_fingerprint: String,
+    /// Where it listens.
+    listen: SocketAddr,
 }
 
 impl Central {
@@ -64,31 +66,7 @@ impl Central {
             .with_context(|| format!("init printed no admin token:\n{printed}"))?;
         let (join_token, ca_fingerprint) = (after("--token")?, after("--ca-fingerprint")?);
 
-        let mut child = Command::new(&bin)
-            .args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", &format!("{host}:0")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting ferry-central serve")?;
-        let stdout = child.stdout.take().context("central stdout")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("ferry-central listening on ") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
-        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr.parse().context("central printed an odd address")?,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("ferry-central serve did not start listening");
-            }
-        };
+        let (child, addr) = serve(&bin, data_dir, &format!("{host}:0"))?;
         Ok(Self {
             child,
             data_dir: data_dir.to_path_buf(),
@@ -96,7 +74,55 @@ impl Central {
             admin_token,
             join_token,
             ca_fingerprint,
+            listen: addr,
         })
+    }
+
+    /// Kills central with SIGKILL (no shutdown of any kind) and serves again from the same
+    /// data directory on the same address.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        self.child.kill().context("killing central")?;
+        let _ = self.child.wait();
+        let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
+        let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string())?;
+        self.child = child;
+        Ok(())
+    }
+}
+
+/// How long retired generations drain in tests: long enough to see them answer after a
+/// flip, short enough to wait for.
+pub const TEST_DRAIN: &str = "4s";
+
+/// Starts `ferry-central serve` on `listen`; returns it and the address it bound.
+fn serve(bin: &Path, data_dir: &Path, listen: &str) -> Result<(Child, SocketAddr)> {
+    let mut child = Command::new(bin)
+        .args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", listen, "--drain-period", TEST_DRAIN])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting ferry-central serve")?;
+    let stdout = child.stdout.take().context("central stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("ferry-central listening on ") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(addr) => Ok((
+            child,
+            addr.parse().context("central printed an odd address")?,
+        )),
+        Err(_) => {
+            let _ = child.kill();
+            bail!("ferry-central serve did not start listening on {listen}")
+        }
     }
 }
 

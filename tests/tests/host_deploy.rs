@@ -1,7 +1,9 @@
 //! Host tier: the deploy journey on one server: a real central, an agent joined to it with
 //! its own Docker Engine in the server's namespace; a deploy of the example stack builds
 //! and starts its containers, passes their health checks and serves; a broken generation
-//! fails and never serves.
+//! fails, never serves, and its containers go at once; the next good one takes over while
+//! the old one drains (answering requests that still reach it), then the old one stops;
+//! rollback deploys the old generation again.
 
 use std::{
     io::{Read as _, Write as _},
@@ -22,6 +24,36 @@ use ferry_tests::{
     node_image, unique,
 };
 
+/// Runs the real `ferry` CLI with its config at `config`: (success, stdout, stderr).
+fn run_ferry(config: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = std::process::Command::new(workspace_binary("ferry", "FERRY_CLI_BIN")?)
+        .args(args)
+        .env("FERRY_CONFIG", config)
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    ))
+}
+
+/// Polls `check` every 200 ms until it holds or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    while !check().await? {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -32,7 +64,7 @@ fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves() -> Result<()> {
+async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_stops() -> Result<()> {
     let tag = unique("");
     let mut network = Network::new(&format!("fbe{tag}"), 51)?;
     let server = network.server(&format!("fe{tag}"))?;
@@ -66,17 +98,7 @@ async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves(
 
     // The operator's journey, with the real CLI: log in, deploy, wait until it serves.
     let cli_config = std::env::temp_dir().join(format!("ferry-test-cli{tag}"));
-    let ferry = |args: &[&str]| -> Result<(bool, String, String)> {
-        let out = std::process::Command::new(workspace_binary("ferry", "FERRY_CLI_BIN")?)
-            .args(args)
-            .env("FERRY_CONFIG", &cli_config)
-            .output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into(),
-            String::from_utf8_lossy(&out.stderr).into(),
-        ))
-    };
+    let ferry = |args: &[&str]| run_ferry(&cli_config, args);
     let (ok, _, err) = ferry(&[
         "login",
         "--central",
@@ -137,19 +159,76 @@ async fn a_deploy_builds_starts_checks_and_serves_and_a_broken_one_never_serves(
         "generation 1 keeps serving"
     );
     let _ = std::fs::remove_dir_all(&broken_dir);
+    let engine = docker.engine();
+    eventually(
+        Duration::from_secs(30),
+        "removal of generation 2's containers",
+        || async { Ok(!list(engine).await?.iter().any(|c| c.generation == 2)) },
+    )
+    .await?;
 
-    // Generation 3 serves; the operator rolls back to 1.
-    let (ok, out, err) = ferry(&["deploy", "--stack", "shop", &shop.to_string_lossy()])?;
+    // Generation 3 takes over while generation 1 drains: the old api container, never
+    // restarted, still answers a request that starts after the flip; then it stops.
+    let deploying = {
+        let (config, shop) = (cli_config.clone(), shop.clone());
+        std::thread::spawn(move || {
+            run_ferry(
+                &config,
+                &["deploy", "--stack", "shop", &shop.to_string_lossy()],
+            )
+        })
+    };
+    eventually(Duration::from_secs(180), "generation 3 serving", || async {
+        Ok(admin.stacks().await?[0].serving == Some(3))
+    })
+    .await?;
+    let old_api = list(engine)
+        .await?
+        .into_iter()
+        .find(|c| c.id == api.id)
+        .context("generation 1's api is gone at the flip; it should drain first")?;
     assert!(
-        ok && out.contains("generation 3 of shop is serving"),
-        "{out}{err}"
+        old_api.running,
+        "generation 1's api must run through its drain"
     );
-    let (ok, out, err) = ferry(&["rollback", "--stack", "shop"])?;
-    assert!(ok, "{err}");
+    let response = server.run(|| http_get(SocketAddrV4::new(address, 4000), "/slow?ms=1500"))??;
+    assert!(
+        response.ends_with("api of generation 1\n"),
+        "a request to the draining generation: {response}"
+    );
+    let (ok, out, err) = deploying
+        .join()
+        .map_err(|_| anyhow::anyhow!("the deploy thread panicked"))??;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("generation 3 of shop is serving")
+            && out.contains("draining generation 1")
+            && out.contains("generation 1 of shop stopped (2 containers removed)")
+            && out.contains("one: api running (10.66.1."),
+        "{out}"
+    );
+    let left: Vec<_> = list(engine).await?;
+    assert!(
+        !left.iter().any(|c| c.generation == 1),
+        "generation 1 is gone after its drain: {left:?}"
+    );
     assert_eq!(
-        out.trim(),
-        "shop: generation 1 serves again (generation 3 retired)"
+        left.iter()
+            .filter(|c| c.generation == 3 && c.running)
+            .count(),
+        2
     );
+
+    // Rollback deploys generation 1 again; it serves once healthy and 3 drains.
+    let (ok, out, err) = ferry(&["rollback", "--stack", "shop"])?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("shop: deploying generation 1 again")
+            && out.contains("generation 1 of shop is serving")
+            && out.contains("generation 3 of shop stopped (2 containers removed)"),
+        "{out}"
+    );
+    assert_eq!(admin.stacks().await?[0].serving, Some(1));
     let _ = std::fs::remove_dir_all(&cli_config);
 
     let _ = ip(&["-n", server.name(), "link", "del", &paths.wg_interface]);

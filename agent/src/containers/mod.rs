@@ -9,6 +9,7 @@ mod engine;
 mod image;
 mod network;
 mod running;
+mod stopping;
 
 pub use engine::{Engine, EngineError};
 pub use image::{ImageError, build_image, node_dockerfile};
@@ -17,3 +18,4 @@ pub use running::{
     ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_SERVICE, LABEL_STACK,
     describe_state, list, log_tail, start,
 };
+pub use stopping::{DEFAULT_STOP_GRACE, stop_and_remove};

@@ -1,11 +1,21 @@
-//! The loop: list this server's assignments, follow the watch, settle each new one.
+//! The loop: list this server's assignments, follow the watch, and bring the server in
+//! line with each: a wanted generation is built, started, checked and reported; a retired
+//! or failed one drains for the period central gave, then each container stops as its
+//! service asks and is removed. After every change the server's container list goes to
+//! central.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use ferry_api::{
     client::Client,
     servicefile::{EnvValue, Service},
-    types::{Assignment, StatusReport},
+    types::{Assignment, ContainerReport, Desired, StatusReport},
 };
 use futures_util::StreamExt as _;
 use tracing::{info, warn};
@@ -29,12 +39,32 @@ pub struct WorkloadOptions {
     pub container_net: Ipv4Addr,
 }
 
+/// What this agent knows it is asked to do, shared with its stop tasks.
+#[derive(Default)]
+struct Intent {
+    /// The current assignment of every (stack, generation) for this server.
+    desired: BTreeMap<(String, u64), Assignment>,
+    /// Runs that were built, started, checked and reported.
+    settled: BTreeSet<(String, u64)>,
+    /// Generations whose containers a stop task is draining or stopping.
+    stopping: BTreeSet<(String, u64)>,
+}
+
+type Shared = Arc<Mutex<Intent>>;
+
+fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
+    // A panicked holder leaves plain data behind; keep going with it.
+    intent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Runs until the task is dropped; failures are logged and retried with backoff.
 pub async fn run(loaded: Loaded, options: WorkloadOptions) {
-    let mut settled: BTreeSet<(String, u64)> = BTreeSet::new();
+    let intent = Shared::default();
     let mut backoff = Duration::from_millis(500);
     loop {
-        if let Err(e) = follow(&loaded, &options, &mut settled).await {
+        if let Err(e) = follow(&loaded, &options, &intent).await {
             warn!("workloads: {e}; retrying in {backoff:?}");
         }
         tokio::time::sleep(backoff).await;
@@ -42,11 +72,15 @@ pub async fn run(loaded: Loaded, options: WorkloadOptions) {
     }
 }
 
-async fn follow(
-    loaded: &Loaded,
-    options: &WorkloadOptions,
-    settled: &mut BTreeSet<(String, u64)>,
-) -> Result<(), String> {
+/// Everything a settle or a stop task needs to reach Docker and central.
+#[derive(Clone)]
+struct Reach {
+    engine: Engine,
+    client: Client,
+    server: String,
+}
+
+async fn follow(loaded: &Loaded, options: &WorkloadOptions, intent: &Shared) -> Result<(), String> {
     let me = &loaded.membership;
     let engine = Engine::connect(&options.docker_socket)
         .await
@@ -60,43 +94,228 @@ async fn follow(
     .await
     .map_err(|e| e.to_string())?;
     let client = loaded.client().map_err(|e| e.to_string())?;
+    let reach = Reach {
+        engine,
+        client,
+        server: me.name.clone(),
+    };
     let prefix = format!("desired/{}/", me.name);
-    let list = client.list(&prefix).await.map_err(|e| e.to_string())?;
-    let mut pending: Vec<Assignment> = list
+    let list = reach
+        .client
+        .list(&prefix)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listed: Vec<Assignment> = list
         .items
         .into_iter()
         .filter_map(|item| serde_json::from_value(item.value).ok())
         .collect();
+    {
+        let mut intent = lock(intent);
+        intent.desired = listed
+            .iter()
+            .map(|a| ((a.stack.clone(), a.generation), a.clone()))
+            .collect();
+    }
+    stop_orphans(&reach, intent).await?;
+    report_containers(&reach).await;
+    let mut pending = listed;
     let mut watch = Box::pin(
-        client
+        reach
+            .client
             .watch(&prefix, list.revision)
             .await
             .map_err(|e| e.to_string())?,
     );
     loop {
         for assignment in pending.drain(..) {
-            let id = (assignment.stack.clone(), assignment.generation);
-            if settled.contains(&id) {
-                continue;
-            }
-            let report = settle(&engine, options, &assignment, &client).await;
-            info!(stack = %assignment.stack, generation = assignment.generation, healthy = report.healthy, "reporting");
-            client
-                .report_status(&me.name, &assignment.stack, assignment.generation, &report)
-                .await
-                .map_err(|e| e.to_string())?;
-            settled.insert(id);
+            apply(&reach, options, intent, assignment).await?;
         }
         match watch.next().await {
-            Some(Ok(line)) => pending.extend(
-                line.events
-                    .into_iter()
-                    .filter_map(|e| e.value)
-                    .filter_map(|v| serde_json::from_value(v).ok()),
-            ),
+            Some(Ok(line)) => {
+                for event in line.events {
+                    match event.value.map(serde_json::from_value::<Assignment>) {
+                        Some(Ok(assignment)) => pending.push(assignment),
+                        Some(Err(e)) => warn!(key = %event.key, "unreadable assignment: {e}"),
+                        // A deleted assignment: nothing of it should run.
+                        None => {
+                            if let Some(a) = forget(intent, &event.key) {
+                                pending.push(Assignment {
+                                    state: Desired::Stop { drain_ms: 0 },
+                                    ..a
+                                });
+                            }
+                        }
+                    }
+                }
+            }
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err("central ended the watch".into()),
         }
+    }
+}
+
+/// Removes the assignment stored under `key` (`desired/<server>/<stack>/<N>`).
+fn forget(intent: &Shared, key: &str) -> Option<Assignment> {
+    let mut parts = key.rsplit('/');
+    let generation = parts.next()?.parse().ok()?;
+    let stack = parts.next()?.to_string();
+    lock(intent).desired.remove(&(stack, generation))
+}
+
+/// Brings this server in line with one assignment.
+async fn apply(
+    reach: &Reach,
+    options: &WorkloadOptions,
+    intent: &Shared,
+    assignment: Assignment,
+) -> Result<(), String> {
+    let id = (assignment.stack.clone(), assignment.generation);
+    let state = assignment.state;
+    let already = {
+        let mut intent = lock(intent);
+        intent.desired.insert(id.clone(), assignment.clone());
+        match state {
+            Desired::Run => intent.settled.contains(&id),
+            Desired::Stop { .. } => {
+                intent.settled.remove(&id);
+                !intent.stopping.insert(id.clone())
+            }
+        }
+    };
+    if already {
+        return Ok(());
+    }
+    match state {
+        Desired::Run => {
+            let report = settle(&reach.engine, options, &assignment, &reach.client).await;
+            info!(stack = %assignment.stack, generation = assignment.generation, healthy = report.healthy, "reporting");
+            report_containers(reach).await;
+            reach
+                .client
+                .report_status(
+                    &reach.server,
+                    &assignment.stack,
+                    assignment.generation,
+                    &report,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            lock(intent).settled.insert(id);
+        }
+        Desired::Stop { drain_ms } => {
+            tokio::spawn(retire(
+                reach.clone(),
+                intent.clone(),
+                assignment,
+                Duration::from_millis(drain_ms),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits out the drain, then stops the generation's containers, unless it was wanted
+/// again meanwhile (a rollback).
+async fn retire(reach: Reach, intent: Shared, assignment: Assignment, drain: Duration) {
+    let id = (assignment.stack.clone(), assignment.generation);
+    info!(stack = %id.0, generation = id.1, ?drain, "draining");
+    tokio::time::sleep(drain).await;
+    let still_wanted_stopped = {
+        let intent = lock(&intent);
+        intent
+            .desired
+            .get(&id)
+            .is_none_or(|a| matches!(a.state, Desired::Stop { .. }))
+    };
+    if still_wanted_stopped {
+        stop_generation(&reach, &assignment).await;
+    }
+    lock(&intent).stopping.remove(&id);
+    report_containers(&reach).await;
+}
+
+/// Stops every container of the assignment's generation, each as its service asks.
+async fn stop_generation(reach: &Reach, assignment: &Assignment) {
+    let running = match containers::list(&reach.engine).await {
+        Ok(running) => running,
+        Err(e) => {
+            warn!("listing containers to stop: {e}");
+            return;
+        }
+    };
+    let mine = running
+        .into_iter()
+        .filter(|c| c.stack == assignment.stack && c.generation == assignment.generation);
+    let stops = mine.map(|c| {
+        let service = assignment.services.get(&c.service);
+        let steps = service.map(|s| s.pre_stop_sequence.clone()).unwrap_or_default();
+        let grace = service
+            .and_then(|s| s.stop_grace)
+            .unwrap_or(containers::DEFAULT_STOP_GRACE);
+        async move {
+            match containers::stop_and_remove(&reach.engine, &c.id, &steps, grace).await {
+                Ok(()) => info!(stack = %c.stack, service = %c.service, generation = c.generation, "stopped and removed"),
+                Err(e) => warn!("stopping {}/{}: {e}", c.stack, c.service),
+            }
+        }
+    });
+    futures_util::future::join_all(stops).await;
+}
+
+/// Stops ferry containers that no assignment accounts for (left by a server removal or
+/// a lost stop): they would otherwise run forever, unseen.
+async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
+    let running = containers::list(&reach.engine)
+        .await
+        .map_err(|e| e.to_string())?;
+    let orphans: BTreeSet<(String, u64)> = {
+        let intent = lock(intent);
+        running
+            .iter()
+            .map(|c| (c.stack.clone(), c.generation))
+            .filter(|id| !intent.desired.contains_key(id))
+            .collect()
+    };
+    for (stack, generation) in orphans {
+        warn!(%stack, generation, "containers with no assignment; stopping them");
+        stop_generation(
+            reach,
+            &Assignment {
+                stack,
+                generation,
+                source_digest: String::new(),
+                services: BTreeMap::new(),
+                state: Desired::Stop { drain_ms: 0 },
+            },
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Tells central what runs here; a failure is logged, the next report replaces it anyway.
+async fn report_containers(reach: &Reach) {
+    let running = match containers::list(&reach.engine).await {
+        Ok(running) => running,
+        Err(e) => {
+            warn!("listing containers to report: {e}");
+            return;
+        }
+    };
+    let report: Vec<ContainerReport> = running
+        .into_iter()
+        .map(|c| ContainerReport {
+            id: c.id,
+            stack: c.stack,
+            service: c.service,
+            generation: c.generation,
+            address: c.address,
+            state: if c.running { "running" } else { "stopped" }.into(),
+        })
+        .collect();
+    if let Err(e) = reach.client.report_containers(&reach.server, &report).await {
+        warn!("reporting containers to central: {e}");
     }
 }
 

@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 use crate::{
     Revision, fingerprint,
     types::{
-        DeployResponse, Generation, JoinRequest, JoinResponse, ListResponse, Server, Stack,
-        StatusReport, WatchLine,
+        ContainerReport, DeployResponse, Generation, JoinRequest, JoinResponse, ListResponse,
+        Server, Stack, StatusReport, WatchLine,
     },
 };
 
@@ -57,7 +57,8 @@ pub enum ClientError {
     WatchEnded { url: String, message: String },
 }
 
-/// A client bound to one central and one token.
+/// A client bound to one central and one token; clones share its connections.
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
@@ -186,8 +187,8 @@ impl Client {
         self.send(request, &url).await
     }
 
-    /// Serves the generation that served before the current one (admin).
-    pub async fn rollback(&self, stack: &str) -> Result<Stack, ClientError> {
+    /// Deploys the generation that served before again; it serves once healthy (admin).
+    pub async fn rollback(&self, stack: &str) -> Result<Generation, ClientError> {
         let url = format!("{}/v1/stacks/{stack}/rollback", self.base);
         self.send(self.http.post(&url), &url).await
     }
@@ -228,6 +229,24 @@ impl Client {
     ) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/status/{server}/{stack}/{generation}", self.base);
         self.send(self.http.put(&url).json(report), &url).await
+    }
+
+    /// An agent's list of every ferry container on its server, replacing the last one.
+    pub async fn report_containers(
+        &self,
+        server: &str,
+        containers: &[ContainerReport],
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/containers/{server}", self.base);
+        self.send(self.http.put(&url).json(containers), &url).await
+    }
+
+    /// Every server's last container report (admin).
+    pub async fn containers(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Vec<ContainerReport>>, ClientError> {
+        let url = format!("{}/v1/containers", self.base);
+        self.send(self.http.get(&url), &url).await
     }
 
     /// The keys under `prefix`, and their revision.

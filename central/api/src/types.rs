@@ -160,7 +160,45 @@ pub struct Assignment {
     pub source_digest: String,
     /// The services this server runs one container of, with their specs.
     pub services: std::collections::BTreeMap<String, crate::servicefile::Service>,
+    /// Whether the containers should run, or be drained and stopped.
+    #[serde(default)]
+    pub state: Desired,
 }
+
+/// What a server does with a generation's containers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Desired {
+    /// Build, start, check and keep them running.
+    #[default]
+    Run,
+    /// Let requests in flight finish for `drain_ms`, then run each service's
+    /// `pre_stop_sequence`, stop with its `stop_grace`, and remove them.
+    Stop {
+        /// How long the containers keep running after they stopped getting new work.
+        drain_ms: u64,
+    },
+}
+
+/// One ferry container as its server's agent sees it: `containers/<server>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerReport {
+    /// Docker's id.
+    pub id: String,
+    /// The stack.
+    pub stack: String,
+    /// The service.
+    pub service: String,
+    /// The generation it was started for.
+    pub generation: u64,
+    /// Its address on the container network.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// running, exited, ... as Docker says.
+    pub state: String,
+}
+
+/// Most containers one server reports; a longer report is refused.
+pub const MAX_CONTAINERS_PER_SERVER: usize = 4096;
 
 /// A server's report on one generation: `PUT /v1/status/<server>/<stack>/<N>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,8 +6,17 @@
 
 use std::path::Path;
 
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context as _, Result, bail};
-use ferry_api::{servicefile, types::MAX_SOURCE_BYTES};
+use ferry_api::{
+    client::Client,
+    servicefile,
+    types::{MAX_SOURCE_BYTES, Phase, StatusReport},
+};
 
 /// Packs `dir` into a source archive.
 pub fn pack(dir: &Path) -> Result<Vec<u8>> {
@@ -88,15 +97,17 @@ pub fn stack_name(given: Option<String>, dir: &Path) -> Result<String> {
         .context("the source directory has no name; pass --stack")
 }
 
-/// Waits until generation `number` of `stack` serves or fails (at most 15 minutes).
-pub async fn wait(
-    client: &ferry_api::client::Client,
-    stack: &str,
-    number: u64,
-) -> Result<ferry_api::types::Phase> {
-    use ferry_api::types::Phase;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
+/// Waits until generation `number` of `stack` serves or fails (at most 15 minutes),
+/// printing each server's progress as its containers start and its report arrives.
+pub async fn wait(client: &Client, stack: &str, number: u64, progress: bool) -> Result<Phase> {
+    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    let mut seen = BTreeSet::new();
     loop {
+        if progress {
+            for line in progress_lines(client, stack, number, &mut seen).await? {
+                println!("  {line}");
+            }
+        }
         let generation = client
             .generations(stack)
             .await?
@@ -107,11 +118,71 @@ pub async fn wait(
             Phase::Serving | Phase::Failed { .. } | Phase::Retired => return Ok(generation.phase),
             Phase::Deploying | Phase::Healthy => {}
         }
-        if std::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             bail!(
                 "generation {number} of {stack} is still deploying after 15 minutes; see `ferry stacks list`"
             );
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What happened since the last call: containers started, servers reported.
+async fn progress_lines(
+    client: &Client,
+    stack: &str,
+    number: u64,
+    seen: &mut BTreeSet<String>,
+) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for (server, containers) in client.containers().await? {
+        for c in containers {
+            if c.stack == stack && c.generation == number && seen.insert(c.id.clone()) {
+                let address = c.address.map_or("no address".into(), |a| a.to_string());
+                lines.push(format!("{server}: {} {} ({address})", c.service, c.state));
+            }
+        }
+    }
+    let suffix = format!("/{stack}/{number:010}");
+    for item in client.list("status/").await?.items {
+        if !item.key.ends_with(&suffix) || !seen.insert(item.key.clone()) {
+            continue;
+        }
+        let server = item.key.split('/').nth(1).unwrap_or("?").to_string();
+        let report: StatusReport = serde_json::from_value(item.value)
+            .with_context(|| format!("central's record at {}", item.key))?;
+        lines.push(if report.healthy {
+            format!("{server}: every container passed its health check")
+        } else {
+            format!("{server}: failed")
+        });
+    }
+    Ok(lines)
+}
+
+/// Waits until no container of generation `old` of `stack` is left on any server
+/// (central drains it, then each server stops its containers). Returns how many stopped.
+pub async fn wait_stopped(client: &Client, stack: &str, old: u64) -> Result<usize> {
+    let deadline = Instant::now() + Duration::from_secs(15 * 60);
+    let mut most = 0;
+    loop {
+        let left = client
+            .containers()
+            .await?
+            .values()
+            .flatten()
+            .filter(|c| c.stack == stack && c.generation == old)
+            .count();
+        most = most.max(left);
+        if left == 0 {
+            return Ok(most);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{left} containers of generation {old} of {stack} still run after 15 minutes; \
+                 see `ferry containers list`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

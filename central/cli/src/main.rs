@@ -191,14 +191,39 @@ async fn deploy(
     if !output.json {
         println!("servers are building, starting and checking its containers...");
     }
-    let phase = deploy::wait(&client, &stack, done.generation).await?;
+    follow(&client, &stack, done.generation, output).await
+}
+
+/// Waits for `generation` of `stack` to serve or fail and says which; fails if it failed.
+async fn follow(
+    client: &ferry_api::client::Client,
+    stack: &str,
+    generation: u64,
+    output: Output,
+) -> Result<()> {
+    let phase = deploy::wait(client, stack, generation, !output.json).await?;
     if output.json {
-        println!("{}", serde_json::json!({ "deploy": done, "phase": phase }));
+        println!(
+            "{}",
+            serde_json::json!({ "stack": stack, "generation": generation, "phase": phase })
+        );
     }
     match phase {
         Phase::Serving => {
             if !output.json {
-                println!("generation {} of {stack} is serving", done.generation);
+                println!("generation {generation} of {stack} is serving");
+            }
+            let record = client.stacks().await?.into_iter().find(|s| s.name == stack);
+            if let Some(old) = record.and_then(|s| s.previous) {
+                if !output.json {
+                    println!(
+                        "draining generation {old}: it answers requests in flight, then stops"
+                    );
+                }
+                let stopped = deploy::wait_stopped(client, stack, old).await?;
+                if !output.json {
+                    println!("generation {old} of {stack} stopped ({stopped} containers removed)");
+                }
             }
             Ok(())
         }
@@ -213,30 +238,23 @@ async fn deploy(
                 format!("generation {g} keeps serving")
             });
             anyhow::bail!(
-                "generation {} of {stack} failed and does not serve; {keeps}:\n{reason}",
-                done.generation
+                "generation {generation} of {stack} failed and does not serve; {keeps}:\n{reason}"
             )
         }
-        other => anyhow::bail!(
-            "generation {} of {stack} ended up {other:?}",
-            done.generation
-        ),
+        other => anyhow::bail!("generation {generation} of {stack} ended up {other:?}"),
     }
 }
 
 async fn rollback(stack: &str, output: Output) -> Result<()> {
-    let record = login::client()?.rollback(stack).await?;
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
-    } else {
-        let show = |g: Option<u64>| g.map_or("nothing".to_string(), |g| format!("generation {g}"));
+    let client = login::client()?;
+    let generation = client.rollback(stack).await?;
+    if !output.json {
         println!(
-            "{stack}: {} serves again ({} retired)",
-            show(record.serving),
-            show(record.previous)
+            "{stack}: deploying generation {} again; it serves once its containers pass their checks",
+            generation.number
         );
     }
-    Ok(())
+    follow(&client, stack, generation.number, output).await
 }
 
 async fn stacks_list(output: Output) -> Result<()> {

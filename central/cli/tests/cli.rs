@@ -52,7 +52,9 @@ async fn setup() -> Setup {
         "127.0.0.1:0".parse().expect("addr"),
     )
     .expect("init");
-    let running = serve::start(&data, None).await.expect("serve");
+    let running = serve::start(&data, Default::default())
+        .await
+        .expect("serve");
     let url = format!("https://127.0.0.1:{}", running.local_addr().port());
     let config = dir.path().join("ferry-config");
     Setup {

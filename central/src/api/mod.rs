@@ -18,8 +18,11 @@
 //! - `POST /v1/stacks/{stack}/rollback`: serve the previous generation again.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
+//! - `PUT /v1/containers/{server}`: an agent's list of its containers; `GET /v1/containers`
+//!   every server's.
 
 mod auth;
+mod containers;
 mod error;
 mod routes;
 
@@ -46,6 +49,9 @@ use crate::{
 /// Largest request body the API reads (source uploads will have their own route and limit).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Largest container report: room for `MAX_CONTAINERS_PER_SERVER` entries.
+const CONTAINER_REPORT_BODY: usize = 1024 * 1024;
+
 /// What every handler shares.
 pub struct AppState {
     /// The state store.
@@ -56,12 +62,16 @@ pub struct AppState {
     pub stacks: Stacks<SqliteStore>,
     /// Where uploaded sources are kept.
     pub sources: PathBuf,
+    /// How long a retired generation's containers keep running.
+    pub drain: std::time::Duration,
 }
 
 impl AppState {
-    /// State over `store`, with sources under `data_dir`.
-    pub fn new(store: Arc<SqliteStore>, data_dir: &Path) -> Arc<Self> {
+    /// State over `store`, with sources under `data_dir`, draining retired generations for
+    /// `drain`.
+    pub fn new(store: Arc<SqliteStore>, data_dir: &Path, drain: std::time::Duration) -> Arc<Self> {
         Arc::new(Self {
+            drain,
             servers: Servers::new(store.clone(), ContainerNet::default()),
             stacks: Stacks::new(store.clone()),
             sources: data_dir.join("sources"),
@@ -94,6 +104,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/status/{server}/{stack}/{generation}",
             put(routes::report_status),
+        )
+        .route("/v1/containers", get(containers::list))
+        .route(
+            "/v1/containers/{server}",
+            put(containers::report).layer(DefaultBodyLimit::max(CONTAINER_REPORT_BODY)),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

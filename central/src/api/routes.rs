@@ -95,7 +95,10 @@ pub async fn remove_server(
 ) -> Result<Json<Server>, ApiError> {
     caller.admin("remove servers")?;
     // The agent's token goes with its server, in the same transaction.
-    let mut extra = vec![Op::Delete(agent_token_key(&name))];
+    let mut extra = vec![
+        Op::Delete(agent_token_key(&name)),
+        Op::Delete(super::containers::key(&name)),
+    ];
     if let Some(kv) = state.store.get(&agent_token_key(&name))? {
         extra.push(Op::Delete(String::from_utf8_lossy(&kv.value).into_owned()));
     }
@@ -302,23 +305,25 @@ pub async fn report_status(
     let phase = deploy::record_status(
         state.store.as_ref(),
         &state.stacks,
-        &server,
-        &stack,
-        generation,
+        (&server, &stack, generation),
         &report,
+        state.drain,
     )?;
     tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
     Ok(Json(json!({ "phase": phase })))
 }
 
-/// `POST /v1/stacks/{stack}/rollback`: serve the generation that served before.
+/// `POST /v1/stacks/{stack}/rollback`: deploy the generation that served before again;
+/// it takes over once its containers pass their checks, like any deploy.
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(stack): Path<String>,
-) -> Result<Json<Stack>, ApiError> {
+) -> Result<Json<Generation>, ApiError> {
     caller.admin("roll back")?;
-    let record = state.stacks.rollback(&stack)?;
-    tracing::info!(%stack, serving = ?record.serving, "rolled back");
-    Ok(Json(record))
+    let generation = state
+        .stacks
+        .rollback(&stack, |g| deploy::rerun_ops(state.store.as_ref(), g))?;
+    tracing::info!(%stack, generation = generation.number, "rolling back");
+    Ok(Json(generation))
 }

@@ -37,7 +37,15 @@ enum Command {
         /// Listen here instead of the configured address.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// How long a retired generation's containers keep running for requests in
+        /// flight, e.g. 30s (default: `drain_seconds` in central.toml, 10 s).
+        #[arg(long, value_parser = parse_duration)]
+        drain_period: Option<std::time::Duration>,
     },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    ferry_api::servicefile::duration(text)
 }
 
 fn main() -> ExitCode {
@@ -75,11 +83,21 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Serve { data_dir, listen } => serve(&data_dir, listen),
+        Command::Serve {
+            data_dir,
+            listen,
+            drain_period,
+        } => serve(
+            &data_dir,
+            ferry_central::serve::Overrides {
+                listen,
+                drain: drain_period,
+            },
+        ),
     }
 }
 
-fn serve(data_dir: &std::path::Path, listen: Option<SocketAddr>) -> Result<()> {
+fn serve(data_dir: &std::path::Path, overrides: ferry_central::serve::Overrides) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -92,7 +110,7 @@ fn serve(data_dir: &std::path::Path, listen: Option<SocketAddr>) -> Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let running = ferry_central::serve::start(data_dir, listen)
+        let running = ferry_central::serve::start(data_dir, overrides)
             .await
             .with_context(|| format!("starting central from {}", data_dir.display()))?;
         println!("ferry-central listening on {}", running.local_addr());

@@ -188,22 +188,59 @@ impl<S: Store> Stacks<S> {
         number: u64,
         outcome: Result<(), String>,
     ) -> Result<Generation, StackError> {
+        let phase = match outcome {
+            Ok(()) => Phase::Healthy,
+            Err(reason) => Phase::Failed { reason },
+        };
+        self.change_phase(stack, number, "finish deploying", phase, &[])
+    }
+
+    /// Fails a deploying generation, committing `extra` (stopping its containers) with it.
+    pub fn fail(
+        &self,
+        stack: &str,
+        number: u64,
+        reason: String,
+        extra: &[Op],
+    ) -> Result<Generation, StackError> {
+        self.change_phase(stack, number, "fail", Phase::Failed { reason }, extra)
+    }
+
+    /// Deploys a retired generation again (a rollback): it goes back to Deploying, and
+    /// `extra` (its containers wanted again, its old reports cleared) commits with it.
+    pub fn redeploy(
+        &self,
+        stack: &str,
+        number: u64,
+        extra: &[Op],
+    ) -> Result<Generation, StackError> {
+        self.change_phase(stack, number, "be deployed again", Phase::Deploying, extra)
+    }
+
+    fn change_phase(
+        &self,
+        stack: &str,
+        number: u64,
+        action: &'static str,
+        phase: Phase,
+        extra: &[Op],
+    ) -> Result<Generation, StackError> {
+        let from_ok = |from: &Phase| match phase {
+            Phase::Deploying => *from == Phase::Retired,
+            _ => *from == Phase::Deploying,
+        };
         for _ in 0..ATTEMPTS {
             let (mut generation, revision) = self.read_generation(stack, number)?;
-            if generation.phase != Phase::Deploying {
-                return Err(wrong_phase(&generation, "finish deploying"));
+            if !from_ok(&generation.phase) {
+                return Err(wrong_phase(&generation, action));
             }
-            generation.phase = match &outcome {
-                Ok(()) => Phase::Healthy,
-                Err(reason) => Phase::Failed {
-                    reason: reason.clone(),
-                },
-            };
+            generation.phase = phase.clone();
             let key = generation_key(stack, number);
-            let outcome = self.store.txn(
-                &[Compare::ModRevision(key.clone(), revision)],
-                &[Op::Put(key.clone(), encode(&key, &generation)?)],
-            )?;
+            let mut ops = vec![Op::Put(key.clone(), encode(&key, &generation)?)];
+            ops.extend_from_slice(extra);
+            let outcome = self
+                .store
+                .txn(&[Compare::ModRevision(key.clone(), revision)], &ops)?;
             if let TxnOutcome::Committed(_) = outcome {
                 return Ok(generation);
             }
@@ -211,17 +248,38 @@ impl<S: Store> Stacks<S> {
         Err(contended())
     }
 
-    /// Serves generation `number`: it must be healthy (or retired, for a rollback). The
-    /// one serving before is retired and remembered for rollback.
+    /// Serves generation `number`: it must be healthy (or retired). The one serving before
+    /// is retired and remembered for rollback.
     pub fn flip(&self, stack: &str, number: u64) -> Result<Stack, StackError> {
+        self.flip_from(stack, number, false, |_| Ok(Vec::new()))
+    }
+
+    /// Serves a deploying generation whose every container passed its checks, in one
+    /// transaction with `retire(old)`'s writes for the generation it takes over from.
+    pub fn serve_deployed(
+        &self,
+        stack: &str,
+        number: u64,
+        retire: impl Fn(u64) -> Result<Vec<Op>, StackError>,
+    ) -> Result<Stack, StackError> {
+        self.flip_from(stack, number, true, retire)
+    }
+
+    fn flip_from(
+        &self,
+        stack: &str,
+        number: u64,
+        deploying: bool,
+        retire: impl Fn(u64) -> Result<Vec<Op>, StackError>,
+    ) -> Result<Stack, StackError> {
         for _ in 0..ATTEMPTS {
             let (mut record, stack_revision) = self
                 .read_stack(stack)?
                 .ok_or_else(|| StackError::UnknownStack { name: stack.into() })?;
             let (mut target, target_revision) = self.read_generation(stack, number)?;
-            match target.phase {
-                Phase::Healthy | Phase::Retired => {}
-                Phase::Serving => return Ok(record),
+            match (&target.phase, deploying) {
+                (Phase::Deploying, true) | (Phase::Healthy | Phase::Retired, false) => {}
+                (Phase::Serving, _) => return Ok(record),
                 _ => return Err(wrong_phase(&target, "serve")),
             }
             let mut compares = vec![
@@ -235,6 +293,7 @@ impl<S: Store> Stacks<S> {
                 let key = generation_key(stack, old);
                 compares.push(Compare::ModRevision(key.clone(), previous_revision));
                 ops.push(Op::Put(key.clone(), encode(&key, &previous)?));
+                ops.extend(retire(old)?);
             }
             target.phase = Phase::Serving;
             record.previous = record.serving;
@@ -249,15 +308,21 @@ impl<S: Store> Stacks<S> {
         Err(contended())
     }
 
-    /// Serves the generation that served before the current one.
-    pub fn rollback(&self, stack: &str) -> Result<Stack, StackError> {
+    /// Starts serving the generation that served before the current one: it is deployed
+    /// again (with `extra`'s writes) and takes over once its containers pass their checks.
+    pub fn rollback(
+        &self,
+        stack: &str,
+        extra: impl Fn(&Generation) -> Result<Vec<Op>, StackError>,
+    ) -> Result<Generation, StackError> {
         let record = self.stack(stack)?;
         let previous = record
             .previous
             .ok_or_else(|| StackError::NothingToRollBack {
                 stack: stack.into(),
             })?;
-        self.flip(stack, previous)
+        let generation = self.generation(stack, previous)?;
+        self.redeploy(stack, previous, &extra(&generation)?)
     }
 
     fn read_stack(&self, name: &str) -> Result<Option<(Stack, u64)>, StackError> {

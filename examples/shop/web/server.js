@@ -4,7 +4,7 @@ const http = require('node:http');
 const port = Number(process.env.PORT || 3000);
 const apiUrl = process.env.API_URL || 'http://api.cloud66.local:4000';
 
-http
+const server = http
   .createServer((req, res) => {
     if (req.url === '/healthz') return res.end('ok\n');
     http
@@ -19,3 +19,9 @@ http
       });
   })
   .listen(port, () => console.log(`web listening on ${port}`));
+
+// ferry stops a container with SIGTERM after its drain: finish what is in flight, then go.
+process.on('SIGTERM', () => {
+  console.log('web: SIGTERM, closing');
+  server.close(() => process.exit(0));
+});

@@ -1,0 +1,69 @@
+//! Container reports: each agent replaces its server's list at `containers/<server>` after
+//! every change; the operator reads all of them.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Json,
+    extract::{Path, State},
+};
+use serde_json::{Value, json};
+
+use super::{
+    ApiError, AppState,
+    auth::{Caller, forbidden},
+    types::{ContainerReport, MAX_CONTAINERS_PER_SERVER},
+};
+use crate::{state::StackError, store::Store as _, tokens::Role};
+
+/// Where a server's report is kept.
+pub fn key(server: &str) -> String {
+    format!("containers/{server}")
+}
+
+/// `PUT /v1/containers/{server}`: an agent, for its own server.
+pub async fn report(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(server): Path<String>,
+    Json(containers): Json<Vec<ContainerReport>>,
+) -> Result<Json<Value>, ApiError> {
+    match &caller.0 {
+        Role::Agent { server: own } if *own == server => {}
+        _ => {
+            return Err(forbidden(&format!(
+                "report containers for server {server:?} (agents report for their own)"
+            )));
+        }
+    }
+    if containers.len() > MAX_CONTAINERS_PER_SERVER {
+        return Err(ApiError::BadRequest(format!(
+            "{} containers reported; a server reports at most {MAX_CONTAINERS_PER_SERVER}",
+            containers.len()
+        )));
+    }
+    let value = serde_json::to_vec(&containers)
+        .map_err(|e| ApiError::BadRequest(format!("encoding the report: {e}")))?;
+    let revision = state.store.put(&key(&server), &value)?;
+    Ok(Json(json!({ "revision": revision })))
+}
+
+/// `GET /v1/containers`: every server's last report, by server (admin).
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<BTreeMap<String, Vec<ContainerReport>>>, ApiError> {
+    caller.admin("list containers")?;
+    let (reports, _) = state.store.list("containers/")?;
+    let mut out = BTreeMap::new();
+    for kv in reports {
+        let server = kv.key.trim_start_matches("containers/").to_string();
+        let containers =
+            serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
+                key: kv.key.clone(),
+                source,
+            })?;
+        out.insert(server, containers);
+    }
+    Ok(Json(out))
+}

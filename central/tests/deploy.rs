@@ -1,0 +1,161 @@
+//! A deploy settling on the real store: servers' reports make a generation serve or fail,
+//! and the assignments tell each server what to run, what to drain and what to stop.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use ferry_api::{
+    servicefile::{Service, parse},
+    types::{Assignment, Desired, Phase, Server, StatusReport},
+};
+use ferry_central::{
+    deploy::{self, assignment_key},
+    state::Stacks,
+    store::{Store as _, sqlite::SqliteStore},
+};
+
+const DRAIN: Duration = Duration::from_secs(7);
+
+struct Cluster {
+    store: Arc<SqliteStore>,
+    stacks: Stacks<SqliteStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("central.db")).expect("store"));
+    Cluster {
+        stacks: Stacks::new(store.clone()),
+        store,
+        _dir: dir,
+    }
+}
+
+fn server(name: &str, index: u8) -> Server {
+    Server {
+        name: name.into(),
+        subnet_index: index,
+        wireguard_public_key: String::new(),
+        wireguard_endpoint: "192.0.2.1:51820".parse().expect("addr"),
+    }
+}
+
+fn services() -> BTreeMap<String, Service> {
+    parse("service.yml", "services:\n  web:\n    ports: [\"3000\"]\n")
+        .expect("valid")
+        .stack
+        .services
+}
+
+impl Cluster {
+    fn deploy(&self) -> u64 {
+        let placement = deploy::place(&[server("a", 1), server("b", 2)], &services());
+        self.stacks
+            .create_generation_with("shop", services(), "d1gest", |g| {
+                deploy::assignment_ops(g, &placement)
+            })
+            .expect("deploy")
+            .number
+    }
+
+    fn report(&self, server: &str, generation: u64, healthy: bool) -> Phase {
+        let report = StatusReport {
+            healthy,
+            detail: if healthy {
+                ""
+            } else {
+                "web: exited with code 1"
+            }
+            .into(),
+        };
+        deploy::record_status(
+            self.store.as_ref(),
+            &self.stacks,
+            (server, "shop", generation),
+            &report,
+            DRAIN,
+        )
+        .expect("report")
+    }
+
+    fn desired(&self, server: &str, generation: u64) -> Desired {
+        let kv = self
+            .store
+            .get(&assignment_key(server, "shop", generation))
+            .expect("read")
+            .expect("assigned");
+        serde_json::from_slice::<Assignment>(&kv.value)
+            .expect("assignment")
+            .state
+    }
+}
+
+#[test]
+fn a_generation_serves_when_every_server_is_healthy_and_the_old_one_drains() {
+    let c = cluster();
+    let first = c.deploy();
+    assert_eq!(
+        c.report("a", first, true),
+        Phase::Deploying,
+        "b has not reported"
+    );
+    assert_eq!(c.report("b", first, true), Phase::Serving);
+    assert_eq!(c.desired("a", first), Desired::Run);
+
+    let second = c.deploy();
+    c.report("a", second, true);
+    assert_eq!(c.desired("a", first), Desired::Run, "1 runs until 2 serves");
+    assert_eq!(c.report("b", second, true), Phase::Serving);
+    let drain = Desired::Stop { drain_ms: 7000 };
+    assert_eq!(
+        (c.desired("a", first), c.desired("b", first)),
+        (drain, drain)
+    );
+    assert_eq!(c.desired("a", second), Desired::Run);
+}
+
+#[test]
+fn one_unhealthy_server_fails_the_generation_and_stops_it_everywhere_at_once() {
+    let c = cluster();
+    let first = c.deploy();
+    c.report("a", first, true);
+    c.report("b", first, true);
+    let second = c.deploy();
+    c.report("a", second, true);
+    assert!(
+        matches!(c.report("b", second, false), Phase::Failed { reason } if reason == "b: web: exited with code 1")
+    );
+    let now = Desired::Stop { drain_ms: 0 };
+    assert_eq!((c.desired("a", second), c.desired("b", second)), (now, now));
+    assert_eq!(c.desired("a", first), Desired::Run, "1 keeps serving");
+    assert_eq!(c.stacks.stack("shop").expect("stack").serving, Some(first));
+    // A late report changes nothing.
+    assert!(matches!(c.report("a", second, true), Phase::Failed { .. }));
+}
+
+#[test]
+fn rollback_redeploys_the_previous_generation_and_forgets_its_old_reports() {
+    let c = cluster();
+    let first = c.deploy();
+    c.report("a", first, true);
+    c.report("b", first, true);
+    let second = c.deploy();
+    c.report("a", second, true);
+    c.report("b", second, true);
+
+    let again = c
+        .stacks
+        .rollback("shop", |g| deploy::rerun_ops(c.store.as_ref(), g))
+        .expect("rollback");
+    assert_eq!((again.number, again.phase), (first, Phase::Deploying));
+    assert_eq!(c.desired("a", first), Desired::Run);
+    assert_eq!(
+        c.stacks.stack("shop").expect("stack").serving,
+        Some(second),
+        "2 serves until 1 is healthy again"
+    );
+    // The reports of 1's first deploy are gone: one fresh report does not settle it.
+    assert_eq!(c.report("a", first, true), Phase::Deploying);
+    assert_eq!(c.report("b", first, true), Phase::Serving);
+    assert_eq!(c.desired("b", second), Desired::Stop { drain_ms: 7000 });
+}
