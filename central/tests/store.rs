@@ -4,7 +4,8 @@
 use std::{collections::BTreeSet, process::Command, sync::Arc, time::Duration};
 
 use ferry_central::store::{
-    Compare, Event, Op, Store, StoreError, TxnOutcome, Watch, sqlite::SqliteStore,
+    ANNOUNCE_BACKLOG, Compare, Event, MAX_ANNOUNCED_BYTES, Op, Store, StoreError, TxnOutcome,
+    Watch, sqlite::SqliteStore,
 };
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -180,6 +181,49 @@ async fn a_watch_sees_every_change_once_across_a_reconnect()
     assert_eq!(values, expected, "every change, in order, once");
     let revisions: BTreeSet<u64> = seen.iter().map(|e| e.revision).collect();
     assert_eq!(revisions.len(), 300);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_change_once()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(open(&dir));
+    let mut watch = Watch::new(store.clone(), "desired/", 0);
+    // The writer starts once the watcher waits on announced commits, then makes far more
+    // of them than the backlog while the watcher reads nothing.
+    let total = ANNOUNCE_BACKLOG * 3;
+    let writer = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            std::thread::sleep(Duration::from_millis(300));
+            for i in 0..total {
+                store.put(&format!("desired/{}", i % 5), format!("{i}").as_bytes())?;
+            }
+            Ok(())
+        })
+    };
+    let mut seen = tokio::time::timeout(Duration::from_secs(10), watch.next()).await??;
+    writer.await??;
+    while seen.len() < total {
+        seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
+    }
+    // Caught up and waiting again: a commit too large to announce comes from the log.
+    let reader = tokio::spawn(async move {
+        let events = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
+        (watch, events)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.put("desired/big", &vec![b'x'; MAX_ANNOUNCED_BYTES + 1])?;
+    let (_, big) = reader.await?;
+    seen.extend(big??);
+    let revisions: Vec<u64> = seen.iter().map(|e| e.revision).collect();
+    let expected: Vec<u64> = (1..=(total as u64 + 1)).collect();
+    assert_eq!(revisions, expected, "every change, in order, once");
+    assert_eq!(
+        seen[total].value.as_ref().map(Vec::len),
+        Some(MAX_ANNOUNCED_BYTES + 1)
+    );
     Ok(())
 }
 

@@ -78,6 +78,11 @@ impl Central {
         })
     }
 
+    /// The serving process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills central with SIGKILL (no shutdown of any kind) and serves again from the same
     /// data directory on the same address.
     pub fn kill_and_restart(&mut self) -> Result<()> {

@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything around the crates that cargo alone does not do.
 //!
 //! # Layout
+//! - `bench`: the benchmarks, each against a peer in the same run.
 //! - `setup`: install and check what the build and the test tiers need.
 //! - `build_ebpf`: build the kernel programs the agent embeds.
 //! - `test`: the tiers (lint, unit, host, vm), alone or in order.
@@ -10,6 +11,7 @@
 //! - `process`: running external commands with their command line in every error.
 //! - `workspace`: paths of the workspace.
 
+mod bench;
 mod build_ebpf;
 mod demo;
 mod mounts;
@@ -42,6 +44,8 @@ enum Command {
     Vm(vm::Options),
     /// Build everything, start the agent on this machine and show connect steering.
     Demo(demo::Options),
+    /// Run a benchmark; it ends with `ratio NAME = X.XX` and `metric NAME = V UNIT` lines.
+    Bench(bench::Options),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Command::Test(options) => test::run(options),
         Command::Vm(options) => vm::run(options),
         Command::Demo(options) => demo::run(options),
+        Command::Bench(options) => bench::run(options),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

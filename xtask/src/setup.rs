@@ -42,6 +42,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
         "the container network uses WireGuard, with wireguard-go where the kernel has none",
         &["wireguard-go", "wireguard-tools"],
     ),
+    (
+        "`bench control` measures central's watch fan-out against etcd 3.4 in the same run",
+        &["etcd-server"],
+    ),
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

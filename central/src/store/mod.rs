@@ -43,6 +43,24 @@ pub struct Event {
     pub value: Option<Vec<u8>>,
 }
 
+/// What one commit changed, as the store announces it to its watchers right after the
+/// commit, in revision order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The commit's revision.
+    pub revision: Revision,
+    /// Its changes, or None when they were too large to pass around: a watcher reads
+    /// them from the log instead.
+    pub events: Option<Vec<Event>>,
+}
+
+/// Largest total of values a [`Commit`] carries; a bigger commit is announced without
+/// them, so the commits a slow watcher may still hold in memory stay small.
+pub const MAX_ANNOUNCED_BYTES: usize = 64 * 1024;
+
+/// How many commits a watcher may fall behind before it must read the log again.
+pub const ANNOUNCE_BACKLOG: usize = 256;
+
 /// A condition a transaction checks before it applies.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Compare {
@@ -118,8 +136,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Event>, StoreError>;
     /// Forgets the change log up to and including `upto`.
     fn compact(&self, upto: Revision) -> Result<(), StoreError>;
-    /// A receiver that is told the revision of every commit.
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision>;
+    /// A receiver of every commit from now on, in revision order.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Commit>>;
 
     /// Sets one key; returns the new revision.
     fn put(&self, key: &str, value: &[u8]) -> Result<Revision, StoreError> {

@@ -5,12 +5,15 @@
 
 use std::{
     path::Path,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
-use super::{Compare, Event, KeyValue, Op, Revision, Store, StoreError, TxnOutcome, check_write};
+use super::{
+    ANNOUNCE_BACKLOG, Commit, Compare, Event, KeyValue, MAX_ANNOUNCED_BYTES, Op, Revision, Store,
+    StoreError, TxnOutcome, check_write,
+};
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS kv (
@@ -36,7 +39,7 @@ const SCHEMA: &str = "
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    notify: tokio::sync::watch::Sender<Revision>,
+    announce: tokio::sync::broadcast::Sender<Arc<Commit>>,
 }
 
 fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
@@ -60,11 +63,10 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_error)?;
         conn.execute_batch(SCHEMA).map_err(open_error)?;
-        let revision = meta(&conn, "revision").map_err(open_error)?;
-        let (notify, _) = tokio::sync::watch::channel(revision);
+        let (announce, _) = tokio::sync::broadcast::channel(ANNOUNCE_BACKLOG);
         Ok(Self {
             conn: Mutex::new(conn),
-            notify,
+            announce,
         })
     }
 
@@ -180,6 +182,7 @@ impl Store for SqliteStore {
         let revision = current + 1;
         let rev = revision as i64;
         let mut changed = 0i64;
+        let mut events = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
                 Op::Put(key, value) => {
@@ -195,6 +198,11 @@ impl Store for SqliteStore {
                     )
                     .map_err(sql("log put"))?;
                     changed += 1;
+                    events.push(Event {
+                        revision,
+                        key: key.clone(),
+                        value: Some(value.clone()),
+                    });
                 }
                 Op::Delete(key) => {
                     let removed = tx
@@ -207,6 +215,11 @@ impl Store for SqliteStore {
                         )
                         .map_err(sql("log delete"))?;
                         changed += 1;
+                        events.push(Event {
+                            revision,
+                            key: key.clone(),
+                            value: None,
+                        });
                     }
                 }
             }
@@ -218,8 +231,15 @@ impl Store for SqliteStore {
         tx.execute("UPDATE meta SET value = ?1 WHERE name = 'revision'", [rev])
             .map_err(sql("bump revision"))?;
         tx.commit().map_err(sql("commit"))?;
+        let size: usize = events
+            .iter()
+            .map(|e| e.key.len() + e.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        let events = (size <= MAX_ANNOUNCED_BYTES).then_some(events);
+        // Announced before the lock is released, so commits reach watchers in revision
+        // order; with no watcher the send fails, which is fine.
+        let _ = self.announce.send(Arc::new(Commit { revision, events }));
         drop(conn);
-        self.notify.send_replace(revision);
         Ok(TxnOutcome::Committed(revision))
     }
 
@@ -292,8 +312,8 @@ impl Store for SqliteStore {
         tx.commit().map_err(sql("commit compact"))
     }
 
-    fn subscribe(&self) -> tokio::sync::watch::Receiver<Revision> {
-        self.notify.subscribe()
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Commit>> {
+        self.announce.subscribe()
     }
 }
 

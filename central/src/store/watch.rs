@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{Event, Revision, Store, StoreError};
+use tokio::sync::broadcast;
+
+use super::{Commit, Event, Revision, Store, StoreError};
 
 /// Most changes read from the log in one go.
 const BATCH: usize = 1000;
@@ -18,24 +20,30 @@ pub enum WatchError {
 }
 
 /// A watch of every key under a prefix.
+///
+/// It reads the log until it has caught up, then follows the store's announced commits in
+/// memory (no query per commit, however many watchers there are); if it falls more than
+/// the backlog behind, or a commit was too large to announce whole, it reads the log again.
 pub struct Watch<S: Store> {
     store: Arc<S>,
     prefix: String,
     after: Revision,
-    commits: tokio::sync::watch::Receiver<Revision>,
+    commits: broadcast::Receiver<Arc<Commit>>,
+    from_log: bool,
 }
 
 impl<S: Store> Watch<S> {
     /// Starts after revision `after`: the first batch holds the changes after it.
     pub fn new(store: Arc<S>, prefix: impl Into<String>, after: Revision) -> Self {
-        // Subscribe before reading anything, so no commit can slip between the history read
-        // and the wait for the next notification.
+        // Subscribe before reading anything, so no commit can slip between the log read
+        // and the switch to announced commits.
         let commits = store.subscribe();
         Self {
             store,
             prefix: prefix.into(),
             after,
             commits,
+            from_log: true,
         }
     }
 
@@ -47,22 +55,41 @@ impl<S: Store> Watch<S> {
     /// The next changes, oldest first; waits until there is at least one.
     pub async fn next(&mut self) -> Result<Vec<Event>, WatchError> {
         loop {
-            let head = self.store.revision()?;
-            let events = self.store.changes(&self.prefix, self.after, BATCH)?;
-            if let Some(last) = events.last() {
-                self.after = last.revision;
-                return Ok(events);
+            if self.from_log {
+                let events = self.store.changes(&self.prefix, self.after, BATCH)?;
+                if let Some(last) = events.last() {
+                    self.after = last.revision;
+                    return Ok(events);
+                }
+                // Every matching change so far is delivered; announced commits at or
+                // below `after` are skipped below, later ones are new.
+                self.from_log = false;
             }
-            // Nothing for this prefix up to `head`: skip ahead, then wait for a commit.
-            self.after = self.after.max(head);
-            self.commits.borrow_and_update();
-            if *self.commits.borrow() > self.after {
+            let commit = match self.commits.recv().await {
+                Ok(commit) => commit,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.from_log = true;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(WatchError::Closed),
+            };
+            if commit.revision <= self.after {
                 continue;
             }
-            self.commits
-                .changed()
-                .await
-                .map_err(|_| WatchError::Closed)?;
+            let Some(events) = &commit.events else {
+                self.from_log = true;
+                continue;
+            };
+            let mine: Vec<Event> = events
+                .iter()
+                .filter(|e| e.key.starts_with(&self.prefix))
+                .cloned()
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            self.after = commit.revision;
+            return Ok(mine);
         }
     }
 }
