@@ -58,6 +58,8 @@ pub struct Agent {
     child: Child,
     /// The line the agent printed when it became ready.
     pub ready_line: String,
+    /// Where its log goes once it is ready.
+    pub log: PathBuf,
 }
 
 impl Agent {
@@ -95,7 +97,20 @@ impl Agent {
             }
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(ready_line) => Ok(Self { child, ready_line }),
+            Ok(ready_line) => {
+                // Keep reading its log, or a chatty agent would block on a full pipe.
+                let log = std::env::temp_dir().join(format!("ferry-agent-{}.log", child.id()));
+                if let (Some(mut stderr), Ok(mut file)) =
+                    (child.stderr.take(), std::fs::File::create(&log))
+                {
+                    std::thread::spawn(move || std::io::copy(&mut stderr, &mut file));
+                }
+                Ok(Self {
+                    child,
+                    ready_line,
+                    log,
+                })
+            }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();

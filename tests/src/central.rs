@@ -83,11 +83,12 @@ impl Central {
         self.child.id()
     }
 
-    /// Kills central with SIGKILL (no shutdown of any kind) and serves again from the same
-    /// data directory on the same address.
-    pub fn kill_and_restart(&mut self) -> Result<()> {
+    /// Kills central with SIGKILL (no shutdown of any kind), keeps it down for `down_for`,
+    /// and serves again from the same data directory on the same address.
+    pub fn kill_and_restart(&mut self, down_for: Duration) -> Result<()> {
         self.child.kill().context("killing central")?;
         let _ = self.child.wait();
+        std::thread::sleep(down_for);
         let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
         let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string())?;
         self.child = child;

@@ -4,7 +4,8 @@
 //! - [`netns`]: a "server" is a network namespace with a veth to a test bridge, no route out.
 //! - [`cgroup`]: a "container" is a cgroup v2 directory plus the processes placed in it.
 //! - [`agent`]: the real `ferry-agent` binary, started, killed and restarted.
-//! - [`central`]: the real `ferry-central`, initialised and serving.
+//! - [`central`]: the real `ferry-central`, initialised and serving, killed and restarted.
+//! - [`cluster`]: servers joined to central, each with its Docker Engine and agent; the CLI.
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod central;
 pub mod cgroup;
+pub mod cluster;
 pub mod docker;
 pub mod netns;
 pub mod node_image;

@@ -16,43 +16,11 @@ use anyhow::{Context as _, Result};
 use ferry_agent::containers::list;
 use ferry_api::client::{Client, Trust};
 use ferry_tests::{
-    agent::{Agent, AgentPaths, Pins, workspace_binary},
     central::Central,
-    cgroup::TestCgroup,
-    docker::DockerEngine,
-    netns::{Network, ip},
-    node_image, unique,
+    cluster::{Member, Operator, eventually},
+    netns::Network,
+    unique,
 };
-
-/// Runs the real `ferry` CLI with its config at `config`: (success, stdout, stderr).
-fn run_ferry(config: &Path, args: &[&str]) -> Result<(bool, String, String)> {
-    let out = std::process::Command::new(workspace_binary("ferry", "FERRY_CLI_BIN")?)
-        .args(args)
-        .env("FERRY_CONFIG", config)
-        .output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    ))
-}
-
-/// Polls `check` every 200 ms until it holds or `limit` passes.
-async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = std::time::Instant::now() + limit;
-    while !check().await? {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "{what} did not happen within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
 
 fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
@@ -67,48 +35,14 @@ fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
 async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_stops() -> Result<()> {
     let tag = unique("");
     let mut network = Network::new(&format!("fbe{tag}"), 51)?;
-    let server = network.server(&format!("fe{tag}"))?;
-    let docker = DockerEngine::start("ferry-host-deploy", Some(&server)).await?;
-    let base = node_image::ensure(&docker).await?;
     let central_dir = std::env::temp_dir().join(format!("ferry-test-deploy{tag}"));
     let central = Central::start(&central_dir, "10.250.51.1")?;
-
-    let cgroup = TestCgroup::top_level(&format!("ferry-test-e{tag}"))?;
-    let pins = Pins::new(&format!("ferry-test-e{tag}"))?;
-    let state_dir = std::env::temp_dir().join(format!("ferry-test-e{tag}"));
-    let _ = std::fs::remove_dir_all(&state_dir);
-    let (ok, _, err) = central.join(&server, "one", &state_dir)?;
-    assert!(ok, "{err}");
-    let docker_network = format!("ferry-{tag}");
-    let paths = AgentPaths {
-        cgroup_root: cgroup.path().to_path_buf(),
-        bpffs: pins.path().to_path_buf(),
-        state_dir: state_dir.clone(),
-        wg_interface: format!("fwe{tag}"),
-        extra: vec![
-            "--docker-socket".into(),
-            docker.socket().to_string_lossy().into_owned(),
-            "--base-image".into(),
-            base.clone(),
-            "--docker-network".into(),
-            docker_network.clone(),
-        ],
-    };
-    let _agent = Agent::start_in(&paths, Some(&server))?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let (server, engine) = (&one.server, one.docker.engine());
 
     // The operator's journey, with the real CLI: log in, deploy, wait until it serves.
-    let cli_config = std::env::temp_dir().join(format!("ferry-test-cli{tag}"));
-    let ferry = |args: &[&str]| run_ferry(&cli_config, args);
-    let (ok, _, err) = ferry(&[
-        "login",
-        "--central",
-        &central.url,
-        "--token",
-        &central.admin_token,
-        "--ca-fingerprint",
-        &central.ca_fingerprint,
-    ])?;
-    assert!(ok, "{err}");
+    let operator = Operator::login(&central, &tag)?;
+    let ferry = |args: &[&str]| operator.run(args);
     let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
     let (ok, out, err) = ferry(&["deploy", "--stack", "shop", &shop.to_string_lossy()])?;
     assert!(ok, "{out}{err}");
@@ -125,7 +59,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
     assert_eq!(admin.stacks().await?[0].serving, Some(1));
 
     // Both services run, labelled, on the server's subnet, and answer there.
-    let running = list(docker.engine()).await?;
+    let running = list(engine).await?;
     let api = running
         .iter()
         .find(|c| c.stack == "shop" && c.service == "api" && c.generation == 1)
@@ -159,7 +93,6 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
         "generation 1 keeps serving"
     );
     let _ = std::fs::remove_dir_all(&broken_dir);
-    let engine = docker.engine();
     eventually(
         Duration::from_secs(30),
         "removal of generation 2's containers",
@@ -169,15 +102,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
 
     // Generation 3 takes over while generation 1 drains: the old api container, never
     // restarted, still answers a request that starts after the flip; then it stops.
-    let deploying = {
-        let (config, shop) = (cli_config.clone(), shop.clone());
-        std::thread::spawn(move || {
-            run_ferry(
-                &config,
-                &["deploy", "--stack", "shop", &shop.to_string_lossy()],
-            )
-        })
-    };
+    let deploying = operator.spawn(&["deploy", "--stack", "shop", &shop.to_string_lossy()]);
     eventually(Duration::from_secs(180), "generation 3 serving", || async {
         Ok(admin.stacks().await?[0].serving == Some(3))
     })
@@ -229,29 +154,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
         "{out}"
     );
     assert_eq!(admin.stacks().await?[0].serving, Some(1));
-    let _ = std::fs::remove_dir_all(&cli_config);
-
-    let _ = ip(&["-n", server.name(), "link", "del", &paths.wg_interface]);
-    let _ = std::fs::remove_dir_all(&state_dir);
+    one.clean_up().await;
     let _ = std::fs::remove_dir_all(&central_dir);
-    for c in list(docker.engine()).await? {
-        let _ = docker
-            .engine()
-            .docker()
-            .remove_container(
-                &c.id,
-                Some(
-                    bollard::query_parameters::RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .build(),
-                ),
-            )
-            .await;
-    }
-    let _ = docker
-        .engine()
-        .docker()
-        .remove_network(&docker_network)
-        .await;
     Ok(())
 }

@@ -8,6 +8,7 @@
 //! - `central-ca.pem`: central's CA, pinned at join by its fingerprint.
 
 mod join;
+pub mod reconnect;
 pub mod state;
 
 pub use join::{JoinError, JoinOptions, join};

@@ -18,7 +18,7 @@ use super::{
     link::{LinkError, Netlink},
     wireguard::{Backend, Key, Peer},
 };
-use crate::membership::state::Loaded;
+use crate::membership::{reconnect::Backoff, state::Loaded};
 
 /// How the mesh runs on this server.
 #[derive(Clone, Debug)]
@@ -57,8 +57,9 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
     let client = loaded.client()?;
     let mut servers: BTreeMap<String, Server> = BTreeMap::new();
     let mut seen: Option<Revision> = None;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200));
     loop {
+        backoff.attempt();
         match follow(
             &client,
             &netlink,
@@ -71,10 +72,9 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
         .await
         {
             Ok(()) => warn!("central ended the watch; reconnecting"),
-            Err(e) => warn!("mesh sync: {e}; retrying in {backoff:?}"),
+            Err(e) => warn!("mesh sync: {e}; reconnecting"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(backoff.wait()).await;
     }
 }
 

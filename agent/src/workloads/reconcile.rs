@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::{context::build_context, health};
 use crate::{
     containers::{self, ContainerSpec, Engine, build_image, ensure_network, node_dockerfile},
-    membership::state::Loaded,
+    membership::{reconnect::Backoff, state::Loaded},
 };
 
 /// How this server runs workloads.
@@ -62,13 +62,13 @@ fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
 /// Runs until the task is dropped; failures are logged and retried with backoff.
 pub async fn run(loaded: Loaded, options: WorkloadOptions) {
     let intent = Shared::default();
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500));
     loop {
+        backoff.attempt();
         if let Err(e) = follow(&loaded, &options, &intent).await {
-            warn!("workloads: {e}; retrying in {backoff:?}");
+            warn!("workloads: {e}; reconnecting");
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(backoff.wait()).await;
     }
 }
 
@@ -188,7 +188,9 @@ async fn apply(
     }
     match state {
         Desired::Run => {
-            let report = settle(&reach.engine, options, &assignment, &reach.client).await;
+            // A setback that is not the generation's fault (central or Docker out of
+            // reach) is retried, never reported as unhealthy.
+            let report = settle(&reach.engine, options, &assignment, &reach.client).await?;
             info!(stack = %assignment.stack, generation = assignment.generation, healthy = report.healthy, "reporting");
             report_containers(reach).await;
             reach
@@ -319,22 +321,35 @@ async fn report_containers(reach: &Reach) {
     }
 }
 
-/// Builds, starts and checks every service of `assignment` here.
+/// Why a settle stopped.
+enum Setback {
+    /// The generation itself failed: a build, a start or a health check.
+    Unhealthy(String),
+    /// Central or Docker could not be reached: try again later.
+    Retry(String),
+}
+
+fn retry(e: impl std::fmt::Display) -> Setback {
+    Setback::Retry(e.to_string())
+}
+
+/// Builds, starts and checks every service of `assignment` here; Err means try again.
 async fn settle(
     engine: &Engine,
     options: &WorkloadOptions,
     assignment: &Assignment,
     client: &Client,
-) -> StatusReport {
+) -> Result<StatusReport, String> {
     match try_settle(engine, options, assignment, client).await {
-        Ok(()) => StatusReport {
+        Ok(()) => Ok(StatusReport {
             healthy: true,
             detail: String::new(),
-        },
-        Err(detail) => StatusReport {
+        }),
+        Err(Setback::Unhealthy(detail)) => Ok(StatusReport {
             healthy: false,
             detail,
-        },
+        }),
+        Err(Setback::Retry(why)) => Err(why),
     }
 }
 
@@ -343,8 +358,8 @@ async fn try_settle(
     options: &WorkloadOptions,
     assignment: &Assignment,
     client: &Client,
-) -> Result<(), String> {
-    let running = containers::list(engine).await.map_err(|e| e.to_string())?;
+) -> Result<(), Setback> {
+    let running = containers::list(engine).await.map_err(retry)?;
     let mut source: Option<Vec<u8>> = None;
     for (name, service) in &assignment.services {
         let existing = running.iter().find(|c| {
@@ -356,20 +371,27 @@ async fn try_settle(
             // Started by an earlier agent: adopt it, check it again.
             Some(c) if c.running => (c.id.clone(), c.address),
             _ => {
+                if let Some(dead) = existing {
+                    // Exited before it was checked: replace it rather than keep two.
+                    containers::stop_and_remove(engine, &dead.id, &[], Duration::ZERO)
+                        .await
+                        .map_err(retry)?;
+                }
                 if source.is_none() {
                     source = Some(
                         client
                             .source(&assignment.source_digest)
                             .await
-                            .map_err(|e| e.to_string())?,
+                            .map_err(retry)?,
                     );
                 }
                 let archive = source.as_deref().unwrap_or_default();
-                let id =
-                    build_and_start(engine, options, assignment, name, service, archive).await?;
+                let id = build_and_start(engine, options, assignment, name, service, archive)
+                    .await
+                    .map_err(Setback::Unhealthy)?;
                 let address = containers::list(engine)
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(retry)?
                     .into_iter()
                     .find(|c| c.id == id)
                     .and_then(|c| c.address);
@@ -379,9 +401,9 @@ async fn try_settle(
         if let Err(why) = health::check(service, address).await {
             let state = containers::describe_state(engine, &id).await;
             let log = containers::log_tail(engine, &id, 20).await;
-            return Err(format!(
+            return Err(Setback::Unhealthy(format!(
                 "{name}: {why}; the container is {state}; last log lines:\n{log}"
-            ));
+            )));
         }
     }
     Ok(())

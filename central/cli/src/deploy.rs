@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use ferry_api::{
-    client::Client,
+    client::{Client, ClientError},
     servicefile,
     types::{MAX_SOURCE_BYTES, Phase, StatusReport},
 };
@@ -102,15 +102,40 @@ pub fn stack_name(given: Option<String>, dir: &Path) -> Result<String> {
 pub async fn wait(client: &Client, stack: &str, number: u64, progress: bool) -> Result<Phase> {
     let deadline = Instant::now() + Duration::from_secs(15 * 60);
     let mut seen = BTreeSet::new();
+    let mut unreachable_since: Option<Instant> = None;
     loop {
-        if progress {
-            for line in progress_lines(client, stack, number, &mut seen).await? {
-                println!("  {line}");
-            }
+        // Central restarting is no reason to give up on a deploy that goes on without us.
+        let polled = async {
+            let lines = if progress {
+                progress_lines(client, stack, number, &mut seen).await?
+            } else {
+                Vec::new()
+            };
+            Ok::<_, anyhow::Error>((lines, client.generations(stack).await?))
         }
-        let generation = client
-            .generations(stack)
-            .await?
+        .await;
+        let (lines, generations) = match polled {
+            Ok(polled) => {
+                unreachable_since = None;
+                polled
+            }
+            Err(e) if is_transport(&e) => {
+                let since = *unreachable_since.get_or_insert_with(|| {
+                    eprintln!("central is unreachable ({e:#}); still waiting");
+                    Instant::now()
+                });
+                if since.elapsed() > Duration::from_secs(120) {
+                    return Err(e.context("central has been unreachable for 2 minutes"));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for line in lines {
+            println!("  {line}");
+        }
+        let generation = generations
             .into_iter()
             .find(|g| g.number == number)
             .with_context(|| format!("generation {number} of {stack} disappeared"))?;
@@ -125,6 +150,13 @@ pub async fn wait(client: &Client, stack: &str, number: u64, progress: bool) -> 
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+fn is_transport(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::Transport { .. })
+    )
 }
 
 /// What happened since the last call: containers started, servers reported.

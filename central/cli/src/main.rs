@@ -59,6 +59,9 @@ enum Command {
     /// Stacks and their generations.
     #[command(subcommand)]
     Stacks(StacksCommand),
+    /// Containers on every server, as their agents last reported them.
+    #[command(subcommand)]
+    Containers(ContainersCommand),
     /// Check a service.yml here, before any deploy: every error and warning, located.
     Validate {
         /// The file (default: service.yml in this directory).
@@ -86,6 +89,18 @@ enum ServersCommand {
 enum StacksCommand {
     /// List stacks with their newest and serving generations.
     List(Output),
+}
+
+#[derive(Subcommand)]
+enum ContainersCommand {
+    /// List every server's containers: stack, service, generation, state, address.
+    List {
+        /// Only this stack's.
+        #[arg(long)]
+        stack: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Args)]
@@ -126,8 +141,54 @@ fn run(command: Command) -> Result<()> {
             } => deploy(stack, &path, no_wait, output).await,
             Command::Stacks(StacksCommand::List(output)) => stacks_list(output).await,
             Command::Rollback { stack, output } => rollback(&stack, output).await,
+            Command::Containers(ContainersCommand::List { stack, output }) => {
+                containers_list(stack.as_deref(), output).await
+            }
         }
     })
+}
+
+async fn containers_list(stack: Option<&str>, output: Output) -> Result<()> {
+    let mut reports = login::client()?.containers().await?;
+    for containers in reports.values_mut() {
+        containers.retain(|c| stack.is_none_or(|s| c.stack == s));
+    }
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .flat_map(|(server, containers)| {
+            containers.iter().map(move |c| {
+                vec![
+                    server.clone(),
+                    c.stack.clone(),
+                    c.service.clone(),
+                    c.generation.to_string(),
+                    c.state.clone(),
+                    c.address.map_or("-".into(), |a| a.to_string()),
+                    c.id.chars().take(12).collect(),
+                ]
+            })
+        })
+        .collect();
+    print!(
+        "{}",
+        table::render(
+            &[
+                "SERVER",
+                "STACK",
+                "SERVICE",
+                "GENERATION",
+                "STATE",
+                "ADDRESS",
+                "CONTAINER"
+            ],
+            &rows
+        )
+    );
+    Ok(())
 }
 
 async fn servers_list(output: Output) -> Result<()> {

@@ -1,0 +1,211 @@
+//! A cluster as the deploy tests need it: servers that joined a real central, each with its
+//! own Docker Engine and agent inside its namespace, and the operator's real CLI.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
+use ferry_agent::containers::{FerryContainer, list};
+
+use crate::{
+    agent::{Agent, AgentPaths, Pins, workspace_binary},
+    central::Central,
+    cgroup::TestCgroup,
+    docker::DockerEngine,
+    netns::{Network, Server, ip},
+    node_image,
+};
+
+/// One server of the cluster: its namespace, Docker Engine, agent and what they keep.
+pub struct Member {
+    /// The server's namespace.
+    pub server: Server,
+    /// Its Docker Engine.
+    pub docker: DockerEngine,
+    /// Where its agent attaches and keeps state.
+    pub paths: AgentPaths,
+    agent: Option<Agent>,
+    docker_network: String,
+    _cgroup: TestCgroup,
+    _pins: Pins,
+}
+
+impl Member {
+    /// Creates server `name` on `network`, starts its Docker Engine (with no ferry
+    /// container left from an earlier run), joins it to `central` and starts its agent.
+    pub async fn join(
+        network: &mut Network,
+        central: &Central,
+        name: &str,
+        tag: &str,
+    ) -> Result<Self> {
+        let server = network.server(&format!("f{name}{tag}"))?;
+        let docker = DockerEngine::start(&format!("ferry-cluster-{name}"), Some(&server)).await?;
+        for c in list(docker.engine()).await? {
+            remove(&docker, &c.id).await;
+        }
+        let base = node_image::ensure(&docker).await?;
+        let cgroup = TestCgroup::top_level(&format!("ferry-test-{name}{tag}"))?;
+        let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
+        let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let (ok, _, err) = central.join(&server, name, &state_dir)?;
+        anyhow::ensure!(ok, "joining {name}: {err}");
+        let docker_network = format!("ferry-{tag}");
+        let paths = AgentPaths {
+            cgroup_root: cgroup.path().to_path_buf(),
+            bpffs: pins.path().to_path_buf(),
+            state_dir,
+            wg_interface: format!("fw{name}{tag}"),
+            extra: vec![
+                "--docker-socket".into(),
+                docker.socket().to_string_lossy().into_owned(),
+                "--base-image".into(),
+                base,
+                "--docker-network".into(),
+                docker_network.clone(),
+            ],
+        };
+        let agent = Agent::start_in(&paths, Some(&server))?;
+        Ok(Self {
+            server,
+            docker,
+            paths,
+            agent: Some(agent),
+            docker_network,
+            _cgroup: cgroup,
+            _pins: pins,
+        })
+    }
+
+    /// Kills the agent with SIGKILL, as a crash would.
+    pub fn kill_agent(&mut self) -> Result<()> {
+        match self.agent.take() {
+            Some(agent) => agent.kill(),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the agent again from its state directory.
+    pub fn start_agent(&mut self) -> Result<()> {
+        self.agent = Some(Agent::start_in(&self.paths, Some(&self.server))?);
+        Ok(())
+    }
+
+    /// The ferry containers its Docker Engine has, running or not.
+    pub async fn containers(&self) -> Result<Vec<FerryContainer>> {
+        Ok(list(self.docker.engine()).await?)
+    }
+
+    /// Stops the agent and removes the containers, the network and the state it made.
+    pub async fn clean_up(mut self) {
+        let _ = self.kill_agent();
+        let _ = ip(&[
+            "-n",
+            self.server.name(),
+            "link",
+            "del",
+            &self.paths.wg_interface,
+        ]);
+        let _ = std::fs::remove_dir_all(&self.paths.state_dir);
+        if let Ok(containers) = self.containers().await {
+            for c in containers {
+                remove(&self.docker, &c.id).await;
+            }
+        }
+        let _ = self
+            .docker
+            .engine()
+            .docker()
+            .remove_network(&self.docker_network)
+            .await;
+    }
+}
+
+async fn remove(docker: &DockerEngine, id: &str) {
+    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+    let _ = docker
+        .engine()
+        .docker()
+        .remove_container(id, Some(options))
+        .await;
+}
+
+/// The operator's `ferry` CLI with its own config file, logged in to a central.
+pub struct Operator {
+    config: PathBuf,
+}
+
+impl Operator {
+    /// Runs `ferry login` against `central`.
+    pub fn login(central: &Central, tag: &str) -> Result<Self> {
+        let operator = Self {
+            config: std::env::temp_dir().join(format!("ferry-test-cli{tag}")),
+        };
+        let (ok, _, err) = operator.run(&[
+            "login",
+            "--central",
+            &central.url,
+            "--token",
+            &central.admin_token,
+            "--ca-fingerprint",
+            &central.ca_fingerprint,
+        ])?;
+        anyhow::ensure!(ok, "ferry login: {err}");
+        Ok(operator)
+    }
+
+    /// Runs `ferry ARGS`: (success, stdout, stderr).
+    pub fn run(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        run_ferry(&self.config, args)
+    }
+
+    /// Runs `ferry ARGS` on a thread, for commands that wait while the test looks around.
+    pub fn spawn(&self, args: &[&str]) -> std::thread::JoinHandle<Result<(bool, String, String)>> {
+        let config = self.config.clone();
+        let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+        std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_ferry(&config, &args)
+        })
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.config);
+    }
+}
+
+fn run_ferry(config: &Path, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = std::process::Command::new(workspace_binary("ferry", "FERRY_CLI_BIN")?)
+        .args(args)
+        .env("FERRY_CONFIG", config)
+        .output()
+        .context("running ferry")?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    ))
+}
+
+/// Polls `check` every 200 ms until it holds; fails naming `what` after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await? {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Host tier: the example stack across two servers (two namespaces, each with its own
+//! Docker Engine and agent) joined to a real central. Central is killed with SIGKILL while
+//! the servers build, and an agent after the deploy: no state is lost, no container is
+//! orphaned, duplicated or restarted, and the next deploy replaces every container.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+use ferry_api::{
+    client::{Client, Trust},
+    types::Phase,
+};
+use ferry_tests::{
+    central::Central,
+    cluster::{Member, Operator, eventually},
+    netns::Network,
+    unique,
+};
+
+/// (service, generation, running) of every ferry container on `member`, sorted.
+async fn inventory(member: &Member) -> Result<Vec<(String, u64, bool)>> {
+    let mut found: Vec<_> = member
+        .containers()
+        .await?
+        .into_iter()
+        .map(|c| (c.service, c.generation, c.running))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Docker's start time of each container on `member`, by id.
+async fn start_times(member: &Member) -> Result<Vec<(String, String)>> {
+    let mut times = Vec::new();
+    for c in member.containers().await? {
+        let inspect = member
+            .docker
+            .engine()
+            .docker()
+            .inspect_container(&c.id, None)
+            .await?;
+        let started = inspect
+            .state
+            .and_then(|s| s.started_at)
+            .context("no start time")?;
+        times.push((c.id, started));
+    }
+    times.sort();
+    Ok(times)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> {
+    let tag = unique("");
+    let mut network = Network::new(&format!("fbc{tag}"), 61)?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-cluster{tag}"));
+    let mut central = Central::start(&central_dir, "10.250.61.1")?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let mut two = Member::join(&mut network, &central, "two", &tag).await?;
+    let operator = Operator::login(&central, &tag)?;
+    let admin = Client::new(
+        &central.url,
+        &central.admin_token,
+        Trust::Fingerprint(central.ca_fingerprint.clone()),
+    )?;
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let shop = shop.to_string_lossy();
+
+    // Record generation 1, then kill central while the servers fetch and build it.
+    let (ok, out, err) = operator.run(&["deploy", "--no-wait", "--stack", "shop", &shop])?;
+    assert!(
+        ok && out.contains("generation 1 of shop recorded"),
+        "{out}{err}"
+    );
+    central.kill_and_restart(Duration::from_secs(2))?;
+    eventually(Duration::from_secs(240), "generation 1 serving", || async {
+        Ok(admin
+            .stacks()
+            .await
+            .is_ok_and(|s| s.first().and_then(|s| s.serving) == Some(1)))
+    })
+    .await?;
+
+    // Each server runs one container of each service, on its own subnet.
+    let expected = vec![("api".to_string(), 1, true), ("web".to_string(), 1, true)];
+    for (member, subnet) in [(&one, 1u8), (&two, 2u8)] {
+        assert_eq!(inventory(member).await?, expected);
+        for c in member.containers().await? {
+            let address = c.address.context("container without an address")?;
+            assert_eq!(address.octets()[..3], [10, 66, subnet], "{c:?}");
+        }
+    }
+    // The operator sees the four, reported by their agents.
+    eventually(
+        Duration::from_secs(30),
+        "four containers listed",
+        || async {
+            let (ok, out, _) = operator.run(&["containers", "list", "--stack", "shop"])?;
+            Ok(ok && out.lines().filter(|l| l.contains(" running ")).count() == 4)
+        },
+    )
+    .await?;
+
+    // An agent crash changes nothing in what runs: the new agent adopts its containers.
+    let before = start_times(&two).await?;
+    two.kill_agent()?;
+    two.start_agent()?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        start_times(&two).await?,
+        before,
+        "same containers, not restarted"
+    );
+
+    // Generation 2 replaces every container on both servers; generation 1 drains, stops.
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
+    assert!(ok, "{out}{err}");
+    for needle in [
+        "one: every container passed its health check",
+        "two: every container passed its health check",
+        "generation 2 of shop is serving",
+        "generation 1 of shop stopped (4 containers removed)",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
+    assert_eq!(inventory(&one).await?, expected);
+    assert_eq!(inventory(&two).await?, expected);
+
+    // Central lost nothing across its crash: both generations, in order, settled.
+    let phases: Vec<(u64, Phase)> = admin
+        .generations("shop")
+        .await?
+        .into_iter()
+        .map(|g| (g.number, g.phase))
+        .collect();
+    assert_eq!(phases, [(1, Phase::Retired), (2, Phase::Serving)]);
+
+    one.clean_up().await;
+    two.clean_up().await;
+    drop(central);
+    let _ = std::fs::remove_dir_all(&central_dir);
+    Ok(())
+}
