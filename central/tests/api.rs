@@ -413,3 +413,63 @@ async fn server_reports_settle_a_generation() {
         .unwrap_err();
     assert_eq!(status(&err), 404);
 }
+
+#[tokio::test]
+async fn stack_variables_resolve_at_deploy_and_a_missing_one_refuses_it() {
+    let central = Central::start().await;
+    let agent_token = central
+        .client(&central.join)
+        .join(&join_request("one", 1))
+        .await
+        .expect("join")
+        .agent_token;
+    let agent = central.client(&agent_token);
+    let admin = central.client(&central.admin);
+    let yml = "services:\n  api:\n    env_vars:\n      DB_PASSWORD: _env(DB_PASSWORD)\n      MODE: plain\n";
+
+    // Not set yet: the deploy is refused, naming the variable and the command to set it.
+    let err = admin.deploy("shop", archive(yml)).await.unwrap_err();
+    assert_eq!(status(&err), 409);
+    assert!(
+        err.to_string().contains(
+            "service \"api\": DB_PASSWORD is _env(DB_PASSWORD), and stack \"shop\" has no variable DB_PASSWORD; set it with `ferry env set --stack shop DB_PASSWORD=VALUE`"
+        ),
+        "{err}"
+    );
+    assert!(
+        admin.stacks().await.expect("stacks").is_empty(),
+        "nothing recorded"
+    );
+
+    // Bad names and agents are refused; nothing changes.
+    let mut bad = ferry_api::types::VariablesChange::default();
+    bad.set.insert("1X".into(), "v".into());
+    let err = admin.change_variables("shop", &bad).await.unwrap_err();
+    assert_eq!(status(&err), 400);
+    assert!(
+        err.to_string().contains("not a valid variable name"),
+        "{err}"
+    );
+    let mut good = ferry_api::types::VariablesChange::default();
+    good.set.insert("DB_PASSWORD".into(), "s3cret".into());
+    let err = agent.change_variables("shop", &good).await.unwrap_err();
+    assert_eq!(status(&err), 403);
+    assert_eq!(status(&agent.variables("shop").await.unwrap_err()), 403);
+    assert!(admin.variables("shop").await.expect("read").is_empty());
+
+    // Set: the deploy goes through and the server's assignment carries the value.
+    admin.change_variables("shop", &good).await.expect("set");
+    admin.deploy("shop", archive(yml)).await.expect("deploy");
+    let mine = agent.list("desired/one/").await.expect("assignments");
+    let assignment: ferry_api::types::Assignment =
+        serde_json::from_value(mine.items[0].value.clone()).expect("assignment");
+    use ferry_api::servicefile::EnvValue;
+    assert_eq!(
+        assignment.services["api"].env_vars["DB_PASSWORD"],
+        EnvValue::Plain("s3cret".into())
+    );
+    assert_eq!(
+        assignment.services["api"].env_vars["MODE"],
+        EnvValue::Plain("plain".into())
+    );
+}

@@ -450,8 +450,10 @@ async fn build_and_start(
         match value {
             EnvValue::Plain(v) => env.push(format!("{key}={v}")),
             EnvValue::Stack(var) => {
+                // Central resolves every reference when it records the deploy.
                 return Err(format!(
-                    "{name}: {key} refers to stack variable {var}, and stack variables are not supported yet"
+                    "{name}: {key} still refers to stack variable {var}; central should have \
+                     resolved it (is central older than this agent?)"
                 ));
             }
         }

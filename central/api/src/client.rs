@@ -23,7 +23,7 @@ use crate::{
     Revision, fingerprint,
     types::{
         ContainerReport, DeployResponse, Generation, JoinRequest, JoinResponse, ListResponse,
-        Server, Stack, StatusReport, WatchLine,
+        Server, Stack, StatusReport, VariablesChange, WatchLine,
     },
 };
 
@@ -191,6 +191,25 @@ impl Client {
     pub async fn rollback(&self, stack: &str) -> Result<Generation, ClientError> {
         let url = format!("{}/v1/stacks/{stack}/rollback", self.base);
         self.send(self.http.post(&url), &url).await
+    }
+
+    /// A stack's variables (admin).
+    pub async fn variables(
+        &self,
+        stack: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/variables", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Sets and removes stack variables in one change; returns them all (admin).
+    pub async fn change_variables(
+        &self,
+        stack: &str,
+        change: &VariablesChange,
+    ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/variables", self.base);
+        self.send(self.http.put(&url).json(change), &url).await
     }
 
     /// Every stack (admin).

@@ -208,3 +208,15 @@ pub struct StatusReport {
     /// What failed, with the container and the tail of its log; empty when healthy.
     pub detail: String,
 }
+
+/// A change to a stack's variables: `PUT /v1/stacks/<stack>/variables`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariablesChange {
+    /// Variables to set (added or replaced).
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+    /// Variables to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+}

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ferry_api::{
     servicefile,
-    types::{Phase, Server},
+    types::{Phase, Server, VariablesChange},
 };
 
 /// ferry: run Node apps on your own servers.
@@ -59,6 +59,9 @@ enum Command {
     /// Stacks and their generations.
     #[command(subcommand)]
     Stacks(StacksCommand),
+    /// Stack variables: the values service.yml's `_env(NAME)` refers to.
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Containers on every server, as their agents last reported them.
     #[command(subcommand)]
     Containers(ContainersCommand),
@@ -89,6 +92,36 @@ enum ServersCommand {
 enum StacksCommand {
     /// List stacks with their newest and serving generations.
     List(Output),
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// List a stack's variables.
+    List {
+        /// The stack.
+        #[arg(long)]
+        stack: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Set variables (NAME=VALUE ...); the next deploy uses them.
+    Set {
+        /// The stack (it need not be deployed yet).
+        #[arg(long)]
+        stack: String,
+        /// NAME=VALUE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Remove variables by name.
+    Unset {
+        /// The stack.
+        #[arg(long)]
+        stack: String,
+        /// Names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,11 +174,58 @@ fn run(command: Command) -> Result<()> {
             } => deploy(stack, &path, no_wait, output).await,
             Command::Stacks(StacksCommand::List(output)) => stacks_list(output).await,
             Command::Rollback { stack, output } => rollback(&stack, output).await,
+            Command::Env(command) => env(command).await,
             Command::Containers(ContainersCommand::List { stack, output }) => {
                 containers_list(stack.as_deref(), output).await
             }
         }
     })
+}
+
+async fn env(command: EnvCommand) -> Result<()> {
+    let client = login::client()?;
+    match command {
+        EnvCommand::List { stack, output } => {
+            let vars = client.variables(&stack).await?;
+            if output.json {
+                println!("{}", serde_json::to_string_pretty(&vars)?);
+            } else {
+                let rows: Vec<Vec<String>> = vars
+                    .into_iter()
+                    .map(|(name, value)| vec![name, value])
+                    .collect();
+                print!("{}", table::render(&["NAME", "VALUE"], &rows));
+            }
+        }
+        EnvCommand::Set { stack, pairs } => {
+            let mut change = VariablesChange::default();
+            for pair in pairs {
+                let (name, value) = pair.split_once('=').with_context(|| {
+                    format!("{pair:?} is not NAME=VALUE; write e.g. API_KEY=s3cret")
+                })?;
+                change.set.insert(name.to_string(), value.to_string());
+            }
+            let vars = client.change_variables(&stack, &change).await?;
+            println!(
+                "{stack}: {} set ({} variables); deploy again to use them",
+                change.set.keys().cloned().collect::<Vec<_>>().join(", "),
+                vars.len()
+            );
+        }
+        EnvCommand::Unset { stack, names } => {
+            let change = VariablesChange {
+                unset: names.clone(),
+                ..VariablesChange::default()
+            };
+            let vars = client.change_variables(&stack, &change).await?;
+            println!(
+                "{stack}: {} removed ({} variables left)",
+                names.join(", "),
+                vars.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn containers_list(stack: Option<&str>, output: Output) -> Result<()> {

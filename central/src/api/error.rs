@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::{
     sources::SourceError,
-    state::{ServerError, StackError},
+    state::{ServerError, StackError, VariableError},
     store::StoreError,
 };
 
@@ -37,6 +37,17 @@ pub enum ApiError {
     Stack(#[from] StackError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Variable(VariableError),
+}
+
+impl From<VariableError> for ApiError {
+    fn from(e: VariableError) -> Self {
+        match e {
+            VariableError::Stack(e) => Self::Stack(e),
+            other => Self::Variable(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -65,7 +76,11 @@ impl ApiError {
             Self::Source(SourceError::TooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Source(SourceError::Io { .. }) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Source(_) => StatusCode::BAD_REQUEST,
-            Self::Server(_) | Self::Store(_) | Self::Stack(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Variable(VariableError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Self::Variable(VariableError::Missing { .. }) => StatusCode::CONFLICT,
+            Self::Server(_) | Self::Store(_) | Self::Stack(_) | Self::Variable(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 //!   `GET /v1/stacks/{stack}/generations`. The new generation's placement is written to
 //!   `desired/<server>/...` in the same transaction (see [`crate::deploy`]).
 //! - `POST /v1/stacks/{stack}/rollback`: serve the previous generation again.
+//! - `GET|PUT /v1/stacks/{stack}/variables`: the values of `_env(NAME)` references.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
 //! - `PUT /v1/containers/{server}`: an agent's list of its containers; `GET /v1/containers`
@@ -25,6 +26,7 @@ mod auth;
 mod containers;
 mod error;
 mod routes;
+mod variables;
 
 pub use ferry_api::types;
 
@@ -42,7 +44,7 @@ use axum::{
 pub use error::ApiError;
 
 use crate::{
-    state::{ContainerNet, Servers, Stacks},
+    state::{ContainerNet, Servers, Stacks, Variables},
     store::sqlite::SqliteStore,
 };
 
@@ -60,6 +62,8 @@ pub struct AppState {
     pub servers: Servers<SqliteStore>,
     /// Stacks and generations.
     pub stacks: Stacks<SqliteStore>,
+    /// Stack variables.
+    pub variables: Variables<SqliteStore>,
     /// Where uploaded sources are kept.
     pub sources: PathBuf,
     /// How long a retired generation's containers keep running.
@@ -74,6 +78,7 @@ impl AppState {
             drain,
             servers: Servers::new(store.clone(), ContainerNet::default()),
             stacks: Stacks::new(store.clone()),
+            variables: Variables::new(store.clone()),
             sources: data_dir.join("sources"),
             store,
         })
@@ -100,6 +105,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(routes::deploy).layer(DefaultBodyLimit::disable()),
         )
         .route("/v1/stacks/{stack}/rollback", post(routes::rollback))
+        .route(
+            "/v1/stacks/{stack}/variables",
+            get(variables::get).put(variables::change),
+        )
         .route("/v1/sources/{digest}", get(routes::source))
         .route(
             "/v1/status/{server}/{stack}/{generation}",

@@ -226,8 +226,11 @@ pub async fn deploy(
         .map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))??;
     let parsed = servicefile::parse("service.yml", &text)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // `_env(NAME)` references are resolved now: a missing variable refuses the deploy
+    // before anything is recorded. The generation keeps the file's references.
+    let resolved = state.variables.resolve(&stack, &parsed.stack.services)?;
     let servers = state.servers.list()?;
-    let placement = deploy::place(&servers, &parsed.stack.services);
+    let placement = deploy::place(&servers, &resolved);
     let generation = state.stacks.create_generation_with(
         &stack,
         parsed.stack.services,

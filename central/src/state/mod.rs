@@ -5,10 +5,12 @@
 //! - `servers/<name>`: a [`Server`], with its ContainerNet subnet;
 //! - `subnets/<index>`: the name of the server holding `10.66.<index>.0/24`, so a subnet is
 //!   taken by creating a key that must not exist: two servers can never get the same one;
-//! - `stacks/<stack>` and `generations/<stack>/<N>`: see [`stacks`](Stacks).
+//! - `stacks/<stack>` and `generations/<stack>/<N>`: see [`stacks`](Stacks);
+//! - `variables/<stack>`: the stack's variables, see [`Variables`].
 
 mod servers;
 mod stacks;
+mod variables;
 
 /// Whether `name` may name a server or a stack: 1 to 63 lower-case letters, digits and
 /// '-', not starting with '-' (names appear in keys, DNS names and Docker labels).
@@ -24,3 +26,4 @@ fn valid_name(name: &str) -> bool {
 pub use servers::{ContainerNet, Server, ServerError, Servers};
 pub(crate) use stacks::encode;
 pub use stacks::{Generation, Phase, Stack, StackError, Stacks};
+pub use variables::{MAX_VALUE_BYTES, MAX_VARIABLES, VariableError, Variables};

@@ -23,7 +23,7 @@ pub use model::{
     Service, StackFile, StopStep, Volume,
 };
 use node::{Node, Report};
-pub use values::duration;
+pub use values::{duration, env_name};
 
 /// Largest service file accepted.
 pub const MAX_BYTES: usize = 256 * 1024;
