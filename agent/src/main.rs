@@ -205,6 +205,10 @@ fn run(args: RunArgs) -> Result<()> {
                 base_image: args.base_image,
                 network: args.docker_network,
                 container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
+                cgroup_root: config.cgroup_root.clone(),
+                cgroup2: dataplane::cgroup2_mount()
+                    .context("finding the cgroup2 mount in /proc/self/mounts")?
+                    .context("no cgroup2 filesystem is mounted")?,
             },
         )),
         _ => None,

@@ -72,8 +72,20 @@ impl Drop for TestCgroup {
     fn drop(&mut self) {
         let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+        while remove_tree(&self.path).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Removes a cgroup directory and the ones below it, deepest first (cgroupfs removes only
+/// empty directories, and their files go with them).
+fn remove_tree(path: &Path) -> io::Result<()> {
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(path)
 }

@@ -13,7 +13,7 @@ use ferry_agent::containers::{FerryContainer, list};
 use crate::{
     agent::{Agent, AgentPaths, Pins, workspace_binary},
     central::Central,
-    cgroup::TestCgroup,
+    cgroup::{TestCgroup, cgroup2_root},
     docker::DockerEngine,
     netns::{Network, Server, ip},
     node_image,
@@ -43,12 +43,35 @@ impl Member {
         tag: &str,
     ) -> Result<Self> {
         let server = network.server(&format!("f{name}{tag}"))?;
-        let docker = DockerEngine::start(&format!("ferry-cluster-{name}"), Some(&server)).await?;
+        // Containers' cgroups go under the agent's cgroup root, as on a real server where
+        // the agent attaches at the root of the hierarchy.
+        let cgroup = TestCgroup::top_level(&format!("ferry-test-{name}{tag}"))?;
+        let parent = cgroup
+            .path()
+            .strip_prefix(cgroup2_root()?)
+            .context("the test cgroup is outside the cgroup2 mount")?
+            .join("containers");
+        let docker = DockerEngine::start_with_cgroups(
+            &format!("ferry-cluster-{name}"),
+            Some(&server),
+            &format!("/{}", parent.display()),
+        )
+        .await?;
+        // Left by an earlier run that did not finish: they would hold the subnets.
         for c in list(docker.engine()).await? {
             remove(&docker, &c.id).await;
         }
+        for n in docker
+            .engine()
+            .docker()
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await?
+        {
+            if let Some(stale) = n.name.filter(|n| n.starts_with("ferry-")) {
+                let _ = docker.engine().docker().remove_network(&stale).await;
+            }
+        }
         let base = node_image::ensure(&docker).await?;
-        let cgroup = TestCgroup::top_level(&format!("ferry-test-{name}{tag}"))?;
         let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
         let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
         let _ = std::fs::remove_dir_all(&state_dir);

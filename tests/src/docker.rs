@@ -42,6 +42,16 @@ pub struct Finished {
 impl DockerEngine {
     /// Starts dockerd `name`, in `server`'s namespace if given, and waits until it answers.
     pub async fn start(name: &str, server: Option<&Server>) -> Result<Self> {
+        Self::start_with_cgroups(name, server, &format!("/ferry-{name}")).await
+    }
+
+    /// [`start`](Self::start), with containers' cgroups under `cgroup_parent` (a path in
+    /// the cgroup hierarchy, e.g. `/ferry-test-one/containers`).
+    pub async fn start_with_cgroups(
+        name: &str,
+        server: Option<&Server>,
+        cgroup_parent: &str,
+    ) -> Result<Self> {
         let run = Path::new("/run/ferry-test").join(name);
         let data = Path::new("/var/lib/ferry-test").join(name);
         for dir in [&run, &data] {
@@ -60,7 +70,7 @@ impl DockerEngine {
             .arg(run.join("exec"))
             .arg("--pidfile")
             .arg(run.join("docker.pid"))
-            .arg(format!("--cgroup-parent=/ferry-{name}"))
+            .arg(format!("--cgroup-parent={cgroup_parent}"))
             // The tests make their own networks; the default bridge and its iptables rules
             // would touch the host's namespace for nothing.
             .args(["--bridge=none", "--iptables=false"])

@@ -55,6 +55,21 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
         .unwrap_err();
     assert!(matches!(clash, NetworkError::Mismatch { .. }), "{clash}");
     assert!(clash.to_string().contains("10.66.8.0/24"), "{clash}");
+    // Another network holding the subnet is named, with the way out.
+    let taken = ensure_network(
+        engine,
+        &format!("ferry-other-{tag}"),
+        Ipv4Addr::new(10, 66, 7, 0),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(taken, NetworkError::Taken { .. })
+            && taken
+                .to_string()
+                .contains(&format!("network {net} already uses 10.66.7.0/24")),
+        "{taken}"
+    );
 
     let image = format!("ferry-test/shop-api:{tag}");
     let mut lines = Vec::new();

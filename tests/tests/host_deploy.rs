@@ -17,6 +17,7 @@ use ferry_agent::containers::list;
 use ferry_api::client::{Client, Trust};
 use ferry_tests::{
     central::Central,
+    cgroup::cgroup2_root,
     cluster::{Member, Operator, eventually},
     netns::Network,
     unique,
@@ -69,6 +70,40 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
     assert_eq!(address.octets()[..3], [10, 66, 1]);
     let response = server.run(|| http_get(SocketAddrV4::new(address, 4000), "/"))??;
     assert!(response.ends_with("api of generation 1\n"), "{response}");
+
+    // The api's processes sit in a cgroup of their own below the agent's cgroup root
+    // (where the data plane attaches), and central has its id.
+    let pid = engine
+        .docker()
+        .inspect_container(&api.id, None)
+        .await?
+        .state
+        .and_then(|s| s.pid)
+        .context("api has no pid")?;
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        .context("no cgroup v2 line")?;
+    let own = cgroup2_root()?.join(own.trim_start_matches('/'));
+    assert!(
+        own.starts_with(&one.paths.cgroup_root) && own.to_string_lossy().contains(&api.id),
+        "api's cgroup {} is not its own below {}",
+        own.display(),
+        one.paths.cgroup_root.display()
+    );
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&own)?);
+    eventually(
+        Duration::from_secs(10),
+        "the api's cgroup id at central",
+        || async {
+            let reports = admin.containers().await?;
+            Ok(reports.get("one").is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.id == api.id && c.cgroup_id == Some(inode))
+            }))
+        },
+    )
+    .await?;
 
     // A generation whose service exits at once fails its check and never serves; the CLI
     // says which container failed and why, and exits non-zero.

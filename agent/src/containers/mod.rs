@@ -5,6 +5,7 @@
 //! `ferry.generation` labels; they are how an agent finds its containers again after a
 //! restart, instead of starting new ones.
 
+pub mod cgroup;
 mod engine;
 mod image;
 mod network;

@@ -17,6 +17,15 @@ pub enum NetworkError {
         found: Option<String>,
         wanted: String,
     },
+    #[error(
+        "network {other} already uses {wanted}, which this server's network {name} needs; \
+         remove it (docker network rm {other}) or start the agent with --docker-network {other}"
+    )]
+    Taken {
+        name: String,
+        other: String,
+        wanted: String,
+    },
     #[error("creating network {name}: {source}")]
     Engine {
         name: String,
@@ -54,7 +63,7 @@ pub async fn ensure_network(
         driver: Some("bridge".into()),
         ipam: Some(Ipam {
             config: Some(vec![IpamConfig {
-                subnet: Some(wanted),
+                subnet: Some(wanted.clone()),
                 gateway: Some(Ipv4Addr::new(a, b, c, 1).to_string()),
                 ..Default::default()
             }]),
@@ -66,12 +75,31 @@ pub async fn ensure_network(
         )])),
         ..Default::default()
     };
-    docker
-        .create_network(request)
+    let Err(source) = docker.create_network(request).await else {
+        return Ok(());
+    };
+    // Docker's own "pool overlaps" names neither network: find the one holding the subnet.
+    let holder = docker
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
         .await
-        .map(drop)
-        .map_err(|source| NetworkError::Engine {
+        .unwrap_or_default()
+        .into_iter()
+        .find(|n| {
+            n.ipam
+                .as_ref()
+                .and_then(|i| i.config.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.subnet.as_deref() == Some(&wanted)))
+        })
+        .and_then(|n| n.name);
+    Err(match holder {
+        Some(other) => NetworkError::Taken {
+            name: name.into(),
+            other,
+            wanted,
+        },
+        None => NetworkError::Engine {
             name: name.into(),
             source,
-        })
+        },
+    })
 }

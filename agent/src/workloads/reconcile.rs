@@ -22,7 +22,10 @@ use tracing::{info, warn};
 
 use super::{context::build_context, health};
 use crate::{
-    containers::{self, ContainerSpec, Engine, build_image, ensure_network, node_dockerfile},
+    containers::{
+        self, ContainerSpec, Engine, build_image, cgroup::CgroupError, ensure_network,
+        node_dockerfile,
+    },
     membership::{reconnect::Backoff, state::Loaded},
 };
 
@@ -37,6 +40,10 @@ pub struct WorkloadOptions {
     pub network: String,
     /// The container network's base address (10.66.0.0).
     pub container_net: Ipv4Addr,
+    /// The cgroup v2 directory the data plane attaches to; containers get leaves here.
+    pub cgroup_root: PathBuf,
+    /// Where cgroup v2 is mounted.
+    pub cgroup2: PathBuf,
 }
 
 /// What this agent knows it is asked to do, shared with its stop tasks.
@@ -78,6 +85,8 @@ struct Reach {
     engine: Engine,
     client: Client,
     server: String,
+    cgroup_root: PathBuf,
+    cgroup2: PathBuf,
 }
 
 async fn follow(loaded: &Loaded, options: &WorkloadOptions, intent: &Shared) -> Result<(), String> {
@@ -98,6 +107,8 @@ async fn follow(loaded: &Loaded, options: &WorkloadOptions, intent: &Shared) -> 
         engine,
         client,
         server: me.name.clone(),
+        cgroup_root: options.cgroup_root.clone(),
+        cgroup2: options.cgroup2.clone(),
     };
     let prefix = format!("desired/{}/", me.name);
     let list = reach
@@ -305,17 +316,24 @@ async fn report_containers(reach: &Reach) {
             return;
         }
     };
-    let report: Vec<ContainerReport> = running
-        .into_iter()
-        .map(|c| ContainerReport {
+    let ids: Vec<String> = running.iter().map(|c| c.id.clone()).collect();
+    containers::cgroup::sweep(&reach.cgroup_root, &ids);
+    let mut report = Vec::with_capacity(running.len());
+    for c in running {
+        let cgroup_id = match c.running {
+            true => containers::cgroup::current_id(&reach.engine, &c.id, &reach.cgroup2).await,
+            false => None,
+        };
+        report.push(ContainerReport {
             id: c.id,
             stack: c.stack,
             service: c.service,
             generation: c.generation,
             address: c.address,
             state: if c.running { "running" } else { "stopped" }.into(),
-        })
-        .collect();
+            cgroup_id,
+        });
+    }
     if let Err(e) = reach.client.report_containers(&reach.server, &report).await {
         warn!("reporting containers to central: {e}");
     }
@@ -398,6 +416,18 @@ async fn try_settle(
                 (id, address)
             }
         };
+        // Its own cgroup before its check, so the data plane knows it as a caller from
+        // its first connection on.
+        match containers::cgroup::place(engine, &id, &options.cgroup_root, &options.cgroup2).await {
+            // One that already exited fails its check below, with its log.
+            Ok(_) | Err(CgroupError::NotRunning { .. }) => {}
+            Err(e) => {
+                let state = containers::describe_state(engine, &id).await;
+                return Err(Setback::Unhealthy(format!(
+                    "{name}: placing it in its cgroup: {e}; the container is {state}"
+                )));
+            }
+        }
         if let Err(why) = health::check(service, address).await {
             let state = containers::describe_state(engine, &id).await;
             let log = containers::log_tail(engine, &id, 20).await;

@@ -193,8 +193,11 @@ pub struct ContainerReport {
     pub generation: u64,
     /// Its address on the container network.
     pub address: Option<std::net::Ipv4Addr>,
-    /// running, exited, ... as Docker says.
+    /// running or stopped.
     pub state: String,
+    /// Its cgroup v2 id (the directory's inode), which the data plane keys callers by.
+    #[serde(default)]
+    pub cgroup_id: Option<u64>,
 }
 
 /// Most containers one server reports; a longer report is refused.

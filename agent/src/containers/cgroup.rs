@@ -1,0 +1,164 @@
+//! Each container's cgroup v2 directory, whose id keys the data plane's per-caller maps.
+//!
+//! With Docker's systemd driver on a pure cgroup v2 host a container already has its own
+//! v2 cgroup (its path names the container id), and ferry uses it as it is: moving the
+//! processes out would lose the limits Docker set there. With cgroup v1 controllers (hybrid
+//! hosts), every container's processes share their engine's v2 cgroup, so ferry gives each
+//! container a leaf `ferry-<id>` under the agent's cgroup root and moves its processes in;
+//! children inherit it. Leaves of containers that are gone are removed by [`sweep`].
+
+use std::{
+    io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use bollard::query_parameters::TopOptionsBuilder;
+
+use super::Engine;
+
+/// Errors placing a container in its cgroup.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("container {id} does not run, so it has no processes to place")]
+    NotRunning { id: String },
+    #[error("inspecting container {id}: {source}")]
+    Engine {
+        id: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The leaf ferry makes for container `id` under `root`.
+pub fn leaf(root: &Path, id: &str) -> PathBuf {
+    root.join(format!("ferry-{}", &id[..id.len().min(12)]))
+}
+
+/// Makes sure container `id` has a cgroup v2 directory of its own (see the module notes);
+/// returns the cgroup's id, its directory's inode number.
+pub async fn place(
+    engine: &Engine,
+    id: &str,
+    root: &Path,
+    cgroup2: &Path,
+) -> Result<u64, CgroupError> {
+    let pid = init_pid(engine, id).await?;
+    let current = v2_path(pid, cgroup2)?;
+    if current.to_string_lossy().contains(id) {
+        if !current.starts_with(root) {
+            tracing::warn!(
+                container = id,
+                cgroup = %current.display(),
+                root = %root.display(),
+                "the container's cgroup is outside the agent's cgroup root, so the data plane \
+                 does not see its connections; give dockerd a --cgroup-parent below the root"
+            );
+        }
+        return inode(&current);
+    }
+    let leaf = leaf(root, id);
+    match std::fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(&leaf)(e)),
+    }
+    let procs = leaf.join("cgroup.procs");
+    let top = engine
+        .docker()
+        .top_processes(id, Some(TopOptionsBuilder::new().ps_args("-o pid").build()))
+        .await
+        .map_err(|source| CgroupError::Engine {
+            id: id.into(),
+            source,
+        })?;
+    let mut pids: Vec<String> = top
+        .processes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|row| row.into_iter().next())
+        .collect();
+    if pids.is_empty() {
+        pids.push(pid.to_string());
+    }
+    for pid in pids {
+        match std::fs::write(&procs, &pid) {
+            Ok(()) => {}
+            // Exited between the listing and the move.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => return Err(io_error(&procs)(e)),
+        }
+    }
+    inode(&leaf)
+}
+
+/// The cgroup id of container `id` as it is now, if it runs.
+pub async fn current_id(engine: &Engine, id: &str, cgroup2: &Path) -> Option<u64> {
+    let pid = init_pid(engine, id).await.ok()?;
+    inode(&v2_path(pid, cgroup2).ok()?).ok()
+}
+
+/// Removes the leaves under `root` whose containers are not in `live` (ids).
+pub fn sweep(root: &Path, live: &[String]) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(short) = name.strip_prefix("ferry-") else {
+            continue;
+        };
+        if !live.iter().any(|id| id.starts_with(short)) {
+            // Fails harmlessly if a process is still inside.
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
+async fn init_pid(engine: &Engine, id: &str) -> Result<i64, CgroupError> {
+    let inspect = engine
+        .docker()
+        .inspect_container(id, None)
+        .await
+        .map_err(|source| CgroupError::Engine {
+            id: id.into(),
+            source,
+        })?;
+    match inspect.state.and_then(|s| s.pid) {
+        Some(pid) if pid > 0 => Ok(pid),
+        _ => Err(CgroupError::NotRunning { id: id.into() }),
+    }
+}
+
+/// The v2 cgroup directory of `pid`, from the `0::` line of /proc/<pid>/cgroup.
+fn v2_path(pid: i64, cgroup2: &Path) -> Result<PathBuf, CgroupError> {
+    let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&file).map_err(io_error(&file))?;
+    let relative = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| {
+            io_error(&file)(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no cgroup v2 line",
+            ))
+        })?;
+    Ok(cgroup2.join(relative.trim_start_matches('/')))
+}
+
+fn inode(path: &Path) -> Result<u64, CgroupError> {
+    Ok(std::fs::metadata(path).map_err(io_error(path))?.ino())
+}
