@@ -43,12 +43,21 @@ pub async fn run(
             }
         })
     });
+    let action_task = workloads.as_ref().map(|(loaded, options)| {
+        tokio::spawn(workloads::actions::run(
+            loaded.clone(),
+            options.docker_socket.clone(),
+        ))
+    });
     let workload_task = workloads.map(|(loaded, options)| {
         info!(docker = %options.docker_socket.display(), "running this server's workloads");
         tokio::spawn(workloads::run(loaded, options))
     });
     shutdown.await;
-    for task in [mesh_task, workload_task].into_iter().flatten() {
+    for task in [mesh_task, workload_task, action_task]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     info!("shutting down; pinned programs and the mesh keep working");

@@ -473,3 +473,66 @@ async fn stack_variables_resolve_at_deploy_and_a_missing_one_refuses_it() {
         EnvValue::Plain("plain".into())
     );
 }
+
+#[tokio::test]
+async fn container_actions_are_for_the_admin_and_reach_only_their_own_server() {
+    use ferry_api::types::{ActionKind, ActionResult};
+    let central = Central::start().await;
+    let token = |n: u8, name: &'static str| {
+        let client = central.client(&central.join);
+        async move {
+            client
+                .join(&join_request(name, n))
+                .await
+                .expect("join")
+                .agent_token
+        }
+    };
+    let one = central.client(&token(1, "one").await);
+    token(2, "two").await;
+    let admin = central.client(&central.admin);
+
+    // An agent reads its own server's actions only, and answers only for itself.
+    assert!(one.list("actions/one/").await.is_ok());
+    assert_eq!(status(&one.list("actions/two/").await.unwrap_err()), 403);
+    let answer = ActionResult {
+        ok: true,
+        output: "x".into(),
+    };
+    let err = one.answer_action("two", "0123", &answer).await.unwrap_err();
+    assert_eq!(status(&err), 403);
+    let err = one.answer_action("one", "0123", &answer).await.unwrap_err();
+    assert_eq!(status(&err), 404, "no such pending action");
+    // Agents do not ask for actions.
+    let err = one
+        .container_action("one", "abcd", &ActionKind::Stop)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 403);
+
+    // The admin's bad requests are refused with what to do.
+    let err = admin
+        .container_action("one", "abcd", &ActionKind::Logs { lines: 20_000 })
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+    let err = admin
+        .container_action("one", "abcd", &ActionKind::Exec { command: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+    let err = admin
+        .container_action("one", "abcd", &ActionKind::Restart)
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 404);
+    assert!(err.to_string().contains("ferry containers list"), "{err}");
+    // Nothing was left pending.
+    assert!(
+        one.list("actions/one/")
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
+}

@@ -1,7 +1,9 @@
 //! Host tier: the example stack across two servers (two namespaces, each with its own
 //! Docker Engine and agent) joined to a real central. Central is killed with SIGKILL while
 //! the servers build, and an agent after the deploy: no state is lost, no container is
-//! orphaned, duplicated or restarted, and the next deploy replaces every container.
+//! orphaned, duplicated or restarted. The operator reads logs, runs commands and restarts
+//! a service through the agents, scales a service, and deploys again; each generation
+//! replaces the one before on both servers.
 
 use std::{path::Path, time::Duration};
 
@@ -112,29 +114,102 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
         "same containers, not restarted"
     );
 
-    // Generation 2 replaces every container on both servers; generation 1 drains, stops.
+    // Operator actions reach a container through its server's agent.
+    let api_on_two = two
+        .containers()
+        .await?
+        .into_iter()
+        .find(|c| c.service == "api")
+        .context("no api on two")?;
+    let short = &api_on_two.id[..12];
+    let (ok, out, err) = operator.run(&["containers", "logs", short, "--lines", "5"])?;
+    assert!(ok && out.contains("api listening on 4000"), "{out}{err}");
+    let (ok, out, err) = operator.run(&[
+        "containers",
+        "exec",
+        short,
+        "--",
+        "node",
+        "-e",
+        "console.log('generation', process.env.FERRY_GENERATION)",
+    ])?;
+    assert!(
+        ok && out.contains("generation 1\n[exit code 0]"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = operator.run(&["containers", "exec", short, "--", "sh", "-c", "exit 3"])?;
+    assert!(!ok && err.contains("[exit code 3]"), "{err}");
+    let (ok, out, err) = operator.run(&["services", "list", "--stack", "shop"])?;
+    assert!(ok, "{err}");
+    let api_row = out
+        .lines()
+        .find(|l| l.starts_with("api "))
+        .context("no api row")?;
+    assert!(
+        api_row.contains(" 2 ")
+            && api_row.contains("one (running)")
+            && api_row.contains("two (running)"),
+        "{out}"
+    );
+    let before = start_times(&two).await?;
+    let (ok, out, err) = operator.run(&["services", "restart", "--stack", "shop", "api"])?;
+    assert!(ok && out.matches("restarted").count() == 2, "{out}{err}");
+    let after = start_times(&two).await?;
+    let restarted: Vec<_> = after
+        .iter()
+        .filter(|(id, t)| before.iter().any(|(i, b)| i == id && b != t))
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(
+        restarted,
+        [api_on_two.id.clone()],
+        "only the api restarted on two"
+    );
+
+    // Scaling api to one server is a new generation: web stays on both, api on one.
+    let (ok, out, err) = operator.run(&["services", "scale", "--stack", "shop", "api", "1"])?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("generation 2 of shop: api on 1 servers")
+            && out.contains("generation 1 of shop stopped (4 containers removed)"),
+        "{out}"
+    );
+    assert_eq!(
+        inventory(&one).await?,
+        [("api".to_string(), 2, true), ("web".to_string(), 2, true)]
+    );
+    assert_eq!(inventory(&two).await?, [("web".to_string(), 2, true)]);
+
+    // A deploy replaces every container on both servers; generation 2 drains, stops.
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
     assert!(ok, "{out}{err}");
     for needle in [
         "one: every container passed its health check",
         "two: every container passed its health check",
-        "generation 2 of shop is serving",
-        "generation 1 of shop stopped (4 containers removed)",
+        "generation 3 of shop is serving",
+        "generation 2 of shop stopped (3 containers removed)",
     ] {
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
-    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
+    let expected = vec![("api".to_string(), 3, true), ("web".to_string(), 3, true)];
     assert_eq!(inventory(&one).await?, expected);
     assert_eq!(inventory(&two).await?, expected);
 
-    // Central lost nothing across its crash: both generations, in order, settled.
+    // Central lost nothing across its crash: every generation, in order, settled.
     let phases: Vec<(u64, Phase)> = admin
         .generations("shop")
         .await?
         .into_iter()
         .map(|g| (g.number, g.phase))
         .collect();
-    assert_eq!(phases, [(1, Phase::Retired), (2, Phase::Serving)]);
+    assert_eq!(
+        phases,
+        [
+            (1, Phase::Retired),
+            (2, Phase::Retired),
+            (3, Phase::Serving)
+        ]
+    );
 
     one.clean_up().await;
     two.clean_up().await;

@@ -9,6 +9,7 @@ pub mod cgroup;
 mod engine;
 mod image;
 mod network;
+pub mod operate;
 mod running;
 mod stopping;
 

@@ -22,8 +22,9 @@ use serde::de::DeserializeOwned;
 use crate::{
     Revision, fingerprint,
     types::{
-        ContainerReport, DeployResponse, Generation, JoinRequest, JoinResponse, ListResponse,
-        Server, Stack, StatusReport, VariablesChange, WatchLine,
+        ActionKind, ActionResult, ContainerReport, DeployResponse, Generation, JoinRequest,
+        JoinResponse, ListResponse, ScaleRequest, Server, Stack, StatusReport, VariablesChange,
+        WatchLine,
     },
 };
 
@@ -212,6 +213,18 @@ impl Client {
         self.send(self.http.put(&url).json(change), &url).await
     }
 
+    /// Scales a service of the serving generation: a new generation (admin).
+    pub async fn scale(
+        &self,
+        stack: &str,
+        service: &str,
+        count: u32,
+    ) -> Result<DeployResponse, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/services/{service}/scale", self.base);
+        self.send(self.http.post(&url).json(&ScaleRequest { count }), &url)
+            .await
+    }
+
     /// Every stack (admin).
     pub async fn stacks(&self) -> Result<Vec<Stack>, ClientError> {
         let url = format!("{}/v1/stacks", self.base);
@@ -266,6 +279,28 @@ impl Client {
     ) -> Result<std::collections::BTreeMap<String, Vec<ContainerReport>>, ClientError> {
         let url = format!("{}/v1/containers", self.base);
         self.send(self.http.get(&url), &url).await
+    }
+
+    /// Asks `server`'s agent to act on a container; waits for its answer (admin).
+    pub async fn container_action(
+        &self,
+        server: &str,
+        container: &str,
+        kind: &ActionKind,
+    ) -> Result<ActionResult, ClientError> {
+        let url = format!("{}/v1/containers/{server}/{container}/actions", self.base);
+        self.send(self.http.post(&url).json(kind), &url).await
+    }
+
+    /// An agent's answer to action `id`.
+    pub async fn answer_action(
+        &self,
+        server: &str,
+        id: &str,
+        result: &ActionResult,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/results/{server}/{id}", self.base);
+        self.send(self.http.put(&url).json(result), &url).await
     }
 
     /// The keys under `prefix`, and their revision.

@@ -223,3 +223,57 @@ pub struct VariablesChange {
     #[serde(default)]
     pub unset: Vec<String>,
 }
+
+/// What the operator asks of one container; its server's agent carries it out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionKind {
+    /// The last `lines` lines of its log (at most [`MAX_LOG_LINES`]).
+    Logs {
+        /// How many.
+        lines: u32,
+    },
+    /// Run a command in it, without a terminal; its output and exit code come back.
+    Exec {
+        /// The program and its arguments.
+        command: Vec<String>,
+    },
+    /// Stop it (SIGTERM, then SIGKILL after its stop_grace); it stays until the next deploy.
+    Stop,
+    /// Restart it in place.
+    Restart,
+}
+
+/// Most log lines one `logs` action returns.
+pub const MAX_LOG_LINES: u32 = 10_000;
+/// Most bytes of output an action returns; the rest is cut, and says so.
+pub const MAX_ACTION_OUTPUT: usize = 512 * 1024;
+
+/// An action waiting for its agent: `actions/<server>/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    /// Unique among the server's pending actions.
+    pub id: String,
+    /// The container's full id.
+    pub container: String,
+    /// What to do.
+    pub kind: ActionKind,
+}
+
+/// What came of an action: `PUT /v1/results/<server>/<id>` from the agent, and the answer
+/// to the operator's request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionResult {
+    /// Whether it did what was asked (for exec: the command exited 0).
+    pub ok: bool,
+    /// Log lines, command output, or what went wrong.
+    pub output: String,
+}
+
+/// `POST /v1/stacks/<stack>/services/<service>/scale`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// On how many servers the service runs (one container each); 0 stops it.
+    pub count: u32,
+}

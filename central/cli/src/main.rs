@@ -2,12 +2,16 @@
 //! doc comments are the help.
 //!
 //! # Layout
+//! - `containers`: `ferry containers ...`, each container through its server's agent.
 //! - `deploy`: packing and checking a stack's source before upload.
 //! - `login`: where central is and the operator's token, kept in the CLI's config.
+//! - `services`: `ferry services ...`, over the serving generation.
 //! - `table`: plain aligned tables, the default output (`--json` everywhere else).
 
+mod containers;
 mod deploy;
 mod login;
+mod services;
 mod table;
 
 use std::process::ExitCode;
@@ -62,9 +66,12 @@ enum Command {
     /// Stack variables: the values service.yml's `_env(NAME)` refers to.
     #[command(subcommand)]
     Env(EnvCommand),
-    /// Containers on every server, as their agents last reported them.
+    /// Containers on every server: list them, read their logs, run commands, stop, restart.
     #[command(subcommand)]
-    Containers(ContainersCommand),
+    Containers(containers::Command),
+    /// A stack's services: list, info, scale, restart, stop.
+    #[command(subcommand)]
+    Services(services::Command),
     /// Check a service.yml here, before any deploy: every error and warning, located.
     Validate {
         /// The file (default: service.yml in this directory).
@@ -124,23 +131,11 @@ enum EnvCommand {
     },
 }
 
-#[derive(Subcommand)]
-enum ContainersCommand {
-    /// List every server's containers: stack, service, generation, state, address.
-    List {
-        /// Only this stack's.
-        #[arg(long)]
-        stack: Option<String>,
-        #[command(flatten)]
-        output: Output,
-    },
-}
-
 #[derive(Args)]
-struct Output {
+pub(crate) struct Output {
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 fn main() -> ExitCode {
@@ -175,9 +170,8 @@ fn run(command: Command) -> Result<()> {
             Command::Stacks(StacksCommand::List(output)) => stacks_list(output).await,
             Command::Rollback { stack, output } => rollback(&stack, output).await,
             Command::Env(command) => env(command).await,
-            Command::Containers(ContainersCommand::List { stack, output }) => {
-                containers_list(stack.as_deref(), output).await
-            }
+            Command::Containers(command) => containers::run(command).await,
+            Command::Services(command) => services::run(command).await,
         }
     })
 }
@@ -225,49 +219,6 @@ async fn env(command: EnvCommand) -> Result<()> {
             );
         }
     }
-    Ok(())
-}
-
-async fn containers_list(stack: Option<&str>, output: Output) -> Result<()> {
-    let mut reports = login::client()?.containers().await?;
-    for containers in reports.values_mut() {
-        containers.retain(|c| stack.is_none_or(|s| c.stack == s));
-    }
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(());
-    }
-    let rows: Vec<Vec<String>> = reports
-        .iter()
-        .flat_map(|(server, containers)| {
-            containers.iter().map(move |c| {
-                vec![
-                    server.clone(),
-                    c.stack.clone(),
-                    c.service.clone(),
-                    c.generation.to_string(),
-                    c.state.clone(),
-                    c.address.map_or("-".into(), |a| a.to_string()),
-                    c.id.chars().take(12).collect(),
-                ]
-            })
-        })
-        .collect();
-    print!(
-        "{}",
-        table::render(
-            &[
-                "SERVER",
-                "STACK",
-                "SERVICE",
-                "GENERATION",
-                "STATE",
-                "ADDRESS",
-                "CONTAINER"
-            ],
-            &rows
-        )
-    );
     Ok(())
 }
 
@@ -336,7 +287,7 @@ async fn deploy(
 }
 
 /// Waits for `generation` of `stack` to serve or fail and says which; fails if it failed.
-async fn follow(
+pub(crate) async fn follow(
     client: &ferry_api::client::Client,
     stack: &str,
     generation: u64,

@@ -46,21 +46,33 @@ impl Caller {
         }
     }
 
+    /// Only the agent of `server`: `what` names the attempt in the refusal.
+    pub fn agent_of(&self, server: &str, what: &str) -> Result<(), ApiError> {
+        match &self.0 {
+            Role::Agent { server: own } if own == server => Ok(()),
+            _ => Err(forbidden(&format!(
+                "{what} for server {server:?} (agents act for their own)"
+            ))),
+        }
+    }
+
     /// Reads of `prefix`: the admin anything; an agent what its server needs (the other
-    /// servers, for the mesh; its own desired state; DNS records).
+    /// servers, for the mesh; its own desired state and operator actions; DNS records).
     pub fn may_read(&self, prefix: &str) -> Result<(), ApiError> {
         match &self.0 {
             Role::Admin => Ok(()),
             Role::Agent { server } => {
                 let own = format!("desired/{server}/");
+                let asked = format!("actions/{server}/");
                 let allowed = prefix.starts_with("servers/")
                     || prefix.starts_with("records/")
-                    || prefix.starts_with(&own);
+                    || prefix.starts_with(&own)
+                    || prefix.starts_with(&asked);
                 if allowed {
                     Ok(())
                 } else {
                     Err(forbidden(&format!(
-                        "read {prefix:?} (agents read servers/, records/ and {own})"
+                        "read {prefix:?} (agents read servers/, records/, {own} and {asked})"
                     )))
                 }
             }

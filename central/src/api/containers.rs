@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 
 use super::{
     ApiError, AppState,
-    auth::{Caller, forbidden},
+    auth::Caller,
     types::{ContainerReport, MAX_CONTAINERS_PER_SERVER},
 };
-use crate::{state::StackError, store::Store as _, tokens::Role};
+use crate::{state::StackError, store::Store as _};
 
 /// Where a server's report is kept.
 pub fn key(server: &str) -> String {
@@ -28,14 +28,7 @@ pub async fn report(
     Path(server): Path<String>,
     Json(containers): Json<Vec<ContainerReport>>,
 ) -> Result<Json<Value>, ApiError> {
-    match &caller.0 {
-        Role::Agent { server: own } if *own == server => {}
-        _ => {
-            return Err(forbidden(&format!(
-                "report containers for server {server:?} (agents report for their own)"
-            )));
-        }
-    }
+    caller.agent_of(&server, "report containers")?;
     if containers.len() > MAX_CONTAINERS_PER_SERVER {
         return Err(ApiError::BadRequest(format!(
             "{} containers reported; a server reports at most {MAX_CONTAINERS_PER_SERVER}",

@@ -29,6 +29,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Server(#[from] ServerError),
     #[error(transparent)]
@@ -58,6 +60,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Server(ServerError::Exists { .. }) => StatusCode::CONFLICT,
             Self::Server(ServerError::Unknown { .. }) => StatusCode::NOT_FOUND,
             Self::Server(ServerError::BadName { .. }) => StatusCode::BAD_REQUEST,

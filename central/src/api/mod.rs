@@ -16,12 +16,17 @@
 //!   `GET /v1/stacks/{stack}/generations`. The new generation's placement is written to
 //!   `desired/<server>/...` in the same transaction (see [`crate::deploy`]).
 //! - `POST /v1/stacks/{stack}/rollback`: serve the previous generation again.
+//! - `POST /v1/stacks/{stack}/services/{service}/scale`: a new generation with the service
+//!   on that many servers.
 //! - `GET|PUT /v1/stacks/{stack}/variables`: the values of `_env(NAME)` references.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
 //! - `PUT /v1/containers/{server}`: an agent's list of its containers; `GET /v1/containers`
 //!   every server's.
+//! - `POST /v1/containers/{server}/{container}/actions`: logs, exec, stop or restart,
+//!   relayed to that server's agent, which answers with `PUT /v1/results/{server}/{id}`.
 
+mod actions;
 mod auth;
 mod containers;
 mod error;
@@ -106,6 +111,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/stacks/{stack}/rollback", post(routes::rollback))
         .route(
+            "/v1/stacks/{stack}/services/{service}/scale",
+            post(routes::scale),
+        )
+        .route(
             "/v1/stacks/{stack}/variables",
             get(variables::get).put(variables::change),
         )
@@ -115,6 +124,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             put(routes::report_status),
         )
         .route("/v1/containers", get(containers::list))
+        .route(
+            "/v1/containers/{server}/{container}/actions",
+            post(actions::request),
+        )
+        .route(
+            "/v1/results/{server}/{id}",
+            put(actions::answer).layer(DefaultBodyLimit::max(CONTAINER_REPORT_BODY)),
+        )
         .route(
             "/v1/containers/{server}",
             put(containers::report).layer(DefaultBodyLimit::max(CONTAINER_REPORT_BODY)),

@@ -18,7 +18,8 @@ use super::{
     ApiError, AppState,
     auth::{Caller, agent_token_key, forbidden},
     types::{
-        Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, StatusReport,
+        Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, ScaleRequest,
+        StatusReport,
     },
 };
 use crate::{
@@ -226,18 +227,7 @@ pub async fn deploy(
         .map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))??;
     let parsed = servicefile::parse("service.yml", &text)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    // `_env(NAME)` references are resolved now: a missing variable refuses the deploy
-    // before anything is recorded. The generation keeps the file's references.
-    let resolved = state.variables.resolve(&stack, &parsed.stack.services)?;
-    let servers = state.servers.list()?;
-    let placement = deploy::place(&servers, &resolved);
-    let generation = state.stacks.create_generation_with(
-        &stack,
-        parsed.stack.services,
-        &stored.digest,
-        |generation| deploy::assignment_ops(generation, &placement),
-    )?;
-    tracing::info!(%stack, generation = generation.number, source = %stored.digest, "generation created");
+    let generation = record_generation(&state, &stack, parsed.stack.services, &stored.digest)?;
     Ok((
         StatusCode::CREATED,
         Json(DeployResponse {
@@ -245,6 +235,72 @@ pub async fn deploy(
             generation: generation.number,
             source: format!("sha256:{}", stored.digest),
             warnings: parsed.warnings.iter().map(ToString::to_string).collect(),
+        }),
+    ))
+}
+
+/// Records the next generation of `stack` with `services` from source `digest`, placed on
+/// the servers that joined. `_env(NAME)` references are resolved now, so a missing
+/// variable refuses it before anything is recorded; the generation keeps the references.
+fn record_generation(
+    state: &AppState,
+    stack: &str,
+    services: std::collections::BTreeMap<String, crate::servicefile::Service>,
+    digest: &str,
+) -> Result<Generation, ApiError> {
+    let resolved = state.variables.resolve(stack, &services)?;
+    let servers = state.servers.list()?;
+    let placement = deploy::place(&servers, &resolved);
+    let generation =
+        state
+            .stacks
+            .create_generation_with(stack, services, digest, |generation| {
+                deploy::assignment_ops(generation, &placement)
+            })?;
+    tracing::info!(%stack, generation = generation.number, source = %digest, "generation created");
+    Ok(generation)
+}
+
+/// `POST /v1/stacks/{stack}/services/{service}/scale`: the serving generation again, with
+/// the service on `count` servers; it serves once healthy, like any deploy.
+pub async fn scale(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((stack, service)): Path<(String, String)>,
+    Json(request): Json<ScaleRequest>,
+) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
+    caller.admin("scale services")?;
+    let serving = state.stacks.stack(&stack)?.serving.ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "{stack:?} has no serving generation to scale; deploy it first"
+        ))
+    })?;
+    let current = state.stacks.generation(&stack, serving)?;
+    let mut services = current.services.clone();
+    let names: Vec<String> = services.keys().cloned().collect();
+    let spec = services.get_mut(&service).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "stack {stack:?} has no service {service:?}; it has {}",
+            names.join(", ")
+        ))
+    })?;
+    let servers = state.servers.list()?.len();
+    if request.count as usize > servers {
+        return Err(ApiError::BadRequest(format!(
+            "{} containers of {service} asked; ferry runs at most one per server, and {servers} \
+             servers have joined",
+            request.count
+        )));
+    }
+    spec.constraints.max_count = Some(request.count);
+    let generation = record_generation(&state, &stack, services, &current.source_digest)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(DeployResponse {
+            stack,
+            generation: generation.number,
+            source: format!("sha256:{}", current.source_digest),
+            warnings: Vec::new(),
         }),
     ))
 }
@@ -288,14 +344,7 @@ pub async fn report_status(
     Path((server, stack, generation)): Path<(String, String, u64)>,
     Json(report): Json<StatusReport>,
 ) -> Result<Json<Value>, ApiError> {
-    match &caller.0 {
-        Role::Agent { server: own } if *own == server => {}
-        _ => {
-            return Err(forbidden(&format!(
-                "report for server {server:?} (agents report for their own)"
-            )));
-        }
-    }
+    caller.agent_of(&server, "report")?;
     if state
         .store
         .get(&deploy::assignment_key(&server, &stack, generation))?
