@@ -162,7 +162,7 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
         .collect();
     assert_eq!(
         restarted,
-        [api_on_two.id.clone()],
+        std::slice::from_ref(&api_on_two.id),
         "only the api restarted on two"
     );
 
