@@ -5,6 +5,8 @@
 //! `constraints.max_count`. Each server's share is written as an
 //! [`Assignment`] under `desired/<server>/<stack>/<N>` in the transaction that creates the
 //! generation, so no agent ever sees a generation without its placement or the reverse.
+//! A service with `restart_on_deploy: false` whose spec did not change keeps its running
+//! container: the assignment says which generation started it ([`carried`]).
 //!
 //! Completion: each server reports under `status/<server>/<stack>/<N>`. One unhealthy
 //! report fails the generation (it never serves) and, in the same transaction, tells every
@@ -58,10 +60,46 @@ pub fn place(
     placement
 }
 
-/// The writes that record `placement` for `generation`.
+/// Per server, the services whose container from the serving generation is kept rather
+/// than replaced: `restart_on_deploy: false` and the same spec on the same server now. The
+/// value is the generation that started the container (carried along since).
+pub fn carried<S: Store>(
+    store: &S,
+    stack: &str,
+    serving: Option<u64>,
+    placement: &BTreeMap<String, BTreeMap<String, Service>>,
+) -> Result<BTreeMap<String, BTreeMap<String, u64>>, StackError> {
+    let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    let Some(serving) = serving else {
+        return Ok(out);
+    };
+    for (server, services) in placement {
+        let key = assignment_key(server, stack, serving);
+        let Some(kv) = store.get(&key)? else {
+            continue;
+        };
+        let before: Assignment =
+            serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
+                key: key.clone(),
+                source,
+            })?;
+        for (name, spec) in services {
+            if !spec.restart_on_deploy && before.services.get(name) == Some(spec) {
+                let origin = before.carried.get(name).copied().unwrap_or(serving);
+                out.entry(server.clone())
+                    .or_default()
+                    .insert(name.clone(), origin);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The writes that record `placement` for `generation`, keeping the `carried` containers.
 pub fn assignment_ops(
     generation: &Generation,
     placement: &BTreeMap<String, BTreeMap<String, Service>>,
+    carried: &BTreeMap<String, BTreeMap<String, u64>>,
 ) -> Result<Vec<Op>, StackError> {
     placement
         .iter()
@@ -73,6 +111,7 @@ pub fn assignment_ops(
                 source_digest: generation.source_digest.clone(),
                 services: services.clone(),
                 state: Desired::Run,
+                carried: carried.get(server).cloned().unwrap_or_default(),
             };
             Ok(Op::Put(
                 key.clone(),

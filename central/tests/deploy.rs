@@ -49,13 +49,30 @@ fn services() -> BTreeMap<String, Service> {
 
 impl Cluster {
     fn deploy(&self) -> u64 {
-        let placement = deploy::place(&[server("a", 1), server("b", 2)], &services());
+        self.deploy_services(services())
+    }
+
+    /// Records a generation as central's deploy does, carrying kept containers along.
+    fn deploy_services(&self, services: BTreeMap<String, Service>) -> u64 {
+        let placement = deploy::place(&[server("a", 1), server("b", 2)], &services);
+        let serving = self.stacks.stack("shop").ok().and_then(|s| s.serving);
+        let carried =
+            deploy::carried(self.store.as_ref(), "shop", serving, &placement).expect("carried");
         self.stacks
-            .create_generation_with("shop", services(), "d1gest", |g| {
-                deploy::assignment_ops(g, &placement)
+            .create_generation_with("shop", services, "d1gest", |g| {
+                deploy::assignment_ops(g, &placement, &carried)
             })
             .expect("deploy")
             .number
+    }
+
+    fn assignment(&self, server: &str, generation: u64) -> Assignment {
+        let kv = self
+            .store
+            .get(&assignment_key(server, "shop", generation))
+            .expect("read")
+            .expect("assigned");
+        serde_json::from_slice(&kv.value).expect("assignment")
     }
 
     fn report(&self, server: &str, generation: u64, healthy: bool) -> Phase {
@@ -79,14 +96,7 @@ impl Cluster {
     }
 
     fn desired(&self, server: &str, generation: u64) -> Desired {
-        let kv = self
-            .store
-            .get(&assignment_key(server, "shop", generation))
-            .expect("read")
-            .expect("assigned");
-        serde_json::from_slice::<Assignment>(&kv.value)
-            .expect("assignment")
-            .state
+        self.assignment(server, generation).state
     }
 }
 
@@ -158,4 +168,45 @@ fn rollback_redeploys_the_previous_generation_and_forgets_its_old_reports() {
     assert_eq!(c.report("a", first, true), Phase::Deploying);
     assert_eq!(c.report("b", first, true), Phase::Serving);
     assert_eq!(c.desired("b", second), Desired::Stop { drain_ms: 7000 });
+}
+
+#[test]
+fn a_service_that_is_not_restarted_on_deploy_keeps_its_container_until_its_spec_changes() {
+    let c = cluster();
+    let yml = |command: &str| {
+        parse(
+            "service.yml",
+            &format!(
+                "services:\n  web:\n    ports: [\"3000\"]\n  cache:\n    command: {command}\n    restart_on_deploy: false\n"
+            ),
+        )
+        .expect("valid")
+        .stack
+        .services
+    };
+    let first = c.deploy_services(yml("node cache.js"));
+    c.report("a", first, true);
+    c.report("b", first, true);
+    assert!(
+        c.assignment("a", first).carried.is_empty(),
+        "nothing to keep yet"
+    );
+
+    // Same spec: each server keeps generation 1's cache; web is replaced.
+    let second = c.deploy_services(yml("node cache.js"));
+    let kept = BTreeMap::from([("cache".to_string(), first)]);
+    assert_eq!(c.assignment("a", second).carried, kept);
+    assert_eq!(c.assignment("b", second).carried, kept);
+    c.report("a", second, true);
+    c.report("b", second, true);
+
+    // Kept again: still generation 1's container, carried along.
+    let third = c.deploy_services(yml("node cache.js"));
+    assert_eq!(c.assignment("a", third).carried, kept);
+    c.report("a", third, true);
+    c.report("b", third, true);
+
+    // The spec changed: the new command needs a new container.
+    let fourth = c.deploy_services(yml("node cache2.js"));
+    assert!(c.assignment("a", fourth).carried.is_empty());
 }

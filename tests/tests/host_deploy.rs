@@ -189,6 +189,55 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
         "{out}"
     );
     assert_eq!(admin.stacks().await?[0].serving, Some(1));
+
+    // A service with restart_on_deploy: false keeps its container across a deploy that
+    // does not change it; the others are replaced.
+    let kept_dir = std::env::temp_dir().join(format!("ferry-test-kept{tag}"));
+    for service in ["api", "web"] {
+        std::fs::create_dir_all(kept_dir.join(service))?;
+        std::fs::copy(
+            shop.join(service).join("server.js"),
+            kept_dir.join(service).join("server.js"),
+        )?;
+    }
+    std::fs::write(
+        kept_dir.join("service.yml"),
+        std::fs::read_to_string(shop.join("service.yml"))?.replace(
+            "    build_root: api\n",
+            "    build_root: api\n    restart_on_deploy: false\n",
+        ),
+    )?;
+    let kept = kept_dir.to_string_lossy();
+    let (ok, out, err) = ferry(&["deploy", "--stack", "kept", &kept])?;
+    assert!(ok, "{out}{err}");
+    let api_of = |containers: &[ferry_agent::containers::FerryContainer]| {
+        containers
+            .iter()
+            .find(|c| c.stack == "kept" && c.service == "api")
+            .map(|c| (c.id.clone(), c.generation))
+    };
+    let before = api_of(&list(engine).await?).context("no api in kept")?;
+    let (ok, out, err) = ferry(&["deploy", "--stack", "kept", &kept])?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("generation 2 of kept is serving")
+            && out.contains(
+                "generation 1 of kept stopped (1 containers removed, 1 kept running: restart_on_deploy is false)"
+            ),
+        "{out}"
+    );
+    let now = list(engine).await?;
+    assert_eq!(
+        api_of(&now),
+        Some(before),
+        "the same api container, started for 1"
+    );
+    assert!(
+        now.iter()
+            .any(|c| c.stack == "kept" && c.service == "web" && c.generation == 2),
+        "web was replaced: {now:?}"
+    );
+    let _ = std::fs::remove_dir_all(&kept_dir);
     one.clean_up().await;
     let _ = std::fs::remove_dir_all(&central_dir);
     Ok(())

@@ -57,6 +57,23 @@ struct Intent {
     stopping: BTreeSet<(String, u64)>,
 }
 
+impl Intent {
+    /// The generations that run the container of `service` started for `generation`: its
+    /// own while wanted, and later ones it was carried into.
+    fn serves(&self, stack: &str, service: &str, generation: u64) -> Vec<u64> {
+        self.desired
+            .values()
+            .filter(|a| a.stack == stack && a.state == Desired::Run)
+            .filter(|a| a.services.contains_key(service))
+            .filter(|a| match a.carried.get(service) {
+                Some(origin) => *origin == generation,
+                None => a.generation == generation,
+            })
+            .map(|a| a.generation)
+            .collect()
+    }
+}
+
 type Shared = Arc<Mutex<Intent>>;
 
 fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
@@ -129,7 +146,7 @@ async fn follow(loaded: &Loaded, options: &WorkloadOptions, intent: &Shared) -> 
             .collect();
     }
     stop_orphans(&reach, intent).await?;
-    report_containers(&reach).await;
+    report_containers(&reach, intent).await;
     let mut pending = listed;
     let mut watch = Box::pin(
         reach
@@ -203,7 +220,7 @@ async fn apply(
             // reach) is retried, never reported as unhealthy.
             let report = settle(&reach.engine, options, &assignment, &reach.client).await?;
             info!(stack = %assignment.stack, generation = assignment.generation, healthy = report.healthy, "reporting");
-            report_containers(reach).await;
+            report_containers(reach, intent).await;
             reach
                 .client
                 .report_status(
@@ -242,14 +259,15 @@ async fn retire(reach: Reach, intent: Shared, assignment: Assignment, drain: Dur
             .is_none_or(|a| matches!(a.state, Desired::Stop { .. }))
     };
     if still_wanted_stopped {
-        stop_generation(&reach, &assignment).await;
+        stop_generation(&reach, &intent, &assignment).await;
     }
     lock(&intent).stopping.remove(&id);
-    report_containers(&reach).await;
+    report_containers(&reach, &intent).await;
 }
 
-/// Stops every container of the assignment's generation, each as its service asks.
-async fn stop_generation(reach: &Reach, assignment: &Assignment) {
+/// Stops every container of the assignment's generation, each as its service asks, but
+/// those a wanted generation carried along.
+async fn stop_generation(reach: &Reach, intent: &Shared, assignment: &Assignment) {
     let running = match containers::list(&reach.engine).await {
         Ok(running) => running,
         Err(e) => {
@@ -257,10 +275,15 @@ async fn stop_generation(reach: &Reach, assignment: &Assignment) {
             return;
         }
     };
-    let mine = running
-        .into_iter()
-        .filter(|c| c.stack == assignment.stack && c.generation == assignment.generation);
-    let stops = mine.map(|c| {
+    let mine: Vec<_> = {
+        let intent = lock(intent);
+        running
+            .into_iter()
+            .filter(|c| c.stack == assignment.stack && c.generation == assignment.generation)
+            .filter(|c| intent.serves(&c.stack, &c.service, c.generation).is_empty())
+            .collect()
+    };
+    let stops = mine.into_iter().map(|c| {
         let service = assignment.services.get(&c.service);
         let steps = service.map(|s| s.pre_stop_sequence.clone()).unwrap_or_default();
         let grace = service
@@ -294,12 +317,14 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
         warn!(%stack, generation, "containers with no assignment; stopping them");
         stop_generation(
             reach,
+            intent,
             &Assignment {
                 stack,
                 generation,
                 source_digest: String::new(),
                 services: BTreeMap::new(),
                 state: Desired::Stop { drain_ms: 0 },
+                carried: BTreeMap::new(),
             },
         )
         .await;
@@ -308,7 +333,7 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
 }
 
 /// Tells central what runs here; a failure is logged, the next report replaces it anyway.
-async fn report_containers(reach: &Reach) {
+async fn report_containers(reach: &Reach, intent: &Shared) {
     let running = match containers::list(&reach.engine).await {
         Ok(running) => running,
         Err(e) => {
@@ -324,7 +349,9 @@ async fn report_containers(reach: &Reach) {
             true => containers::cgroup::current_id(&reach.engine, &c.id, &reach.cgroup2).await,
             false => None,
         };
+        let serves = lock(intent).serves(&c.stack, &c.service, c.generation);
         report.push(ContainerReport {
+            serves,
             id: c.id,
             stack: c.stack,
             service: c.service,
@@ -380,10 +407,22 @@ async fn try_settle(
     let running = containers::list(engine).await.map_err(retry)?;
     let mut source: Option<Vec<u8>> = None;
     for (name, service) in &assignment.services {
-        let existing = running.iter().find(|c| {
-            c.stack == assignment.stack
-                && c.service == *name
-                && c.generation == assignment.generation
+        // A kept container (restart_on_deploy: false) is checked like a new one; if it is
+        // gone, this generation starts its own.
+        let kept = assignment.carried.get(name).and_then(|origin| {
+            running.iter().find(|c| {
+                c.stack == assignment.stack
+                    && c.service == *name
+                    && c.generation == *origin
+                    && c.running
+            })
+        });
+        let existing = kept.or_else(|| {
+            running.iter().find(|c| {
+                c.stack == assignment.stack
+                    && c.service == *name
+                    && c.generation == assignment.generation
+            })
         });
         let (id, address) = match existing {
             // Started by an earlier agent: adopt it, check it again.

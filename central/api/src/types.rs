@@ -163,6 +163,10 @@ pub struct Assignment {
     /// Whether the containers should run, or be drained and stopped.
     #[serde(default)]
     pub state: Desired,
+    /// Services (with `restart_on_deploy: false` and an unchanged spec) whose running
+    /// container is kept instead of replaced: the generation that started it.
+    #[serde(default)]
+    pub carried: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a server does with a generation's containers.
@@ -191,6 +195,10 @@ pub struct ContainerReport {
     pub service: String,
     /// The generation it was started for.
     pub generation: u64,
+    /// The generations this server runs it for now (more than its own when it was
+    /// carried into later ones; none while it drains).
+    #[serde(default)]
+    pub serves: Vec<u64>,
     /// Its address on the container network.
     pub address: Option<std::net::Ipv4Addr>,
     /// running or stopped.

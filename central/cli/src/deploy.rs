@@ -192,22 +192,26 @@ async fn progress_lines(
     Ok(lines)
 }
 
-/// Waits until no container of generation `old` of `stack` is left on any server
-/// (central drains it, then each server stops its containers). Returns how many stopped.
-pub async fn wait_stopped(client: &Client, stack: &str, old: u64) -> Result<usize> {
+/// Waits until no container of generation `old` of `stack` is left on any server but those
+/// a later generation kept (`restart_on_deploy: false`). Returns (removed, kept).
+pub async fn wait_stopped(client: &Client, stack: &str, old: u64) -> Result<(usize, usize)> {
     let deadline = Instant::now() + Duration::from_secs(15 * 60);
     let mut most = 0;
     loop {
-        let left = client
-            .containers()
-            .await?
+        let reports = client.containers().await?;
+        let of_old: Vec<_> = reports
             .values()
             .flatten()
             .filter(|c| c.stack == stack && c.generation == old)
+            .collect();
+        let kept = of_old
+            .iter()
+            .filter(|c| c.serves.iter().any(|g| *g > old))
             .count();
+        let left = of_old.len() - kept;
         most = most.max(left);
         if left == 0 {
-            return Ok(most);
+            return Ok((most, kept));
         }
         if Instant::now() > deadline {
             bail!(

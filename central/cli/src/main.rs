@@ -312,9 +312,15 @@ pub(crate) async fn follow(
                         "draining generation {old}: it answers requests in flight, then stops"
                     );
                 }
-                let stopped = deploy::wait_stopped(client, stack, old).await?;
+                let (stopped, kept) = deploy::wait_stopped(client, stack, old).await?;
                 if !output.json {
-                    println!("generation {old} of {stack} stopped ({stopped} containers removed)");
+                    let kept = match kept {
+                        0 => String::new(),
+                        n => format!(", {n} kept running: restart_on_deploy is false"),
+                    };
+                    println!(
+                        "generation {old} of {stack} stopped ({stopped} containers removed{kept})"
+                    );
                 }
             }
             Ok(())

@@ -251,11 +251,17 @@ fn record_generation(
     let resolved = state.variables.resolve(stack, &services)?;
     let servers = state.servers.list()?;
     let placement = deploy::place(&servers, &resolved);
+    let serving = match state.stacks.stack(stack) {
+        Ok(record) => record.serving,
+        Err(crate::state::StackError::UnknownStack { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let carried = deploy::carried(state.store.as_ref(), stack, serving, &placement)?;
     let generation =
         state
             .stacks
             .create_generation_with(stack, services, digest, |generation| {
-                deploy::assignment_ops(generation, &placement)
+                deploy::assignment_ops(generation, &placement, &carried)
             })?;
     tracing::info!(%stack, generation = generation.number, source = %digest, "generation created");
     Ok(generation)
