@@ -107,9 +107,32 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
             image: image.clone(),
             env: vec!["PORT=4000".into(), "FERRY_GENERATION=1".into()],
             network: net.clone(),
+            command: None,
+            binds: vec![
+                format!("ferry-test-data{tag}:/data"),
+                "/etc/hostname:/host-name:ro".into(),
+            ],
+            memory: Some(256 * 1024 * 1024),
+            cpu_millis: Some(500),
         },
     )
     .await?;
+    // The service's volumes and resource limits are the container's.
+    let host = engine
+        .docker()
+        .inspect_container(&id, None)
+        .await?
+        .host_config
+        .context("no host config")?;
+    assert_eq!(host.memory, Some(256 * 1024 * 1024));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert_eq!(
+        host.binds,
+        Some(vec![
+            format!("ferry-test-data{tag}:/data"),
+            "/etc/hostname:/host-name:ro".into()
+        ])
+    );
 
     let found = list(engine).await?;
     let mine = found
@@ -152,5 +175,11 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
         )
         .await?;
     docker_api.remove_network(&net).await?;
+    docker_api
+        .remove_volume(
+            &format!("ferry-test-data{tag}"),
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
+        .await?;
     Ok(())
 }

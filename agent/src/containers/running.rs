@@ -36,6 +36,14 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     /// The per-server network to join.
     pub network: String,
+    /// Run this instead of the image's command (through `sh -c`).
+    pub command: Option<String>,
+    /// Mounts, `SOURCE:TARGET[:ro]` (a host path or a named volume).
+    pub binds: Vec<String>,
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in thousandths of a CPU.
+    pub cpu_millis: Option<u32>,
 }
 
 /// A ferry container the engine knows.
@@ -90,8 +98,15 @@ pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, Cont
         image: Some(spec.image.clone()),
         env: Some(spec.env.clone()),
         labels: Some(labels),
+        cmd: spec
+            .command
+            .as_ref()
+            .map(|c| vec!["sh".into(), "-c".into(), c.clone()]),
         host_config: Some(HostConfig {
             network_mode: Some(spec.network.clone()),
+            binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
+            memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
+            nano_cpus: spec.cpu_millis.map(|m| i64::from(m) * 1_000_000),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

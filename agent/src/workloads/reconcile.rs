@@ -539,6 +539,18 @@ async fn build_and_start(
             image,
             env,
             network: options.network.clone(),
+            // A built image runs the command already; an `image:` service gets it here.
+            command: service.image.as_ref().and(service.command.clone()),
+            binds: service
+                .volumes
+                .iter()
+                .map(|v| {
+                    let mode = if v.read_only { ":ro" } else { "" };
+                    format!("{}:{}{mode}", v.source, v.target)
+                })
+                .collect(),
+            memory: service.constraints.memory,
+            cpu_millis: service.constraints.cpu_millis,
         },
     )
     .await
