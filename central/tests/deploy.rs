@@ -52,6 +52,14 @@ impl Cluster {
         self.deploy_services(services())
     }
 
+    /// A generation both servers report healthy, so it serves.
+    fn serving_deploy(&self) -> u64 {
+        let number = self.deploy();
+        self.report("a", number, true);
+        self.report("b", number, true);
+        number
+    }
+
     /// Records a generation as central's deploy does, carrying kept containers along.
     fn deploy_services(&self, services: BTreeMap<String, Service>) -> u64 {
         let placement = deploy::place(&[server("a", 1), server("b", 2)], &services);
@@ -127,9 +135,7 @@ fn a_generation_serves_when_every_server_is_healthy_and_the_old_one_drains() {
 #[test]
 fn one_unhealthy_server_fails_the_generation_and_stops_it_everywhere_at_once() {
     let c = cluster();
-    let first = c.deploy();
-    c.report("a", first, true);
-    c.report("b", first, true);
+    let first = c.serving_deploy();
     let second = c.deploy();
     c.report("a", second, true);
     assert!(
@@ -146,12 +152,8 @@ fn one_unhealthy_server_fails_the_generation_and_stops_it_everywhere_at_once() {
 #[test]
 fn rollback_redeploys_the_previous_generation_and_forgets_its_old_reports() {
     let c = cluster();
-    let first = c.deploy();
-    c.report("a", first, true);
-    c.report("b", first, true);
-    let second = c.deploy();
-    c.report("a", second, true);
-    c.report("b", second, true);
+    let first = c.serving_deploy();
+    let second = c.serving_deploy();
 
     let again = c
         .stacks

@@ -53,6 +53,15 @@ pub struct AgentPaths {
     pub extra: Vec<String>,
 }
 
+impl AgentPaths {
+    /// Removes what a joined agent leaves in `server`: its WireGuard link (which ends
+    /// wireguard-go there) and its state directory.
+    pub fn forget(&self, server: &Server) {
+        let _ = crate::netns::ip(&["-n", server.name(), "link", "del", &self.wg_interface]);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
 /// A running agent. Dropping it kills the process; the pins stay (see [`Pins`]).
 pub struct Agent {
     child: Child,

@@ -15,7 +15,7 @@ use crate::{
     central::Central,
     cgroup::{TestCgroup, cgroup2_root},
     docker::DockerEngine,
-    netns::{Network, Server, ip},
+    netns::{Network, Server},
     node_image,
 };
 
@@ -126,14 +126,7 @@ impl Member {
     /// Stops the agent and removes the containers, the network and the state it made.
     pub async fn clean_up(mut self) {
         let _ = self.kill_agent();
-        let _ = ip(&[
-            "-n",
-            self.server.name(),
-            "link",
-            "del",
-            &self.paths.wg_interface,
-        ]);
-        let _ = std::fs::remove_dir_all(&self.paths.state_dir);
+        self.paths.forget(&self.server);
         if let Ok(containers) = self.containers().await {
             for c in containers {
                 remove(&self.docker, &c.id).await;

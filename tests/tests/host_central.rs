@@ -14,7 +14,7 @@ use ferry_tests::{
     agent::{Agent, AgentPaths, Pins},
     central::Central,
     cgroup::TestCgroup,
-    netns::{Network, Server, ip},
+    netns::{Network, Server},
     probe::Probe,
     unique,
 };
@@ -56,15 +56,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        // wireguard-go holds its namespace; removing the link makes it exit.
-        let _ = ip(&[
-            "-n",
-            self.server.name(),
-            "link",
-            "del",
-            &self.paths.wg_interface,
-        ]);
-        let _ = std::fs::remove_dir_all(&self.paths.state_dir);
+        self.paths.forget(&self.server);
     }
 }
 
