@@ -164,8 +164,9 @@ pub fn rerun_ops<S: Store>(store: &S, generation: &Generation) -> Result<Vec<Op>
 }
 
 /// Records `server`'s report and, if that settles the generation, fails it or makes it
-/// serve (retiring the one before, which drains for `drain`). Returns the generation's
-/// phase afterwards.
+/// serve (retiring the one before, which drains for `drain`). The report that settles it
+/// commits in the same transaction as the outcome: one durable write, not two. Returns
+/// the generation's phase afterwards.
 pub fn record_status<S: Store>(
     store: &S,
     stacks: &Stacks<S>,
@@ -175,38 +176,57 @@ pub fn record_status<S: Store>(
 ) -> Result<Phase, StackError> {
     let (server, stack, generation) = report_from;
     let key = status_key(server, stack, generation);
-    store.put(&key, &crate::state::encode(&key, report)?)?;
+    let put_report = Op::Put(key.clone(), crate::state::encode(&key, report)?);
     let current = stacks.generation(stack, generation)?;
     if current.phase != Phase::Deploying {
+        store.txn(&[], &[put_report])?;
         return Ok(current.phase);
     }
     if !report.healthy {
         let reason = format!("{server}: {}", report.detail);
-        let stop = set_state_ops(store, stack, generation, Desired::Stop { drain_ms: 0 })?;
-        return Ok(stacks.fail(stack, generation, reason, &stop)?.phase);
+        let mut ops = set_state_ops(store, stack, generation, Desired::Stop { drain_ms: 0 })?;
+        ops.push(put_report);
+        return Ok(stacks.fail(stack, generation, reason, &ops)?.phase);
     }
+    let drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX);
+    let retire = |old| set_state_ops(store, stack, old, Desired::Stop { drain_ms });
+    if all_healthy(store, stack, generation, Some(server))? {
+        stacks.serve_deployed(stack, generation, &[put_report], retire)?;
+        return Ok(Phase::Serving);
+    }
+    store.txn(&[], &[put_report])?;
+    // Another server's last report may have landed between the look above and this write;
+    // then this one completes the set.
+    if all_healthy(store, stack, generation, None)? {
+        stacks.serve_deployed(stack, generation, &[], retire)?;
+        return Ok(Phase::Serving);
+    }
+    Ok(Phase::Deploying)
+}
+
+/// Whether every server assigned the generation reported healthy (counting `reporting`
+/// as healthy, when given, before its report is stored).
+fn all_healthy<S: Store>(
+    store: &S,
+    stack: &str,
+    generation: u64,
+    reporting: Option<&str>,
+) -> Result<bool, StackError> {
     let suffix = format!("/{stack}/{generation:010}");
     let (assigned, _) = store.list("desired/")?;
     let (reported, _) = store.list("status/")?;
-    let servers: Vec<&str> = assigned
+    Ok(assigned
         .iter()
         .filter(|kv| kv.key.ends_with(&suffix))
         .filter_map(|kv| kv.key.strip_prefix("desired/")?.split('/').next())
-        .collect();
-    let all_healthy = servers.iter().all(|s| {
-        reported.iter().any(|kv| {
-            kv.key == status_key(s, stack, generation)
-                && serde_json::from_slice::<StatusReport>(&kv.value).is_ok_and(|r| r.healthy)
-        })
-    });
-    if !all_healthy {
-        return Ok(Phase::Deploying);
-    }
-    let drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX);
-    stacks.serve_deployed(stack, generation, |old| {
-        set_state_ops(store, stack, old, Desired::Stop { drain_ms })
-    })?;
-    Ok(Phase::Serving)
+        .all(|s| {
+            reporting == Some(s)
+                || reported.iter().any(|kv| {
+                    kv.key == status_key(s, stack, generation)
+                        && serde_json::from_slice::<StatusReport>(&kv.value)
+                            .is_ok_and(|r| r.healthy)
+                })
+        }))
 }
 
 #[cfg(test)]

@@ -212,3 +212,22 @@ fn a_service_that_is_not_restarted_on_deploy_keeps_its_container_until_its_spec_
     let fourth = c.deploy_services(yml("node cache2.js"));
     assert!(c.assignment("a", fourth).carried.is_empty());
 }
+
+#[test]
+fn two_last_reports_at_once_still_make_the_generation_serve() {
+    let c = cluster();
+    for _ in 0..30 {
+        let number = c.deploy();
+        std::thread::scope(|scope| {
+            for server in ["a", "b"] {
+                let c = &c;
+                scope.spawn(move || c.report(server, number, true));
+            }
+        });
+        assert_eq!(
+            c.stacks.stack("shop").expect("stack").serving,
+            Some(number),
+            "generation {number} must serve once both reported"
+        );
+    }
+}

@@ -70,7 +70,7 @@ fn deploys_make_numbered_generations_and_only_healthy_ones_serve() -> Result<(),
     let again = stacks.rollback("shop", |_| Ok(Vec::new()))?;
     assert_eq!((again.number, &again.phase), (1, &Phase::Deploying));
     assert_eq!(stacks.stack("shop")?.serving, Some(3));
-    let stack = stacks.serve_deployed("shop", 1, |_| Ok(Vec::new()))?;
+    let stack = stacks.serve_deployed("shop", 1, &[], |_| Ok(Vec::new()))?;
     assert_eq!((stack.serving, stack.previous), (Some(1), Some(3)));
     assert_eq!(stacks.generation("shop", 1)?.phase, Phase::Serving);
     assert_eq!(stacks.generation("shop", 3)?.phase, Phase::Retired);

@@ -251,18 +251,20 @@ impl<S: Store> Stacks<S> {
     /// Serves generation `number`: it must be healthy (or retired). The one serving before
     /// is retired and remembered for rollback.
     pub fn flip(&self, stack: &str, number: u64) -> Result<Stack, StackError> {
-        self.flip_from(stack, number, false, |_| Ok(Vec::new()))
+        self.flip_from(stack, number, false, &[], |_| Ok(Vec::new()))
     }
 
     /// Serves a deploying generation whose every container passed its checks, in one
-    /// transaction with `retire(old)`'s writes for the generation it takes over from.
+    /// transaction with `extra` and `retire(old)`'s writes for the generation it takes over
+    /// from. If it already serves, `extra` is written alone.
     pub fn serve_deployed(
         &self,
         stack: &str,
         number: u64,
+        extra: &[Op],
         retire: impl Fn(u64) -> Result<Vec<Op>, StackError>,
     ) -> Result<Stack, StackError> {
-        self.flip_from(stack, number, true, retire)
+        self.flip_from(stack, number, true, extra, retire)
     }
 
     fn flip_from(
@@ -270,6 +272,7 @@ impl<S: Store> Stacks<S> {
         stack: &str,
         number: u64,
         deploying: bool,
+        extra: &[Op],
         retire: impl Fn(u64) -> Result<Vec<Op>, StackError>,
     ) -> Result<Stack, StackError> {
         for _ in 0..ATTEMPTS {
@@ -279,14 +282,19 @@ impl<S: Store> Stacks<S> {
             let (mut target, target_revision) = self.read_generation(stack, number)?;
             match (&target.phase, deploying) {
                 (Phase::Deploying, true) | (Phase::Healthy | Phase::Retired, false) => {}
-                (Phase::Serving, _) => return Ok(record),
+                (Phase::Serving, _) => {
+                    if !extra.is_empty() {
+                        self.store.txn(&[], extra)?;
+                    }
+                    return Ok(record);
+                }
                 _ => return Err(wrong_phase(&target, "serve")),
             }
             let mut compares = vec![
                 Compare::ModRevision(stack_key(stack), stack_revision),
                 Compare::ModRevision(generation_key(stack, number), target_revision),
             ];
-            let mut ops = Vec::new();
+            let mut ops = extra.to_vec();
             if let Some(old) = record.serving {
                 let (mut previous, previous_revision) = self.read_generation(stack, old)?;
                 previous.phase = Phase::Retired;
