@@ -1,7 +1,8 @@
 //! Host tier: the agent's container verbs on a real Docker Engine inside a server's
 //! namespace: the per-server network with its subnet, an image built from the example
-//! stack's source with a generated Node Dockerfile, a labelled container that serves, and
-//! finding it again by its labels.
+//! stack's source with a generated Node Dockerfile, a labelled container that serves (with
+//! its volumes and limits), finding it again by its labels, and stopping one the way its
+//! service asks (pre-stop signals and waits, then SIGTERM, then removal).
 
 use std::{
     io::{Read as _, Write as _},
@@ -12,7 +13,9 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ferry_agent::containers::{
     ContainerSpec, NetworkError, build_image, ensure_network, list, node_dockerfile, start,
+    stop_and_remove,
 };
+use ferry_api::servicefile::StopStep;
 use ferry_tests::{docker::DockerEngine, netns::Network, node_image, unique};
 
 /// The example api's source as a build context, with a generated Dockerfile.
@@ -162,6 +165,67 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
         response.starts_with("HTTP/1.1 200") && response.ends_with("api of generation 1\n"),
         "{response}"
     );
+
+    // Stopping runs the service's pre_stop_sequence first (signals, waits), then SIGTERM,
+    // then removes the container. The app logs what it receives to a bind-mounted file.
+    let dir = std::env::temp_dir().join(format!("ferry-test-prestop{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("stop.js"),
+        "const fs = require('fs'); const t0 = Date.now();\n\
+         const log = (m) => fs.appendFileSync('/data/log', `${m} ${Date.now() - t0}\\n`);\n\
+         process.on('SIGUSR2', () => log('USR2'));\n\
+         process.on('SIGTERM', () => { log('TERM'); process.exit(0); });\n\
+         log('up'); setInterval(() => {}, 1000);\n",
+    )?;
+    let stopper = start(
+        engine,
+        &ContainerSpec {
+            stack: "shop".into(),
+            service: "stopper".into(),
+            generation: 1,
+            image: image.clone(),
+            env: Vec::new(),
+            network: net.clone(),
+            command: Some("exec node /data/stop.js".into()),
+            binds: vec![format!("{}:/data", dir.display())],
+            memory: None,
+            cpu_millis: None,
+        },
+    )
+    .await?;
+    let log = dir.join("log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .starts_with("up")
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the stopper never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sequence = [
+        StopStep::Signal("USR2".into()),
+        StopStep::Wait(Duration::from_millis(600)),
+    ];
+    stop_and_remove(engine, &stopper, &sequence, Duration::from_secs(5)).await?;
+    let lines: Vec<(String, u64)> = std::fs::read_to_string(&log)?
+        .lines()
+        .filter_map(|l| {
+            let (what, at) = l.split_once(' ')?;
+            Some((what.to_string(), at.parse().ok()?))
+        })
+        .collect();
+    let names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["up", "USR2", "TERM"], "{lines:?}");
+    assert!(
+        lines[2].1 - lines[1].1 >= 600,
+        "the wait between: {lines:?}"
+    );
+    assert!(
+        !list(engine).await?.iter().any(|c| c.id == stopper),
+        "the stopped container is removed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 
     let docker_api = engine.docker();
     docker_api

@@ -119,14 +119,27 @@ impl Client {
         request: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request
+        let transport = |source| ClientError::Transport {
+            url: url.into(),
+            source,
+        };
+        let request = request
             .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.into(),
-                source,
-            })?;
+            .build()
+            .map_err(transport)?;
+        // A pooled connection central has just closed (after refusing an oversized body,
+        // or across its restart) fails a request before it is sent; a read is safe to send
+        // again once on a fresh connection.
+        let again = (request.method() == reqwest::Method::GET)
+            .then(|| request.try_clone())
+            .flatten();
+        let response = match (self.http.execute(request).await, again) {
+            (Ok(response), _) => response,
+            (Err(e), Some(again)) if e.is_request() || e.is_connect() => {
+                self.http.execute(again).await.map_err(transport)?
+            }
+            (Err(e), _) => return Err(transport(e)),
+        };
         let status = response.status();
         if status.is_success() {
             return Ok(response);
