@@ -59,6 +59,16 @@ impl Central {
         )
         .expect("client")
     }
+
+    /// Joins server `name` (key made from `n`) and returns a client with its agent token.
+    async fn agent(&self, name: &str, n: u8) -> Client {
+        let joined = self
+            .client(&self.join)
+            .join(&join_request(name, n))
+            .await
+            .expect("join");
+        self.client(&joined.agent_token)
+    }
 }
 
 /// A join request for server `name` with a key made from `n`.
@@ -329,13 +339,8 @@ fn archive(service_yml: &str) -> Vec<u8> {
 #[tokio::test]
 async fn server_reports_settle_a_generation() {
     let central = Central::start().await;
-    let join = |name: &str, n: u8| {
-        let client = central.client(&central.join);
-        let request = join_request(name, n);
-        async move { client.join(&request).await.expect("join").agent_token }
-    };
-    let one = central.client(&join("one", 1).await);
-    let two = central.client(&join("two", 2).await);
+    let one = central.agent("one", 1).await;
+    let two = central.agent("two", 2).await;
     let admin = central.client(&central.admin);
     let yml = "services:\n  api:\n    ports: [\"4000\"]\n  worker:\n    constraints:\n      max_count: 1\n";
     let done = admin.deploy("shop", archive(yml)).await.expect("deploy");
@@ -417,13 +422,7 @@ async fn server_reports_settle_a_generation() {
 #[tokio::test]
 async fn stack_variables_resolve_at_deploy_and_a_missing_one_refuses_it() {
     let central = Central::start().await;
-    let agent_token = central
-        .client(&central.join)
-        .join(&join_request("one", 1))
-        .await
-        .expect("join")
-        .agent_token;
-    let agent = central.client(&agent_token);
+    let agent = central.agent("one", 1).await;
     let admin = central.client(&central.admin);
     let yml = "services:\n  api:\n    env_vars:\n      DB_PASSWORD: _env(DB_PASSWORD)\n      MODE: plain\n";
 
@@ -478,18 +477,8 @@ async fn stack_variables_resolve_at_deploy_and_a_missing_one_refuses_it() {
 async fn container_actions_are_for_the_admin_and_reach_only_their_own_server() {
     use ferry_api::types::{ActionKind, ActionResult};
     let central = Central::start().await;
-    let token = |n: u8, name: &'static str| {
-        let client = central.client(&central.join);
-        async move {
-            client
-                .join(&join_request(name, n))
-                .await
-                .expect("join")
-                .agent_token
-        }
-    };
-    let one = central.client(&token(1, "one").await);
-    token(2, "two").await;
+    let one = central.agent("one", 1).await;
+    central.agent("two", 2).await;
     let admin = central.client(&central.admin);
 
     // An agent reads its own server's actions only, and answers only for itself.
