@@ -2,11 +2,13 @@
 //!
 //! # Layout
 //! - [`store`]: the revisioned key-value state (etcd's model) and its SQLite backend.
-//! - [`state`]: central's typed records on the store: servers and their subnets.
+//! - [`state`]: central's typed records on the store: servers and their subnets, stacks,
+//!   generations, stack variables.
 //! - [`api`] and [`serve`]: the HTTP/JSON API with token checks, over TLS (its types and
 //!   client are in the `ferry-api` crate, shared with the CLI and the agents).
 //! - [`deploy`]: placing a generation on servers, and settling it from their reports.
 //! - [`sources`]: uploaded source archives, content-addressed on disk.
+//! - [`records`]: service discovery records derived from container reports and generations.
 //! - [`init`]: making a data directory: [`pki`] (CA and TLS certificate), [`tokens`]
 //!   (admin and join tokens, stored hashed) and [`config`] (`central.toml`).
 pub mod api;
@@ -14,6 +16,7 @@ pub mod config;
 pub mod deploy;
 pub mod init;
 pub mod pki;
+pub mod records;
 pub mod serve;
 pub mod sources;
 pub mod state;

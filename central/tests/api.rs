@@ -525,3 +525,76 @@ async fn container_actions_are_for_the_admin_and_reach_only_their_own_server() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn records_follow_container_reports_and_flips_per_generation() {
+    use ferry_api::{
+        records::ServiceRecord,
+        types::{ContainerReport, StatusReport},
+    };
+    let central = Central::start().await;
+    let one = central.agent("one", 1).await;
+    let admin = central.client(&central.admin);
+    let healthy = StatusReport {
+        healthy: true,
+        detail: String::new(),
+    };
+    let container = |id: &str, generation: u64, serves: &[u64], last: u8| ContainerReport {
+        id: id.into(),
+        stack: "shop".into(),
+        service: "api".into(),
+        generation,
+        serves: serves.to_vec(),
+        address: Some(std::net::Ipv4Addr::new(10, 66, 1, last)),
+        state: "running".into(),
+        cgroup_id: Some(u64::from(last)),
+    };
+    let record = || async {
+        let items = one.list("records/shop/").await.expect("records").items;
+        assert_eq!(items.len(), 1, "one service, one record: {items:?}");
+        serde_json::from_value::<ServiceRecord>(items[0].value.clone()).expect("record")
+    };
+    let yml = "services:\n  api:\n    ports: [\"4000\"]\n";
+
+    admin.deploy("shop", archive(yml)).await.expect("deploy");
+    one.report_containers("one", &[container("a1", 1, &[1], 2)])
+        .await
+        .expect("report");
+    one.report_status("one", "shop", 1, &healthy)
+        .await
+        .expect("status");
+    let r = record().await;
+    assert_eq!((r.serving, r.ports.as_slice()), (Some(1), &[4000][..]));
+    assert_eq!(r.pick(None)[0].address.octets()[3], 2);
+
+    // Generation 2 starts beside 1: each generation's callers get their own.
+    admin.deploy("shop", archive(yml)).await.expect("deploy");
+    one.report_containers(
+        "one",
+        &[container("a1", 1, &[1], 2), container("a2", 2, &[2], 3)],
+    )
+    .await
+    .expect("report");
+    let r = record().await;
+    assert_eq!(r.pick(Some(1))[0].address.octets()[3], 2);
+    assert_eq!(r.pick(Some(2))[0].address.octets()[3], 3);
+    assert_eq!(r.pick(None)[0].address.octets()[3], 2, "1 still serves");
+
+    // The flip moves hosts to 2; once 1 is gone, only 2 is left for everyone.
+    one.report_status("one", "shop", 2, &healthy)
+        .await
+        .expect("status");
+    assert_eq!(record().await.pick(None)[0].address.octets()[3], 3);
+    one.report_containers("one", &[container("a2", 2, &[2], 3)])
+        .await
+        .expect("report");
+    let r = record().await;
+    assert_eq!(r.generations.keys().copied().collect::<Vec<_>>(), [2]);
+    assert_eq!(r.pick(Some(1))[0].address.octets()[3], 3);
+
+    // A removed server's containers leave the records.
+    admin.remove_server("one").await.expect("remove");
+    let items = admin.list("records/shop/").await.expect("records").items;
+    let r: ServiceRecord = serde_json::from_value(items[0].value.clone()).expect("record");
+    assert!(r.pick(None).is_empty(), "{r:?}");
+}

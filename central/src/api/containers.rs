@@ -1,7 +1,10 @@
 //! Container reports: each agent replaces its server's list at `containers/<server>` after
 //! every change; the operator reads all of them.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use axum::{
     Json,
@@ -14,7 +17,7 @@ use super::{
     auth::Caller,
     types::{ContainerReport, MAX_CONTAINERS_PER_SERVER},
 };
-use crate::{state::StackError, store::Store as _};
+use crate::{records, state::StackError, store::Store as _};
 
 /// Where a server's report is kept.
 pub fn key(server: &str) -> String {
@@ -37,7 +40,16 @@ pub async fn report(
     }
     let value = serde_json::to_vec(&containers)
         .map_err(|e| ApiError::BadRequest(format!("encoding the report: {e}")))?;
+    // The stacks whose records this report may change: those it and the last one name.
+    let mut touched: BTreeSet<String> = containers.iter().map(|c| c.stack.clone()).collect();
+    if let Some(kv) = state.store.get(&key(&server))? {
+        let before: Vec<ContainerReport> = serde_json::from_slice(&kv.value).unwrap_or_default();
+        touched.extend(before.into_iter().map(|c| c.stack));
+    }
     let revision = state.store.put(&key(&server), &value)?;
+    for stack in touched {
+        records::refresh(state.store.as_ref(), &state.stacks, &stack)?;
+    }
     Ok(Json(json!({ "revision": revision })))
 }
 

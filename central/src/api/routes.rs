@@ -23,7 +23,7 @@ use super::{
     },
 };
 use crate::{
-    deploy, servicefile, sources,
+    deploy, records, servicefile, sources,
     state::{Generation, Server, Stack},
     store::{Event, Op, Revision, Store as _, Watch},
     tokens::{self, Role},
@@ -103,7 +103,19 @@ pub async fn remove_server(
     if let Some(kv) = state.store.get(&agent_token_key(&name))? {
         extra.push(Op::Delete(String::from_utf8_lossy(&kv.value).into_owned()));
     }
-    Ok(Json(state.servers.remove_with(&name, extra)?))
+    let reported: Vec<ferry_api::types::ContainerReport> =
+        match state.store.get(&super::containers::key(&name))? {
+            Some(kv) => serde_json::from_slice(&kv.value).unwrap_or_default(),
+            None => Vec::new(),
+        };
+    let removed = state.servers.remove_with(&name, extra)?;
+    // Its containers leave the records of every stack they were in.
+    let stacks: std::collections::BTreeSet<String> =
+        reported.into_iter().map(|c| c.stack).collect();
+    for stack in stacks {
+        records::refresh(state.store.as_ref(), &state.stacks, &stack)?;
+    }
+    Ok(Json(removed))
 }
 
 /// `?prefix=&after=`.
@@ -367,6 +379,8 @@ pub async fn report_status(
         &report,
         state.drain,
     )?;
+    // A flip changes which generation hosts and unversioned callers get.
+    records::refresh(state.store.as_ref(), &state.stacks, &stack)?;
     tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
     Ok(Json(json!({ "phase": phase })))
 }
