@@ -118,7 +118,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
     assert!(!ok, "{out}");
     assert!(
         err.contains("generation 2 of shop failed and does not serve; generation 1 keeps serving")
-            && err.contains("one: api: ")
+            && err.contains("one: api: it stopped before passing its health check")
             && err.contains("exited with code 3"),
         "{err}"
     );

@@ -18,6 +18,6 @@ pub use image::{ImageError, build_image, node_dockerfile};
 pub use network::{NetworkError, ensure_network};
 pub use running::{
     ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_SERVICE, LABEL_STACK,
-    describe_state, list, log_tail, start,
+    describe_state, list, log_tail, start, until_stopped,
 };
 pub use stopping::{DEFAULT_STOP_GRACE, stop_and_remove};

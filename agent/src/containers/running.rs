@@ -193,3 +193,14 @@ pub async fn describe_state(engine: &Engine, id: &str) -> String {
         Err(e) => format!("not inspectable ({e})"),
     }
 }
+
+/// Returns once container `id` no longer runs (or cannot be inspected any more).
+pub async fn until_stopped(engine: &Engine, id: &str) {
+    loop {
+        match engine.docker().inspect_container(id, None).await {
+            Ok(inspect) if inspect.state.as_ref().and_then(|s| s.running) == Some(true) => {}
+            _ => return,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}

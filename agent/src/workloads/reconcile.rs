@@ -467,7 +467,14 @@ async fn try_settle(
                 )));
             }
         }
-        if let Err(why) = health::check(service, address).await {
+        // A container that dies fails its check at once, not when the check's time is up.
+        let checked = tokio::select! {
+            checked = health::check(service, address) => checked,
+            () = containers::until_stopped(engine, &id) => {
+                Err("it stopped before passing its health check".to_string())
+            }
+        };
+        if let Err(why) = checked {
             let state = containers::describe_state(engine, &id).await;
             let log = containers::log_tail(engine, &id, 20).await;
             return Err(Setback::Unhealthy(format!(
