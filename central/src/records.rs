@@ -42,27 +42,25 @@ pub fn reports<S: Store>(store: &S) -> Result<BTreeMap<String, Vec<ContainerRepo
 pub fn refresh<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(), StackError> {
     let reports = reports(store)?;
     let mut found = endpoints(stack, &reports);
-    let serving = match stacks.stack(stack) {
-        Ok(record) => record.serving,
+    let record = match stacks.stack(stack) {
+        Ok(record) => Some(record),
         Err(StackError::UnknownStack { .. }) => None,
         Err(e) => return Err(e),
     };
-    // Each service's spec: as the serving generation has it, else its newest mention.
+    let serving = record.as_ref().and_then(|r| r.serving);
+    // Each service's spec as the serving generation has it, else as the newest has it
+    // (two reads, however many generations the stack has had).
     let mut specs: BTreeMap<String, Service> = BTreeMap::new();
-    let generations = match stacks.generations(stack) {
-        Ok(g) => g,
-        Err(StackError::UnknownStack { .. }) => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    for generation in &generations {
-        specs.extend(generation.services.clone());
+    if let Some(latest) = record.as_ref().map(|r| r.latest).filter(|n| *n > 0) {
+        specs.extend(stacks.generation(stack, latest)?.services);
     }
-    if let Some(serving) = serving.and_then(|n| generations.iter().find(|g| g.number == n)) {
-        specs.extend(serving.services.clone());
+    if let Some(serving) = serving {
+        let services = stacks.generation(stack, serving)?.services;
         // A serving service with nothing running still has a record (and answers empty).
-        for name in serving.services.keys() {
+        for name in services.keys() {
             found.entry(name.clone()).or_default();
         }
+        specs.extend(services);
     }
     let wanted: BTreeMap<String, ServiceRecord> = found
         .into_iter()

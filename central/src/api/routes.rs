@@ -380,7 +380,9 @@ pub async fn report_status(
         state.drain,
     )?;
     // A flip changes which generation hosts and unversioned callers get.
-    records::refresh(state.store.as_ref(), &state.stacks, &stack)?;
+    if phase == ferry_api::types::Phase::Serving {
+        records::refresh(state.store.as_ref(), &state.stacks, &stack)?;
+    }
     tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
     Ok(Json(json!({ "phase": phase })))
 }
