@@ -10,6 +10,7 @@ use tracing::{error, info};
 
 use crate::{
     dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError},
+    discovery,
     membership::state::Loaded,
     mesh::sync::{self, MeshOptions},
     workloads::{self, WorkloadOptions},
@@ -35,6 +36,12 @@ pub async fn run(
         "{READY_PREFIX}: connect4 {how} at {}",
         dataplane.link_pin().display()
     );
+    let discovery_task = mesh.as_ref().map(|(loaded, _)| {
+        tokio::spawn(discovery::run(
+            loaded.clone(),
+            crate::dataplane::map_dir(&config.bpffs),
+        ))
+    });
     let mesh_task = mesh.map(|(loaded, options)| {
         info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
         tokio::spawn(async move {
@@ -54,7 +61,7 @@ pub async fn run(
         tokio::spawn(workloads::run(loaded, options))
     });
     shutdown.await;
-    for task in [mesh_task, workload_task, action_task]
+    for task in [mesh_task, workload_task, action_task, discovery_task]
         .into_iter()
         .flatten()
     {

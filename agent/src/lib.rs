@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`containers`]: the Docker Engine the agent runs containers through.
 //! - [`dataplane`]: load, attach and pin the eBPF programs; the typed API for their maps.
+//! - [`discovery`]: central's service records on this server: service addresses steered.
 //! - [`membership`]: joining central; the credentials in the state directory.
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
 //! - [`workloads`]: this server's share of each generation: build, start, check, report.
@@ -11,6 +12,7 @@
 pub mod containers;
 pub mod daemon;
 pub mod dataplane;
+pub mod discovery;
 pub mod membership;
 pub mod mesh;
 pub mod workloads;

@@ -3,7 +3,7 @@
 //! whenever either changes, and only where something changed, so agents' watches carry
 //! real news.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ferry_api::{
     records::{ServiceRecord, endpoints},
@@ -13,7 +13,7 @@ use ferry_api::{
 
 use crate::{
     state::{StackError, Stacks, encode},
-    store::{Op, Store},
+    store::{Compare, Op, Store, StoreError, TxnOutcome},
 };
 
 /// `records/<stack>/<service>`.
@@ -38,8 +38,20 @@ pub fn reports<S: Store>(store: &S) -> Result<BTreeMap<String, Vec<ContainerRepo
 }
 
 /// Brings `records/<stack>/` in line with the reports and generations: one transaction,
-/// none when nothing changed.
+/// none when nothing changed. A new service gets a free service address.
 pub fn refresh<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(), StackError> {
+    for _ in 0..8 {
+        match refresh_once(store, stacks, stack) {
+            Err(StackError::Store(StoreError::Contended { .. })) => continue,
+            other => return other,
+        }
+    }
+    Err(StackError::Store(StoreError::Contended {
+        what: "a service address",
+    }))
+}
+
+fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(), StackError> {
     let reports = reports(store)?;
     let mut found = endpoints(stack, &reports);
     let record = match stacks.stack(stack) {
@@ -62,27 +74,49 @@ pub fn refresh<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(
         }
         specs.extend(services);
     }
+    let (existing, _) = store.list(&format!("records/{stack}/"))?;
+    let (taken, _) = store.list(ADDRESSES)?;
+    let mut fresh = free_addresses(&taken);
+    let mut ops = Vec::new();
+    let mut compares = Vec::new();
     let wanted: BTreeMap<String, ServiceRecord> = found
         .into_iter()
         .map(|(service, generations)| {
             let spec = specs.get(&service).cloned().unwrap_or_default();
+            let key = key(stack, &service);
+            // A service keeps its address for as long as it has a record.
+            let kept = existing
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| serde_json::from_slice::<ServiceRecord>(&kv.value).ok())
+                .and_then(|r| r.address);
+            let address = kept.or_else(|| {
+                let address = fresh.next()?;
+                let claim = address_key(address);
+                compares.push(Compare::ModRevision(claim.clone(), 0));
+                ops.push(Op::Put(claim, key.clone().into_bytes()));
+                Some(address)
+            });
             let record = ServiceRecord {
                 stack: stack.into(),
                 service: service.clone(),
+                address,
                 serving,
                 dns_behaviour: spec.dns_behaviour,
                 load_balancing: spec.load_balancing,
                 ports: spec.ports.iter().map(|p| p.container).collect(),
                 generations,
             };
-            (key(stack, &service), record)
+            (key, record)
         })
         .collect();
-    let (existing, _) = store.list(&format!("records/{stack}/"))?;
-    let mut ops = Vec::new();
     for kv in &existing {
         if !wanted.contains_key(&kv.key) {
             ops.push(Op::Delete(kv.key.clone()));
+            let gone = serde_json::from_slice::<ServiceRecord>(&kv.value).ok();
+            if let Some(address) = gone.and_then(|r| r.address) {
+                ops.push(Op::Delete(address_key(address)));
+            }
         }
     }
     for (key, record) in &wanted {
@@ -94,8 +128,30 @@ pub fn refresh<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(
             ops.push(Op::Put(key.clone(), value));
         }
     }
-    if !ops.is_empty() {
-        store.txn(&[], &ops)?;
+    if ops.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    match store.txn(&compares, &ops)? {
+        TxnOutcome::Committed(_) => Ok(()),
+        // Another stack's refresh took the same free address first: pick again.
+        TxnOutcome::Failed(_) => Err(StackError::Store(StoreError::Contended {
+            what: "a service address",
+        })),
+    }
+}
+
+/// Where taken service addresses are kept: `service-addresses/<address>`, holding the
+/// record's key.
+const ADDRESSES: &str = "service-addresses/";
+
+fn address_key(address: Ipv4Addr) -> String {
+    format!("{ADDRESSES}{address}")
+}
+
+/// Service addresses come from 10.96.0.0/16, away from the container network.
+fn free_addresses(taken: &[crate::store::KeyValue]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    (1u32..0xffff)
+        .map(|i| Ipv4Addr::from(0x0a60_0000 | i))
+        .filter(|a| a.octets()[3] != 0 && a.octets()[3] != 255)
+        .filter(move |a| !taken.iter().any(|kv| kv.key == address_key(*a)))
 }

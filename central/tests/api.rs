@@ -565,6 +565,8 @@ async fn records_follow_container_reports_and_flips_per_generation() {
         .expect("status");
     let r = record().await;
     assert_eq!((r.serving, r.ports.as_slice()), (Some(1), &[4000][..]));
+    let address = r.address.expect("a service address");
+    assert_eq!(address.octets()[..2], [10, 96], "{address}");
     assert_eq!(r.pick(None)[0].address.octets()[3], 2);
 
     // Generation 2 starts beside 1: each generation's callers get their own.
@@ -590,6 +592,11 @@ async fn records_follow_container_reports_and_flips_per_generation() {
         .expect("report");
     let r = record().await;
     assert_eq!(r.generations.keys().copied().collect::<Vec<_>>(), [2]);
+    assert_eq!(
+        r.address,
+        Some(address),
+        "the address stays with the service"
+    );
     assert_eq!(r.pick(Some(1))[0].address.octets()[3], 3);
 
     // A removed server's containers leave the records.

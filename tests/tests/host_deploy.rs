@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use ferry_agent::containers::list;
-use ferry_api::client::{Client, Trust};
+use ferry_api::{
+    client::{Client, Trust},
+    records::ServiceRecord,
+};
 use ferry_tests::{
     central::Central,
     cgroup::cgroup2_root,
@@ -30,6 +33,45 @@ fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)
+}
+
+/// The service address central gave `service` of shop, once its record has one.
+async fn eventually_address(admin: &Client, service: &str) -> Result<SocketAddrV4> {
+    let key = format!("records/shop/{service}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let items = admin.list(&key).await?.items;
+        let found = items
+            .first()
+            .and_then(|i| serde_json::from_value::<ServiceRecord>(i.value.clone()).ok())
+            .and_then(|r| r.address);
+        if let Some(address) = found {
+            return Ok(SocketAddrV4::new(address, 4000));
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{service} got no service address"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// What `GET /` on `target` answers, asked by a process inside container `id`.
+async fn ask_from(
+    engine: &ferry_agent::containers::Engine,
+    id: &str,
+    target: SocketAddrV4,
+) -> Result<String> {
+    let script = format!(
+        "require('http').get('http://{target}/', r => {{ let b = ''; \
+         r.on('data', c => b += c); r.on('end', () => console.log(b.trim())); }})\
+         .on('error', e => console.log('error', e.code))"
+    );
+    let command = ["node".to_string(), "-e".to_string(), script];
+    let (code, output) =
+        ferry_agent::containers::operate::exec(engine, id, &command, 64 * 1024).await?;
+    anyhow::ensure!(code == Some(0), "node in {id} exited {code:?}: {output}");
+    Ok(output.trim().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,6 +147,18 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
     )
     .await?;
 
+    // The api's service address, from inside the web container: connect4 steers it to
+    // the serving generation's api.
+    let service_address = eventually_address(&admin, "api").await?;
+    let web = running
+        .iter()
+        .find(|c| c.service == "web")
+        .context("no web container")?;
+    assert_eq!(
+        ask_from(engine, &web.id, service_address).await?,
+        "api of generation 1"
+    );
+
     // A generation whose service exits at once fails its check and never serves; the CLI
     // says which container failed and why, and exits non-zero.
     let broken_dir = std::env::temp_dir().join(format!("ferry-test-broken{tag}"));
@@ -178,6 +232,20 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
             .count(),
         2
     );
+
+    // The service address follows the flip.
+    let web3 = left
+        .iter()
+        .find(|c| c.service == "web" && c.generation == 3)
+        .context("no web of generation 3")?;
+    eventually(
+        Duration::from_secs(10),
+        "the service address on generation 3",
+        || async {
+            Ok(ask_from(engine, &web3.id, service_address).await? == "api of generation 3")
+        },
+    )
+    .await?;
 
     // Rollback deploys generation 1 again; it serves once healthy and 3 drains.
     let (ok, out, err) = ferry(&["rollback", "--stack", "shop"])?;

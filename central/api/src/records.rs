@@ -33,6 +33,10 @@ pub struct ServiceRecord {
     pub stack: String,
     /// The service.
     pub service: String,
+    /// Its stable service address: a connect to it (on a declared port) from a container
+    /// is steered to one of the endpoints [`pick`](Self::pick) gives.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
     /// The stack's serving generation, if one serves.
     pub serving: Option<u64>,
     /// Versioned (the default) or not.
@@ -132,6 +136,7 @@ mod tests {
         ServiceRecord {
             stack: "shop".into(),
             service: "api".into(),
+            address: None,
             serving,
             dns_behaviour: DnsBehaviour::Versioned,
             load_balancing: LoadBalancing::RoundRobin,
