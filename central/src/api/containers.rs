@@ -17,7 +17,7 @@ use super::{
     auth::Caller,
     types::{ContainerReport, MAX_CONTAINERS_PER_SERVER},
 };
-use crate::{records, state::StackError, store::Store as _};
+use crate::{records, store::Store as _};
 
 /// Where a server's report is kept.
 pub fn key(server: &str) -> String {
@@ -59,16 +59,5 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<BTreeMap<String, Vec<ContainerReport>>>, ApiError> {
     caller.admin("list containers")?;
-    let (reports, _) = state.store.list("containers/")?;
-    let mut out = BTreeMap::new();
-    for kv in reports {
-        let server = kv.key.trim_start_matches("containers/").to_string();
-        let containers =
-            serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
-                key: kv.key.clone(),
-                source,
-            })?;
-        out.insert(server, containers);
-    }
-    Ok(Json(out))
+    Ok(Json(records::reports(state.store.as_ref())?))
 }
