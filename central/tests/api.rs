@@ -133,12 +133,7 @@ async fn the_wrong_fingerprint_never_reaches_central() {
 #[tokio::test]
 async fn every_token_can_do_only_its_own_job() {
     let central = Central::start().await;
-    let joined = central
-        .client(&central.join)
-        .join(&join_request("alpha", 1))
-        .await
-        .expect("join");
-    let agent = central.client(&joined.agent_token);
+    let agent = central.agent("alpha", 1).await;
     let admin = central.client(&central.admin);
 
     assert_eq!(
@@ -238,12 +233,7 @@ async fn oversized_and_malformed_requests_are_refused() {
 #[tokio::test]
 async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() {
     let mut central = Central::start().await;
-    let joined = central
-        .client(&central.join)
-        .join(&join_request("alpha", 1))
-        .await
-        .expect("join");
-    let agent = central.client(&joined.agent_token);
+    let agent = central.agent("alpha", 1).await;
     let start = agent.list("servers/").await.expect("list").revision;
     let mut watch = Box::pin(agent.watch("servers/", start).await.expect("watch"));
 
