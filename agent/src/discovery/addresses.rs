@@ -3,12 +3,7 @@
 //! records give a host caller (the serving generation). Resumes its watch from the last
 //! revision it saw; while central is unreachable the table keeps what it has.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::SocketAddrV4,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddrV4, path::PathBuf, time::Duration};
 
 use ferry_api::records::ServiceRecord;
 use futures_util::StreamExt as _;
@@ -22,7 +17,7 @@ use crate::{
 /// Runs until the task is dropped.
 pub async fn run(loaded: Loaded, map_dir: PathBuf) {
     let mut records: BTreeMap<String, ServiceRecord> = BTreeMap::new();
-    let mut programmed: BTreeSet<SocketAddrV4> = BTreeSet::new();
+    let mut programmed: BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> = BTreeMap::new();
     let mut seen: Option<u64> = None;
     let mut backoff = Backoff::new(Duration::from_millis(500));
     loop {
@@ -38,7 +33,7 @@ async fn follow(
     loaded: &Loaded,
     map_dir: &std::path::Path,
     records: &mut BTreeMap<String, ServiceRecord>,
-    programmed: &mut BTreeSet<SocketAddrV4>,
+    programmed: &mut BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>,
     seen: &mut Option<u64>,
 ) -> Result<(), String> {
     let mut table = ServiceTable::open(map_dir).map_err(|e| e.to_string())?;
@@ -104,21 +99,24 @@ fn wanted(records: &BTreeMap<String, ServiceRecord>) -> BTreeMap<SocketAddrV4, V
 fn program(
     table: &mut ServiceTable,
     records: &BTreeMap<String, ServiceRecord>,
-    programmed: &mut BTreeSet<SocketAddrV4>,
+    programmed: &mut BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>,
 ) {
     let wanted = wanted(records);
+    // Only what changed: every rewrite swaps the service's backend bank.
     for (service, backends) in &wanted {
+        if programmed.get(service) == Some(backends) {
+            continue;
+        }
         match table.set(*service, backends) {
             Ok(()) => {
-                if programmed.insert(*service) {
-                    info!(%service, backends = backends.len(), "service address steered");
-                }
+                info!(%service, backends = backends.len(), "service address steered");
+                programmed.insert(*service, backends.clone());
             }
             Err(e) => warn!(%service, "steering: {e}"),
         }
     }
     let stale: Vec<SocketAddrV4> = programmed
-        .iter()
+        .keys()
         .filter(|s| !wanted.contains_key(s))
         .copied()
         .collect();
