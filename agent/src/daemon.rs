@@ -4,13 +4,14 @@
 //! Stopping the daemon never stops steering or the mesh: the programs and maps stay
 //! pinned, the WireGuard interface stays configured, and the next daemon adopts them.
 
-use std::future::Future;
+use std::{future::Future, path::Path};
 
 use tracing::{error, info};
 
 use crate::{
     dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError},
-    discovery,
+    discovery::{self, Callers, Records},
+    dns::DnsOptions,
     membership::state::Loaded,
     mesh::sync::{self, MeshOptions},
     workloads::{self, WorkloadOptions},
@@ -25,6 +26,8 @@ pub async fn run(
     config: DataplaneConfig,
     mesh: Option<(Loaded, MeshOptions)>,
     workloads: Option<(Loaded, WorkloadOptions)>,
+    dns: Option<DnsOptions>,
+    state_dir: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LoadError> {
     let dataplane = Dataplane::start(&config)?;
@@ -36,11 +39,24 @@ pub async fn run(
         "{READY_PREFIX}: connect4 {how} at {}",
         dataplane.link_pin().display()
     );
+    let snapshot = state_dir.join("records.json");
+    let records = Records::from_snapshot(&snapshot);
+    let callers = Callers::new(Some(crate::dataplane::map_dir(&config.bpffs)));
     let discovery_task = mesh.as_ref().map(|(loaded, _)| {
         tokio::spawn(discovery::run(
             loaded.clone(),
             crate::dataplane::map_dir(&config.bpffs),
+            records.clone(),
+            snapshot,
         ))
+    });
+    let dns_task = dns.map(|options| {
+        let (records, callers) = (records.clone(), callers.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::dns::run(options, records, callers).await {
+                error!("DNS server stopped: {e}");
+            }
+        })
     });
     let mesh_task = mesh.map(|(loaded, options)| {
         info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
@@ -58,12 +74,18 @@ pub async fn run(
     });
     let workload_task = workloads.map(|(loaded, options)| {
         info!(docker = %options.docker_socket.display(), "running this server's workloads");
-        tokio::spawn(workloads::run(loaded, options))
+        tokio::spawn(workloads::run(loaded, options, callers))
     });
     shutdown.await;
-    for task in [mesh_task, workload_task, action_task, discovery_task]
-        .into_iter()
-        .flatten()
+    for task in [
+        mesh_task,
+        workload_task,
+        action_task,
+        discovery_task,
+        dns_task,
+    ]
+    .into_iter()
+    .flatten()
     {
         task.abort();
     }

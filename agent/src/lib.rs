@@ -3,7 +3,10 @@
 //! # Layout
 //! - [`containers`]: the Docker Engine the agent runs containers through.
 //! - [`dataplane`]: load, attach and pin the eBPF programs; the typed API for their maps.
-//! - [`discovery`]: central's service records on this server: service addresses steered.
+//! - [`discovery`]: central's service records and this server's callers: service addresses
+//!   steered per caller generation.
+//! - [`dns`]: the DNS server for `cloud66.local` and the forwarder for other names.
+//! - [`handoff`]: listening sockets held by a keeper process across agent restarts.
 //! - [`membership`]: joining central; the credentials in the state directory.
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
 //! - [`workloads`]: this server's share of each generation: build, start, check, report.
@@ -13,6 +16,8 @@ pub mod containers;
 pub mod daemon;
 pub mod dataplane;
 pub mod discovery;
+pub mod dns;
+pub mod handoff;
 pub mod membership;
 pub mod mesh;
 pub mod workloads;

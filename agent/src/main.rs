@@ -1,13 +1,18 @@
 //! The `ferry-agent` binary: argument parsing and error reporting around the library.
 
-use std::{net::SocketAddrV4, path::PathBuf, process::ExitCode};
+use std::{
+    net::SocketAddrV4,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ferry_agent::{
     containers::Engine,
     daemon,
-    dataplane::{self, Counters, DataplaneConfig, ServiceTable},
+    dataplane::{self, Callers, Counters, DataplaneConfig, ServiceTable},
+    dns,
     membership::{self, JoinOptions, StateError},
     mesh::{sync::MeshOptions, wireguard::Backend},
     workloads::WorkloadOptions,
@@ -30,6 +35,16 @@ enum Command {
     Run(RunArgs),
     /// Join a cluster: make this server's WireGuard key and register it with central.
     Join(JoinArgs),
+    /// Hold listening sockets across agent restarts (started by the agent itself).
+    #[command(hide = true)]
+    KeepSockets {
+        /// The Unix socket to hand them out on.
+        #[arg(long)]
+        path: PathBuf,
+        /// How many sockets, from descriptor 3 on.
+        #[arg(long)]
+        count: usize,
+    },
     /// Check that this machine can run the data plane, and say what is missing.
     Check(CheckArgs),
     /// Read or change the service addresses the kernel steers.
@@ -51,6 +66,8 @@ enum ServiceCommand {
         service: SocketAddrV4,
         /// Backend addresses, e.g. 10.66.1.2:3000.
         backends: Vec<SocketAddrV4>,
+        #[command(flatten)]
+        callers: CallersArgs,
     },
     /// Stop steering SERVICE.
     Remove {
@@ -58,9 +75,29 @@ enum ServiceCommand {
         pins: Pins,
         /// The service address.
         service: SocketAddrV4,
+        #[command(flatten)]
+        callers: CallersArgs,
     },
     /// List steered services and their backends.
     List(Pins),
+}
+
+/// Which callers an entry of the service table is for.
+#[derive(Args)]
+struct CallersArgs {
+    /// The service's stack (its containers may have entries of their own generation).
+    #[arg(long, default_value = "")]
+    stack: String,
+    /// Only for containers of this generation of the stack (default: everyone else).
+    #[arg(long)]
+    generation: Option<u32>,
+}
+
+impl CallersArgs {
+    fn callers(&self) -> Callers {
+        self.generation
+            .map_or(Callers::Everyone, Callers::Generation)
+    }
 }
 
 #[derive(Args)]
@@ -84,6 +121,14 @@ struct RunArgs {
     /// The Docker network every container joins.
     #[arg(long, default_value = "ferry")]
     docker_network: String,
+    /// The port of the DNS listener on the container network's gateway (containers' port-53
+    /// queries are sent there whatever the port).
+    #[arg(long, default_value_t = 53)]
+    dns_port: u16,
+    /// A resolver for names outside cloud66.local, e.g. 10.0.0.2 or 10.0.0.2:5353
+    /// (repeatable; default: the nameservers of /etc/resolv.conf).
+    #[arg(long = "dns-upstream")]
+    dns_upstreams: Vec<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -183,6 +228,8 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(args),
         Command::Join(args) => join(args),
+        Command::KeepSockets { path, count } => ferry_agent::handoff::keep(&path, count)
+            .with_context(|| format!("keeping sockets at {}", path.display())),
         Command::Check(paths) => check(paths),
         Command::Service(command) => service(command),
         Command::Counters(pins) => counters(pins),
@@ -213,6 +260,27 @@ fn run(args: RunArgs) -> Result<()> {
         )),
         _ => None,
     };
+    let dns = match (&joined, &workloads) {
+        (Some(loaded), Some((_, options))) => {
+            let [a, b, _, _] = options.container_net.octets();
+            let listen = SocketAddrV4::new(
+                std::net::Ipv4Addr::new(a, b, loaded.membership.subnet_index, 1),
+                args.dns_port,
+            );
+            Some(dns::DnsOptions {
+                listen,
+                upstreams: upstreams(&args.dns_upstreams, listen)?,
+                map_dir: dataplane::map_dir(&config.bpffs),
+                server: loaded.membership.name.clone(),
+                keeper: args
+                    .state
+                    .state_dir
+                    .join("sockets")
+                    .join(format!("dns-{listen}")),
+            })
+        }
+        _ => None,
+    };
     let mesh = joined.map(|loaded| {
         (
             loaded,
@@ -226,6 +294,7 @@ fn run(args: RunArgs) -> Result<()> {
             },
         )
     });
+    let state_dir = args.state.state_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -238,10 +307,33 @@ fn run(args: RunArgs) -> Result<()> {
                 _ = term.recv() => {}
             }
         };
-        daemon::run(config, mesh, workloads, shutdown)
+        daemon::run(config, mesh, workloads, dns, &state_dir, shutdown)
             .await
             .context("starting the data plane")
     })
+}
+
+/// The upstream resolvers: as given, or the server's own from /etc/resolv.conf.
+fn upstreams(given: &[String], listen: SocketAddrV4) -> Result<Vec<std::net::SocketAddr>> {
+    if given.is_empty() {
+        let path = Path::new("/etc/resolv.conf");
+        return dns::upstreams_from(path, listen).with_context(|| {
+            format!(
+                "reading the upstream resolvers from {}; pass --dns-upstream",
+                path.display()
+            )
+        });
+    }
+    given
+        .iter()
+        .map(|u| {
+            u.parse::<std::net::SocketAddr>()
+                .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .with_context(|| {
+                    format!("--dns-upstream {u}: not an address (e.g. 10.0.0.2 or 10.0.0.2:5353)")
+                })
+        })
+        .collect()
 }
 
 fn join(args: JoinArgs) -> Result<()> {
@@ -307,18 +399,28 @@ fn service(command: ServiceCommand) -> Result<()> {
             pins,
             service,
             backends,
+            callers,
         } => {
             let mut table = ServiceTable::open(&map_dir(&pins))?;
-            table.set(service, &backends)?;
+            let stack = ferry_ebpf_abi::stack_id(&callers.stack);
+            table.set(service, stack, callers.callers(), &backends)?;
             println!("{service} -> {}", describe_backends(&backends));
         }
-        ServiceCommand::Remove { pins, service } => {
-            ServiceTable::open(&map_dir(&pins))?.remove(service)?;
+        ServiceCommand::Remove {
+            pins,
+            service,
+            callers,
+        } => {
+            ServiceTable::open(&map_dir(&pins))?.remove(service, callers.callers())?;
             println!("{service} removed");
         }
         ServiceCommand::List(pins) => {
-            for (service, backends) in ServiceTable::open(&map_dir(&pins))?.list()? {
-                println!("{service} -> {}", describe_backends(&backends));
+            for ((service, callers), backends) in ServiceTable::open(&map_dir(&pins))?.list()? {
+                let whom = match callers {
+                    Callers::Everyone => String::new(),
+                    Callers::Generation(g) => format!(" (generation {g})"),
+                };
+                println!("{service}{whom} -> {}", describe_backends(&backends));
             }
         }
     }

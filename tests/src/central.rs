@@ -31,11 +31,18 @@ pub struct Central {
     pub ca_fingerprint: String,
     /// Where it listens.
     listen: SocketAddr,
+    /// How long its retired generations drain.
+    drain: String,
 }
 
 impl Central {
     /// Initialises `data_dir` for `host` and serves on `host`, on a port the kernel picks.
     pub fn start(data_dir: &Path, host: &str) -> Result<Self> {
+        Self::start_with_drain(data_dir, host, TEST_DRAIN)
+    }
+
+    /// As [`start`](Self::start), with retired generations draining for `drain` (e.g. "15s").
+    pub fn start_with_drain(data_dir: &Path, host: &str, drain: &str) -> Result<Self> {
         let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
         let _ = std::fs::remove_dir_all(data_dir);
         let init = Command::new(&bin)
@@ -66,7 +73,7 @@ impl Central {
             .with_context(|| format!("init printed no admin token:\n{printed}"))?;
         let (join_token, ca_fingerprint) = (after("--token")?, after("--ca-fingerprint")?);
 
-        let (child, addr) = serve(&bin, data_dir, &format!("{host}:0"))?;
+        let (child, addr) = serve(&bin, data_dir, &format!("{host}:0"), drain)?;
         Ok(Self {
             child,
             data_dir: data_dir.to_path_buf(),
@@ -75,6 +82,7 @@ impl Central {
             join_token,
             ca_fingerprint,
             listen: addr,
+            drain: drain.to_string(),
         })
     }
 
@@ -90,7 +98,7 @@ impl Central {
         let _ = self.child.wait();
         std::thread::sleep(down_for);
         let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
-        let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string())?;
+        let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string(), &self.drain)?;
         self.child = child;
         Ok(())
     }
@@ -101,11 +109,11 @@ impl Central {
 pub const TEST_DRAIN: &str = "4s";
 
 /// Starts `ferry-central serve` on `listen`; returns it and the address it bound.
-fn serve(bin: &Path, data_dir: &Path, listen: &str) -> Result<(Child, SocketAddr)> {
+fn serve(bin: &Path, data_dir: &Path, listen: &str, drain: &str) -> Result<(Child, SocketAddr)> {
     let mut child = Command::new(bin)
         .args(["serve", "--data-dir"])
         .arg(data_dir)
-        .args(["--listen", listen, "--drain-period", TEST_DRAIN])
+        .args(["--listen", listen, "--drain-period", drain])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

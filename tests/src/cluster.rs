@@ -19,6 +19,9 @@ use crate::{
     node_image,
 };
 
+/// The upstream resolver every member's agent forwards other names to, in its namespace.
+pub const UPSTREAM: &str = "127.0.0.1:5353";
+
 /// One server of the cluster: its namespace, Docker Engine, agent and what they keep.
 pub struct Member {
     /// The server's namespace.
@@ -90,6 +93,10 @@ impl Member {
                 base,
                 "--docker-network".into(),
                 docker_network.clone(),
+                // Names outside cloud66.local go here, inside the server's namespace: a
+                // test that needs them starts a resolver there (never the host's own).
+                "--dns-upstream".into(),
+                UPSTREAM.into(),
             ],
         };
         let agent = Agent::start_in(&paths, Some(&server))?;
@@ -138,6 +145,15 @@ impl Member {
             .docker()
             .remove_network(&self.docker_network)
             .await;
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // A test that failed before `clean_up` still ends the agent's socket keeper, which
+        // exits once its state directory is gone.
+        let _ = self.kill_agent();
+        self.paths.forget(&self.server);
     }
 }
 

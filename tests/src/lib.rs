@@ -6,6 +6,7 @@
 //! - [`agent`]: the real `ferry-agent` binary, started, killed and restarted.
 //! - [`central`]: the real `ferry-central`, initialised and serving, killed and restarted.
 //! - [`cluster`]: servers joined to central, each with its Docker Engine and agent; the CLI.
+//! - [`inside`]: commands, Node scripts and HTTP requests from inside containers.
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
@@ -20,6 +21,7 @@ pub mod central;
 pub mod cgroup;
 pub mod cluster;
 pub mod docker;
+pub mod inside;
 pub mod netns;
 pub mod node_image;
 pub mod probe;

@@ -16,12 +16,18 @@ use crate::docker::DockerEngine;
 const NODE: &str = "/usr/bin/node";
 const BUSYBOX: &str = "/bin/busybox";
 const REPOSITORY: &str = "ferry/node-base";
+/// The DNS clients the discovery tests ask with from inside containers: glibc's resolver
+/// (`getent`) and `dig`.
+const TOOLS: [&str; 2] = ["/usr/bin/getent", "/usr/bin/dig"];
+/// Bumped whenever the image's contents change, so engines with an older one import anew.
+const REVISION: u32 = 2;
 
 /// Ensures the base image for the host's node version exists in `engine`; returns its
 /// reference. Imports it only when missing.
 pub async fn ensure(engine: &DockerEngine) -> Result<String> {
     let version = node_version()?;
-    let reference = format!("{REPOSITORY}:{version}");
+    let tag = format!("{version}-r{REVISION}");
+    let reference = format!("{REPOSITORY}:{tag}");
     let docker = engine.engine().docker();
     if docker.inspect_image(&reference).await.is_ok() {
         return Ok(reference);
@@ -30,7 +36,7 @@ pub async fn ensure(engine: &DockerEngine) -> Result<String> {
     let options = CreateImageOptionsBuilder::new()
         .from_src("-")
         .repo(REPOSITORY)
-        .tag(&version)
+        .tag(&tag)
         .build();
     let mut progress = docker.create_image(
         Some(options),
@@ -66,6 +72,14 @@ fn node_version() -> Result<String> {
 fn rootfs_tar() -> Result<Vec<u8>> {
     let mut files: BTreeSet<PathBuf> = shared_libraries(Path::new(NODE))?;
     files.insert(PathBuf::from(NODE));
+    for tool in TOOLS {
+        let path = Path::new(tool);
+        if !path.exists() {
+            bail!("{tool} is missing; install bind9-dnsutils with `./x setup`");
+        }
+        files.extend(shared_libraries(path)?);
+        files.insert(path.to_path_buf());
+    }
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(true);
     for dir in ["tmp", "bin", "etc"] {
@@ -91,13 +105,17 @@ fn rootfs_tar() -> Result<Vec<u8>> {
         tar.append_link(&mut header, format!("bin/{applet}"), "busybox")
             .with_context(|| format!("adding /bin/{applet}"))?;
     }
-    let mut passwd = tar::Header::new_gnu();
-    let text = b"root:x:0:0:root:/root:/bin/sh\n";
-    passwd.set_size(text.len() as u64);
-    passwd.set_mode(0o644);
-    tar.append_data(&mut passwd, "etc/passwd", &text[..])
-        .context("adding /etc/passwd")?;
+    add_file(&mut tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")?;
+    add_file(&mut tar, "etc/nsswitch.conf", b"hosts: files dns\n")?;
     tar.into_inner().context("finishing the image tarball")
+}
+
+fn add_file(tar: &mut tar::Builder<Vec<u8>>, path: &str, text: &[u8]) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_size(text.len() as u64);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, path, text)
+        .with_context(|| format!("adding /{path}"))
 }
 
 /// The absolute paths `ldd` prints for `binary`.

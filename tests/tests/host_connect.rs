@@ -8,7 +8,7 @@
 use std::{net::SocketAddrV4, process::Command};
 
 use anyhow::Result;
-use ferry_agent::dataplane::ServiceTable;
+use ferry_agent::dataplane::{Callers, ServiceTable};
 use ferry_tests::{
     agent::{Agent, AgentPaths, Pins, agent_command},
     cgroup::TestCgroup,
@@ -108,9 +108,12 @@ fn connects_in_the_cgroup_round_robin_over_backends_and_others_are_untouched() -
         "{}",
         agent.ready_line
     );
-    setup
-        .table()?
-        .set(service(), &[setup.backend_a, setup.backend_b])?;
+    setup.table()?.set(
+        service(),
+        0,
+        Callers::Everyone,
+        &[setup.backend_a, setup.backend_b],
+    )?;
 
     let answers = setup.connect_inside(service(), 6)?;
     assert_eq!(answers, strings(&["A", "B", "A", "B", "A", "B"]));
@@ -134,29 +137,37 @@ fn round_robin_is_even_over_many_connects_and_follows_backend_changes() -> Resul
     let setup = Setup::new(12)?;
     let _agent = Agent::start(&setup.paths())?;
     let mut table = setup.table()?;
-    table.set(service(), &[setup.backend_a, setup.backend_b])?;
+    table.set(
+        service(),
+        0,
+        Callers::Everyone,
+        &[setup.backend_a, setup.backend_b],
+    )?;
     let answers = setup.connect_inside(service(), 40)?;
     let a = answers.iter().filter(|x| *x == "A").count();
     let b = answers.iter().filter(|x| *x == "B").count();
     assert_eq!((a, b), (20, 20), "{answers:?}");
 
-    table.set(service(), &[setup.backend_b])?;
+    table.set(service(), 0, Callers::Everyone, &[setup.backend_b])?;
     assert_eq!(
         setup.connect_inside(service(), 3)?,
         strings(&["B", "B", "B"])
     );
-    assert_eq!(table.get(service())?, Some(vec![setup.backend_b]));
-
-    // A known service with no backend refuses at once instead of hanging.
-    table.set(service(), &[])?;
-    let refused = setup.connect_inside(service(), 1)?;
-    assert!(
-        refused[0].contains("errno 1)"),
-        "expected EPERM, got {refused:?}"
+    assert_eq!(
+        table.get(service(), Callers::Everyone)?,
+        Some(vec![setup.backend_b])
     );
 
-    table.remove(service())?;
-    assert_eq!(table.get(service())?, None);
+    // A known service with no backend refuses at once instead of hanging.
+    table.set(service(), 0, Callers::Everyone, &[])?;
+    let refused = setup.connect_inside(service(), 1)?;
+    assert!(
+        refused[0].contains("errno 111)"),
+        "expected ECONNREFUSED, got {refused:?}"
+    );
+
+    table.remove(service(), Callers::Everyone)?;
+    assert_eq!(table.get(service(), Callers::Everyone)?, None);
     let unsteered = setup.connect_inside(service(), 1)?;
     assert!(unsteered[0].contains("errno 101"), "{unsteered:?}");
     Ok(())
@@ -166,9 +177,12 @@ fn round_robin_is_even_over_many_connects_and_follows_backend_changes() -> Resul
 fn steering_survives_an_agent_kill_and_the_restarted_agent_adopts_it() -> Result<()> {
     let setup = Setup::new(13)?;
     let agent = Agent::start(&setup.paths())?;
-    setup
-        .table()?
-        .set(service(), &[setup.backend_a, setup.backend_b])?;
+    setup.table()?.set(
+        service(),
+        0,
+        Callers::Everyone,
+        &[setup.backend_a, setup.backend_b],
+    )?;
     assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
 
     agent.kill()?;
@@ -182,7 +196,9 @@ fn steering_survives_an_agent_kill_and_the_restarted_agent_adopts_it() -> Result
     assert!(agent.ready_line.contains("adopted"), "{}", agent.ready_line);
     // The maps kept their contents, the cursor included.
     assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
-    setup.table()?.set(service(), &[setup.backend_a])?;
+    setup
+        .table()?
+        .set(service(), 0, Callers::Everyone, &[setup.backend_a])?;
     assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "A"]));
 
     // The adopted link is still the only one: one connect is counted once, not twice.

@@ -5,8 +5,7 @@
 //! service asks (pre-stop signals and waits, then SIGTERM, then removal).
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -16,7 +15,7 @@ use ferry_agent::containers::{
     stop_and_remove,
 };
 use ferry_api::servicefile::StopStep;
-use ferry_tests::{docker::DockerEngine, netns::Network, node_image, unique};
+use ferry_tests::{docker::DockerEngine, inside::http_get, netns::Network, node_image, unique};
 
 /// The example api's source as a build context, with a generated Dockerfile.
 fn api_context(dockerfile: &str) -> Result<Vec<u8>> {
@@ -29,15 +28,6 @@ fn api_context(dockerfile: &str) -> Result<Vec<u8>> {
     header.set_mode(0o644);
     tar.append_data(&mut header, "Dockerfile.ferry", dockerfile.as_bytes())?;
     Ok(tar.into_inner()?)
-}
-
-fn http_get(addr: SocketAddrV4) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: api\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,7 +143,7 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
     let target = SocketAddrV4::new(address, 4000);
     let deadline = Instant::now() + Duration::from_secs(20);
     let response = loop {
-        match server.run(|| http_get(target))? {
+        match server.run(|| http_get(target, "/"))? {
             Ok(response) => break response,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await

@@ -5,12 +5,7 @@
 //! the old one drains (answering requests that still reach it), then the old one stops;
 //! rollback deploys the old generation again.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddrV4, TcpStream},
-    path::Path,
-    time::Duration,
-};
+use std::{net::SocketAddrV4, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use ferry_agent::containers::list;
@@ -22,18 +17,10 @@ use ferry_tests::{
     central::Central,
     cgroup::cgroup2_root,
     cluster::{Member, Operator, eventually},
+    inside::{get_from, http_get},
     netns::Network,
     unique,
 };
-
-fn http_get(addr: SocketAddrV4, path: &str) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr.into(), Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
-}
 
 /// The service address central gave `service` of shop, once its record has one.
 async fn eventually_address(admin: &Client, service: &str) -> Result<SocketAddrV4> {
@@ -54,24 +41,6 @@ async fn eventually_address(admin: &Client, service: &str) -> Result<SocketAddrV
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// What `GET /` on `target` answers, asked by a process inside container `id`.
-async fn ask_from(
-    engine: &ferry_agent::containers::Engine,
-    id: &str,
-    target: SocketAddrV4,
-) -> Result<String> {
-    let script = format!(
-        "require('http').get('http://{target}/', r => {{ let b = ''; \
-         r.on('data', c => b += c); r.on('end', () => console.log(b.trim())); }})\
-         .on('error', e => console.log('error', e.code))"
-    );
-    let command = ["node".to_string(), "-e".to_string(), script];
-    let (code, output) =
-        ferry_agent::containers::operate::exec(engine, id, &command, 64 * 1024).await?;
-    anyhow::ensure!(code == Some(0), "node in {id} exited {code:?}: {output}");
-    Ok(output.trim().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,7 +124,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
         .find(|c| c.service == "web")
         .context("no web container")?;
     assert_eq!(
-        ask_from(engine, &web.id, service_address).await?,
+        get_from(engine, &web.id, service_address).await?,
         "api of generation 1"
     );
 
@@ -242,7 +211,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
         Duration::from_secs(10),
         "the service address on generation 3",
         || async {
-            Ok(ask_from(engine, &web3.id, service_address).await? == "api of generation 3")
+            Ok(get_from(engine, &web3.id, service_address).await? == "api of generation 3")
         },
     )
     .await?;

@@ -43,6 +43,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
         &["wireguard-go", "wireguard-tools"],
     ),
     (
+        "the host tier's DNS tests ask with dig inside containers and start a local upstream resolver",
+        &["bind9-dnsutils", "dnsmasq-base"],
+    ),
+    (
         "`bench control` measures central's watch fan-out against etcd 3.4 in the same run",
         &["etcd-server"],
     ),

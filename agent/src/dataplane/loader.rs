@@ -10,13 +10,13 @@ use std::{
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, PinnedLink},
     },
 };
 use aya_log::EbpfLogger;
-use ferry_ebpf_abi::CONNECT4_PROGRAM;
+use ferry_ebpf_abi::program_names;
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 use tracing::{info, warn};
 
@@ -119,7 +119,7 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Checks the machine, loads the object, and attaches (or adopts) the connect4 link.
+    /// Checks the machine, loads the object, and attaches (or adopts) every program's link.
     ///
     /// Must run inside a tokio runtime: the kernel programs' log records are drained by a
     /// task.
@@ -153,83 +153,25 @@ impl Dataplane {
                 source,
             })?
             .ino();
-        let link_pin = config.link_dir().join(format!("connect4-{cgroup_id}"));
-        warn_about_other_links(&config.link_dir(), &link_pin);
-
-        let name = CONNECT4_PROGRAM;
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                action: "inspect",
-                name,
-                source,
-            })?;
-        program.load().map_err(|source| LoadError::Program {
-            action: "load",
-            name,
-            source,
-        })?;
-
-        let attachment = if link_pin.exists() {
-            let pinned =
-                PinnedLink::from_pin(&link_pin).map_err(|source| LoadError::PinnedLink {
-                    path: link_pin.clone(),
-                    source,
-                })?;
-            let link = CgroupSockAddrLink::try_from(FdLink::from(pinned)).map_err(|source| {
-                LoadError::PinnedLink {
-                    path: link_pin.clone(),
-                    source,
-                }
-            })?;
-            program
-                .attach_to_link(link)
-                .map_err(|source| LoadError::Program {
-                    action: "swap into the pinned link",
-                    name,
-                    source,
-                })?;
-            Attachment::Adopted
-        } else {
-            // A bpf_link attachment always coexists with other programs on the cgroup, and
-            // the kernel refuses any flag on link creation: Single is aya's "no flags".
-            let id = program
-                .attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| LoadError::Program {
-                    action: "attach",
-                    name,
-                    source,
-                })?;
-            let link = program.take_link(id).map_err(|source| LoadError::Program {
-                action: "take the link of",
-                name,
-                source,
-            })?;
-            let fd_link = FdLink::try_from(link).map_err(|source| LoadError::PinnedLink {
-                path: link_pin.clone(),
-                source,
-            })?;
-            // Once pinned, the link lives until its pin is removed, whatever the agent does.
-            fd_link
-                .pin(&link_pin)
-                .map_err(|source| LoadError::PinLink {
-                    path: link_pin.clone(),
-                    source,
-                })?;
-            Attachment::Fresh
-        };
-        info!(
-            cgroup = %config.cgroup_root.display(),
-            pin = %link_pin.display(),
-            ?attachment,
-            "connect4 attached"
-        );
+        let link_dir = config.link_dir();
+        warn_about_other_links(&link_dir, cgroup_id);
+        let mut attachment = Attachment::Fresh;
+        for (name, short) in PROGRAMS {
+            let pin = link_dir.join(format!("{short}-{cgroup_id}"));
+            let how = if *short == "dns-egress" {
+                attach_egress(&mut ebpf, name, &cgroup, &pin)?
+            } else {
+                attach_sock_addr(&mut ebpf, name, &cgroup, &pin)?
+            };
+            if *name == program_names::CONNECT4 {
+                attachment = how;
+            }
+            info!(cgroup = %config.cgroup_root.display(), pin = %pin.display(), ?how, "{short} attached");
+        }
         Ok(Self {
             _ebpf: ebpf,
             attachment,
-            link_pin,
+            link_pin: link_dir.join(format!("connect4-{cgroup_id}")),
             logger,
         })
     }
@@ -253,6 +195,151 @@ impl Drop for Dataplane {
     }
 }
 
+/// Every program, with the short name its link is pinned under (`<short>-<cgroup id>`).
+const PROGRAMS: &[(&str, &str)] = &[
+    (program_names::CONNECT4, "connect4"),
+    (program_names::SENDMSG4, "sendmsg4"),
+    (program_names::RECVMSG4, "recvmsg4"),
+    (program_names::GETPEERNAME4, "getpeername4"),
+    (program_names::DNS_EGRESS, "dns-egress"),
+];
+
+/// Loads program `name` of the object as a `T`.
+fn load_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    T: 'a,
+{
+    let program: &mut T = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram { name })?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            action: "inspect",
+            name,
+            source,
+        })?;
+    Ok(program)
+}
+
+/// Attaches a sock_addr program through the link pinned at `pin`, or a new pinned link.
+/// Adopting swaps the program inside the link (`BPF_LINK_UPDATE`): never a moment without.
+fn attach_sock_addr(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &fs::File,
+    pin: &Path,
+) -> Result<Attachment, LoadError> {
+    let program: &mut CgroupSockAddr = load_program(ebpf, name)?;
+    program.load().map_err(|source| LoadError::Program {
+        action: "load",
+        name,
+        source,
+    })?;
+    if pin.exists() {
+        let pinned = PinnedLink::from_pin(pin).map_err(|source| LoadError::PinnedLink {
+            path: pin.to_path_buf(),
+            source,
+        })?;
+        let link = CgroupSockAddrLink::try_from(FdLink::from(pinned)).map_err(|source| {
+            LoadError::PinnedLink {
+                path: pin.to_path_buf(),
+                source,
+            }
+        })?;
+        program
+            .attach_to_link(link)
+            .map_err(|source| LoadError::Program {
+                action: "swap into the pinned link",
+                name,
+                source,
+            })?;
+        return Ok(Attachment::Adopted);
+    }
+    // A bpf_link attachment always coexists with other programs on the cgroup, and the
+    // kernel refuses any flag on link creation: Single is aya's "no flags".
+    let id = program
+        .attach(cgroup, CgroupAttachMode::Single)
+        .map_err(|source| LoadError::Program {
+            action: "attach",
+            name,
+            source,
+        })?;
+    let link = program.take_link(id).map_err(|source| LoadError::Program {
+        action: "take the link of",
+        name,
+        source,
+    })?;
+    let link = FdLink::try_from(link).map_err(|source| LoadError::PinnedLink {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    pin_link(link, pin)?;
+    Ok(Attachment::Fresh)
+}
+
+/// Attaches the egress program with a new pinned link. aya cannot swap a program into a
+/// cgroup_skb link, so a restart attaches the new program first, then moves its pin over the
+/// old one, which detaches the old program: for a moment both record the same peers, which
+/// is harmless, and there is never a moment with neither.
+fn attach_egress(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &fs::File,
+    pin: &Path,
+) -> Result<Attachment, LoadError> {
+    let program: &mut CgroupSkb = load_program(ebpf, name)?;
+    program.load().map_err(|source| LoadError::Program {
+        action: "load",
+        name,
+        source,
+    })?;
+    let id = program
+        .attach(
+            cgroup,
+            CgroupSkbAttachType::Egress,
+            CgroupAttachMode::Single,
+        )
+        .map_err(|source| LoadError::Program {
+            action: "attach",
+            name,
+            source,
+        })?;
+    let link = program.take_link(id).map_err(|source| LoadError::Program {
+        action: "take the link of",
+        name,
+        source,
+    })?;
+    let link = FdLink::try_from(link).map_err(|source| LoadError::PinnedLink {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    if !pin.exists() {
+        pin_link(link, pin)?;
+        return Ok(Attachment::Fresh);
+    }
+    // bpffs refuses dots in names.
+    let file_name = pin.file_name().map(|n| n.to_string_lossy().into_owned());
+    let fresh = pin.with_file_name(format!("next-{}", file_name.unwrap_or_default()));
+    // A leftover from a start that died between the two steps below.
+    let _ = fs::remove_file(&fresh);
+    pin_link(link, &fresh)?;
+    fs::rename(&fresh, pin).map_err(|source| LoadError::PinDir {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    Ok(Attachment::Adopted)
+}
+
+/// Pins `link`; once pinned it lives until its pin is removed, whatever the agent does.
+fn pin_link(link: FdLink, pin: &Path) -> Result<(), LoadError> {
+    link.pin(pin).map_err(|source| LoadError::PinLink {
+        path: pin.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
 /// Removes ferry's pins under `bpffs`: the programs detach and the maps are freed once no
 /// one else holds them. This is the only way steering stops.
 pub fn unpin(bpffs: &Path) -> io::Result<()> {
@@ -271,16 +358,17 @@ pub fn unpin(bpffs: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn warn_about_other_links(link_dir: &Path, ours: &Path) {
+fn warn_about_other_links(link_dir: &Path, cgroup_id: u64) {
     let Ok(entries) = fs::read_dir(link_dir) else {
         return;
     };
+    let ours = format!("-{cgroup_id}");
     for entry in entries.flatten() {
         let path = entry.path();
-        if path != ours {
+        if !path.to_string_lossy().ends_with(&ours) {
             warn!(
                 pin = %path.display(),
-                "a connect4 link pinned for another cgroup root is still attached; \
+                "a link pinned for another cgroup root is still attached; \
                  remove the pin if that root is no longer used"
             );
         }

@@ -8,18 +8,22 @@
 //!   into the pinned link (one `BPF_LINK_UPDATE`, no window without a program) and reopens
 //!   the pinned maps with their contents.
 //!
-//! Pin layout: `<bpffs>/maps/<MAP NAME>` and `<bpffs>/links/connect4-<cgroup id>`. The cgroup
+//! Pin layout: `<bpffs>/maps/<MAP NAME>` and `<bpffs>/links/<program>-<cgroup id>`. The cgroup
 //! id in the link's name ties a pin to the cgroup it steers, so pointing the agent at another
 //! cgroup root never adopts a link attached elsewhere.
 
+mod callers;
 mod counters;
+mod dns;
 mod loader;
 mod preflight;
 mod services;
 
+pub use callers::CallerTable;
 pub use counters::{CounterError, Counters};
+pub use dns::{DnsMaps, Transport};
 pub use loader::{Attachment, Dataplane, DataplaneConfig, LoadError, map_dir, unpin};
 pub use preflight::{
     PreflightError, cgroup2_mount, check_bpffs, check_cgroup_root, check_program_types,
 };
-pub use services::{ServiceTable, ServiceTableError};
+pub use services::{Callers, ServiceTable, ServiceTableError};

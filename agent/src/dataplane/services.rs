@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use ferry_ebpf_abi::{
-    Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey, map_names,
+    ANY_GENERATION, Backend, BackendKey, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey, map_names,
 };
 
 /// Errors from reading or writing the service maps.
@@ -56,6 +56,33 @@ pub enum ServiceTableError {
     },
 }
 
+/// Which callers an entry of the table steers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Callers {
+    /// Everyone without an entry of their own: host processes, other stacks, generations
+    /// the agent wrote nothing for.
+    Everyone,
+    /// Containers of this generation of the service's stack.
+    Generation(u32),
+}
+
+impl Callers {
+    fn generation(self) -> u32 {
+        match self {
+            Callers::Everyone => ANY_GENERATION,
+            Callers::Generation(g) => g,
+        }
+    }
+
+    fn from_generation(g: u32) -> Self {
+        if g == ANY_GENERATION {
+            Callers::Everyone
+        } else {
+            Callers::Generation(g)
+        }
+    }
+}
+
 /// Service address to backends, as the connect4 program sees them.
 pub struct ServiceTable {
     services: HashMap<MapData, ServiceKey, Service>,
@@ -71,11 +98,14 @@ impl ServiceTable {
         })
     }
 
-    /// Makes `service` steer round-robin over `backends`. An empty list keeps the service
-    /// known but refuses its connects.
+    /// Makes `service` steer `callers` round-robin over `backends`. An empty list keeps the
+    /// service known but refuses its connects (ECONNREFUSED). `stack` is the service's
+    /// stack ([`ferry_ebpf_abi::stack_id`]), whose containers may have entries of their own.
     pub fn set(
         &mut self,
         service: SocketAddrV4,
+        stack: u32,
+        callers: Callers,
         backends: &[SocketAddrV4],
     ) -> Result<(), ServiceTableError> {
         let count = u32::try_from(backends.len())
@@ -85,7 +115,7 @@ impl ServiceTable {
                 service,
                 count: backends.len(),
             })?;
-        let key = service_key(service);
+        let key = service_key(service, callers);
         let current = self.current(&key, service)?;
         let (id, bank, cursor) = match current {
             Some(s) => (s.id, 1 - s.bank, s.cursor),
@@ -109,7 +139,7 @@ impl ServiceTable {
             id,
             count,
             bank,
-            _pad: 0,
+            stack,
             cursor,
         };
         self.services
@@ -126,9 +156,14 @@ impl ServiceTable {
         Ok(())
     }
 
-    /// Stops steering `service`; connects to it then go to the address as written.
-    pub fn remove(&mut self, service: SocketAddrV4) -> Result<(), ServiceTableError> {
-        let key = service_key(service);
+    /// Stops steering `service` for `callers`; their connects then use the general entry,
+    /// or, for [`Callers::Everyone`], go to the address as written.
+    pub fn remove(
+        &mut self,
+        service: SocketAddrV4,
+        callers: Callers,
+    ) -> Result<(), ServiceTableError> {
+        let key = service_key(service, callers);
         let Some(current) = self.current(&key, service)? else {
             return Ok(());
         };
@@ -143,27 +178,37 @@ impl ServiceTable {
         self.clear_bank(service, current)
     }
 
-    /// The backends of `service`, in slot order, or `None` if it is not steered.
+    /// The backends of `service` for `callers`, in slot order, or `None` if there is no
+    /// such entry.
     pub fn get(
         &self,
         service: SocketAddrV4,
+        callers: Callers,
     ) -> Result<Option<Vec<SocketAddrV4>>, ServiceTableError> {
-        let key = service_key(service);
+        let key = service_key(service, callers);
         match self.current(&key, service)? {
             Some(s) => self.backends_of(&s).map(Some),
             None => Ok(None),
         }
     }
 
-    /// Every steered service and its backends, sorted by service address.
-    pub fn list(&self) -> Result<BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>, ServiceTableError> {
+    /// Every entry and its backends, sorted by service address, then callers.
+    pub fn list(
+        &self,
+    ) -> Result<BTreeMap<(SocketAddrV4, Callers), Vec<SocketAddrV4>>, ServiceTableError> {
         let mut out = BTreeMap::new();
         for entry in self.services.iter() {
             let (key, value) = entry.map_err(|source| ServiceTableError::Read {
                 map: map_names::SERVICES,
                 source,
             })?;
-            out.insert(socket_addr(key.addr, key.port), self.backends_of(&value)?);
+            out.insert(
+                (
+                    socket_addr(key.addr, key.port),
+                    Callers::from_generation(key.generation),
+                ),
+                self.backends_of(&value)?,
+            );
         }
         Ok(out)
     }
@@ -249,24 +294,36 @@ impl ServiceTable {
     }
 }
 
-fn open_hash<K: aya::Pod, V: aya::Pod>(
+pub(super) fn open_hash<K: aya::Pod, V: aya::Pod>(
     map_dir: &Path,
     name: &str,
 ) -> Result<HashMap<MapData, K, V>, ServiceTableError> {
+    open_pinned(map_dir, name, Map::HashMap)
+}
+
+/// Opens the map pinned as `name` in `map_dir` as a `T`, the map being of kind `kind`.
+pub(super) fn open_pinned<T>(
+    map_dir: &Path,
+    name: &str,
+    kind: fn(MapData) -> Map,
+) -> Result<T, ServiceTableError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
     let path = map_dir.join(name);
     let data = MapData::from_pin(&path).map_err(|source| ServiceTableError::Open {
         path: path.clone(),
         source,
     })?;
-    HashMap::try_from(Map::HashMap(data))
-        .map_err(|source| ServiceTableError::Shape { path, source })
+    T::try_from(kind(data)).map_err(|source| ServiceTableError::Shape { path, source })
 }
 
-fn service_key(service: SocketAddrV4) -> ServiceKey {
+fn service_key(service: SocketAddrV4, callers: Callers) -> ServiceKey {
     ServiceKey {
         addr: u32::from(*service.ip()).to_be(),
         port: service.port().to_be(),
         _pad: 0,
+        generation: callers.generation(),
     }
 }
 
@@ -278,7 +335,7 @@ fn backend_value(backend: SocketAddrV4) -> Backend {
     }
 }
 
-fn socket_addr(addr: u32, port: u16) -> SocketAddrV4 {
+pub(super) fn socket_addr(addr: u32, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port))
 }
 
@@ -288,7 +345,8 @@ mod tests {
 
     #[test]
     fn keys_are_in_network_byte_order() {
-        let key = service_key("10.96.0.1:80".parse().unwrap());
+        let key = service_key("10.96.0.1:80".parse().unwrap(), Callers::Generation(7));
+        assert_eq!(key.generation, 7);
         assert_eq!(key.addr.to_ne_bytes(), [10, 96, 0, 1]);
         assert_eq!(key.port.to_ne_bytes(), [0, 80]);
         let back = socket_addr(key.addr, key.port);

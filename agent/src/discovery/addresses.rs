@@ -1,132 +1,103 @@
-//! Keeps the connect4 service table in step with central's records: for every service
-//! with a service address, each declared port steers round-robin over the endpoints the
-//! records give a host caller (the serving generation). Resumes its watch from the last
-//! revision it saw; while central is unreachable the table keeps what it has.
+//! Keeps the connect4 service table in step with the records: for every service with a
+//! service address, each declared port steers round-robin over the endpoints a host caller
+//! gets (the general entry), and callers of each generation of the service's stack whose
+//! pick differs get an entry of their own.
 
-use std::{collections::BTreeMap, net::SocketAddrV4, path::PathBuf, time::Duration};
-
-use ferry_api::records::ServiceRecord;
-use futures_util::StreamExt as _;
-use tracing::{info, warn};
-
-use crate::{
-    dataplane::ServiceTable,
-    membership::{reconnect::Backoff, state::Loaded},
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
 };
 
-/// Runs until the task is dropped.
-pub async fn run(loaded: Loaded, map_dir: PathBuf) {
-    let mut records: BTreeMap<String, ServiceRecord> = BTreeMap::new();
-    let mut programmed: BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> = BTreeMap::new();
-    let mut seen: Option<u64> = None;
-    let mut backoff = Backoff::new(Duration::from_millis(500));
-    loop {
-        backoff.attempt();
-        if let Err(e) = follow(&loaded, &map_dir, &mut records, &mut programmed, &mut seen).await {
-            warn!("service addresses: {e}; reconnecting");
-        }
-        tokio::time::sleep(backoff.wait()).await;
-    }
-}
+use ferry_api::{records::ServiceRecord, servicefile::DnsBehaviour};
+use ferry_ebpf_abi::stack_id;
+use tracing::{info, warn};
 
-async fn follow(
-    loaded: &Loaded,
-    map_dir: &std::path::Path,
-    records: &mut BTreeMap<String, ServiceRecord>,
-    programmed: &mut BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>,
-    seen: &mut Option<u64>,
-) -> Result<(), String> {
-    let mut table = ServiceTable::open(map_dir).map_err(|e| e.to_string())?;
-    let client = loaded.client().map_err(|e| e.to_string())?;
-    let after = match *seen {
-        Some(revision) => revision,
-        None => {
-            let list = client.list("records/").await.map_err(|e| e.to_string())?;
-            *records = list
-                .items
-                .into_iter()
-                .filter_map(|i| Some((i.key, serde_json::from_value(i.value).ok()?)))
-                .collect();
-            program(&mut table, records, programmed);
-            *seen = Some(list.revision);
-            list.revision
-        }
-    };
-    let mut watch = Box::pin(
-        client
-            .watch("records/", after)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
-    while let Some(line) = watch.next().await {
-        let line = line.map_err(|e| e.to_string())?;
-        for event in line.events {
-            match event.value.map(serde_json::from_value::<ServiceRecord>) {
-                Some(Ok(record)) => {
-                    records.insert(event.key, record);
-                }
-                Some(Err(e)) => warn!(key = %event.key, "unreadable record: {e}"),
-                None => {
-                    records.remove(&event.key);
-                }
-            }
-        }
-        program(&mut table, records, programmed);
-        *seen = Some(line.revision);
-    }
-    Err("central ended the watch".into())
-}
+use super::records::Directory;
+use crate::dataplane::{Callers, ServiceTable};
 
-/// The table `records` call for: service address and port to backends.
-fn wanted(records: &BTreeMap<String, ServiceRecord>) -> BTreeMap<SocketAddrV4, Vec<SocketAddrV4>> {
+/// What an entry steers to: the stack's id and the backends.
+type Steering = (u32, Vec<SocketAddrV4>);
+
+/// The entries written so far, so that only changes are written again.
+pub type Programmed = BTreeMap<(SocketAddrV4, Callers), Steering>;
+
+/// The table the records call for.
+fn wanted(directory: &Directory) -> Programmed {
+    let mut generations: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for record in directory.all() {
+        generations
+            .entry(&record.stack)
+            .or_default()
+            .extend(record.generations.keys());
+    }
     let mut out = BTreeMap::new();
-    for record in records.values() {
+    for record in directory.all() {
         let Some(address) = record.address else {
             continue;
         };
-        let endpoints = record.pick(None);
+        let stack = stack_id(&record.stack);
+        let general = record.pick(None);
+        let mut entries = vec![(Callers::Everyone, general)];
+        if record.dns_behaviour == DnsBehaviour::Versioned {
+            for g in generations.get(record.stack.as_str()).into_iter().flatten() {
+                let own = record.pick(Some(*g));
+                if own != general {
+                    let g = u32::try_from(*g).unwrap_or(u32::MAX);
+                    entries.push((Callers::Generation(g), own));
+                }
+            }
+        }
         for port in &record.ports {
-            let backends = endpoints
-                .iter()
-                .map(|e| SocketAddrV4::new(e.address, *port))
-                .collect();
-            out.insert(SocketAddrV4::new(address, *port), backends);
+            for (callers, endpoints) in &entries {
+                let backends = endpoints
+                    .iter()
+                    .map(|e| SocketAddrV4::new(e.address, *port))
+                    .collect();
+                out.insert(
+                    (SocketAddrV4::new(address, *port), *callers),
+                    (stack, backends),
+                );
+            }
         }
     }
     out
 }
 
-fn program(
-    table: &mut ServiceTable,
-    records: &BTreeMap<String, ServiceRecord>,
-    programmed: &mut BTreeMap<SocketAddrV4, Vec<SocketAddrV4>>,
-) {
-    let wanted = wanted(records);
-    // Only what changed: every rewrite swaps the service's backend bank.
-    for (service, backends) in &wanted {
-        if programmed.get(service) == Some(backends) {
+/// Writes what changed between `programmed` and what `directory` calls for.
+pub fn program(table: &mut ServiceTable, directory: &Directory, programmed: &mut Programmed) {
+    let wanted = wanted(directory);
+    // Only what changed: every rewrite swaps the entry's backend bank.
+    for (key, steering) in &wanted {
+        if programmed.get(key) == Some(steering) {
             continue;
         }
-        match table.set(*service, backends) {
+        let (service, callers) = *key;
+        let (stack, backends) = steering;
+        match table.set(service, *stack, callers, backends) {
             Ok(()) => {
-                info!(%service, backends = backends.len(), "service address steered");
-                programmed.insert(*service, backends.clone());
+                info!(%service, ?callers, backends = backends.len(), "service address steered");
+                programmed.insert(*key, steering.clone());
             }
             Err(e) => warn!(%service, "steering: {e}"),
         }
     }
-    let stale: Vec<SocketAddrV4> = programmed
+    let stale: Vec<(SocketAddrV4, Callers)> = programmed
         .keys()
-        .filter(|s| !wanted.contains_key(s))
+        .filter(|k| !wanted.contains_key(k))
         .copied()
         .collect();
-    for service in stale {
-        match table.remove(service) {
+    for (service, callers) in stale {
+        match table.remove(service, callers) {
             Ok(()) => {
-                programmed.remove(&service);
-                info!(%service, "service address removed");
+                programmed.remove(&(service, callers));
+                info!(%service, ?callers, "service address entry removed");
             }
             Err(e) => warn!(%service, "removing steering: {e}"),
         }
     }
+}
+
+/// The record a `records/` value holds, or why not.
+pub fn parse(value: serde_json::Value) -> Result<ServiceRecord, serde_json::Error> {
+    serde_json::from_value(value)
 }

@@ -1,7 +1,13 @@
-//! Service discovery on this server, from central's `records/`: each service's stable
-//! service address steered (by the `connect4` program) to the containers of the serving
-//! generation. Per-caller generations and the DNS server build on the same records.
+//! Service discovery on this server, from central's `records/` and this server's own
+//! containers: each service's stable service address steered (by `connect4`) to the
+//! containers of the caller's generation, and the records and callers the DNS server
+//! answers from.
 
 mod addresses;
+mod callers;
+mod follow;
+mod records;
 
-pub use addresses::run;
+pub use callers::{Callers, LocalCaller};
+pub use follow::run;
+pub use records::{Directory, Found, Records};

@@ -26,6 +26,7 @@ use crate::{
         self, ContainerSpec, Engine, build_image, cgroup::CgroupError, ensure_network,
         node_dockerfile,
     },
+    discovery::{Callers, LocalCaller},
     membership::{reconnect::Backoff, state::Loaded},
 };
 
@@ -84,12 +85,12 @@ fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
 }
 
 /// Runs until the task is dropped; failures are logged and retried with backoff.
-pub async fn run(loaded: Loaded, options: WorkloadOptions) {
+pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
     let intent = Shared::default();
     let mut backoff = Backoff::new(Duration::from_millis(500));
     loop {
         backoff.attempt();
-        if let Err(e) = follow(&loaded, &options, &intent).await {
+        if let Err(e) = follow(&loaded, &options, &intent, &callers).await {
             warn!("workloads: {e}; reconnecting");
         }
         tokio::time::sleep(backoff.wait()).await;
@@ -104,9 +105,15 @@ struct Reach {
     server: String,
     cgroup_root: PathBuf,
     cgroup2: PathBuf,
+    callers: Callers,
 }
 
-async fn follow(loaded: &Loaded, options: &WorkloadOptions, intent: &Shared) -> Result<(), String> {
+async fn follow(
+    loaded: &Loaded,
+    options: &WorkloadOptions,
+    intent: &Shared,
+    callers: &Callers,
+) -> Result<(), String> {
     let me = &loaded.membership;
     let engine = Engine::connect(&options.docker_socket)
         .await
@@ -126,7 +133,11 @@ async fn follow(loaded: &Loaded, options: &WorkloadOptions, intent: &Shared) -> 
         server: me.name.clone(),
         cgroup_root: options.cgroup_root.clone(),
         cgroup2: options.cgroup2.clone(),
+        callers: callers.clone(),
     };
+    // Before central is asked anything: a restarted agent knows its callers again even
+    // while central is unreachable.
+    local_containers(&reach, intent).await;
     let prefix = format!("desired/{}/", me.name);
     let list = reach
         .client
@@ -218,7 +229,7 @@ async fn apply(
         Desired::Run => {
             // A setback that is not the generation's fault (central or Docker out of
             // reach) is retried, never reported as unhealthy.
-            let report = settle(&reach.engine, options, &assignment, &reach.client).await?;
+            let report = settle(reach, options, &assignment).await?;
             info!(stack = %assignment.stack, generation = assignment.generation, healthy = report.healthy, "reporting");
             report_containers(reach, intent).await;
             reach
@@ -334,11 +345,21 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
 
 /// Tells central what runs here; a failure is logged, the next report replaces it anyway.
 async fn report_containers(reach: &Reach, intent: &Shared) {
+    let Some(report) = local_containers(reach, intent).await else {
+        return;
+    };
+    if let Err(e) = reach.client.report_containers(&reach.server, &report).await {
+        warn!("reporting containers to central: {e}");
+    }
+}
+
+/// What runs here, with each container's cgroup; the callers table is made to match.
+async fn local_containers(reach: &Reach, intent: &Shared) -> Option<Vec<ContainerReport>> {
     let running = match containers::list(&reach.engine).await {
         Ok(running) => running,
         Err(e) => {
             warn!("listing containers to report: {e}");
-            return;
+            return None;
         }
     };
     let ids: Vec<String> = running.iter().map(|c| c.id.clone()).collect();
@@ -361,8 +382,21 @@ async fn report_containers(reach: &Reach, intent: &Shared) {
             cgroup_id,
         });
     }
-    if let Err(e) = reach.client.report_containers(&reach.server, &report).await {
-        warn!("reporting containers to central: {e}");
+    reach.callers.replace(
+        report
+            .iter()
+            .filter_map(|c| Some((c.cgroup_id?, as_caller(c))))
+            .collect(),
+    );
+    Some(report)
+}
+
+/// A container as a caller: the newest generation it runs for.
+fn as_caller(c: &ContainerReport) -> LocalCaller {
+    LocalCaller {
+        stack: c.stack.clone(),
+        service: c.service.clone(),
+        generation: c.serves.iter().copied().max().unwrap_or(c.generation),
     }
 }
 
@@ -380,12 +414,11 @@ fn retry(e: impl std::fmt::Display) -> Setback {
 
 /// Builds, starts and checks every service of `assignment` here; Err means try again.
 async fn settle(
-    engine: &Engine,
+    reach: &Reach,
     options: &WorkloadOptions,
     assignment: &Assignment,
-    client: &Client,
 ) -> Result<StatusReport, String> {
-    match try_settle(engine, options, assignment, client).await {
+    match try_settle(reach, options, assignment).await {
         Ok(()) => Ok(StatusReport {
             healthy: true,
             detail: String::new(),
@@ -399,11 +432,11 @@ async fn settle(
 }
 
 async fn try_settle(
-    engine: &Engine,
+    reach: &Reach,
     options: &WorkloadOptions,
     assignment: &Assignment,
-    client: &Client,
 ) -> Result<(), Setback> {
+    let (engine, client) = (&reach.engine, &reach.client);
     let running = containers::list(engine).await.map_err(retry)?;
     let mut source: Option<Vec<u8>> = None;
     for (name, service) in &assignment.services {
@@ -458,8 +491,16 @@ async fn try_settle(
         // Its own cgroup before its check, so the data plane knows it as a caller from
         // its first connection on.
         match containers::cgroup::place(engine, &id, &options.cgroup_root, &options.cgroup2).await {
+            Ok(cgroup) => reach.callers.register(
+                cgroup,
+                LocalCaller {
+                    stack: assignment.stack.clone(),
+                    service: name.clone(),
+                    generation: assignment.generation,
+                },
+            ),
             // One that already exited fails its check below, with its log.
-            Ok(_) | Err(CgroupError::NotRunning { .. }) => {}
+            Err(CgroupError::NotRunning { .. }) => {}
             Err(e) => {
                 let state = containers::describe_state(engine, &id).await;
                 return Err(Setback::Unhealthy(format!(

@@ -19,12 +19,38 @@ pub mod map_names {
     pub const BACKENDS: &str = "FERRY_BACKENDS";
     /// Per-CPU event counters, indexed by [`Counter`](super::Counter).
     pub const COUNTERS: &str = "FERRY_COUNTERS";
+    /// Cgroup id to [`Caller`](super::Caller): whose generation a process belongs to.
+    pub const CALLERS: &str = "FERRY_CALLERS";
+    /// One [`DnsListener`](super::DnsListener): where intercepted DNS goes.
+    pub const DNS_LISTENER: &str = "FERRY_DNS_LISTENER";
+    /// Socket cookie to the [`DnsOrigin`](super::DnsOrigin) a container asked.
+    pub const DNS_ORIGINS: &str = "FERRY_DNS_ORIGINS";
+    /// [`DnsPeer`](super::DnsPeer) to the cgroup id of the socket that sent from it.
+    pub const DNS_PEERS: &str = "FERRY_DNS_PEERS";
 }
 
-/// Name of the east-west load balancing program in the object.
-pub const CONNECT4_PROGRAM: &str = "ferry_connect4";
+/// Capacity of the callers map: containers on one server.
+pub const MAX_CALLERS: u32 = 16_384;
 
-/// A service address: the IPv4 address and port a caller connects to.
+/// Capacity of the DNS origin and peer maps (LRU: the oldest sockets are forgotten first).
+pub const MAX_DNS_SOCKETS: u32 = 65_536;
+
+/// Names of the programs in the object.
+pub mod program_names {
+    /// `cgroup/connect4`: service addresses and TCP (and connected UDP) DNS.
+    pub const CONNECT4: &str = "ferry_connect4";
+    /// `cgroup/sendmsg4`: unconnected UDP DNS.
+    pub const SENDMSG4: &str = "ferry_sendmsg4";
+    /// `cgroup/recvmsg4`: replies seem to come from the resolver asked.
+    pub const RECVMSG4: &str = "ferry_recvmsg4";
+    /// `cgroup/getpeername4`: a connected DNS socket's peer is the resolver asked.
+    pub const GETPEERNAME4: &str = "ferry_getpeername4";
+    /// `cgroup_skb/egress`: records which cgroup sends from each source to the DNS listener.
+    pub const DNS_EGRESS: &str = "ferry_dns_egress";
+}
+
+/// A service address (the IPv4 address and port a caller connects to), for callers of one
+/// generation or for everyone else.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
@@ -34,6 +60,65 @@ pub struct ServiceKey {
     pub port: u16,
     /// Explicit padding so the key has no uninitialised bytes for the hash.
     pub _pad: u16,
+    /// The callers' generation this entry is for, or [`ANY_GENERATION`] for callers of
+    /// other stacks, host processes, and generations without an entry of their own.
+    pub generation: u32,
+}
+
+/// [`ServiceKey::generation`] of the entry every caller falls back to.
+pub const ANY_GENERATION: u32 = 0;
+
+/// Who a cgroup's processes are, for versioned steering: their stack and generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// [`stack_id`] of the stack.
+    pub stack: u32,
+    /// The generation the caller belongs to.
+    pub generation: u32,
+}
+
+/// Where intercepted DNS goes: the agent's listener. An address of 0 turns interception off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DnsListener {
+    /// IPv4 address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// The resolver a container's socket asked before interception, restored on its replies.
+pub type DnsOrigin = DnsListener;
+
+/// A sender to the DNS listener as the listener sees it: source address, port, protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsPeer {
+    /// Source IPv4 address, network byte order.
+    pub addr: u32,
+    /// Source port, network byte order.
+    pub port: u16,
+    /// IP protocol number: 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// A stack's id in the kernel maps: FNV-1a of its name, so every agent and every restart
+/// agrees on it without storing anything.
+pub const fn stack_id(name: &str) -> u32 {
+    let bytes = name.as_bytes();
+    let mut hash: u32 = 0x811c_9dc5;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    hash
 }
 
 /// What the kernel needs to steer a connect to a service.
@@ -48,8 +133,9 @@ pub struct Service {
     /// The agent fills the other bank and then replaces this value in one map update, so a
     /// reader never sees a count that does not match the slots.
     pub bank: u32,
-    /// Explicit padding so `cursor` is 8-byte aligned without implicit padding.
-    pub _pad: u32,
+    /// [`stack_id`] of the service's stack: a caller of this stack uses the entry for its
+    /// own generation when there is one.
+    pub stack: u32,
     /// Round-robin cursor, advanced with an atomic add by the kernel. 64 bits because the
     /// BPF target has no 32-bit atomics.
     pub cursor: u64,
@@ -87,19 +173,36 @@ pub enum Counter {
     NoBackend = 1,
     /// A service's count pointed at a slot that was missing (an update raced the lookup).
     MissingSlot = 2,
+    /// A connect was steered to the entry of the caller's own generation.
+    Versioned = 3,
+    /// A DNS query (UDP send or TCP/UDP connect to port 53) went to the agent's listener.
+    DnsRedirected = 4,
+    /// A reply's source, or a socket's peer, was given back as the resolver asked.
+    DnsRestored = 5,
 }
 
 impl Counter {
     /// Number of counters; the size of the counters map.
-    pub const LEN: u32 = 3;
+    pub const LEN: u32 = 6;
     /// Every counter, in index order.
-    pub const ALL: [Counter; 3] = [Counter::Steered, Counter::NoBackend, Counter::MissingSlot];
+    pub const ALL: [Counter; 6] = [
+        Counter::Steered,
+        Counter::NoBackend,
+        Counter::MissingSlot,
+        Counter::Versioned,
+        Counter::DnsRedirected,
+        Counter::DnsRestored,
+    ];
 }
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all four types are repr(C), Copy, and have no padding: every bit pattern is valid.
+    // SAFETY: all these types are repr(C), Copy, and have no padding: every bit pattern is
+    // valid.
     unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::Caller {}
+    unsafe impl aya::Pod for super::DnsListener {}
+    unsafe impl aya::Pod for super::DnsPeer {}
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}

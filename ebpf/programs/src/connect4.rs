@@ -4,6 +4,13 @@
 //! the next backend of that service before the kernel sends anything, so there is no NAT,
 //! no conntrack entry and no per-packet cost. Connects to any other address pass untouched.
 //!
+//! A caller whose cgroup the agent registered (a container: its stack and generation) uses
+//! the service's entry for its own generation when the service is of its stack and the agent
+//! wrote one; everyone else uses the service's general entry. A service with no live backend
+//! refuses the connect with ECONNREFUSED at once.
+//!
+//! Connects to port 53 are DNS: they go to the agent's listener (see `dns`).
+//!
 //! Invariant: the agent writes a service's backends into the bank that [`Service::bank`] does
 //! not name, then replaces the service value in one update. A lookup here therefore sees
 //! either the old set or the new set, never a mix.
@@ -11,16 +18,18 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_set_retval},
     macros::{cgroup_sock_addr, map},
     maps::HashMap,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
 use ferry_ebpf_abi::{
-    Backend, BackendKey, Counter, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
+    ANY_GENERATION, Backend, BackendKey, Caller, Counter, MAX_BACKENDS, MAX_CALLERS, MAX_SERVICES,
+    Service, ServiceKey,
 };
 
-use crate::counters::bump;
+use crate::{counters::bump, dns};
 
 #[map(name = "FERRY_SERVICES")]
 static FERRY_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
@@ -28,24 +37,45 @@ static FERRY_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVIC
 #[map(name = "FERRY_BACKENDS")]
 static FERRY_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_SERVICES * 4, 0);
 
+#[map(name = "FERRY_CALLERS")]
+static FERRY_CALLERS: HashMap<u64, Caller> = HashMap::pinned(MAX_CALLERS, 0);
+
 /// Return value that lets the connect go on.
 const ALLOW: i32 = 1;
-/// Return value that makes connect(2) fail with EPERM.
+/// Return value that makes connect(2) fail, with the error set by `bpf_set_retval`.
 const REFUSE: i32 = 0;
+/// What a connect to a service with nothing behind it fails with.
+const ECONNREFUSED: i32 = 111;
 
 #[cgroup_sock_addr(connect4)]
 pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
+    if dns::redirect(&ctx) {
+        return ALLOW;
+    }
     // SAFETY: the kernel hands every connect4 program a valid bpf_sock_addr.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let key = ServiceKey {
+    let mut key = ServiceKey {
         addr: sa.user_ip4,
         // The port sits in the low 16 bits, already in network byte order.
         port: sa.user_port as u16,
         _pad: 0,
+        generation: ANY_GENERATION,
     };
-    let Some(service) = FERRY_SERVICES.get_ptr_mut(&key) else {
+    let Some(mut service) = FERRY_SERVICES.get_ptr_mut(&key) else {
         return ALLOW;
     };
+    // SAFETY: no sleeping helper here; the cgroup id is the caller's.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: both pointers come from successful lookups and stay valid for this run.
+    if let Some(caller) = unsafe { FERRY_CALLERS.get(&cgroup) } {
+        if caller.stack == unsafe { (*service).stack } {
+            key.generation = caller.generation;
+            if let Some(own) = FERRY_SERVICES.get_ptr_mut(&key) {
+                service = own;
+                bump(Counter::Versioned);
+            }
+        }
+    }
     // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
     let (id, count, bank, cursor) = unsafe {
         (
@@ -59,7 +89,7 @@ pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
         bump(Counter::NoBackend);
         // Rare and worth a line: someone connects to a service with nothing behind it.
         warn!(&ctx, "ferry: connect to service {} refused: no backend", id);
-        return REFUSE;
+        return refuse();
     }
     // SAFETY: `cursor` points into a live map value.
     let turn = unsafe { next_turn(cursor) };
@@ -72,12 +102,21 @@ pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the value is plain data; a concurrent agent update replaces the element whole.
     let Some(backend) = (unsafe { FERRY_BACKENDS.get(&slot) }) else {
         bump(Counter::MissingSlot);
-        return REFUSE;
+        return refuse();
     };
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
     bump(Counter::Steered);
     ALLOW
+}
+
+/// Fails the connect with ECONNREFUSED, as a port with no listener would, so the caller
+/// learns at once instead of after a timeout.
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: plain helper call; the kernel uses this value when the program returns REFUSE.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REFUSE
 }
 
 /// Takes the next round-robin turn: one atomic fetch-and-add, so concurrent connects on

@@ -1,0 +1,225 @@
+//! What ferry answers for `cloud66.local`, from the records and the caller.
+//!
+//! Names (documented in the README):
+//! - `<service>.cloud66.local`: A records of the service's running containers of the
+//!   caller's own generation (the versioned rule of [`ServiceRecord::pick`]), ordered by the
+//!   service's `load_balancing`; SRV records (one per declared port, target the same name)
+//!   for SRV queries. Container addresses, as Cloud 66 gives, because that is what lets
+//!   `sticky` and `closest` mean anything and what apps that open one connection per
+//!   address expect.
+//! - `<service>.address.cloud66.local`: the service's stable service address, which
+//!   `connect4` steers per connect (to the caller's generation too) and which never goes
+//!   stale in a client's cache.
+//!
+//! A caller's own stack is searched first; a host process, or a caller of another stack,
+//! gets the one stack that has such a service. Anything else under the zone is NXDOMAIN.
+
+use std::{
+    hash::{Hash as _, Hasher as _},
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use ferry_api::{
+    records::{Endpoint, ServiceRecord},
+    servicefile::LoadBalancing,
+};
+
+use super::wire::{self, Question, Record, Response, rcode, rtype};
+use crate::discovery::{Callers, Found, LocalCaller, Records};
+
+/// The zone ferry answers for.
+pub const ZONE: &str = "cloud66.local";
+/// TTL of positive answers: short, so a client that caches still follows a deploy soon.
+pub const TTL: u32 = 5;
+/// How long a negative answer may be cached.
+pub const NEGATIVE_TTL: u32 = 5;
+
+/// Who sent a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Who {
+    /// One of this server's containers: its cgroup id and what it is.
+    Container(u64, LocalCaller),
+    /// A process of this server outside ferry's containers (or one the agent does not know
+    /// yet), from this address.
+    Host(SocketAddrV4),
+}
+
+/// What to do with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response is in the output buffer.
+    Answered,
+    /// Not ferry's name: ask the upstream resolvers.
+    Forward,
+    /// Send nothing back (a response, or too broken to answer).
+    Ignore,
+}
+
+/// Answers queries for the zone from the shared records and callers.
+pub struct Answerer {
+    records: Records,
+    callers: Callers,
+    server: String,
+    zone: Vec<u8>,
+    turn: AtomicU64,
+}
+
+impl Answerer {
+    /// An answerer for this server (`server`, for `closest`) from `records` and `callers`.
+    pub fn new(records: Records, callers: Callers, server: String) -> Self {
+        Self {
+            records,
+            callers,
+            server,
+            zone: wire::wire_name(ZONE),
+            turn: AtomicU64::new(0),
+        }
+    }
+
+    /// The caller of cgroup `cgroup` (None: the kernel did not say), seen at `peer`.
+    pub fn who(&self, cgroup: Option<u64>, peer: SocketAddrV4) -> Who {
+        match cgroup.and_then(|c| Some((c, self.callers.get(c)?))) {
+            Some((cgroup, caller)) => Who::Container(cgroup, caller),
+            None => Who::Host(peer),
+        }
+    }
+
+    /// Answers `query` from `who` into `out` (at most `limit` bytes) when the name is
+    /// ferry's, or says what else to do.
+    pub fn answer(&self, query: &[u8], who: &Who, out: &mut Vec<u8>, limit: usize) -> Outcome {
+        let question = match wire::read_query(query) {
+            Ok(question) => question,
+            Err(wire::NotSimple::Response) => return Outcome::Ignore,
+            Err(wire::NotSimple::Truncated) => {
+                return match wire::error_response(out, query, rcode::FORMERR) {
+                    Some(()) => Outcome::Answered,
+                    None => Outcome::Ignore,
+                };
+            }
+            Err(wire::NotSimple::Opcode) => {
+                return match wire::error_response(out, query, rcode::NOTIMP) {
+                    Some(()) => Outcome::Answered,
+                    None => Outcome::Ignore,
+                };
+            }
+            // Legal but unusual (compression in the question, several questions): not
+            // ferry's fast path; the upstream resolver reads it properly.
+            Err(wire::NotSimple::Shape | wire::NotSimple::Name) => return Outcome::Forward,
+        };
+        let name = question.name();
+        let Some(inside) = zone_part(name) else {
+            return Outcome::Forward;
+        };
+        self.answer_zone(query, &question, inside, who, out, limit);
+        Outcome::Answered
+    }
+
+    fn answer_zone(
+        &self,
+        query: &[u8],
+        question: &Question,
+        inside: &str,
+        who: &Who,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) {
+        let (service, address) = match inside.split_once('.') {
+            None => (inside, false),
+            Some((service, "address")) => (service, true),
+            Some(_) => ("", false),
+        };
+        let directory = self.records.read();
+        let caller = match who {
+            Who::Container(_, caller) => Some(caller),
+            Who::Host(_) => None,
+        };
+        let record = match directory.find(service, caller.map(|c| c.stack.as_str())) {
+            Found::One(record) if !service.is_empty() => record,
+            _ if inside.is_empty() => {
+                // The zone's apex exists; it has no addresses.
+                let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
+                r.soa(&self.zone, NEGATIVE_TTL);
+                return;
+            }
+            _ => {
+                let mut r = Response::start(out, query, question, rcode::NXDOMAIN, true, limit);
+                r.soa(&self.zone, NEGATIVE_TTL);
+                return;
+            }
+        };
+        let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
+        let wants = |t: u16| question.qtype == t || question.qtype == rtype::ANY;
+        let mut any = false;
+        if address {
+            if let (true, Some(a)) = (wants(rtype::A), record.address) {
+                any = r.answer(Record::A(a), TTL);
+            }
+        } else if wants(rtype::A) {
+            for a in self.ordered(record, caller, who) {
+                if !r.answer(Record::A(a), TTL) {
+                    break;
+                }
+                any = true;
+            }
+        } else if wants(rtype::SRV) {
+            for port in &record.ports {
+                any |= r.answer(Record::Srv { port: *port }, TTL);
+            }
+        }
+        if !any {
+            r.soa(&self.zone, NEGATIVE_TTL);
+        }
+    }
+
+    /// The caller's endpoints of `record`, in the order its load balancing asks for.
+    fn ordered(
+        &self,
+        record: &ServiceRecord,
+        caller: Option<&LocalCaller>,
+        who: &Who,
+    ) -> Vec<Ipv4Addr> {
+        let generation = caller
+            .filter(|c| c.stack == record.stack)
+            .map(|c| c.generation);
+        let endpoints = record.pick(generation);
+        let n = endpoints.len().max(1) as u64;
+        let rotate = |list: &[&Endpoint], by: u64| -> Vec<Ipv4Addr> {
+            let len = list.len();
+            (0..len)
+                .map(|i| list[(i + (by % n) as usize) % len].address)
+                .collect()
+        };
+        let all: Vec<&Endpoint> = endpoints.iter().collect();
+        match record.load_balancing {
+            LoadBalancing::RoundRobin => rotate(&all, self.turn.fetch_add(1, Ordering::Relaxed)),
+            LoadBalancing::Sticky => rotate(&all, sticky_key(who)),
+            LoadBalancing::Closest => {
+                let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+                let (near, far): (Vec<&Endpoint>, Vec<&Endpoint>) =
+                    all.iter().partition(|e| e.server == self.server);
+                let mut out = rotate(&near, turn);
+                out.extend(rotate(&far, turn));
+                out
+            }
+        }
+    }
+}
+
+/// The part of `name` before `.cloud66.local` ("" for the zone itself), or None outside.
+fn zone_part(name: &str) -> Option<&str> {
+    if name == ZONE {
+        return Some("");
+    }
+    name.strip_suffix(ZONE)?.strip_suffix('.')
+}
+
+/// A caller's stable key for `sticky`: its cgroup, or a host process's address.
+fn sticky_key(who: &Who) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match who {
+        Who::Container(cgroup, _) => cgroup.hash(&mut hasher),
+        Who::Host(peer) => peer.ip().hash(&mut hasher),
+    }
+    hasher.finish()
+}

@@ -1,0 +1,165 @@
+//! ferry's DNS server inside the agent: `<service>.cloud66.local` answered per caller from
+//! the records, every other name forwarded to the server's own resolvers.
+//!
+//! The kernel sends containers' queries here whatever resolver they were given (see the
+//! `dns` programs), and tells the server which cgroup sent each one.
+//!
+//! # Layout
+//! - `wire`: reading queries and writing answers, bounds-checked.
+//! - `answers`: the zone: which records a caller gets.
+//! - `forward`: other names, to the upstream resolvers, cached by TTL.
+//! - `server`: the UDP and TCP listeners.
+
+mod answers;
+mod forward;
+mod server;
+pub mod wire;
+
+use std::{
+    fs, io,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tracing::{info, warn};
+
+pub use answers::{Answerer, Outcome, TTL, Who, ZONE};
+pub use forward::Forwarder;
+
+use crate::{
+    dataplane::DnsMaps,
+    discovery::{Callers, Records},
+    handoff,
+};
+
+/// Longest a starting server holds queries back while it learns the records and callers.
+const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// Where the DNS server listens and whom it asks for other names.
+#[derive(Clone, Debug)]
+pub struct DnsOptions {
+    /// The listener: the container network's gateway, port 53.
+    pub listen: SocketAddrV4,
+    /// The resolvers the server had before ferry.
+    pub upstreams: Vec<SocketAddr>,
+    /// The pinned maps' directory.
+    pub map_dir: PathBuf,
+    /// This server's name (for `load_balancing: closest`).
+    pub server: String,
+    /// The Unix socket of the keeper that holds the listening sockets across restarts.
+    pub keeper: PathBuf,
+}
+
+/// Why the DNS server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("DNS maps: {0}")]
+    Maps(#[from] crate::dataplane::ServiceTableError),
+    #[error("pointing interception at {listen}: {source}")]
+    Listener {
+        listen: SocketAddrV4,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("DNS listener on {listen}: {source}")]
+    Io {
+        listen: SocketAddrV4,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs the DNS server until the task is dropped. The listener's address appears when the
+/// container network is created, so binding is retried until it can.
+pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Result<(), DnsError> {
+    let maps = DnsMaps::open(&options.map_dir)?;
+    let (udp, tcp) = bind(options.listen, &options.keeper).await;
+    // Queries wait in the socket until the records and this server's containers are known:
+    // answering "no such name" to a container of a running service would be worse than a
+    // moment's delay. Bounded, so a central and Docker both out of reach still get answers.
+    let deadline = tokio::time::Instant::now() + READY_WAIT;
+    while !(records.is_loaded() && callers.is_loaded()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let service = Arc::new(server::Service {
+        answerer: Answerer::new(records, callers, options.server.clone()),
+        forwarder: Forwarder::new(options.upstreams.clone()),
+        maps: Mutex::new(maps),
+        listen: options.listen,
+    });
+    // Only now that something listens do containers' queries come here.
+    service
+        .maps
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .set_listener(Some(options.listen))
+        .map_err(|source| DnsError::Listener {
+            listen: options.listen,
+            source,
+        })?;
+    info!(listen = %options.listen, upstreams = ?options.upstreams, "DNS server answering");
+    let listen = options.listen;
+    let io = |source| DnsError::Io { listen, source };
+    tokio::select! {
+        r = server::serve_udp(service.clone(), Arc::new(udp)) => r.map_err(io),
+        r = server::serve_tcp(service, tcp) => r.map_err(io),
+    }
+}
+
+async fn bind(listen: SocketAddrV4, keeper: &Path) -> (UdpSocket, TcpListener) {
+    let mut warned = false;
+    loop {
+        let keeper = keeper.to_path_buf();
+        let taken = tokio::task::spawn_blocking(move || {
+            handoff::take_or_bind(&keeper, || {
+                let udp = std::net::UdpSocket::bind(listen)?;
+                let tcp = std::net::TcpListener::bind(listen)?;
+                Ok(vec![OwnedFd::from(udp), OwnedFd::from(tcp)])
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match taken.and_then(into_tokio) {
+            Ok(bound) => return bound,
+            Err(e) => {
+                if !warned {
+                    warn!(%listen, "DNS listener not bound yet ({e}); retrying until the container network has its gateway");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// The kept (or fresh) UDP socket and TCP listener, for tokio.
+fn into_tokio(fds: Vec<OwnedFd>) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut fds = fds.into_iter();
+    let (Some(udp), Some(tcp), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the socket keeper holds other sockets than a DNS listener's",
+        ));
+    };
+    let udp = std::net::UdpSocket::from(udp);
+    let tcp = std::net::TcpListener::from(tcp);
+    udp.set_nonblocking(true)?;
+    tcp.set_nonblocking(true)?;
+    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+}
+
+/// The resolvers in `resolv_conf` (port 53), but never `listen` itself.
+pub fn upstreams_from(resolv_conf: &Path, listen: SocketAddrV4) -> io::Result<Vec<SocketAddr>> {
+    let text = fs::read_to_string(resolv_conf)?;
+    Ok(text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .filter(|ip| *ip != IpAddr::V4(*listen.ip()))
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect())
+}

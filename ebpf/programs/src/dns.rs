@@ -1,0 +1,165 @@
+//! DNS interception at the socket: a container's queries to port 53 go to the agent's DNS
+//! listener, whatever resolver the container was given, and the replies look as if they
+//! came from the resolver it asked.
+//!
+//! - `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP) rewrite the
+//!   destination and remember, per socket cookie, what the container asked;
+//! - `recvmsg4` and `getpeername4` give that address back where the listener's would show;
+//! - `cgroup_skb/egress` records which cgroup sent from each source address and port to the
+//!   listener, so the DNS server knows its caller exactly, even when two cgroups share a
+//!   network namespace and so an address.
+//!
+//! Only sockets in the agent's cgroup tree (ferry's containers) pass through these hooks.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::__sk_buff,
+    helpers::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
+    macros::{cgroup_skb, cgroup_sock_addr, map},
+    maps::{Array, LruHashMap},
+    programs::{SkBuffContext, SockAddrContext},
+};
+use ferry_ebpf_abi::{Counter, DnsListener, DnsOrigin, DnsPeer, MAX_DNS_SOCKETS};
+
+use crate::counters::bump;
+
+#[map(name = "FERRY_DNS_LISTENER")]
+static FERRY_DNS_LISTENER: Array<DnsListener> = Array::pinned(1, 0);
+
+#[map(name = "FERRY_DNS_ORIGINS")]
+static FERRY_DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(MAX_DNS_SOCKETS, 0);
+
+#[map(name = "FERRY_DNS_PEERS")]
+static FERRY_DNS_PEERS: LruHashMap<DnsPeer, u64> = LruHashMap::pinned(MAX_DNS_SOCKETS, 0);
+
+/// DNS's port, as the hooks see ports: network byte order in the low 16 bits.
+const DNS_PORT: u32 = 53u16.to_be() as u32;
+
+/// Return value that lets the call go on (the only one recvmsg4/getpeername4 may return).
+const ALLOW: i32 = 1;
+
+/// The listener, when interception is on.
+#[inline(always)]
+fn listener() -> Option<DnsListener> {
+    FERRY_DNS_LISTENER.get(0).copied().filter(|l| l.addr != 0)
+}
+
+/// If the socket address is a DNS server, points it at the listener and remembers what it
+/// was. Returns whether it did.
+#[inline(always)]
+pub fn redirect(ctx: &SockAddrContext) -> bool {
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_port != DNS_PORT {
+        return false;
+    }
+    let Some(listener) = listener() else {
+        return false;
+    };
+    let origin = DnsOrigin {
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
+    // SAFETY: the context is a sock_addr context, which the helper accepts.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A full LRU map evicts the oldest socket's entry; the insert itself cannot fail for
+    // want of room, and if it failed the reply would still arrive, from the listener.
+    let _ = FERRY_DNS_ORIGINS.insert(&cookie, &origin, 0);
+    sa.user_ip4 = listener.addr;
+    sa.user_port = u32::from(listener.port);
+    bump(Counter::DnsRedirected);
+    true
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn ferry_sendmsg4(ctx: SockAddrContext) -> i32 {
+    redirect(&ctx);
+    ALLOW
+}
+
+/// Where the listener's address shows (a reply's source, a connected socket's peer), shows
+/// the resolver the socket asked instead.
+#[inline(always)]
+fn restore(ctx: &SockAddrContext) {
+    // SAFETY: as in `redirect`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let Some(listener) = listener() else {
+        return;
+    };
+    if sa.user_ip4 != listener.addr || sa.user_port != u32::from(listener.port) {
+        return;
+    }
+    // SAFETY: as in `redirect`.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is plain data copied out at once.
+    if let Some(origin) = unsafe { FERRY_DNS_ORIGINS.get(&cookie) } {
+        sa.user_ip4 = origin.addr;
+        sa.user_port = u32::from(origin.port);
+        bump(Counter::DnsRestored);
+    }
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn ferry_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn ferry_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore(&ctx);
+    ALLOW
+}
+
+/// Offsets in an IPv4 header (a cgroup_skb program's data starts at the network header).
+const IP_PROTOCOL: usize = 9;
+const IP_SOURCE: usize = 12;
+const IP_DESTINATION: usize = 16;
+
+#[cgroup_skb(egress)]
+pub fn ferry_dns_egress(ctx: SkBuffContext) -> i32 {
+    record_peer(&ctx);
+    // Egress programs never drop: this one only watches.
+    ALLOW
+}
+
+#[inline(always)]
+fn record_peer(ctx: &SkBuffContext) {
+    let Some(listener) = listener() else {
+        return;
+    };
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return;
+    };
+    if first >> 4 != 4 {
+        return;
+    }
+    let Ok(destination) = ctx.load::<u32>(IP_DESTINATION) else {
+        return;
+    };
+    if destination != listener.addr {
+        return;
+    }
+    let transport = usize::from(first & 0x0f) * 4;
+    let (Ok(protocol), Ok(source), Ok(source_port), Ok(destination_port)) = (
+        ctx.load::<u8>(IP_PROTOCOL),
+        ctx.load::<u32>(IP_SOURCE),
+        ctx.load::<u16>(transport),
+        ctx.load::<u16>(transport + 2),
+    ) else {
+        return;
+    };
+    if destination_port != listener.port {
+        return;
+    }
+    let peer = DnsPeer {
+        addr: source,
+        port: source_port,
+        protocol,
+        _pad: 0,
+    };
+    // SAFETY: the context of a cgroup_skb program is a valid __sk_buff.
+    let cgroup = unsafe { bpf_skb_cgroup_id(ctx.as_ptr() as *mut __sk_buff) };
+    let _ = FERRY_DNS_PEERS.insert(&peer, &cgroup, 0);
+}
