@@ -272,11 +272,12 @@ fn run(args: RunArgs) -> Result<()> {
                 upstreams: upstreams(&args.dns_upstreams, listen)?,
                 map_dir: dataplane::map_dir(&config.bpffs),
                 server: loaded.membership.name.clone(),
-                keeper: args
-                    .state
-                    .state_dir
-                    .join("sockets")
-                    .join(format!("dns-{listen}")),
+                keeper: Some(
+                    args.state
+                        .state_dir
+                        .join("sockets")
+                        .join(format!("dns-{listen}")),
+                ),
             })
         }
         _ => None,

@@ -5,6 +5,10 @@
 //!   generation flip) until every watcher has it, at 10, 100 and 1000 watchers, and each
 //!   server's memory. The load runs in `ferry-control-bench` (tests crate), built here in
 //!   release mode with central.
+//! - `dns`: the agent's DNS server against dnsmasq, unbound and a bare UDP responder, with
+//!   dnsperf; the load and the servers run in `ferry-dns-bench` (tests crate).
+//! - `connect`: a connect to a service address through connect4 against a direct connect
+//!   and an iptables DNAT rule (`ferry-connect-bench`).
 
 use std::process::Command;
 
@@ -31,25 +35,70 @@ enum Which {
         #[arg(long, default_value = "10,100,1000")]
         watchers: String,
     },
+    /// The agent's DNS server against dnsmasq, unbound and a bare UDP responder (dnsperf).
+    Dns {
+        /// Runs per server; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Seconds of dnsperf per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+    /// A connect to a service address through connect4 against a direct connect and an
+    /// iptables DNAT rule.
+    Connect {
+        /// Runs per path; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Connections per run.
+        #[arg(long, default_value_t = 20_000)]
+        connections: u32,
+    },
 }
 
 /// Runs one benchmark.
 pub fn run(options: Options) -> Result<()> {
     match options.which {
         Which::Control { writes, watchers } => control(writes, &watchers),
+        Which::Dns { runs, seconds } => {
+            build_ebpf::run(build_ebpf::Options::default())?;
+            build("ferry-tests", "ferry-dns-bench")?;
+            process::run(
+                Command::new(workspace::target_dir().join("release/ferry-dns-bench")).args([
+                    "--runs",
+                    &runs.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
+                ]),
+            )
+        }
+        Which::Connect { runs, connections } => {
+            build_ebpf::run(build_ebpf::Options::default())?;
+            build("ferry-tests", "ferry-connect-bench")?;
+            process::run(
+                Command::new(workspace::target_dir().join("release/ferry-connect-bench")).args([
+                    "--runs",
+                    &runs.to_string(),
+                    "--connections",
+                    &connections.to_string(),
+                ]),
+            )
+        }
     }
+}
+
+/// `cargo build --release` of one binary.
+fn build(package: &str, bin: &str) -> Result<()> {
+    process::run(
+        Command::new(workspace::cargo())
+            .current_dir(workspace::root())
+            .args(["build", "--release", "--package", package, "--bin", bin]),
+    )
 }
 
 fn control(writes: usize, watchers: &str) -> Result<()> {
     // The tests crate links the agent, which embeds the eBPF object.
     build_ebpf::run(build_ebpf::Options::default())?;
-    let build = |package: &str, bin: &str| {
-        process::run(
-            Command::new(workspace::cargo())
-                .current_dir(workspace::root())
-                .args(["build", "--release", "--package", package, "--bin", bin]),
-        )
-    };
     build("ferry-central", "ferry-central")?;
     build("ferry-tests", "ferry-control-bench")?;
     let release = workspace::target_dir().join("release");

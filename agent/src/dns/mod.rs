@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 pub use answers::{Answerer, Outcome, TTL, Who, ZONE};
@@ -50,8 +50,9 @@ pub struct DnsOptions {
     pub map_dir: PathBuf,
     /// This server's name (for `load_balancing: closest`).
     pub server: String,
-    /// The Unix socket of the keeper that holds the listening sockets across restarts.
-    pub keeper: PathBuf,
+    /// The Unix socket of the keeper that holds the listening sockets across restarts
+    /// (None: bind, and let the sockets close with the process).
+    pub keeper: Option<PathBuf>,
 }
 
 /// Why the DNS server could not start.
@@ -77,7 +78,7 @@ pub enum DnsError {
 /// container network is created, so binding is retried until it can.
 pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Result<(), DnsError> {
     let maps = DnsMaps::open(&options.map_dir)?;
-    let (udp, tcp) = bind(options.listen, &options.keeper).await;
+    let (udp, tcp) = bind(options.listen, options.keeper.as_deref()).await;
     // Queries wait in the socket until the records and this server's containers are known:
     // answering "no such name" to a container of a running service would be worse than a
     // moment's delay. Bounded, so a central and Docker both out of reach still get answers.
@@ -104,22 +105,39 @@ pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Res
     info!(listen = %options.listen, upstreams = ?options.upstreams, "DNS server answering");
     let listen = options.listen;
     let io = |source| DnsError::Io { listen, source };
+    // UDP on a thread of its own, blocking in batched system calls: the hot path never
+    // goes through the runtime's reactor. The thread ends with the process.
+    let (failed, udp_failure) = tokio::sync::oneshot::channel();
+    let (udp_service, runtime) = (service.clone(), tokio::runtime::Handle::current());
+    std::thread::Builder::new()
+        .name("ferry-dns-udp".into())
+        .spawn(move || {
+            let _ = failed.send(server::serve_udp(udp_service, Arc::new(udp), runtime));
+        })
+        .map_err(io)?;
     tokio::select! {
-        r = server::serve_udp(service.clone(), Arc::new(udp)) => r.map_err(io),
+        r = udp_failure => match r {
+            Ok(r) => r.map_err(io),
+            Err(_) => Err(io(io::Error::other("the UDP thread ended"))),
+        },
         r = server::serve_tcp(service, tcp) => r.map_err(io),
     }
 }
 
-async fn bind(listen: SocketAddrV4, keeper: &Path) -> (UdpSocket, TcpListener) {
+async fn bind(listen: SocketAddrV4, keeper: Option<&Path>) -> (std::net::UdpSocket, TcpListener) {
     let mut warned = false;
     loop {
-        let keeper = keeper.to_path_buf();
+        let keeper = keeper.map(Path::to_path_buf);
         let taken = tokio::task::spawn_blocking(move || {
-            handoff::take_or_bind(&keeper, || {
+            let bind = || {
                 let udp = std::net::UdpSocket::bind(listen)?;
                 let tcp = std::net::TcpListener::bind(listen)?;
                 Ok(vec![OwnedFd::from(udp), OwnedFd::from(tcp)])
-            })
+            };
+            match keeper {
+                Some(keeper) => handoff::take_or_bind(&keeper, bind),
+                None => bind(),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)));
@@ -136,8 +154,8 @@ async fn bind(listen: SocketAddrV4, keeper: &Path) -> (UdpSocket, TcpListener) {
     }
 }
 
-/// The kept (or fresh) UDP socket and TCP listener, for tokio.
-fn into_tokio(fds: Vec<OwnedFd>) -> io::Result<(UdpSocket, TcpListener)> {
+/// The kept (or fresh) UDP socket (for the blocking UDP thread) and TCP listener (for tokio).
+fn into_tokio(fds: Vec<OwnedFd>) -> io::Result<(std::net::UdpSocket, TcpListener)> {
     let mut fds = fds.into_iter();
     let (Some(udp), Some(tcp), None) = (fds.next(), fds.next(), fds.next()) else {
         return Err(io::Error::new(
@@ -147,9 +165,8 @@ fn into_tokio(fds: Vec<OwnedFd>) -> io::Result<(UdpSocket, TcpListener)> {
     };
     let udp = std::net::UdpSocket::from(udp);
     let tcp = std::net::TcpListener::from(tcp);
-    udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
-    Ok((UdpSocket::from_std(udp)?, TcpListener::from_std(tcp)?))
+    Ok((udp, TcpListener::from_std(tcp)?))
 }
 
 /// The resolvers in `resolv_conf` (port 53), but never `listen` itself.

@@ -63,9 +63,15 @@ pub fn redirect(ctx: &SockAddrContext) -> bool {
     };
     // SAFETY: the context is a sock_addr context, which the helper accepts.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // A full LRU map evicts the oldest socket's entry; the insert itself cannot fail for
-    // want of room, and if it failed the reply would still arrive, from the listener.
-    let _ = FERRY_DNS_ORIGINS.insert(&cookie, &origin, 0);
+    // A socket sending query after query to one resolver is written once: an LRU update
+    // costs an element swap, a lookup does not.
+    // SAFETY: the value is plain data copied out at once.
+    if unsafe { FERRY_DNS_ORIGINS.get(&cookie) } != Some(&origin) {
+        // A full LRU map evicts the oldest socket's entry; the insert itself cannot fail
+        // for want of room, and if it failed the reply would still arrive, from the
+        // listener.
+        let _ = FERRY_DNS_ORIGINS.insert(&cookie, &origin, 0);
+    }
     sa.user_ip4 = listener.addr;
     sa.user_port = u32::from(listener.port);
     bump(Counter::DnsRedirected);
@@ -161,5 +167,9 @@ fn record_peer(ctx: &SkBuffContext) {
     };
     // SAFETY: the context of a cgroup_skb program is a valid __sk_buff.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.as_ptr() as *mut __sk_buff) };
-    let _ = FERRY_DNS_PEERS.insert(&peer, &cgroup, 0);
+    // Written only when it changes (a new source, or a port reused by another cgroup).
+    // SAFETY: the value is plain data copied out at once.
+    if unsafe { FERRY_DNS_PEERS.get(&peer) } != Some(&cgroup) {
+        let _ = FERRY_DNS_PEERS.insert(&peer, &cgroup, 0);
+    }
 }

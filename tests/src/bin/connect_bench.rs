@@ -1,0 +1,265 @@
+//! `cargo xtask bench connect`: what a connect to a service address costs when `connect4`
+//! steers it, against a direct connect to the backend and against an iptables DNAT rule
+//! doing the same steering, in the same run.
+//!
+//! A namespace of its own holds the backend (10.98.0.1:8080 on its loopback) and the
+//! client; the client runs in a cgroup below the data plane's root, so all three paths pay
+//! the same connect4 lookup (the direct address and the DNAT address are simply not
+//! services). Each connection is opened, carries one byte each way, and is closed with a
+//! reset (SO_LINGER 0, so no TIME_WAIT piles up); the client opens them one after another
+//! and reports the rate and the per-connection latency. Runs interleave the three paths.
+//!
+//! Modes: `ferry-connect-bench [--runs N] [--connections N]` orchestrates;
+//! `ferry-connect-bench client TARGET N` is the client it starts.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use ferry_agent::dataplane::{Callers, Dataplane, DataplaneConfig, ServiceTable, map_dir};
+use ferry_tests::{
+    agent::Pins,
+    cgroup::TestCgroup,
+    netns::{Server, ip},
+};
+
+const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 98, 0, 1), 8080);
+const SERVICE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 97, 0, 1), 80);
+const DNAT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 97, 0, 2), 80);
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("client") => client(&args[1..]),
+        _ => orchestrate(&args),
+    }
+}
+
+fn flag(args: &[String], name: &str, default: u64) -> Result<u64> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .with_context(|| format!("{name} needs a number"))?
+            .parse()
+            .with_context(|| format!("{name} takes a number")),
+        None => Ok(default),
+    }
+}
+
+/// One path's figures from one run.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    per_second: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn orchestrate(args: &[String]) -> Result<()> {
+    let runs = flag(args, "--runs", 5)?;
+    let connections = flag(args, "--connections", 20_000)?;
+    let ns = Server::create("ferry-connect-bench", None)?;
+    let name = ns.name().to_string();
+    ip(&["-n", &name, "addr", "add", "10.98.0.1/32", "dev", "lo"])?;
+    // The DNAT address needs a route before the rule rewrites it; connect4 needs none.
+    ip(&["-n", &name, "route", "add", "10.97.0.0/16", "dev", "lo"])?;
+    iptables(
+        &name,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            &DNAT.ip().to_string(),
+            "-p",
+            "tcp",
+            "--dport",
+            &DNAT.port().to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &BACKEND.to_string(),
+        ],
+    )?;
+
+    let root = TestCgroup::top_level("ferry-connect-bench")?;
+    let client_cgroup = TestCgroup::new(root.path(), "client")?;
+    let pins = Pins::new("ferry-connect-bench")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let config = DataplaneConfig {
+        cgroup_root: root.path().to_path_buf(),
+        bpffs: pins.path().to_path_buf(),
+    };
+    let _dataplane = runtime.block_on(async { Dataplane::start(&config) })?;
+    ServiceTable::open(&map_dir(pins.path()))?.set(SERVICE, 0, Callers::Everyone, &[BACKEND])?;
+
+    // The backend: one byte in, one byte out, on a thread inside the namespace.
+    let listener = ns.run(|| TcpListener::bind(BACKEND))??;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut byte = [0u8; 1];
+            if stream.read_exact(&mut byte).is_ok() {
+                let _ = stream.write_all(&byte);
+            }
+        }
+    });
+
+    let exe = std::env::current_exe()?;
+    let paths = [
+        ("direct", BACKEND),
+        ("connect4", SERVICE),
+        ("iptables", DNAT),
+    ];
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
+    for run in 0..runs {
+        for (i, (label, target)) in paths.iter().enumerate() {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["client", &target.to_string(), &connections.to_string()]);
+            ns.enter(&mut cmd);
+            let cgroup_procs = client_cgroup.path().join("cgroup.procs");
+            // SAFETY: only a write(2) to a file between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    std::fs::write(&cgroup_procs, b"0")
+                });
+            }
+            let out = cmd.output().context("running the client")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            ensure!(
+                out.status.success(),
+                "client to {target} failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let figures = parse(&text)?;
+            println!(
+                "run {run} {label:<9} {:>8.0} connections/s  p50 {:>5.1} us  p99 {:>5.1} us",
+                figures.per_second, figures.p50_us, figures.p99_us
+            );
+            results[i].push(figures);
+        }
+    }
+    let of = |i: usize, f: fn(&Figures) -> f64| median(results[i].iter().map(f).collect());
+    println!();
+    for (i, (label, _)) in paths.iter().enumerate() {
+        println!(
+            "median {label:<9} {:>8.0} connections/s  p50 {:>5.1} us  p99 {:>5.1} us",
+            of(i, |f| f.per_second),
+            of(i, |f| f.p50_us),
+            of(i, |f| f.p99_us)
+        );
+    }
+    let rate = |i| of(i, |f| f.per_second);
+    // Ratios per run, then their median (see the DNS bench).
+    let paired = |a: usize, b: usize, f: fn(&Figures) -> f64| {
+        median(
+            results[a]
+                .iter()
+                .zip(&results[b])
+                .map(|(x, y)| f(x) / f(y))
+                .collect(),
+        )
+    };
+    let by_rate = |f: &Figures| f.per_second;
+    println!(
+        "ratio connect_rate_vs_direct_higher_is_better = {:.2}",
+        paired(1, 0, by_rate)
+    );
+    println!(
+        "ratio connect_rate_vs_iptables_higher_is_better = {:.2}",
+        paired(1, 2, by_rate)
+    );
+    println!(
+        "ratio connect_p99_vs_direct_lower_is_better = {:.2}",
+        paired(1, 0, |f| f.p99_us)
+    );
+    println!("metric connect4_rate = {:.0} connections/s", rate(1));
+    println!("metric connect4_p99 = {:.1} us", of(1, |f| f.p99_us));
+    drop(_dataplane);
+    let _ = ferry_agent::dataplane::unpin(pins.path());
+    Ok(())
+}
+
+fn iptables(netns: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "iptables"])
+        .args(args)
+        .output()
+        .context("running iptables; `./x setup` installs it")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn parse(text: &str) -> Result<Figures> {
+    let number = |label: &str| -> Result<f64> {
+        text.split_whitespace()
+            .skip_while(|w| *w != label)
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("the client printed no {label}: {text}"))
+    };
+    Ok(Figures {
+        per_second: number("rate")?,
+        p50_us: number("p50")?,
+        p99_us: number("p99")?,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Opens `N` connections to TARGET one after another; prints `rate R p50 X p99 Y`.
+fn client(args: &[String]) -> Result<()> {
+    let [target, n] = args else {
+        bail!("usage: ferry-connect-bench client TARGET N");
+    };
+    let target: SocketAddrV4 = target.parse()?;
+    let n: usize = n.parse()?;
+    let mut samples = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let begin = Instant::now();
+        let mut stream =
+            TcpStream::connect(target).with_context(|| format!("connecting to {target}"))?;
+        stream.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte)?;
+        samples.push(begin.elapsed().as_secs_f64() * 1e6);
+        // A reset instead of a FIN: no TIME_WAIT, so the ports never run out.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid option value for a valid socket.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&stream),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            );
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "rate {rate:.0} p50 {:.1} p99 {:.1}",
+        samples[n / 2],
+        samples[n * 99 / 100]
+    );
+    Ok(())
+}
