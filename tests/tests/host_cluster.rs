@@ -1,7 +1,9 @@
 //! Host tier: the example stack across two servers (two namespaces, each with its own
 //! Docker Engine and agent) joined to a real central. Central is killed with SIGKILL while
 //! the servers build, and an agent after the deploy: no state is lost, no container is
-//! orphaned, duplicated or restarted. The operator reads logs, runs commands and restarts
+//! orphaned, duplicated or restarted. A web container finds both servers' api containers by
+//! name, and its connections to the api's service address alternate between them. The
+//! operator reads logs, runs commands and restarts
 //! a service through the agents, scales a service, and deploys again; each generation
 //! replaces the one before on both servers.
 
@@ -15,6 +17,7 @@ use ferry_api::{
 use ferry_tests::{
     central::Central,
     cluster::{Member, Operator, eventually},
+    inside::{exec, node},
     netns::Network,
     unique,
 };
@@ -102,6 +105,73 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
         },
     )
     .await?;
+
+    // Discovery across servers: api.cloud66.local names both api containers, and the api's
+    // service address spreads a web's connections evenly over them (counted by the peer
+    // address each connection really reached).
+    let api_ips = {
+        let mut ips = Vec::new();
+        for member in [&one, &two] {
+            for c in member.containers().await? {
+                if c.service == "api" {
+                    ips.push(c.address.context("api without an address")?.to_string());
+                }
+            }
+        }
+        ips.sort();
+        ips
+    };
+    let web_on_one = one
+        .containers()
+        .await?
+        .into_iter()
+        .find(|c| c.service == "web")
+        .context("no web on one")?;
+    let engine = one.docker.engine();
+    // The agents' record watches were in their reconnect backoff after central's crash.
+    eventually(
+        Duration::from_secs(15),
+        "api.cloud66.local names both api containers",
+        || async {
+            let named = exec(
+                engine,
+                &web_on_one.id,
+                &["dig", "+short", "api.cloud66.local"],
+            )
+            .await?;
+            let mut named: Vec<&str> = named.lines().collect();
+            named.sort();
+            Ok(named == api_ips)
+        },
+    )
+    .await?;
+    let address = exec(
+        engine,
+        &web_on_one.id,
+        &["dig", "+short", "api.address.cloud66.local"],
+    )
+    .await?;
+    let counts = node(
+        engine,
+        &web_on_one.id,
+        &format!(
+            "const net = require('net'); const counts = {{}}; let left = 40;
+             (function next() {{
+               if (!left--) return console.log(JSON.stringify(counts));
+               const s = net.connect(4000, '{address}', () => {{
+                 counts[s.remoteAddress] = (counts[s.remoteAddress] || 0) + 1;
+                 s.destroy();
+                 next();
+               }});
+               s.on('error', e => {{ console.log('error', e.code); process.exit(1); }});
+             }})();"
+        ),
+    )
+    .await?;
+    let counts: std::collections::BTreeMap<String, u32> =
+        serde_json::from_str(&counts).with_context(|| format!("counts from node: {counts}"))?;
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), api_ips);
+    assert!(counts.values().all(|n| *n == 20), "{counts:?}");
 
     // An agent crash changes nothing in what runs: the new agent adopts its containers.
     let before = start_times(&two).await?;

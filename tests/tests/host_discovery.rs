@@ -3,7 +3,8 @@
 //! (glibc, Node's two resolvers, dig): the kernel sends the query to the agent, which
 //! answers per the caller's cgroup. During a deploy old and new `web` each reach their own
 //! `api`, by name and through the service address; two processes with one source address
-//! in different cgroups get different answers; outsiders get nothing; hostile packets are
+//! in different cgroups get different answers; a connection held across the flip stays on
+//! its backend while new ones go to the new generation; outsiders get nothing; hostile packets are
 //! survived; an agent killed and restarted keeps names and service addresses working.
 
 use std::{
@@ -114,6 +115,111 @@ fn dig_on_host(server: &Server, cgroup: Option<&Path>, args: &[&str]) -> Result<
     server.enter(&mut cmd);
     let out = cmd.output().context("running dig")?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A Node process in a fresh cgroup below the agent's root (steered, but no container):
+/// it keeps one connection to a service address, asking on it every 300 ms and printing
+/// `kept N` for generation N's answers, and on each line of input opens a new connection
+/// and prints `new N`.
+struct HeldConnection {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    cgroup: PathBuf,
+}
+
+impl HeldConnection {
+    fn open(member: &Member, target: SocketAddrV4) -> Result<Self> {
+        let cgroup = member.paths.cgroup_root.join("held-connection");
+        std::fs::create_dir_all(&cgroup)?;
+        let (host, port) = (target.ip(), target.port());
+        let script = format!(
+            r#"const net = require('net');
+const answers = (socket, label) => {{
+  let buf = '';
+  socket.on('data', d => {{
+    buf += d;
+    let m;
+    while ((m = buf.match(/api of generation (\d+)/))) {{
+      console.log(label + ' ' + m[1]);
+      buf = buf.slice(m.index + m[0].length);
+    }}
+  }});
+}};
+const kept = net.connect({port}, '{host}');
+answers(kept, 'kept');
+kept.on('close', () => console.log('kept closed'));
+setInterval(() => kept.write('GET / HTTP/1.1\r\nHost: api\r\n\r\n'), 300);
+require('readline').createInterface({{ input: process.stdin }}).on('line', () => {{
+  const s = net.connect({port}, '{host}', () => s.write('GET / HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n'));
+  answers(s, 'new');
+}});"#
+        );
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "echo $$ > {}/cgroup.procs && exec node -e \"$0\"",
+                cgroup.display()
+            ),
+            &script,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        member.server.enter(&mut cmd);
+        let mut child = cmd.spawn().context("starting node")?;
+        let stdout = child.stdout.take().context("node's stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            cgroup,
+        })
+    }
+
+    /// Waits for the line `wanted`; fails on `kept closed` or a kept answer of another
+    /// generation than the first.
+    fn expect(&mut self, wanted: &str, within: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .with_context(|| format!("no {wanted:?} within {within:?}"))?;
+            anyhow::ensure!(
+                line != "kept closed" && !(line.starts_with("kept") && line != "kept 1"),
+                "the held connection changed: {line}"
+            );
+            if line == wanted {
+                return Ok(());
+            }
+        }
+    }
+
+    fn ask_new(&mut self) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().context("node's stdin")?;
+        stdin.write_all(b"new\n")?;
+        Ok(())
+    }
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,6 +367,11 @@ async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<
         api1_ip
     );
 
+    // A process in a cgroup of ferry's tree that is no container of the stack holds a
+    // connection to the service address across the deploy.
+    let mut held = HeldConnection::open(&one, service_address)?;
+    held.expect("kept 1", Duration::from_secs(10))?;
+
     // A deploy: after the flip, while generation 1 drains, each web reaches its own api,
     // by name and through the service address.
     let deploy = operator.spawn(&["deploy", "--stack", "shop", &shop]);
@@ -268,6 +379,12 @@ async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<
         Ok(admin.stacks().await?[0].serving == Some(2))
     })
     .await?;
+    // The held connection stays on its generation-1 backend; a new one goes to the new
+    // generation.
+    held.ask_new()?;
+    held.expect("new 2", Duration::from_secs(10))?;
+    held.expect("kept 1", Duration::from_secs(5))?;
+    drop(held);
     let (api2, web2) = (
         container(&one, "api", 2).await?,
         container(&one, "web", 2).await?,
