@@ -31,7 +31,7 @@ pub struct LocalCaller {
 /// The shared table of this server's callers, by cgroup id.
 #[derive(Clone)]
 pub struct Callers {
-    known: Arc<RwLock<HashMap<u64, LocalCaller>>>,
+    known: Arc<RwLock<HashMap<u64, Arc<LocalCaller>>>>,
     kernel: Arc<Mutex<Kernel>>,
     /// Whether the containers have been listed once since the agent started.
     loaded: Arc<AtomicBool>,
@@ -75,8 +75,9 @@ impl Callers {
         self.loaded.load(Ordering::Acquire)
     }
 
-    /// The caller whose processes live in cgroup `cgroup`, if it is one of ours.
-    pub fn get(&self, cgroup: u64) -> Option<LocalCaller> {
+    /// The caller whose processes live in cgroup `cgroup`, if it is one of ours (shared:
+    /// the DNS server asks for every query).
+    pub fn get(&self, cgroup: u64) -> Option<Arc<LocalCaller>> {
         self.known
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -90,7 +91,7 @@ impl Callers {
         self.known
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(cgroup, caller);
+            .insert(cgroup, Arc::new(caller));
     }
 
     /// Makes the table exactly `all`: the containers that run now.
@@ -116,7 +117,8 @@ impl Callers {
         for (cgroup, caller) in &all {
             self.write_kernel(*cgroup, caller);
         }
-        *self.known.write().unwrap_or_else(PoisonError::into_inner) = all;
+        *self.known.write().unwrap_or_else(PoisonError::into_inner) =
+            all.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.loaded.store(true, Ordering::Release);
     }
 

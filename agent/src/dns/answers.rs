@@ -16,8 +16,11 @@
 
 use std::{
     hash::{Hash as _, Hasher as _},
-    net::{Ipv4Addr, SocketAddrV4},
-    sync::atomic::{AtomicU64, Ordering},
+    net::SocketAddrV4,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use ferry_api::{
@@ -39,7 +42,7 @@ pub const NEGATIVE_TTL: u32 = 5;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Who {
     /// One of this server's containers: its cgroup id and what it is.
-    Container(u64, LocalCaller),
+    Container(u64, Arc<LocalCaller>),
     /// A process of this server outside ferry's containers (or one the agent does not know
     /// yet), from this address.
     Host(SocketAddrV4),
@@ -131,7 +134,7 @@ impl Answerer {
         };
         let directory = self.records.read();
         let caller = match who {
-            Who::Container(_, caller) => Some(caller),
+            Who::Container(_, caller) => Some(&**caller),
             Who::Host(_) => None,
         };
         let record = match directory.find(service, caller.map(|c| c.stack.as_str())) {
@@ -156,12 +159,7 @@ impl Answerer {
                 any = r.answer(Record::A(a), TTL);
             }
         } else if wants(rtype::A) {
-            for a in self.ordered(record, caller, who) {
-                if !r.answer(Record::A(a), TTL) {
-                    break;
-                }
-                any = true;
-            }
+            any = self.write_ordered(&mut r, record, caller, who);
         } else if wants(rtype::SRV) {
             for port in &record.ports {
                 any |= r.answer(Record::Srv { port: *port }, TTL);
@@ -172,38 +170,63 @@ impl Answerer {
         }
     }
 
-    /// The caller's endpoints of `record`, in the order its load balancing asks for.
-    fn ordered(
+    /// Writes the caller's endpoints of `record` as A records, in the order its load
+    /// balancing asks for; whether any was written. No allocation on the common paths:
+    /// this runs for every query.
+    fn write_ordered(
         &self,
+        r: &mut Response<'_>,
         record: &ServiceRecord,
         caller: Option<&LocalCaller>,
         who: &Who,
-    ) -> Vec<Ipv4Addr> {
+    ) -> bool {
         let generation = caller
             .filter(|c| c.stack == record.stack)
             .map(|c| c.generation);
         let endpoints = record.pick(generation);
-        let n = endpoints.len().max(1) as u64;
-        let rotate = |list: &[&Endpoint], by: u64| -> Vec<Ipv4Addr> {
-            let len = list.len();
-            (0..len)
-                .map(|i| list[(i + (by % n) as usize) % len].address)
-                .collect()
+        let mut any = false;
+        let mut write = |group: &mut dyn Iterator<Item = &Endpoint>| {
+            for e in group {
+                if !r.answer(Record::A(e.address), TTL) {
+                    return false;
+                }
+                any = true;
+            }
+            true
         };
-        let all: Vec<&Endpoint> = endpoints.iter().collect();
         match record.load_balancing {
-            LoadBalancing::RoundRobin => rotate(&all, self.turn.fetch_add(1, Ordering::Relaxed)),
-            LoadBalancing::Sticky => rotate(&all, sticky_key(who)),
+            LoadBalancing::RoundRobin => {
+                write(&mut rotated(
+                    endpoints,
+                    self.turn.fetch_add(1, Ordering::Relaxed),
+                ));
+            }
+            LoadBalancing::Sticky => {
+                write(&mut rotated(endpoints, sticky_key(who)));
+            }
             LoadBalancing::Closest => {
                 let turn = self.turn.fetch_add(1, Ordering::Relaxed);
                 let (near, far): (Vec<&Endpoint>, Vec<&Endpoint>) =
-                    all.iter().partition(|e| e.server == self.server);
-                let mut out = rotate(&near, turn);
-                out.extend(rotate(&far, turn));
-                out
+                    endpoints.iter().partition(|e| e.server == self.server);
+                for group in [near, far] {
+                    if !write(&mut rotated(&group, turn).copied()) {
+                        break;
+                    }
+                }
             }
         }
+        any
     }
+}
+
+/// `list` starting at position `by` (modulo its length), wrapping around.
+fn rotated<T>(list: &[T], by: u64) -> impl Iterator<Item = &T> {
+    let start = if list.is_empty() {
+        0
+    } else {
+        (by % list.len() as u64) as usize
+    };
+    list[start..].iter().chain(&list[..start])
 }
 
 /// The part of `name` before `.cloud66.local` ("" for the zone itself), or None outside.

@@ -118,10 +118,9 @@ pub fn ferry_getpeername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// Offsets in an IPv4 header (a cgroup_skb program's data starts at the network header).
-const IP_PROTOCOL: usize = 9;
-const IP_SOURCE: usize = 12;
-const IP_DESTINATION: usize = 16;
+/// An IPv4 header without options followed by the transport ports: what one load reads.
+/// (A cgroup_skb program's data starts at the network header.)
+const HEAD: usize = 24;
 
 #[cgroup_skb(egress)]
 pub fn ferry_dns_egress(ctx: SkBuffContext) -> i32 {
@@ -135,34 +134,24 @@ fn record_peer(ctx: &SkBuffContext) {
     let Some(listener) = listener() else {
         return;
     };
-    let Ok(first) = ctx.load::<u8>(0) else {
+    // One helper call for every field: this runs for every packet a container sends.
+    let Ok(head) = ctx.load::<[u8; HEAD]>(0) else {
         return;
     };
-    if first >> 4 != 4 {
+    // IPv4 without options only: DNS clients never send options, and anything else is not
+    // a query this records (its sender is then answered as a host process, or dropped).
+    if head[0] != 0x45 {
         return;
     }
-    let Ok(destination) = ctx.load::<u32>(IP_DESTINATION) else {
-        return;
-    };
-    if destination != listener.addr {
-        return;
-    }
-    let transport = usize::from(first & 0x0f) * 4;
-    let (Ok(protocol), Ok(source), Ok(source_port), Ok(destination_port)) = (
-        ctx.load::<u8>(IP_PROTOCOL),
-        ctx.load::<u32>(IP_SOURCE),
-        ctx.load::<u16>(transport),
-        ctx.load::<u16>(transport + 2),
-    ) else {
-        return;
-    };
-    if destination_port != listener.port {
+    let word = |at: usize| u32::from_ne_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
+    let half = |at: usize| u16::from_ne_bytes([head[at], head[at + 1]]);
+    if word(16) != listener.addr || half(22) != listener.port {
         return;
     }
     let peer = DnsPeer {
-        addr: source,
-        port: source_port,
-        protocol,
+        addr: word(12),
+        port: half(20),
+        protocol: head[9],
         _pad: 0,
     };
     // SAFETY: the context of a cgroup_skb program is a valid __sk_buff.
