@@ -47,6 +47,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
         &["bind9-dnsutils", "dnsmasq-base"],
     ),
     (
+        "`bench dns` sets dnsmasq and unbound beside ferry under dnsperf; `bench connect` sets an iptables DNAT rule beside connect4",
+        &["dnsperf", "unbound", "iptables"],
+    ),
+    (
         "`bench control` measures central's watch fan-out against etcd 3.4 in the same run",
         &["etcd-server"],
     ),
