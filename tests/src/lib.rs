@@ -6,9 +6,11 @@
 //! - [`agent`]: the real `ferry-agent` binary, started, killed and restarted.
 //! - [`central`]: the real `ferry-central`, initialised and serving, killed and restarted.
 //! - [`cluster`]: servers joined to central, each with its Docker Engine and agent; the CLI.
+//! - [`figures`]: flags, medians and per-run ratios for the benchmark binaries.
 //! - [`inside`]: commands, Node scripts and HTTP requests from inside containers.
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
+//! - [`resolvers`]: peer DNS servers (dnsmasq with fixed names).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
 //! - [`sniff`]: what really crosses a link, from an AF_PACKET socket.
 //! - [`tunnel`]: two servers joined by WireGuard through the agent's mesh verbs.
@@ -21,10 +23,12 @@ pub mod central;
 pub mod cgroup;
 pub mod cluster;
 pub mod docker;
+pub mod figures;
 pub mod inside;
 pub mod netns;
 pub mod node_image;
 pub mod probe;
+pub mod resolvers;
 pub mod sniff;
 pub mod tunnel;
 

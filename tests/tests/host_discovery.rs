@@ -23,6 +23,7 @@ use ferry_tests::{
     cluster::{Member, Operator, UPSTREAM, eventually},
     inside::{exec, get_from, http_get, node},
     netns::{Network, Server, ip},
+    resolvers::dnsmasq,
     unique,
 };
 
@@ -39,22 +40,11 @@ impl Upstream {
             .rsplit(':')
             .next()
             .context("UPSTREAM has no port")?;
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--user=root",
-            "--pid-file=",
-            &format!("--port={port}"),
-            &format!("--address=/{OUTSIDE_NAME}/{OUTSIDE_ADDRESS}"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        let names = [(OUTSIDE_NAME.to_string(), OUTSIDE_ADDRESS.to_string())];
+        let mut cmd = dnsmasq("127.0.0.1", port.parse()?, &names);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
         server.enter(&mut cmd);
         let child = cmd
             .spawn()

@@ -214,11 +214,7 @@ where
         .program_mut(name)
         .ok_or(LoadError::MissingProgram { name })?
         .try_into()
-        .map_err(|source| LoadError::Program {
-            action: "inspect",
-            name,
-            source,
-        })?;
+        .map_err(failed("inspect", name))?;
     Ok(program)
 }
 
@@ -231,49 +227,25 @@ fn attach_sock_addr(
     pin: &Path,
 ) -> Result<Attachment, LoadError> {
     let program: &mut CgroupSockAddr = load_program(ebpf, name)?;
-    program.load().map_err(|source| LoadError::Program {
-        action: "load",
-        name,
-        source,
-    })?;
+    program.load().map_err(failed("load", name))?;
     if pin.exists() {
-        let pinned = PinnedLink::from_pin(pin).map_err(|source| LoadError::PinnedLink {
-            path: pin.to_path_buf(),
-            source,
-        })?;
-        let link = CgroupSockAddrLink::try_from(FdLink::from(pinned)).map_err(|source| {
-            LoadError::PinnedLink {
-                path: pin.to_path_buf(),
-                source,
-            }
-        })?;
+        let pinned = PinnedLink::from_pin(pin).map_err(pinned_link_error(pin))?;
+        let link =
+            CgroupSockAddrLink::try_from(FdLink::from(pinned)).map_err(pinned_link_error(pin))?;
         program
             .attach_to_link(link)
-            .map_err(|source| LoadError::Program {
-                action: "swap into the pinned link",
-                name,
-                source,
-            })?;
+            .map_err(failed("swap into the pinned link", name))?;
         return Ok(Attachment::Adopted);
     }
     // A bpf_link attachment always coexists with other programs on the cgroup, and the
     // kernel refuses any flag on link creation: Single is aya's "no flags".
     let id = program
         .attach(cgroup, CgroupAttachMode::Single)
-        .map_err(|source| LoadError::Program {
-            action: "attach",
-            name,
-            source,
-        })?;
-    let link = program.take_link(id).map_err(|source| LoadError::Program {
-        action: "take the link of",
-        name,
-        source,
-    })?;
-    let link = FdLink::try_from(link).map_err(|source| LoadError::PinnedLink {
-        path: pin.to_path_buf(),
-        source,
-    })?;
+        .map_err(failed("attach", name))?;
+    let link = program
+        .take_link(id)
+        .map_err(failed("take the link of", name))?;
+    let link = FdLink::try_from(link).map_err(pinned_link_error(pin))?;
     pin_link(link, pin)?;
     Ok(Attachment::Fresh)
 }
@@ -289,31 +261,18 @@ fn attach_egress(
     pin: &Path,
 ) -> Result<Attachment, LoadError> {
     let program: &mut CgroupSkb = load_program(ebpf, name)?;
-    program.load().map_err(|source| LoadError::Program {
-        action: "load",
-        name,
-        source,
-    })?;
+    program.load().map_err(failed("load", name))?;
     let id = program
         .attach(
             cgroup,
             CgroupSkbAttachType::Egress,
             CgroupAttachMode::Single,
         )
-        .map_err(|source| LoadError::Program {
-            action: "attach",
-            name,
-            source,
-        })?;
-    let link = program.take_link(id).map_err(|source| LoadError::Program {
-        action: "take the link of",
-        name,
-        source,
-    })?;
-    let link = FdLink::try_from(link).map_err(|source| LoadError::PinnedLink {
-        path: pin.to_path_buf(),
-        source,
-    })?;
+        .map_err(failed("attach", name))?;
+    let link = program
+        .take_link(id)
+        .map_err(failed("take the link of", name))?;
+    let link = FdLink::try_from(link).map_err(pinned_link_error(pin))?;
     if !pin.exists() {
         pin_link(link, pin)?;
         return Ok(Attachment::Fresh);
@@ -329,6 +288,23 @@ fn attach_egress(
         source,
     })?;
     Ok(Attachment::Adopted)
+}
+
+/// The error for `action` failing on program `name`.
+fn failed(action: &'static str, name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
+    move |source| LoadError::Program {
+        action,
+        name,
+        source,
+    }
+}
+
+/// The error for a link that could not be had as the link pinned at `pin`.
+fn pinned_link_error(pin: &Path) -> impl FnOnce(aya::programs::links::LinkError) -> LoadError + '_ {
+    move |source| LoadError::PinnedLink {
+        path: pin.to_path_buf(),
+        source,
+    }
 }
 
 /// Pins `link`; once pinned it lives until its pin is removed, whatever the agent does.

@@ -10,6 +10,25 @@ use std::{
 /// Most descriptors passed in one message.
 pub const MAX_FDS: usize = 16;
 
+/// The one data byte every message carries (the kernel sends no control data alone).
+fn one_byte(byte: &mut [u8; 1]) -> libc::iovec {
+    libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    }
+}
+
+/// A message of `iov` with `control` for its ancillary data; both must outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: msghdr is plain data; all-zero is a valid empty message.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
+}
+
 /// Sends `fds` over `stream` in one message.
 pub fn send(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     if fds.is_empty() || fds.len() > MAX_FDS {
@@ -23,16 +42,8 @@ pub fn send(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     let space = unsafe { libc::CMSG_SPACE(payload_len as u32) } as usize;
     let mut control = vec![0u8; space];
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut iov = one_byte(&mut byte);
+    let msg = message(&mut iov, &mut control);
     // SAFETY: the control buffer has room for one header and `payload_len` bytes.
     unsafe {
         let header = libc::CMSG_FIRSTHDR(&msg);
@@ -58,16 +69,8 @@ pub fn receive(stream: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     let space = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
     let mut control = vec![0u8; space];
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: as in `send`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut iov = one_byte(&mut byte);
+    let mut msg = message(&mut iov, &mut control);
     // SAFETY: msg points at live buffers; CLOEXEC keeps the fds out of children.
     let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if n < 0 {

@@ -24,6 +24,7 @@ use ferry_agent::dataplane::{Callers, Dataplane, DataplaneConfig, ServiceTable, 
 use ferry_tests::{
     agent::Pins,
     cgroup::TestCgroup,
+    figures::{flag, median, paired},
     netns::{Server, ip},
 };
 
@@ -39,17 +40,6 @@ fn main() -> Result<()> {
     }
 }
 
-fn flag(args: &[String], name: &str, default: u64) -> Result<u64> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a number"))?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
-
 /// One path's figures from one run.
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
@@ -59,8 +49,8 @@ struct Figures {
 }
 
 fn orchestrate(args: &[String]) -> Result<()> {
-    let runs = flag(args, "--runs", 5)?;
-    let connections = flag(args, "--connections", 20_000)?;
+    let runs: u64 = flag(args, "--runs")?.unwrap_or(5);
+    let connections: u64 = flag(args, "--connections")?.unwrap_or(20_000);
     let ns = Server::create("ferry-connect-bench", None)?;
     let name = ns.name().to_string();
     ip(&["-n", &name, "addr", "add", "10.98.0.1/32", "dev", "lo"])?;
@@ -157,15 +147,8 @@ fn orchestrate(args: &[String]) -> Result<()> {
     }
     let rate = |i| of(i, |f| f.per_second);
     // Ratios per run, then their median (see the DNS bench).
-    let paired = |a: usize, b: usize, f: fn(&Figures) -> f64| {
-        median(
-            results[a]
-                .iter()
-                .zip(&results[b])
-                .map(|(x, y)| f(x) / f(y))
-                .collect(),
-        )
-    };
+    // Ratios per run, then their median (see the DNS bench).
+    let paired = |a: usize, b: usize, f: fn(&Figures) -> f64| paired(&results[a], &results[b], f);
     let by_rate = |f: &Figures| f.per_second;
     println!(
         "ratio connect_rate_vs_direct_higher_is_better = {:.2}",
@@ -214,11 +197,6 @@ fn parse(text: &str) -> Result<Figures> {
         p50_us: number("p50")?,
         p99_us: number("p99")?,
     })
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// Opens `N` connections to TARGET one after another; prints `rate R p50 X p99 Y`.

@@ -27,7 +27,7 @@ use ferry_api::{
     client::{Client, Trust},
     types::{JoinRequest, StatusReport},
 };
-use ferry_tests::central::Central;
+use ferry_tests::{central::Central, figures::flag};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
@@ -64,18 +64,6 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(run(&counts, writes))
-}
-
-fn flag(args: &[String], name: &str) -> Result<Option<usize>> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => Ok(Some(
-            args.get(i + 1)
-                .with_context(|| format!("{name} needs a number"))?
-                .parse()
-                .with_context(|| format!("{name} takes a number"))?,
-        )),
-        None => Ok(None),
-    }
 }
 
 /// A thousand streams need more descriptors than the usual soft limit of 1024.

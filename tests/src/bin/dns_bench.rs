@@ -32,7 +32,12 @@ use ferry_api::{
     records::{Endpoint, ServiceRecord},
     servicefile::{DnsBehaviour, LoadBalancing},
 };
-use ferry_tests::{agent::Pins, cgroup::TestCgroup};
+use ferry_tests::{
+    agent::Pins,
+    cgroup::TestCgroup,
+    figures::{flag, median, paired},
+    resolvers::dnsmasq,
+};
 
 /// How many names the query file asks for, round-robin.
 const NAMES: u8 = 53;
@@ -58,17 +63,6 @@ fn main() -> Result<()> {
     }
 }
 
-fn flag(args: &[String], name: &str, default: u64) -> Result<u64> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a number"))?
-            .parse()
-            .with_context(|| format!("{name} takes a number")),
-        None => Ok(default),
-    }
-}
-
 /// One server's figures from one run.
 #[derive(Clone, Copy, Debug, Default)]
 struct Figures {
@@ -79,8 +73,8 @@ struct Figures {
 }
 
 fn orchestrate(args: &[String]) -> Result<()> {
-    let runs = flag(args, "--runs", 5)?;
-    let seconds = flag(args, "--seconds", 5)?;
+    let runs: u64 = flag(args, "--runs")?.unwrap_or(5);
+    let seconds: u64 = flag(args, "--seconds")?.unwrap_or(5);
     let work = std::env::temp_dir().join("ferry-dns-bench");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work)?;
@@ -153,15 +147,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
     }
     // Ratios per run, then their median: each pair ran minutes apart at most, so drift of
     // the shared machine between runs cancels out of them.
-    let paired = |a: usize, b: usize, f: fn(&Figures) -> f64| {
-        median(
-            results[a]
-                .iter()
-                .zip(&results[b])
-                .map(|(x, y)| f(x) / f(y))
-                .collect(),
-        )
-    };
+    let paired = |a: usize, b: usize, f: fn(&Figures) -> f64| paired(&results[a], &results[b], f);
     let interception_cost = median(
         direct
             .iter()
@@ -202,11 +188,6 @@ fn orchestrate(args: &[String]) -> Result<()> {
     drop(client);
     let _ = ferry_agent::dataplane::unpin(pins.path());
     Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// A DNS server under test: its process and port.
@@ -353,22 +334,10 @@ fn latency(port: u16) -> Result<(f64, f64)> {
 }
 
 fn dnsmasq_command() -> Command {
-    let mut cmd = Command::new("dnsmasq");
-    cmd.args([
-        "--keep-in-foreground",
-        "--conf-file=/dev/null",
-        "--no-resolv",
-        "--no-hosts",
-        "--bind-interfaces",
-        "--listen-address=127.0.0.1",
-        "--user=root",
-        "--pid-file=",
-        &format!("--port={DNSMASQ_PORT}"),
-    ]);
-    for i in 0..NAMES {
-        cmd.arg(format!("--address=/{}/{}", name(i), address(i)));
-    }
-    cmd
+    let names: Vec<(String, String)> = (0..NAMES)
+        .map(|i| (name(i), address(i).to_string()))
+        .collect();
+    dnsmasq("127.0.0.1", DNSMASQ_PORT, &names)
 }
 
 fn unbound_command(work: &Path) -> Result<Command> {

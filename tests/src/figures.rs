@@ -1,0 +1,34 @@
+//! What the benchmark binaries share: reading their numeric flags, and turning runs into
+//! the figures they print (medians; ratios per run, so drift between runs cancels out).
+
+use anyhow::{Context as _, Result};
+
+/// The number after `name` in `args`, if the flag is there.
+pub fn flag<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => Ok(Some(
+            args.get(i + 1)
+                .with_context(|| format!("{name} needs a number"))?
+                .parse()
+                .ok()
+                .with_context(|| format!("{name} takes a number"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The median of `values` (the upper one of an even count); 0 for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The median over runs of `figure(a) / figure(b)`, `a` and `b` measured in the same run.
+pub fn paired<T>(a: &[T], b: &[T], figure: impl Fn(&T) -> f64) -> f64 {
+    median(
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| figure(x) / figure(y))
+            .collect(),
+    )
+}
