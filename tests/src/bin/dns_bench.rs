@@ -8,7 +8,9 @@
 //! path with this client. Latency is a closed loop of single queries (one outstanding),
 //! as an app's resolver asks. Interception: dnsperf inside a cgroup below ferry's cgroup
 //! root asks "its resolver" 127.0.0.1:53 and the kernel sends every query to ferry's
-//! listener, against dnsperf asking the listener directly.
+//! listener, against dnsperf asking the listener directly; and, for a connected client (as
+//! glibc's and c-ares's are), the latency probe from the same cgroup against the probe asking
+//! the listener.
 //!
 //! Modes: `ferry-dns-bench [--runs N] [--seconds S]` orchestrates; `ferry-dns-bench ferry
 //! PORT CGROUP BPFFS` and `ferry-dns-bench bare PORT` are the servers it starts.
@@ -58,6 +60,12 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ferry") => serve_ferry(&args[1..]),
+        Some("probe") => {
+            let port = args.get(1).context("usage: ferry-dns-bench probe PORT")?;
+            let (p50, p99) = latency(port.parse()?)?;
+            println!("p50 {p50:.1} p99 {p99:.1}");
+            Ok(())
+        }
         Some("bare") => serve_bare(&args[1..]),
         _ => orchestrate(&args),
     }
@@ -112,6 +120,8 @@ fn orchestrate(args: &[String]) -> Result<()> {
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); servers.len()];
     let mut intercepted = Vec::new();
     let mut direct = Vec::new();
+    let mut latency_through = Vec::new();
+    let mut latency_direct = Vec::new();
     for run in 0..runs {
         // Interleaved, so drift on the shared machine touches every server alike.
         for (i, server) in servers.iter().enumerate() {
@@ -130,6 +140,16 @@ fn orchestrate(args: &[String]) -> Result<()> {
         );
         intercepted.push(asked.qps);
         direct.push(straight.qps);
+        // A connected client (as glibc's and c-ares's are): the closed-loop probe from the
+        // ferry cgroup through 127.0.0.1:53, against the same probe to the listener.
+        let through = probe_from(&exe, Some(client.path()), 53)?;
+        let straight = probe_from(&exe, None, FERRY_PORT)?;
+        println!(
+            "run {run} interception, connected client: p50 {:.1} us through 127.0.0.1:53 from a ferry cgroup, {:.1} us to the listener",
+            through.0, straight.0
+        );
+        latency_through.push(through.0);
+        latency_direct.push(straight.0);
     }
     let of = |i: usize, f: fn(&Figures) -> f64| median(results[i].iter().map(f).collect());
     let qps = |i| of(i, |f| f.qps);
@@ -180,6 +200,15 @@ fn orchestrate(args: &[String]) -> Result<()> {
     println!(
         "ratio direct_over_intercepted_qps_lower_is_better = {:.2}",
         interception_cost
+    );
+    let probe_paired: Vec<f64> = latency_through
+        .iter()
+        .zip(&latency_direct)
+        .map(|(t, d)| t / d)
+        .collect();
+    println!(
+        "ratio intercepted_over_direct_p50_connected_lower_is_better = {:.2}",
+        median(probe_paired)
     );
     println!("metric ferry_qps = {:.0} qps", qps(0));
     println!("metric ferry_cpu_per_query = {:.2} us", cpu(0));
@@ -304,6 +333,26 @@ fn query_once(port: u16, query: &[u8]) -> std::io::Result<Duration> {
     let mut buf = [0u8; 512];
     socket.recv(&mut buf)?;
     Ok(start.elapsed())
+}
+
+/// The latency probe in a process of its own (inside `cgroup` when given) asking `port`.
+fn probe_from(exe: &Path, cgroup: Option<&Path>, port: u16) -> Result<(f64, f64)> {
+    let mut script = String::new();
+    if let Some(cgroup) = cgroup {
+        script.push_str(&format!("echo $$ > {}/cgroup.procs && ", cgroup.display()));
+    }
+    script.push_str(&format!("exec {} probe {port}", exe.display()));
+    let out = Command::new("sh").args(["-c", &script]).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "the probe failed: {text}");
+    let number = |label: &str| -> Result<f64> {
+        text.split_whitespace()
+            .skip_while(|w| *w != label)
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("the probe printed no {label}: {text}"))
+    };
+    Ok((number("p50")?, number("p99")?))
 }
 
 /// p50 and p99 of 5000 single queries, one at a time.
