@@ -67,13 +67,13 @@ pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
     // SAFETY: no sleeping helper here; the cgroup id is the caller's.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     // SAFETY: both pointers come from successful lookups and stay valid for this run.
-    if let Some(caller) = unsafe { FERRY_CALLERS.get(&cgroup) } {
-        if caller.stack == unsafe { (*service).stack } {
-            key.generation = caller.generation;
-            if let Some(own) = FERRY_SERVICES.get_ptr_mut(&key) {
-                service = own;
-                bump(Counter::Versioned);
-            }
+    if let Some(caller) = unsafe { FERRY_CALLERS.get(&cgroup) }
+        && caller.stack == unsafe { (*service).stack }
+    {
+        key.generation = caller.generation;
+        if let Some(own) = FERRY_SERVICES.get_ptr_mut(&key) {
+            service = own;
+            bump(Counter::Versioned);
         }
     }
     // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
