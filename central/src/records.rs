@@ -1,18 +1,18 @@
 //! Service discovery records, `records/<stack>/<service>` (see [`ferry_api::records`]):
 //! derived from every server's container report and the stack's generations, rewritten
 //! whenever either changes, and only where something changed, so agents' watches carry
-//! real news.
+//! real news. A stack's datasources get records too, from the addresses it set for them.
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ferry_api::{
-    records::{ServiceRecord, endpoints},
-    servicefile::Service,
+    records::{Endpoint, ServiceRecord, endpoints},
+    servicefile::{Database, DnsBehaviour, Port, Service},
     types::ContainerReport,
 };
 
 use crate::{
-    state::{StackError, Stacks, encode},
+    state::{StackError, Stacks, datasources_of, encode},
     store::{Compare, Op, Store, StoreError, TxnOutcome},
 };
 
@@ -74,6 +74,21 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
         }
         specs.extend(services);
     }
+    // Datasources the stack points at are names too: not versioned, on their own port.
+    let datasources = datasources_of(store, stack)?;
+    for (name, addresses) in &datasources {
+        found.entry(name.clone()).or_insert_with(|| {
+            let endpoints = addresses
+                .iter()
+                .map(|address| Endpoint {
+                    address: *address,
+                    server: String::new(),
+                    container: format!("datasource {name}"),
+                })
+                .collect();
+            BTreeMap::from([(0, endpoints)])
+        });
+    }
     let (existing, _) = store.list(&format!("records/{stack}/"))?;
     let (taken, _) = store.list(ADDRESSES)?;
     let mut fresh = free_addresses(&taken);
@@ -82,7 +97,11 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
     let wanted: BTreeMap<String, ServiceRecord> = found
         .into_iter()
         .map(|(service, generations)| {
-            let spec = specs.get(&service).cloned().unwrap_or_default();
+            let spec = match (specs.get(&service), datasources.contains_key(&service)) {
+                (Some(spec), _) => spec.clone(),
+                (None, true) => datasource_spec(&service),
+                (None, false) => Service::default(),
+            };
             let key = key(stack, &service);
             // A service keeps its address for as long as it has a record.
             let kept = existing
@@ -137,6 +156,29 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
         TxnOutcome::Failed(_) => Err(StackError::Store(StoreError::Contended {
             what: "a service address",
         })),
+    }
+}
+
+/// How a datasource's record reads: every caller gets the same addresses, and its SRV
+/// record names the database's usual port.
+fn datasource_spec(name: &str) -> Service {
+    let port = match Database::ALL
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, d)| *d)
+    {
+        Some(Database::Mysql) => 3306,
+        Some(Database::Postgresql) => 5432,
+        Some(Database::Mongodb) => 27017,
+        Some(Database::Redis) | None => 6379,
+    };
+    Service {
+        dns_behaviour: DnsBehaviour::NonVersioned,
+        ports: vec![Port {
+            container: port,
+            ..Port::default()
+        }],
+        ..Service::default()
     }
 }
 

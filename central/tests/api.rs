@@ -464,6 +464,73 @@ async fn stack_variables_resolve_at_deploy_and_a_missing_one_refuses_it() {
 }
 
 #[tokio::test]
+async fn a_stacks_datasources_become_records_agents_can_read() {
+    use ferry_api::{records::ServiceRecord, types::DatasourcesChange};
+    let central = Central::start().await;
+    let agent = central.agent("one", 1).await;
+    let admin = central.client(&central.admin);
+    let address: std::net::Ipv4Addr = "10.0.0.5".parse().expect("address");
+
+    // An unknown datasource or no address: refused, naming the choices; nothing changes.
+    let mut bad = DatasourcesChange::default();
+    bad.set.insert("oracle".into(), vec![address]);
+    let err = admin.change_datasources("shop", &bad).await.unwrap_err();
+    assert_eq!(status(&err), 400);
+    assert!(
+        err.to_string()
+            .contains("\"oracle\" is not a datasource ferry knows; use one of mysql, postgresql, mongodb, redis"),
+        "{err}"
+    );
+    let mut empty = DatasourcesChange::default();
+    empty.set.insert("redis".into(), vec![]);
+    assert_eq!(
+        status(&admin.change_datasources("shop", &empty).await.unwrap_err()),
+        400
+    );
+    let mut good = DatasourcesChange::default();
+    good.set.insert("redis".into(), vec![address]);
+    assert_eq!(
+        status(&agent.change_datasources("shop", &good).await.unwrap_err()),
+        403
+    );
+    assert!(admin.datasources("shop").await.expect("read").is_empty());
+
+    // Set: a non-versioned record with the address and redis's port, readable by agents.
+    admin.change_datasources("shop", &good).await.expect("set");
+    let items = agent
+        .list("records/shop/redis")
+        .await
+        .expect("records")
+        .items;
+    let record: ServiceRecord = serde_json::from_value(items[0].value.clone()).expect("record");
+    assert_eq!(record.pick(Some(7)).len(), 1);
+    assert_eq!(record.pick(None)[0].address, address);
+    assert_eq!(record.ports, vec![6379]);
+    assert_eq!(
+        record.dns_behaviour,
+        ferry_api::servicefile::DnsBehaviour::NonVersioned
+    );
+
+    // Unset: the record goes.
+    let gone = DatasourcesChange {
+        unset: vec!["redis".into()],
+        ..DatasourcesChange::default()
+    };
+    admin
+        .change_datasources("shop", &gone)
+        .await
+        .expect("unset");
+    assert!(
+        agent
+            .list("records/shop/redis")
+            .await
+            .expect("records")
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn container_actions_are_for_the_admin_and_reach_only_their_own_server() {
     use ferry_api::types::{ActionKind, ActionResult};
     let central = Central::start().await;

@@ -1,7 +1,7 @@
 //! Host tier: version-aware discovery with real clients inside real containers. The example
 //! stack's containers resolve `.cloud66.local` through whatever resolver Docker gave them
 //! (glibc, Node's two resolvers, dig): the kernel sends the query to the agent, which
-//! answers per the caller's cgroup. During a deploy old and new `web` each reach their own
+//! answers per the caller's cgroup, datasources included. During a deploy old and new `web` each reach their own
 //! `api`, by name and through the service address; two processes with one source address
 //! in different cgroups get different answers; a connection held across the flip stays on
 //! its backend while new ones go to the new generation; outsiders get nothing; hostile packets are
@@ -30,6 +30,8 @@ use ferry_tests::{
 /// The name the test's upstream resolver answers, and its address.
 const OUTSIDE_NAME: &str = "shop-partner.example";
 const OUTSIDE_ADDRESS: &str = "192.0.2.7";
+/// Where the test points the stack's redis datasource (only ever resolved, never reached).
+const DATASOURCE_ADDRESS: &str = "192.0.2.10";
 
 /// dnsmasq inside the server's namespace, at the address every member's agent forwards to.
 struct Upstream(Child);
@@ -283,6 +285,31 @@ async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<
     );
     let outside = exec(&engine, &web1.id, &["getent", "hosts", OUTSIDE_NAME]).await?;
     assert!(outside.starts_with(OUTSIDE_ADDRESS), "{outside}");
+    // A datasource the stack points at resolves too (the example's REDIS_HOST).
+    let (ok, out, err) = operator.run(&[
+        "datasources",
+        "set",
+        "--stack",
+        "shop",
+        "redis",
+        DATASOURCE_ADDRESS,
+    ])?;
+    assert!(ok, "{out}{err}");
+    eventually(
+        Duration::from_secs(5),
+        "redis.cloud66.local resolves",
+        || async {
+            Ok(dig(&engine, &web1.id, &["redis.cloud66.local"]).await? == DATASOURCE_ADDRESS)
+        },
+    )
+    .await?;
+    let redis = exec(
+        &engine,
+        &web1.id,
+        &["getent", "hosts", "redis.cloud66.local"],
+    )
+    .await?;
+    assert!(redis.starts_with(DATASOURCE_ADDRESS), "{redis}");
     // The service address has a name of its own.
     let address: Ipv4Addr = dig(&engine, &web1.id, &["api.address.cloud66.local"])
         .await?

@@ -22,9 +22,9 @@ use serde::de::DeserializeOwned;
 use crate::{
     Revision, fingerprint,
     types::{
-        ActionKind, ActionResult, ContainerReport, DeployResponse, Generation, JoinRequest,
-        JoinResponse, ListResponse, ScaleRequest, Server, Stack, StatusReport, VariablesChange,
-        WatchLine,
+        ActionKind, ActionResult, ContainerReport, DatasourcesChange, DeployResponse, Generation,
+        JoinRequest, JoinResponse, ListResponse, ScaleRequest, Server, Stack, StatusReport,
+        VariablesChange, WatchLine,
     },
 };
 
@@ -223,6 +223,25 @@ impl Client {
         change: &VariablesChange,
     ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
         let url = format!("{}/v1/stacks/{stack}/variables", self.base);
+        self.send(self.http.put(&url).json(change), &url).await
+    }
+
+    /// Where a stack's datasources are (admin).
+    pub async fn datasources(
+        &self,
+        stack: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/datasources", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Sets and removes stack datasources in one change; returns them all (admin).
+    pub async fn change_datasources(
+        &self,
+        stack: &str,
+        change: &DatasourcesChange,
+    ) -> Result<std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/datasources", self.base);
         self.send(self.http.put(&url).json(change), &url).await
     }
 

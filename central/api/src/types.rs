@@ -232,6 +232,18 @@ pub struct VariablesChange {
     pub unset: Vec<String>,
 }
 
+/// A change to where a stack's datasources are: `PUT /v1/stacks/<stack>/datasources`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasourcesChange {
+    /// Datasources to set (`redis` -> its addresses), added or replaced.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>,
+    /// Datasources to remove.
+    #[serde(default)]
+    pub unset: Vec<String>,
+}
+
 /// What the operator asks of one container; its server's agent carries it out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

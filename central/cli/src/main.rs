@@ -9,6 +9,7 @@
 //! - `table`: plain aligned tables, the default output (`--json` everywhere else).
 
 mod containers;
+mod datasources;
 mod deploy;
 mod login;
 mod services;
@@ -66,6 +67,9 @@ enum Command {
     /// Stack variables: the values service.yml's `_env(NAME)` refers to.
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Where a stack's datasources are: NAME.cloud66.local for its containers.
+    #[command(subcommand)]
+    Datasources(datasources::Command),
     /// Containers on every server: list them, read their logs, run commands, stop, restart.
     #[command(subcommand)]
     Containers(containers::Command),
@@ -171,6 +175,7 @@ fn run(command: Command) -> Result<()> {
             Command::Rollback { stack, output } => rollback(&stack, output).await,
             Command::Env(command) => env(command).await,
             Command::Containers(command) => containers::run(command).await,
+            Command::Datasources(command) => datasources::run(command).await,
             Command::Services(command) => services::run(command).await,
         }
     })

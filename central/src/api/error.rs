@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::{
     sources::SourceError,
-    state::{ServerError, StackError, VariableError},
+    state::{DatasourceError, ServerError, StackError, VariableError},
     store::StoreError,
 };
 
@@ -41,6 +41,15 @@ pub enum ApiError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Variable(VariableError),
+}
+
+impl From<DatasourceError> for ApiError {
+    fn from(e: DatasourceError) -> Self {
+        match e {
+            DatasourceError::Stack(e) => Self::Stack(e),
+            DatasourceError::Invalid(why) => Self::BadRequest(why),
+        }
+    }
 }
 
 impl From<VariableError> for ApiError {

@@ -19,6 +19,7 @@
 //! - `POST /v1/stacks/{stack}/services/{service}/scale`: a new generation with the service
 //!   on that many servers.
 //! - `GET|PUT /v1/stacks/{stack}/variables`: the values of `_env(NAME)` references.
+//! - `GET|PUT /v1/stacks/{stack}/datasources`: where the stack's datasources are.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
 //! - `PUT /v1/containers/{server}`: an agent's list of its containers; `GET /v1/containers`
@@ -29,6 +30,7 @@
 mod actions;
 mod auth;
 mod containers;
+mod datasources;
 mod error;
 mod routes;
 mod variables;
@@ -49,7 +51,7 @@ use axum::{
 pub use error::ApiError;
 
 use crate::{
-    state::{ContainerNet, Servers, Stacks, Variables},
+    state::{ContainerNet, Datasources, Servers, Stacks, Variables},
     store::sqlite::SqliteStore,
 };
 
@@ -69,6 +71,8 @@ pub struct AppState {
     pub stacks: Stacks<SqliteStore>,
     /// Stack variables.
     pub variables: Variables<SqliteStore>,
+    /// Stack datasources.
+    pub datasources: Datasources<SqliteStore>,
     /// Where uploaded sources are kept.
     pub sources: PathBuf,
     /// How long a retired generation's containers keep running.
@@ -84,6 +88,7 @@ impl AppState {
             servers: Servers::new(store.clone(), ContainerNet::default()),
             stacks: Stacks::new(store.clone()),
             variables: Variables::new(store.clone()),
+            datasources: Datasources::new(store.clone()),
             sources: data_dir.join("sources"),
             store,
         })
@@ -117,6 +122,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/stacks/{stack}/variables",
             get(variables::get).put(variables::change),
+        )
+        .route(
+            "/v1/stacks/{stack}/datasources",
+            get(datasources::get).put(datasources::change),
         )
         .route("/v1/sources/{digest}", get(routes::source))
         .route(

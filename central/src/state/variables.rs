@@ -6,8 +6,8 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use ferry_api::servicefile::{EnvValue, Service, env_name};
 
-use super::{StackError, encode};
-use crate::store::{Compare, Op, Store, TxnOutcome};
+use super::{StackError, read_json, update_json};
+use crate::store::Store;
 
 /// Most variables one stack may have.
 pub const MAX_VARIABLES: usize = 256;
@@ -50,21 +50,7 @@ impl<S: Store> Variables<S> {
 
     /// A stack's variables.
     pub fn get(&self, stack: &str) -> Result<BTreeMap<String, String>, StackError> {
-        Ok(self.read(stack)?.0)
-    }
-
-    fn read(&self, stack: &str) -> Result<(BTreeMap<String, String>, u64), StackError> {
-        match self.store.get(&key(stack))? {
-            Some(kv) => {
-                let vars =
-                    serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
-                        key: kv.key.clone(),
-                        source,
-                    })?;
-                Ok((vars, kv.mod_revision))
-            }
-            None => Ok((BTreeMap::new(), 0)),
-        }
+        Ok(read_json(self.store.as_ref(), &key(stack))?.0)
     }
 
     /// Sets `set` and removes `unset` in one change; checks everything first.
@@ -83,34 +69,24 @@ impl<S: Store> Variables<S> {
                 )));
             }
         }
-        for _ in 0..16 {
-            let (mut vars, revision) = self.read(stack)?;
-            for name in unset {
-                vars.remove(name);
-            }
-            vars.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-            if vars.len() > MAX_VARIABLES {
-                return Err(VariableError::Invalid(format!(
-                    "stack {stack:?} would have {} variables; the limit is {MAX_VARIABLES}",
-                    vars.len()
-                )));
-            }
-            let k = key(stack);
-            let outcome = self
-                .store
-                .txn(
-                    &[Compare::ModRevision(k.clone(), revision)],
-                    &[Op::Put(k.clone(), encode(&k, &vars)?)],
-                )
-                .map_err(StackError::Store)?;
-            if let TxnOutcome::Committed(_) = outcome {
-                return Ok(vars);
-            }
-        }
-        Err(StackError::Store(crate::store::StoreError::Contended {
-            what: "a variables change",
-        })
-        .into())
+        update_json(
+            self.store.as_ref(),
+            &key(stack),
+            "a variables change",
+            |vars: &mut BTreeMap<String, String>| {
+                for name in unset {
+                    vars.remove(name);
+                }
+                vars.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if vars.len() > MAX_VARIABLES {
+                    return Err(VariableError::Invalid(format!(
+                        "stack {stack:?} would have {} variables; the limit is {MAX_VARIABLES}",
+                        vars.len()
+                    )));
+                }
+                Ok(())
+            },
+        )
     }
 
     /// `services` with every `_env(NAME)` replaced by the stack's value of NAME.
