@@ -98,20 +98,27 @@ pub fn serve_udp(
     // SAFETY: all-zero sockaddr_in is a valid value.
     let mut peers: Vec<libc::sockaddr_in> = vec![unsafe { std::mem::zeroed() }; BATCH];
     let mut reply_to: Vec<libc::sockaddr_in> = peers.clone();
+    // The headers are made once: the buffers they point at never move.
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: all-zero mmsghdr is a valid value; the pointers are set below.
+    let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    for (i, msg) in msgs.iter_mut().enumerate() {
+        msg.msg_hdr.msg_iov = &mut iovs[i];
+        msg.msg_hdr.msg_iovlen = 1;
+        msg.msg_hdr.msg_name = (&raw mut peers[i]).cast();
+    }
+    let mut reply_iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
+    // SAFETY: as above.
+    let mut sends: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     loop {
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: all-zero mmsghdr is a valid value; the pointers are set below.
-        let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
-        for (i, msg) in msgs.iter_mut().enumerate() {
-            msg.msg_hdr.msg_iov = &mut iovs[i];
-            msg.msg_hdr.msg_iovlen = 1;
-            msg.msg_hdr.msg_name = (&raw mut peers[i]).cast();
+        for msg in &mut msgs {
+            // The kernel shortens it to the address it wrote.
             msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
         }
         // SAFETY: every header points at live buffers of the sizes it states.
@@ -132,7 +139,6 @@ pub fn serve_udp(
             }
         }
         let mut replies = 0;
-        let mut reply_iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
         for i in 0..n as usize {
             let peer = SocketAddr::V4(SocketAddrV4::new(
                 Ipv4Addr::from(u32::from_be(peers[i].sin_addr.s_addr)),
@@ -169,15 +175,14 @@ pub fn serve_udp(
         if replies == 0 {
             continue;
         }
+        reply_iovs.clear();
         for out in &mut outs[..replies] {
             reply_iovs.push(libc::iovec {
                 iov_base: out.as_mut_ptr().cast(),
                 iov_len: out.len(),
             });
         }
-        // SAFETY: as above.
-        let mut sends: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; replies];
-        for (i, send) in sends.iter_mut().enumerate() {
+        for (i, send) in sends[..replies].iter_mut().enumerate() {
             send.msg_hdr.msg_iov = &mut reply_iovs[i];
             send.msg_hdr.msg_iovlen = 1;
             send.msg_hdr.msg_name = (&raw mut reply_to[i]).cast();
