@@ -7,6 +7,7 @@
 //!   steered per caller generation.
 //! - [`dns`]: the DNS server for `cloud66.local` and the forwarder for other names.
 //! - [`handoff`]: listening sockets held by a keeper process across agent restarts.
+//! - [`ingress`]: external traffic to the containers (so far: the request-head reader).
 //! - [`membership`]: joining central; the credentials in the state directory.
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
 //! - [`workloads`]: this server's share of each generation: build, start, check, report.
@@ -18,6 +19,7 @@ pub mod dataplane;
 pub mod discovery;
 pub mod dns;
 pub mod handoff;
+pub mod ingress;
 pub mod membership;
 pub mod mesh;
 pub mod workloads;

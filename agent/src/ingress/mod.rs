@@ -1,0 +1,8 @@
+//! Ingress: external HTTP(S) and L4 traffic to the containers of the serving generation
+//! (issue 5). Built so far: the request-head reader every proxied request passes first.
+//!
+//! # Layout
+//! - `head`: reading one HTTP/1.x request head with hard limits, refusing anything a
+//!   backend could read differently (request smuggling).
+
+pub mod head;
