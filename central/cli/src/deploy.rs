@@ -106,12 +106,16 @@ pub async fn wait(client: &Client, stack: &str, number: u64, progress: bool) -> 
     loop {
         // Central restarting is no reason to give up on a deploy that goes on without us.
         let polled = async {
+            // The phase first, then the progress: the report that settles a generation
+            // commits with its flip, so progress read after a terminal phase holds every
+            // server's report (read the other way round, the last one could be missed).
+            let generations = client.generations(stack).await?;
             let lines = if progress {
                 progress_lines(client, stack, number, &mut seen).await?
             } else {
                 Vec::new()
             };
-            Ok::<_, anyhow::Error>((lines, client.generations(stack).await?))
+            Ok::<_, anyhow::Error>((lines, generations))
         }
         .await;
         let (lines, generations) = match polled {
