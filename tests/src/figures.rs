@@ -32,3 +32,12 @@ pub fn paired<T>(a: &[T], b: &[T], figure: impl Fn(&T) -> f64) -> f64 {
             .collect(),
     )
 }
+
+/// The number after the word `label` in `text` (as the bench clients print `p50 12.3`).
+pub fn labelled(text: &str, label: &str) -> Result<f64> {
+    text.split_whitespace()
+        .skip_while(|w| *w != label)
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no {label} in: {text}"))
+}

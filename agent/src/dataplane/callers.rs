@@ -1,7 +1,7 @@
 //! The callers map: which stack and generation each container's cgroup belongs to, so the
 //! kernel steers a container's connects to services of its own generation.
 
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
 use aya::maps::{HashMap, MapData, MapError};
 use ferry_ebpf_abi::{Caller, map_names};
@@ -34,10 +34,5 @@ impl CallerTable {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    /// Every registered cgroup.
-    pub fn list(&self) -> Result<BTreeMap<u64, Caller>, MapError> {
-        self.callers.iter().collect()
     }
 }

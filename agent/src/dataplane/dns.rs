@@ -1,9 +1,6 @@
 //! The DNS interception maps: where the listener is, and which cgroup sent from a source.
 
-use std::{
-    net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
-};
+use std::{net::SocketAddrV4, path::Path};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use ferry_ebpf_abi::{DnsListener, DnsPeer, map_names};
@@ -54,12 +51,5 @@ impl DnsMaps {
             _pad: 0,
         };
         self.peers.get(&key, 0).ok()
-    }
-
-    /// The listener interception points at, if on.
-    pub fn listener(&self) -> Result<Option<SocketAddrV4>, MapError> {
-        let l = self.listener.get(&0, 0)?;
-        Ok((l.addr != 0)
-            .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(l.addr)), u16::from_be(l.port))))
     }
 }

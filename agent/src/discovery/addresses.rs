@@ -8,7 +8,7 @@ use std::{
     net::SocketAddrV4,
 };
 
-use ferry_api::{records::ServiceRecord, servicefile::DnsBehaviour};
+use ferry_api::servicefile::DnsBehaviour;
 use ferry_ebpf_abi::stack_id;
 use tracing::{info, warn};
 
@@ -95,9 +95,4 @@ pub fn program(table: &mut ServiceTable, directory: &Directory, programmed: &mut
             Err(e) => warn!(%service, "removing steering: {e}"),
         }
     }
-}
-
-/// The record a `records/` value holds, or why not.
-pub fn parse(value: serde_json::Value) -> Result<ServiceRecord, serde_json::Error> {
-    serde_json::from_value(value)
 }

@@ -7,6 +7,7 @@ use std::{
     time::Duration,
 };
 
+use ferry_api::records::ServiceRecord;
 use futures_util::StreamExt as _;
 use tracing::warn;
 
@@ -67,7 +68,7 @@ async fn follow(
         None => {
             let list = client.list("records/").await.map_err(|e| e.to_string())?;
             records.replace(list.items.into_iter().filter_map(|item| {
-                addresses::parse(item.value)
+                serde_json::from_value::<ServiceRecord>(item.value)
                     .inspect_err(|e| warn!(key = %item.key, "unreadable record: {e}"))
                     .ok()
             }));
@@ -85,7 +86,7 @@ async fn follow(
     while let Some(line) = watch.next().await {
         let line = line.map_err(|e| e.to_string())?;
         for event in line.events {
-            match event.value.map(addresses::parse) {
+            match event.value.map(serde_json::from_value::<ServiceRecord>) {
                 Some(Ok(record)) => records.apply(&event.key, Some(record)),
                 Some(Err(e)) => warn!(key = %event.key, "unreadable record: {e}"),
                 None => records.apply(&event.key, None),

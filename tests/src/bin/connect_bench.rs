@@ -24,7 +24,7 @@ use ferry_agent::dataplane::{Callers, Dataplane, DataplaneConfig, ServiceTable, 
 use ferry_tests::{
     agent::Pins,
     cgroup::TestCgroup,
-    figures::{flag, median, paired},
+    figures::{flag, labelled, median, paired},
     netns::{Server, ip},
 };
 
@@ -185,17 +185,10 @@ fn iptables(netns: &str, args: &[&str]) -> Result<()> {
 }
 
 fn parse(text: &str) -> Result<Figures> {
-    let number = |label: &str| -> Result<f64> {
-        text.split_whitespace()
-            .skip_while(|w| *w != label)
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("the client printed no {label}: {text}"))
-    };
     Ok(Figures {
-        per_second: number("rate")?,
-        p50_us: number("p50")?,
-        p99_us: number("p99")?,
+        per_second: labelled(text, "rate")?,
+        p50_us: labelled(text, "p50")?,
+        p99_us: labelled(text, "p99")?,
     })
 }
 

@@ -37,7 +37,7 @@ use ferry_api::{
 use ferry_tests::{
     agent::Pins,
     cgroup::TestCgroup,
-    figures::{flag, median, paired},
+    figures::{flag, labelled, median, paired},
     resolvers::dnsmasq,
 };
 
@@ -345,14 +345,7 @@ fn probe_from(exe: &Path, cgroup: Option<&Path>, port: u16) -> Result<(f64, f64)
     let out = Command::new("sh").args(["-c", &script]).output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(out.status.success(), "the probe failed: {text}");
-    let number = |label: &str| -> Result<f64> {
-        text.split_whitespace()
-            .skip_while(|w| *w != label)
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .with_context(|| format!("the probe printed no {label}: {text}"))
-    };
-    Ok((number("p50")?, number("p99")?))
+    Ok((labelled(&text, "p50")?, labelled(&text, "p99")?))
 }
 
 /// p50 and p99 of 5000 single queries, one at a time.
