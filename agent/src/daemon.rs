@@ -12,6 +12,7 @@ use crate::{
     dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError},
     discovery::{self, Callers, Records},
     dns::DnsOptions,
+    ingress::{Ingress, IngressOptions},
     membership::state::Loaded,
     mesh::sync::{self, MeshOptions},
     workloads::{self, WorkloadOptions},
@@ -21,12 +22,16 @@ use crate::{
 /// tests wait for it.
 pub const READY_PREFIX: &str = "ferry-agent ready";
 
+/// How long a stopping agent lets open ingress connections finish.
+const INGRESS_FINISH: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Starts the data plane (and the mesh, given a membership) and runs until `shutdown`.
 pub async fn run(
     config: DataplaneConfig,
     mesh: Option<(Loaded, MeshOptions)>,
     workloads: Option<(Loaded, WorkloadOptions)>,
     dns: Option<DnsOptions>,
+    ingress: Option<(IngressOptions, std::net::SocketAddr)>,
     state_dir: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LoadError> {
@@ -58,6 +63,24 @@ pub async fn run(
             }
         })
     });
+    let (ingress, metrics_task) = match ingress {
+        Some((options, metrics_listen)) => match Ingress::start(options, records.clone()) {
+            Ok(ingress) => {
+                let metrics = ingress.metrics();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = crate::ingress::serve_metrics(metrics_listen, metrics).await {
+                        error!(listen = %metrics_listen, "metrics endpoint stopped: {e}");
+                    }
+                });
+                (Some(ingress), Some(task))
+            }
+            Err(e) => {
+                error!("the ingress did not start: {e}");
+                (None, None)
+            }
+        },
+        None => (None, None),
+    };
     let mesh_task = mesh.map(|(loaded, options)| {
         info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
         tokio::spawn(async move {
@@ -83,11 +106,16 @@ pub async fn run(
         action_task,
         discovery_task,
         dns_task,
+        metrics_task,
     ]
     .into_iter()
     .flatten()
     {
         task.abort();
+    }
+    if let Some(ingress) = ingress {
+        // Records stay as they were: requests in flight finish where they were going.
+        ingress.finish(INGRESS_FINISH).await;
     }
     info!("shutting down; pinned programs and the mesh keep working");
     Ok(())

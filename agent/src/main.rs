@@ -129,6 +129,12 @@ struct RunArgs {
     /// (repeatable; default: the nameservers of /etc/resolv.conf).
     #[arg(long = "dns-upstream")]
     dns_upstreams: Vec<String>,
+    /// The address the published host ports (ingress) are bound on.
+    #[arg(long, default_value_t = std::net::Ipv4Addr::UNSPECIFIED)]
+    ingress_address: std::net::Ipv4Addr,
+    /// Where the Prometheus metrics are served (`GET /metrics`).
+    #[arg(long, default_value_t = ferry_agent::ingress::METRICS_LISTEN)]
+    metrics_listen: std::net::SocketAddr,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -282,6 +288,15 @@ fn run(args: RunArgs) -> Result<()> {
         }
         _ => None,
     };
+    let ingress = workloads.as_ref().map(|_| {
+        (
+            ferry_agent::ingress::IngressOptions {
+                address: args.ingress_address,
+                sockets: Some(args.state.state_dir.join("sockets")),
+            },
+            args.metrics_listen,
+        )
+    });
     let mesh = joined.map(|loaded| {
         (
             loaded,
@@ -308,7 +323,7 @@ fn run(args: RunArgs) -> Result<()> {
                 _ = term.recv() => {}
             }
         };
-        daemon::run(config, mesh, workloads, dns, &state_dir, shutdown)
+        daemon::run(config, mesh, workloads, dns, ingress, &state_dir, shutdown)
             .await
             .context("starting the data plane")
     })

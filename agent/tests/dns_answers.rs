@@ -37,6 +37,8 @@ fn record(service: &str, generations: &[(u64, Vec<Endpoint>)]) -> ServiceRecord 
         dns_behaviour: DnsBehaviour::Versioned,
         load_balancing: LoadBalancing::RoundRobin,
         ports: vec![4000],
+        published: Vec::new(),
+        traffic_matches: Vec::new(),
         generations: generations.iter().cloned().collect::<BTreeMap<_, _>>(),
     }
 }

@@ -124,6 +124,13 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
                 dns_behaviour: spec.dns_behaviour,
                 load_balancing: spec.load_balancing,
                 ports: spec.ports.iter().map(|p| p.container).collect(),
+                published: spec
+                    .ports
+                    .iter()
+                    .copied()
+                    .filter(|p| p.http.or(p.https).or(p.tcp).or(p.udp).is_some())
+                    .collect(),
+                traffic_matches: spec.traffic_matches.clone(),
                 generations,
             };
             (key, record)

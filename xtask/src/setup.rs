@@ -54,6 +54,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
         "`bench control` measures central's watch fan-out against etcd 3.4 in the same run",
         &["etcd-server"],
     ),
+    (
+        "`bench ingress` sets nginx and haproxy beside ferry's ingress under wrk",
+        &["nginx-light", "haproxy", "wrk"],
+    ),
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

@@ -36,6 +36,8 @@ fn answerer() -> &'static (Answerer, Who) {
             dns_behaviour: DnsBehaviour::Versioned,
             load_balancing: LoadBalancing::RoundRobin,
             ports: vec![4000, 4001],
+            published: Vec::new(),
+            traffic_matches: Vec::new(),
             generations: [(1, endpoints)].into_iter().collect(),
         }]);
         let callers = Callers::new(None);

@@ -79,6 +79,8 @@ pub struct Records {
     /// Whether the records came from central or a snapshot of an earlier run; until then an
     /// empty directory means "not known yet", not "no such service".
     loaded: Arc<AtomicBool>,
+    /// Bumped on every change, for followers (the ingress routes).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Records {
@@ -115,6 +117,15 @@ impl Records {
         self.loaded.load(Ordering::Acquire)
     }
 
+    /// A receiver that sees every later change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     /// Reads the records; hold the guard briefly, writers wait for it.
     pub fn read(&self) -> RwLockReadGuard<'_, Directory> {
         self.inner.read().unwrap_or_else(PoisonError::into_inner)
@@ -128,6 +139,7 @@ impl Records {
         }
         *self.inner.write().unwrap_or_else(PoisonError::into_inner) = fresh;
         self.loaded.store(true, Ordering::Release);
+        self.changed();
     }
 
     /// Applies one change of `records/<stack>/<service>`: a new value, or its removal.
@@ -142,5 +154,7 @@ impl Records {
                 }
             }
         }
+        drop(directory);
+        self.changed();
     }
 }

@@ -1,11 +1,192 @@
-//! Ingress: external HTTP(S) and L4 traffic to the containers of the serving generation
-//! (issue 5). Built so far: the request-head reader every proxied request passes first, and
-//! the follower of chunked request bodies.
+//! Ingress: external HTTP traffic on the host ports services publish, routed per request
+//! by `Host` to the serving generation's containers, round-robin (issue 5).
+//!
+//! The proxy runs on a thread of its own with a single-threaded runtime: one worker, like
+//! the nginx and HAProxy it is measured against, and no locks on the per-request path (the
+//! connection pool and routes are the thread's own).
 //!
 //! # Layout
+//! - `routes`: which service a host name means on a port, and the next container.
 //! - `head`: reading one HTTP/1.x request head with hard limits, refusing anything a
 //!   backend could read differently (request smuggling).
 //! - `chunked`: where a chunked body ends, refusing any framing but the RFC's exact one.
+//! - `response`: a backend's response head: status, framing, keep-alive.
+//! - `proxy`: one client connection, request after request.
+//! - `pool`: idle connections to containers, reused.
+//! - `splice`, `socket`: moving bytes (zero-copy for large bodies), each wait bounded.
+//! - `listeners`: the listening sockets, kept across agent restarts.
+//! - `metrics`, `scrape`: Prometheus figures and their endpoint.
 
 pub mod chunked;
 pub mod head;
+mod listeners;
+mod metrics;
+mod pool;
+mod proxy;
+pub mod response;
+pub mod routes;
+mod scrape;
+mod socket;
+mod splice;
+
+use std::{
+    cell::RefCell,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    rc::Rc,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::sync::{oneshot, watch};
+use tracing::{info, warn};
+
+pub use metrics::Metrics;
+pub use scrape::serve_metrics;
+
+use crate::discovery::Records;
+use pool::Pool;
+use routes::{OutOfRotation, Routes};
+
+/// While the agent stops, how long an idle keep-alive connection is given to send one more
+/// request (answered with `Connection: close`) before it is closed.
+const CLOSING_GRACE: Duration = Duration::from_secs(1);
+
+/// Where the ingress listens and keeps its sockets.
+#[derive(Clone, Debug)]
+pub struct IngressOptions {
+    /// The address the host ports are bound on.
+    pub address: Ipv4Addr,
+    /// Directory of the keepers that hold the listening sockets across restarts (None:
+    /// the sockets close with the process).
+    pub sockets: Option<PathBuf>,
+}
+
+/// What every connection of the ingress thread shares.
+struct Context {
+    routes: watch::Receiver<Arc<Routes>>,
+    out: OutOfRotation,
+    pool: RefCell<Pool>,
+    closing: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Context {
+    fn is_closing(&self) -> bool {
+        *self.closing.borrow()
+    }
+}
+
+/// The running ingress thread.
+pub struct Ingress {
+    closing: watch::Sender<bool>,
+    finished: oneshot::Receiver<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingress {
+    /// Starts the ingress thread: it listens on the ports `records` publish, following them.
+    pub fn start(options: IngressOptions, records: Records) -> std::io::Result<Self> {
+        let (closing, closing_rx) = watch::channel(false);
+        let (done, finished) = oneshot::channel();
+        let metrics = Arc::new(Metrics::default());
+        let thread_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("ferry-ingress".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        warn!("the ingress runtime did not start: {e}");
+                        return;
+                    }
+                };
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, run(options, records, closing_rx, thread_metrics));
+                let _ = done.send(());
+            })?;
+        Ok(Self {
+            closing,
+            finished,
+            metrics,
+        })
+    }
+
+    /// The ingress's figures.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Stops accepting (the sockets stay with their keepers for the next agent), lets open
+    /// connections finish their requests, bounded by `limit`.
+    pub async fn finish(self, limit: Duration) {
+        let _ = self.closing.send(true);
+        let open = self.metrics.open_connections();
+        info!(
+            open,
+            "ingress: no longer accepting; finishing open connections"
+        );
+        if tokio::time::timeout(limit, self.finished).await.is_err() {
+            warn!(
+                open = self.metrics.open_connections(),
+                "ingress: connections still open after {limit:?}; closing them"
+            );
+        }
+    }
+}
+
+async fn run(
+    options: IngressOptions,
+    records: Records,
+    mut closing: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
+    let ctx = Rc::new(Context {
+        routes: routes_rx,
+        out: OutOfRotation::default(),
+        pool: RefCell::new(Pool::default()),
+        closing: closing.clone(),
+        metrics,
+    });
+    let sweeper = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(pool::IDLE_FOR / 4).await;
+                ctx.pool.borrow_mut().sweep();
+            }
+        })
+    };
+    let mut changes = records.subscribe();
+    let mut listening = listeners::Listeners::new(options);
+    loop {
+        let routes = Arc::new(Routes::build(&records.read()));
+        let complete = listening.follow(&routes, &ctx).await;
+        let _ = routes_tx.send(routes);
+        // A port that could not be bound is tried again shortly.
+        let retry = async {
+            if complete {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { break },
+            _ = closing.changed() => break,
+            () = retry => {}
+        }
+    }
+    listening.stop_accepting();
+    sweeper.abort();
+    while ctx.metrics.open_connections() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Where the metrics endpoint listens by default.
+pub const METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9466));

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    servicefile::{DnsBehaviour, LoadBalancing},
+    servicefile::{DnsBehaviour, LoadBalancing, Port},
     types::ContainerReport,
 };
 
@@ -45,6 +45,13 @@ pub struct ServiceRecord {
     pub load_balancing: LoadBalancing,
     /// The container ports the service declares (SRV records).
     pub ports: Vec<u16>,
+    /// The ports published on the servers' own addresses (ingress).
+    #[serde(default)]
+    pub published: Vec<Port>,
+    /// Host names the service answers on shared HTTP(S) ports (exact or `*.` wildcard);
+    /// none: it is the default of its ports.
+    #[serde(default)]
+    pub traffic_matches: Vec<String>,
     /// Running containers by the generation they serve; a container kept across deploys
     /// (`restart_on_deploy: false`) is under each generation it serves.
     pub generations: BTreeMap<u64, Vec<Endpoint>>,
@@ -141,6 +148,8 @@ mod tests {
             dns_behaviour: DnsBehaviour::Versioned,
             load_balancing: LoadBalancing::RoundRobin,
             ports: vec![4000],
+            published: Vec::new(),
+            traffic_matches: Vec::new(),
             generations: generations
                 .iter()
                 .map(|(g, lasts)| (*g, lasts.iter().map(|l| endpoint(*l)).collect()))

@@ -431,6 +431,8 @@ fn serve_ferry(args: &[String]) -> Result<()> {
                 dns_behaviour: DnsBehaviour::Versioned,
                 load_balancing: LoadBalancing::RoundRobin,
                 ports: vec![80],
+                published: Vec::new(),
+                traffic_matches: Vec::new(),
                 generations: [(
                     1,
                     vec![Endpoint {

@@ -1,0 +1,56 @@
+//! Reads and writes on a shared `&TcpStream` (both directions of a proxied exchange run at
+//! once on one task), each bounded by an idle timeout: a peer that stops sending or
+//! reading is dropped, never waited on for ever.
+
+use std::{io, time::Duration};
+
+use tokio::net::TcpStream;
+
+/// Reads what is there (at least one byte, or 0 at end of stream), waiting at most `idle`.
+pub async fn read_some(stream: &TcpStream, buf: &mut [u8], idle: Duration) -> io::Result<usize> {
+    tokio::time::timeout(idle, async {
+        loop {
+            stream.readable().await?;
+            match stream.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
+    })
+    .await
+    .map_err(|_| timed_out("reading"))?
+}
+
+/// Writes all of `bytes`, waiting at most `idle` for the peer to make room each time.
+pub async fn write_all(stream: &TcpStream, mut bytes: &[u8], idle: Duration) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(idle, stream.writable())
+                    .await
+                    .map_err(|_| timed_out("writing"))??;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Half-closes `stream` for writing (the peer reads end of stream).
+pub fn shut_write(stream: &TcpStream) {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(stream);
+    // SAFETY: fd is a live socket for the borrow's duration.
+    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+}
+
+/// Whether an idle pooled connection is still usable: nothing to read and not closed.
+pub fn is_idle_and_open(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// The error an idle peer ends an exchange with.
+pub fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out"))
+}

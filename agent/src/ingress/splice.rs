@@ -1,0 +1,129 @@
+//! Moving body bytes socket to socket through a pipe with splice(2): the data stays in the
+//! kernel. Measured before the proxy was written (see the ingress issue) it moved 10 MB
+//! bodies at 0.93-1.0x a direct connection's rate, at half the CPU of a userspace copy.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    time::Duration,
+};
+
+use tokio::{io::Interest, net::TcpStream};
+
+use super::socket::timed_out;
+
+/// Bodies at least this long (beyond what the head read already holds) go through splice;
+/// shorter ones are cheaper to copy than to set a pipe up for.
+pub const SPLICE_MIN: u64 = 64 * 1024;
+
+/// The pipe size asked for; the kernel's pipe-max-size (1 MiB by default) caps it.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// A pipe, and how many bytes wait in it.
+#[derive(Debug)]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+    held: usize,
+}
+
+impl Pipe {
+    /// A non-blocking pipe, as large as the kernel allows up to 1 MiB.
+    pub fn new() -> io::Result<Self> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: fds has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: a plain fcntl on a descriptor we own; failure leaves the default size.
+        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let capacity = if size > 0 { size as usize } else { 64 * 1024 };
+        Ok(Self {
+            read,
+            write,
+            capacity,
+            held: 0,
+        })
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are live for the call; null offsets mean "current position",
+    // which pipes and sockets require.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Moves `len` bytes from `from` to `to` (None: until `from` ends), each wait for either
+/// peer bounded by `idle`. Returns the bytes moved; a stream that ends before `len` is
+/// an `UnexpectedEof` error.
+pub async fn splice_between(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &mut Pipe,
+    len: Option<u64>,
+    idle: Duration,
+) -> io::Result<u64> {
+    let mut left = len.unwrap_or(u64::MAX);
+    let mut moved = 0u64;
+    let mut ended = false;
+    loop {
+        while pipe.held > 0 {
+            let r = to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), pipe.held)
+            });
+            match r {
+                Ok(n) => pipe.held -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::timeout(idle, to.writable())
+                        .await
+                        .map_err(|_| timed_out("writing"))??;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if left == 0 || ended {
+            return Ok(moved);
+        }
+        let want = left.min(pipe.capacity as u64) as usize;
+        let r = from.try_io(Interest::READABLE, || {
+            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
+        });
+        match r {
+            Ok(0) if len.is_some() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the peer closed with {left} bytes of the body still to come"),
+                ));
+            }
+            Ok(0) => ended = true,
+            Ok(n) => {
+                pipe.held += n;
+                left -= n as u64;
+                moved += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(idle, from.readable())
+                    .await
+                    .map_err(|_| timed_out("reading"))??;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
