@@ -1,5 +1,6 @@
-//! What the benchmark binaries share: reading their numeric flags, and turning runs into
-//! the figures they print (medians; ratios per run, so drift between runs cancels out).
+//! What the benchmark binaries share: reading their numeric flags, a process's CPU time,
+//! and turning runs into the figures they print (medians; ratios per run, so drift between
+//! runs cancels out).
 
 use anyhow::{Context as _, Result};
 
@@ -40,4 +41,15 @@ pub fn labelled(text: &str, label: &str) -> Result<f64> {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no {label} in: {text}"))
+}
+
+/// utime + stime of process `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
 }

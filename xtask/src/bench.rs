@@ -9,6 +9,8 @@
 //!   dnsperf; the load and the servers run in `ferry-dns-bench` (tests crate).
 //! - `connect`: a connect to a service address through connect4 against a direct connect
 //!   and an iptables DNAT rule (`ferry-connect-bench`).
+//! - `ingress`: the agent's HTTP ingress against nginx, HAProxy and a direct connection,
+//!   under wrk (`ferry-ingress-bench`).
 
 use std::process::Command;
 
@@ -54,6 +56,15 @@ enum Which {
         #[arg(long, default_value_t = 20_000)]
         connections: u32,
     },
+    /// The HTTP ingress against nginx, HAProxy and a direct connection (wrk).
+    Ingress {
+        /// Runs per proxy and load; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Seconds of wrk per load.
+        #[arg(long, default_value_t = 4)]
+        seconds: u32,
+    },
 }
 
 /// Runs one benchmark.
@@ -81,6 +92,18 @@ pub fn run(options: Options) -> Result<()> {
                     &runs.to_string(),
                     "--connections",
                     &connections.to_string(),
+                ]),
+            )
+        }
+        Which::Ingress { runs, seconds } => {
+            build_ebpf::run(build_ebpf::Options::default())?;
+            build("ferry-tests", "ferry-ingress-bench")?;
+            process::run(
+                Command::new(workspace::target_dir().join("release/ferry-ingress-bench")).args([
+                    "--runs",
+                    &runs.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
                 ]),
             )
         }

@@ -554,22 +554,30 @@ async fn relay_response(
     }
     let close_after = client_close || head.close;
     let body_now = filled - head.len;
+    // The part of the body already read goes out with the head, in one write.
+    let mut chunked = Chunked::default();
+    let first = match head.framing {
+        Framing::None => 0,
+        Framing::Length(length) => body_now.min(usize::try_from(length).unwrap_or(usize::MAX)),
+        Framing::Chunked => chunked
+            .feed(&buf[head.len..filled])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("backend's {e}")))?,
+        Framing::UntilClose => body_now,
+    };
+    let with_body = &buf[head.len..head.len + first];
     // The client is told the connection closes when ferry will close it.
     if close_after && !head.close {
-        write_both(client, &with_close(&buf[..head.len]), &[]).await?;
+        write_both(client, &with_close(&buf[..head.len]), with_body).await?;
     } else {
-        write_all(client, &buf[..head.len], IDLE).await?;
+        write_all(client, &buf[..head.len + first], IDLE).await?;
     }
-    let mut sent = body_now as u64;
+    let mut sent = first as u64;
     // Bytes past the response's end mean the backend's stream cannot be trusted again.
-    let mut backend_close = head.close;
+    let mut backend_close = head.close || first < body_now;
     match head.framing {
-        Framing::None => backend_close |= body_now > 0,
+        Framing::None => {}
         Framing::Length(length) => {
-            backend_close |= body_now as u64 > length;
-            let now = body_now.min(usize::try_from(length).unwrap_or(usize::MAX));
-            write_all(client, &buf[head.len..head.len + now], IDLE).await?;
-            let left = length - now as u64;
+            let left = length - first as u64;
             if left >= SPLICE_MIN {
                 splice_between(upstream, client, pipe_for(pipe)?, Some(left), IDLE).await?;
             } else {
@@ -578,27 +586,20 @@ async fn relay_response(
             sent = length;
         }
         Framing::Chunked => {
-            let mut chunked = Chunked::default();
-            let mut start = head.len;
-            loop {
-                let body = chunked.feed(&buf[start..filled]).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("backend's {e}"))
-                })?;
-                write_all(client, &buf[start..start + body], IDLE).await?;
-                if chunked.is_done() {
-                    backend_close |= start + body < filled;
-                    break;
-                }
+            while !chunked.is_done() {
                 let n = read_some(upstream, buf, IDLE).await?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                sent += n as u64;
-                (start, filled) = (0, n);
+                let body = chunked.feed(&buf[..n]).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("backend's {e}"))
+                })?;
+                write_all(client, &buf[..body], IDLE).await?;
+                sent += body as u64;
+                backend_close |= body < n;
             }
         }
         Framing::UntilClose => {
-            write_all(client, &buf[head.len..filled], IDLE).await?;
             sent += splice_between(upstream, client, pipe_for(pipe)?, None, IDLE).await?;
         }
     }

@@ -4,7 +4,7 @@
 
 use std::{io, time::Duration};
 
-use tokio::net::TcpStream;
+use tokio::{io::Interest, net::TcpStream};
 
 /// Reads what is there (at least one byte, or 0 at end of stream), waiting at most `idle`.
 pub async fn read_some(stream: &TcpStream, buf: &mut [u8], idle: Duration) -> io::Result<usize> {
@@ -13,6 +13,15 @@ pub async fn read_some(stream: &TcpStream, buf: &mut [u8], idle: Duration) -> io
             stream.readable().await?;
             match stream.try_read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Ok(n) if n > 0 && n < buf.len() => {
+                    // A short read drained the socket: forget its readiness now, as nginx
+                    // does, instead of learning it from one more read that fails with
+                    // EAGAIN. Bytes arriving later raise a new edge in epoll.
+                    let _ = stream.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                    return Ok(n);
+                }
                 r => return r,
             }
         }

@@ -37,7 +37,7 @@ use ferry_api::{
 use ferry_tests::{
     agent::Pins,
     cgroup::TestCgroup,
-    figures::{flag, labelled, median, paired},
+    figures::{cpu_ticks, flag, labelled, median, paired},
     resolvers::dnsmasq,
 };
 
@@ -304,17 +304,6 @@ fn field(text: &str, label: &str) -> Result<f64> {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("dnsperf printed no {label}:\n{text}"))
-}
-
-/// utime + stime of process `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11).context("no utime")?.parse()?;
-    let stime: u64 = fields.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
 }
 
 fn name_bytes(i: u8) -> Vec<u8> {
