@@ -8,6 +8,7 @@
 //! - [`cluster`]: servers joined to central, each with its Docker Engine and agent; the CLI.
 //! - [`figures`]: flags, medians and per-run ratios for the benchmark binaries.
 //! - [`inside`]: commands, Node scripts and HTTP requests from inside containers.
+//! - [`http`]: a plain HTTP/1.1 client over one connection, as exact as the ingress tests need.
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
 //! - [`resolvers`]: peer DNS servers (dnsmasq with fixed names).
@@ -24,6 +25,7 @@ pub mod cgroup;
 pub mod cluster;
 pub mod docker;
 pub mod figures;
+pub mod http;
 pub mod inside;
 pub mod netns;
 pub mod node_image;

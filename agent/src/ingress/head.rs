@@ -88,6 +88,19 @@ pub enum HeadError {
 /// Reads the head at the start of `buf` under `limits`.
 pub fn read(buf: &[u8], limits: &Limits) -> Result<RequestHead, HeadError> {
     let Some(end) = find_end(buf, limits.max_bytes) else {
+        // A line end the RFC does not allow is refused now, not after the head timeout.
+        let window = &buf[..buf.len().min(limits.max_bytes)];
+        for (i, b) in window.iter().enumerate() {
+            match b {
+                b'\n' if i == 0 || window[i - 1] != b'\r' => {
+                    return Err(HeadError::Malformed("a line ends in a bare LF"));
+                }
+                b'\r' if window.get(i + 1).is_some_and(|n| *n != b'\n') => {
+                    return Err(HeadError::Malformed("a bare CR"));
+                }
+                _ => {}
+            }
+        }
         return Err(if buf.len() >= limits.max_bytes {
             HeadError::TooLarge(limits.max_bytes)
         } else {
@@ -423,5 +436,22 @@ mod tests {
                 "accepted: {raw:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_bare_line_end_is_refused_before_the_head_is_complete() {
+        let limits = Limits::default();
+        assert!(matches!(
+            read(b"GET / HTTP/1.1\nHost: a\n", &limits),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            read(b"GET / HTTP/1.1\rHost: a", &limits),
+            Err(HeadError::Malformed(_))
+        ));
+        assert_eq!(
+            read(b"GET / HTTP/1.1\r\nHost: a\r", &limits),
+            Err(HeadError::Incomplete)
+        );
     }
 }

@@ -356,6 +356,10 @@ impl Connection {
             tokio::select! {
                 r = &mut request, if sent.is_none() => {
                     if let Err(e) = &r {
+                        if e.kind() == io::ErrorKind::InvalidData {
+                            // A body framed wrongly: nothing past the fault was forwarded.
+                            return Ok(Forwarded::BadResponse(Refusal::new(400, "Bad Request", e)));
+                        }
                         // The client went away mid-body: nothing more to relay.
                         return Err(io::Error::new(e.kind(), format!("request body: {e}")));
                     }

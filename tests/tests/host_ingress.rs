@@ -1,0 +1,424 @@
+//! Host tier: the ingress. Three servers (namespaces, each with its Docker Engine and
+//! agent) run a stack of three services sharing host port 80: `shop.example.com` (a
+//! container on every server), `*.blog.example` and the default. A client outside the
+//! servers (the test, on the bridge) connects to server one's port 80 and sees:
+//! requests routed by their own `Host`, even on one keep-alive connection; round-robin
+//! counted even over the three shop containers (two of them across the WireGuard mesh);
+//! the proxy headers; a WebSocket-style upgrade passed through; every hostile head refused
+//! with nothing forwarded a backend could misread; 100 MB up and down intact across a
+//! deploy while new requests already reach the new generation; a container that fails its
+//! health check or dies taken out of rotation; an agent restarted under load with no
+//! connection refused or reset; and the agent's Prometheus figures.
+
+use std::{
+    io::Write as _,
+    net::{SocketAddr, SocketAddrV4},
+    path::Path,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use ferry_tests::{
+    central::Central,
+    cluster::{Member, Operator, eventually},
+    http::Conn,
+    netns::Network,
+    unique,
+};
+use sha2::{Digest as _, Sha256, Sha512};
+
+/// 100 MB, the size the issue asks to move both ways during a deploy.
+const BULK_MB: usize = 100;
+const MB: usize = 1 << 20;
+
+/// `service generation container` as the app says it.
+fn who(text: &str) -> (String, String, String) {
+    let mut words = text.split_whitespace();
+    let mut next = || words.next().unwrap_or_default().to_string();
+    (next(), next(), next())
+}
+
+/// The app's download bytes: sha512("ferry") repeated over 1 MiB, that MiB repeated.
+fn download_chunk() -> Vec<u8> {
+    let block = Sha512::digest(b"ferry");
+    block.iter().copied().cycle().take(MB).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_routes_balances_and_deploys_without_dropping_anything() -> Result<()> {
+    let tag = unique("");
+    let mut network = Network::new(&format!("fbi{tag}"), 81)?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-ingress{tag}"));
+    // Long enough for the transfers held open across the flip.
+    let central = Central::start_with_drain(&central_dir, "10.250.81.1", "30s")?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let two = Member::join(&mut network, &central, "two", &tag).await?;
+    let three = Member::join(&mut network, &central, "three", &tag).await?;
+    let operator = Operator::login(&central, &tag)?;
+    let site = Path::new(env!("CARGO_MANIFEST_DIR")).join("stacks/site");
+    let site = site.to_string_lossy().into_owned();
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "site", &site])?;
+    ensure!(ok, "deploy: {out}{err}");
+    let front = SocketAddr::V4(SocketAddrV4::new(
+        one.server.addr().context("server one has no address")?,
+        80,
+    ));
+
+    // The listener appears once the records reach the agent.
+    eventually(Duration::from_secs(20), "port 80 answers", || async {
+        Ok(Conn::open(front)
+            .and_then(|mut c| c.get("shop.example.com", "/"))
+            .is_ok_and(|r| r.status == 200))
+    })
+    .await?;
+    // Every shop container is in the records before counting.
+    eventually(
+        Duration::from_secs(20),
+        "three shop containers serve",
+        || async {
+            let mut c = Conn::open(front)?;
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..6 {
+                seen.insert(who(&c.get("shop.example.com", "/")?.text()).2);
+            }
+            Ok(seen.len() == 3)
+        },
+    )
+    .await?;
+
+    // A slowloris client starts now and is looked at last.
+    let slowloris = std::thread::spawn(move || -> Result<(u16, Duration)> {
+        let mut c = Conn::open(front)?;
+        let started = Instant::now();
+        c.send(b"GET / HTTP/1.1\r\nHost: shop.exa")?;
+        std::thread::sleep(Duration::from_secs(2));
+        c.send(b"mple.com\r\nX-Slow: ")?;
+        let status = c.response().map(|r| r.status).unwrap_or(0);
+        Ok((status, started.elapsed()))
+    });
+
+    // Routing by host name, per request, on one keep-alive connection.
+    let mut c = Conn::open(front)?;
+    for host in [
+        "shop.example.com",
+        "a.blog.example",
+        "shop.example.com",
+        "deep.er.blog.example",
+        "blog.example",
+        "unknown.example",
+        "SHOP.EXAMPLE.COM:80",
+    ] {
+        let r = c.get(host, "/")?;
+        ensure!(r.status == 200, "{host}: {}", r.status);
+        let wanted = match host {
+            "shop.example.com" | "SHOP.EXAMPLE.COM:80" => "shop",
+            "a.blog.example" | "deep.er.blog.example" => "blog",
+            _ => "fallback",
+        };
+        ensure!(who(&r.text()).0 == wanted, "{host} reached {}", r.text());
+    }
+
+    // Round-robin: 30 requests, 10 to each shop container, on this server and the others.
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..30 {
+        *counts
+            .entry(who(&c.get("shop.example.com", "/")?.text()).2)
+            .or_default() += 1;
+    }
+    ensure!(
+        counts.len() == 3 && counts.values().all(|n| *n == 10),
+        "uneven: {counts:?}"
+    );
+
+    // The proxy headers: set by ferry, whatever the client claimed.
+    c.send(b"GET /headers HTTP/1.1\r\nHost: shop.example.com\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n\r\n")?;
+    let headers: serde_json::Value = serde_json::from_slice(&c.response()?.body)?;
+    ensure!(
+        headers["x-forwarded-for"] == "10.250.81.1"
+            && headers["x-forwarded-proto"] == "http"
+            && headers["x-forwarded-host"] == "shop.example.com",
+        "{headers}"
+    );
+
+    // An upgrade goes through, then bytes both ways.
+    let mut ws = Conn::open(front)?;
+    ws.send(
+        b"GET /ws HTTP/1.1\r\nHost: a.blog.example\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n",
+    )?;
+    let (status, _) = ws.head()?;
+    ensure!(status == 101, "upgrade answered {status}");
+    let greeting = String::from_utf8(ws.some()?)?;
+    ensure!(greeting.starts_with("blog 1 "), "{greeting}");
+    ws.send(b"ping over the tunnel\n")?;
+    let echo = String::from_utf8(ws.exactly(21)?)?;
+    ensure!(echo == "ping over the tunnel\n", "{echo:?}");
+    drop(ws);
+
+    hostile_heads_are_refused(front)?;
+
+    let (status, waited) = slowloris
+        .join()
+        .map_err(|_| anyhow::anyhow!("slowloris panicked"))??;
+    ensure!(
+        status == 408 && waited < Duration::from_secs(15),
+        "a head trickling in got {status} after {waited:?}"
+    );
+
+    bulk_transfers_survive_a_deploy(front, &operator, &site).await?;
+
+    // The agent's figures, from inside server one (the endpoint is on its loopback).
+    let metrics = one.server.run(|| -> Result<String> {
+        let mut m = Conn::open("127.0.0.1:9466".parse()?)?;
+        Ok(m.get("localhost", "/metrics")?.text())
+    })??;
+    for wanted in [
+        "ferry_ingress_requests_total{service=\"site/shop\"",
+        "code=\"2xx\"",
+        "ferry_ingress_refused_total{code=\"431\"}",
+        "ferry_ingress_refused_total{code=\"400\"}",
+        "ferry_ingress_request_duration_seconds_bucket{service=\"site/blog\"",
+        "ferry_ingress_response_bytes_total{service=\"site/shop\"",
+    ] {
+        ensure!(metrics.contains(wanted), "no {wanted} in:\n{metrics}");
+    }
+
+    for member in [one, two, three] {
+        member.clean_up().await;
+    }
+    drop(central);
+    let _ = std::fs::remove_dir_all(&central_dir);
+    Ok(())
+}
+
+/// Each hostile head gets its refusal and a closed connection, and the backend never sees
+/// a request hidden in it (the fallback service has one container, which lists what it saw).
+fn hostile_heads_are_refused(front: SocketAddr) -> Result<()> {
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: fallback\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let mut many = "GET / HTTP/1.1\r\nHost: fallback\r\n".to_string();
+    for i in 0..150 {
+        many.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: fallback\r\n\r\n";
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("an oversized head", big, 431),
+        ("150 header lines", many, 431),
+        (
+            "Content-Length with Transfer-Encoding",
+            format!(
+                "POST /cl-te HTTP/1.1\r\nHost: fallback\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}",
+                5 + smuggled.len()
+            ),
+            400,
+        ),
+        (
+            "two Content-Lengths",
+            format!(
+                "POST /two-lengths HTTP/1.1\r\nHost: fallback\r\nContent-Length: 0\r\nContent-Length: {}\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            400,
+        ),
+        (
+            "a folded header",
+            "GET /folded HTTP/1.1\r\nHost: fallback\r\nX-A: b\r\n c\r\n\r\n".into(),
+            400,
+        ),
+        (
+            "a bare LF",
+            "GET /bare-lf HTTP/1.1\nHost: fallback\n\n".into(),
+            400,
+        ),
+        (
+            "invalid chunked encoding",
+            format!(
+                "POST /bad-chunks HTTP/1.1\r\nHost: fallback\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{smuggled}"
+            ),
+            400,
+        ),
+        (
+            "a Transfer-Encoding that is not chunked",
+            format!(
+                "POST /gzip-te HTTP/1.1\r\nHost: fallback\r\nTransfer-Encoding: gzip\r\n\r\n{smuggled}"
+            ),
+            400,
+        ),
+    ];
+    for (what, request, status) in &cases {
+        let mut c = Conn::open(front)?;
+        c.send(request.as_bytes())?;
+        let r = c
+            .response()
+            .with_context(|| format!("{what}: no response"))?;
+        ensure!(r.status == *status, "{what}: {} {}", r.status, r.text());
+        ensure!(
+            r.header("connection") == Some("close"),
+            "{what}: not closed"
+        );
+        // And nothing more comes on that connection.
+        ensure!(c.some().is_err(), "{what}: the connection stayed open");
+    }
+    let seen = Conn::open(front)?.get("fallback", "/seen")?.text();
+    ensure!(
+        !seen.contains("smuggled"),
+        "a hidden request reached the backend:\n{seen}"
+    );
+    for refused_before_forwarding in ["/cl-te", "/two-lengths", "/folded", "/bare-lf", "/gzip-te"] {
+        ensure!(
+            !seen.contains(refused_before_forwarding),
+            "{refused_before_forwarding} reached the backend:\n{seen}"
+        );
+    }
+    Ok(())
+}
+
+/// A 100 MB upload and a 100 MB download, each paused mid-way across a deploy's flip,
+/// finish intact on the old generation while new requests already reach the new one.
+async fn bulk_transfers_survive_a_deploy(
+    front: SocketAddr,
+    operator: &Operator,
+    site: &str,
+) -> Result<()> {
+    let (up_tx, upload_started) = mpsc::channel::<()>();
+    let (down_tx, download_started) = mpsc::channel::<()>();
+    let (up_go_tx, up_go) = mpsc::channel::<()>();
+    let (down_go_tx, down_go) = mpsc::channel::<()>();
+    // Each transfer moves 10 MB, then trickles (64 KB every half second, so no timeout
+    // fires however long the deploy takes) until the flip, then moves the rest at once.
+    let upload = std::thread::spawn(move || -> Result<(String, String)> {
+        let total = BULK_MB * MB;
+        let mut c = Conn::open(front)?;
+        c.send(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: {total}\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let mut hash = Sha256::new();
+        let mut sent = 0;
+        let mut send = |c: &mut Conn, sent: &mut usize, len: usize| -> Result<()> {
+            let piece: Vec<u8> = (*sent..*sent + len).map(|i| (i % 251) as u8).collect();
+            c.stream.write_all(&piece)?;
+            hash.update(&piece);
+            *sent += len;
+            Ok(())
+        };
+        send(&mut c, &mut sent, 10 * MB)?;
+        up_tx.send(())?;
+        while up_go.try_recv().is_err() {
+            send(&mut c, &mut sent, 64 * 1024)?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        while sent < total {
+            let len = MB.min(total - sent);
+            send(&mut c, &mut sent, len)?;
+        }
+        let r = c.response()?;
+        ensure!(r.status == 200, "upload answered {}", r.status);
+        Ok((r.text(), format!("{:x}", hash.finalize())))
+    });
+    let download = std::thread::spawn(move || -> Result<(String, bool)> {
+        let total = BULK_MB * MB;
+        let mut c = Conn::open(front)?;
+        c.send(
+            format!("GET /download?mb={BULK_MB} HTTP/1.1\r\nHost: shop.example.com\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let (status, headers) = c.head()?;
+        ensure!(status == 200, "download answered {status}");
+        let who = headers
+            .iter()
+            .find(|(n, _)| n == "x-who")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let chunk = download_chunk();
+        let mut intact = true;
+        let mut got = 0;
+        let mut read = |c: &mut Conn, got: &mut usize, len: usize| -> Result<()> {
+            let bytes = c.exactly(len)?;
+            intact &= bytes
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b == chunk[(*got + i) % MB]);
+            *got += len;
+            Ok(())
+        };
+        read(&mut c, &mut got, 10 * MB)?;
+        down_tx.send(())?;
+        while down_go.try_recv().is_err() {
+            read(&mut c, &mut got, 64 * 1024)?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        while got < total {
+            let len = MB.min(total - got);
+            read(&mut c, &mut got, len)?;
+        }
+        Ok((who, intact))
+    });
+    upload_started.recv_timeout(Duration::from_secs(20))?;
+    download_started.recv_timeout(Duration::from_secs(20))?;
+    let deploy = operator.spawn(&["deploy", "--stack", "site", site]);
+    // New requests reach generation 2 as soon as it serves.
+    let flip_deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let answer = Conn::open(front).and_then(|mut c| c.get("shop.example.com", "/"));
+        if let Ok(r) = answer {
+            ensure!(
+                r.status == 200,
+                "during the deploy: {} {}",
+                r.status,
+                r.text()
+            );
+            if who(&r.text()).1 == "2" {
+                break;
+            }
+        }
+        ensure!(Instant::now() < flip_deadline, "generation 2 never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    up_go_tx.send(())?;
+    down_go_tx.send(())?;
+    let (answer, sent_hash) = upload
+        .join()
+        .map_err(|_| anyhow::anyhow!("upload panicked"))??;
+    let (gen_word, got) = {
+        let (service, generation, _) = who(&answer);
+        (
+            format!("{service} {generation}"),
+            answer
+                .split_whitespace()
+                .nth(4)
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    ensure!(gen_word == "shop 1", "the upload finished on {answer}");
+    ensure!(got == sent_hash, "upload hash {got} != {sent_hash}");
+    ensure!(
+        answer.split_whitespace().nth(3) == Some(&(BULK_MB * MB).to_string()),
+        "{answer}"
+    );
+    let (who_down, intact) = download
+        .join()
+        .map_err(|_| anyhow::anyhow!("download panicked"))??;
+    ensure!(
+        who_down.starts_with("shop 1 "),
+        "the download came from {who_down}"
+    );
+    ensure!(intact, "the download's bytes differ");
+    let (ok, out, err) = deploy
+        .join()
+        .map_err(|_| anyhow::anyhow!("deploy panicked"))??;
+    ensure!(ok, "second deploy: {out}{err}");
+    // After the flip, every new request reaches generation 2.
+    let mut c = Conn::open(front)?;
+    for _ in 0..12 {
+        let r = c.get("shop.example.com", "/")?;
+        ensure!(who(&r.text()).1 == "2", "after the flip: {}", r.text());
+    }
+    Ok(())
+}
