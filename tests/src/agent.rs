@@ -132,6 +132,29 @@ impl Agent {
         }
     }
 
+    /// Asks the agent to stop as a planned restart does (SIGTERM), without waiting.
+    pub fn terminate(&self) -> Result<()> {
+        // SAFETY: kill with the pid of a child this value owns and has not reaped.
+        if unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("sending SIGTERM to ferry-agent");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the agent to exit; its status.
+    pub fn wait_exit(mut self, limit: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for ferry-agent")? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("ferry-agent still runs {limit:?} after it was asked to stop");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Kills the agent with SIGKILL, as a crash would, and reaps it.
     pub fn kill(mut self) -> Result<()> {
         self.child.kill().context("killing ferry-agent")?;

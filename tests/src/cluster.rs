@@ -119,6 +119,16 @@ impl Member {
         }
     }
 
+    /// A planned restart: the running agent is asked to stop (SIGTERM) and a new one starts
+    /// at once, taking the listening sockets over while the old one finishes its
+    /// connections. Returns when the old one has exited, with its status.
+    pub fn restart_agent(&mut self) -> Result<std::process::ExitStatus> {
+        let old = self.agent.take().context("no agent runs")?;
+        old.terminate()?;
+        self.agent = Some(Agent::start_in(&self.paths, Some(&self.server))?);
+        old.wait_exit(Duration::from_secs(40))
+    }
+
     /// Starts the agent again from its state directory.
     pub fn start_agent(&mut self) -> Result<()> {
         self.agent = Some(Agent::start_in(&self.paths, Some(&self.server))?);

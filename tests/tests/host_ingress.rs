@@ -52,7 +52,7 @@ async fn ingress_routes_balances_and_deploys_without_dropping_anything() -> Resu
     let central_dir = std::env::temp_dir().join(format!("ferry-test-ingress{tag}"));
     // Long enough for the transfers held open across the flip.
     let central = Central::start_with_drain(&central_dir, "10.250.81.1", "30s")?;
-    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let mut one = Member::join(&mut network, &central, "one", &tag).await?;
     let two = Member::join(&mut network, &central, "two", &tag).await?;
     let three = Member::join(&mut network, &central, "three", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
@@ -182,6 +182,10 @@ async fn ingress_routes_balances_and_deploys_without_dropping_anything() -> Resu
     ] {
         ensure!(metrics.contains(wanted), "no {wanted} in:\n{metrics}");
     }
+
+    restarted_under_load(front, &mut one)?;
+
+    containers_that_fail_or_die_leave_rotation(front, [&one, &two, &three]).await?;
 
     for member in [one, two, three] {
         member.clean_up().await;
@@ -420,5 +424,135 @@ async fn bulk_transfers_survive_a_deploy(
         let r = c.get("shop.example.com", "/")?;
         ensure!(who(&r.text()).1 == "2", "after the flip: {}", r.text());
     }
+    Ok(())
+}
+
+/// The shop containers that answer 30 requests in a row.
+fn answering(front: SocketAddr) -> Result<std::collections::BTreeSet<String>> {
+    let mut c = Conn::open(front)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = c.get("shop.example.com", "/")?;
+        ensure!(r.status == 200, "{} {}", r.status, r.text());
+        seen.insert(who(&r.text()).2);
+    }
+    Ok(seen)
+}
+
+/// One shop container starts failing its health check, another is killed: each leaves
+/// rotation (measured), and every request meanwhile is answered by a live one.
+async fn containers_that_fail_or_die_leave_rotation(
+    front: SocketAddr,
+    members: [&Member; 3],
+) -> Result<()> {
+    ensure!(
+        answering(front)?.len() == 3,
+        "not all three shop containers serve"
+    );
+    let failing = who(&Conn::open(front)?.get("shop.example.com", "/fail")?.text()).2;
+    let started = Instant::now();
+    loop {
+        if !answering(front)?.contains(&failing) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(3),
+            "{failing} still in rotation {:?} after failing its health check",
+            started.elapsed()
+        );
+    }
+    println!(
+        "a container failing its health check left rotation within {:?}",
+        started.elapsed()
+    );
+    let remaining = answering(front)?;
+    let victim = remaining
+        .iter()
+        .next()
+        .context("no shop container left")?
+        .clone();
+    let mut killed = false;
+    for member in members {
+        for c in member.containers().await? {
+            if c.id.starts_with(&victim) {
+                member
+                    .docker
+                    .engine()
+                    .docker()
+                    .kill_container(
+                        &c.id,
+                        None::<bollard::query_parameters::KillContainerOptions>,
+                    )
+                    .await?;
+                killed = true;
+            }
+        }
+    }
+    ensure!(killed, "no server runs {victim}");
+    let started = Instant::now();
+    loop {
+        // Every request is answered while the dead one leaves.
+        if !answering(front)?.contains(&victim) {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(3),
+            "{victim} still in rotation {:?} after it was killed",
+            started.elapsed()
+        );
+    }
+    println!(
+        "a killed container left rotation within {:?}",
+        started.elapsed()
+    );
+    let left = answering(front)?;
+    ensure!(
+        left.len() == 1 && !left.contains(&failing) && !left.contains(&victim),
+        "{left:?}"
+    );
+    Ok(())
+}
+
+/// wrk keeps 20 connections busy on server one while its agent is restarted: every
+/// connection is accepted (the kept socket queues them while no agent accepts), every
+/// request answered, none reset.
+fn restarted_under_load(front: SocketAddr, one: &mut Member) -> Result<()> {
+    let load = std::thread::spawn(move || {
+        std::process::Command::new("wrk")
+            .args([
+                "-t2",
+                "-c20",
+                "-d10s",
+                "--timeout",
+                "5s",
+                "-H",
+                "Host: shop.example.com",
+            ])
+            .arg(format!("http://{front}/"))
+            .output()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let status = one.restart_agent()?;
+    ensure!(status.success(), "the old agent exited with {status}");
+    let out = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("wrk panicked"))?
+        .context("running wrk; `./x setup` installs it")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("wrk across an agent restart:\n{text}");
+    ensure!(out.status.success(), "wrk failed: {text}");
+    let requests: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(" requests in ")
+                .map(|(n, _)| n.trim().to_string())
+        })
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("wrk printed no request count:\n{text}"))?;
+    ensure!(requests > 1000, "only {requests} requests:\n{text}");
+    ensure!(
+        !text.contains("Socket errors") && !text.contains("Non-2xx"),
+        "connections refused, reset or timed out, or requests failed, across the restart:\n{text}"
+    );
     Ok(())
 }

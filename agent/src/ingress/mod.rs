@@ -79,7 +79,8 @@ impl Context {
 
 /// The running ingress thread.
 pub struct Ingress {
-    closing: watch::Sender<bool>,
+    /// Shared with the thread, so the connections' receivers never see it dropped.
+    closing: Arc<watch::Sender<bool>>,
     finished: oneshot::Receiver<()>,
     metrics: Arc<Metrics>,
 }
@@ -88,6 +89,8 @@ impl Ingress {
     /// Starts the ingress thread: it listens on the ports `records` publish, following them.
     pub fn start(options: IngressOptions, records: Records) -> std::io::Result<Self> {
         let (closing, closing_rx) = watch::channel(false);
+        let closing = Arc::new(closing);
+        let held = closing.clone();
         let (done, finished) = oneshot::channel();
         let metrics = Arc::new(Metrics::default());
         let thread_metrics = metrics.clone();
@@ -106,6 +109,7 @@ impl Ingress {
                 };
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&runtime, run(options, records, closing_rx, thread_metrics));
+                drop(held);
                 let _ = done.send(());
             })?;
         Ok(Self {

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 use tracing::debug;
 
 use super::{
@@ -31,8 +31,10 @@ const KEEP_ALIVE: Duration = Duration::from_secs(60);
 const HEAD_TIME: Duration = Duration::from_secs(10);
 /// Longest a peer may stay silent in the middle of a body or a response.
 const IDLE: Duration = Duration::from_secs(60);
-/// Longest a backend may take to accept a connection.
-const CONNECT_TIME: Duration = Duration::from_secs(3);
+/// Longest a backend may take to accept a connection: on the container network a live
+/// one answers in well under a millisecond, so one that takes a second has gone (a
+/// killed container's address answers nothing) and the next is tried.
+const CONNECT_TIME: Duration = Duration::from_secs(1);
 /// Longest a switched (WebSocket) connection may stay silent both ways.
 const TUNNEL_IDLE: Duration = Duration::from_secs(600);
 /// Size of each read buffer; a request head never exceeds it (see `head::Limits`).
@@ -42,6 +44,7 @@ const BUFFER: usize = 16 * 1024;
 pub async fn serve(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: u16, scheme: Scheme) {
     let _ = client.set_nodelay(true);
     let mut conn = Connection {
+        closing: ctx.closing.clone(),
         ctx,
         client,
         peer,
@@ -62,6 +65,8 @@ pub async fn serve(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: u16,
 
 struct Connection {
     ctx: Rc<Context>,
+    /// Set when the agent stops: finish the exchange at hand, then close.
+    closing: watch::Receiver<bool>,
     client: TcpStream,
     peer: IpAddr,
     port: u16,
@@ -129,7 +134,17 @@ impl Connection {
                 None => KEEP_ALIVE,
             };
             let filled = self.filled;
-            match read_some(&self.client, &mut self.buf[filled..], wait).await {
+            let read = read_some(&self.client, &mut self.buf[filled..], wait);
+            let read = if filled == 0 && !*self.closing.borrow() {
+                // Idle between requests: a stopping agent cuts the wait short.
+                tokio::select! {
+                    r = read => r,
+                    _ = self.closing.changed() => continue,
+                }
+            } else {
+                read.await
+            };
+            match read {
                 Ok(0) if filled == 0 => return Ok(None),
                 Ok(0) => {
                     return Err(Refusal::new(

@@ -17,6 +17,15 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Checks the container at `address` until it passes or its time is up; Err says why.
 pub async fn check(service: &Service, address: Option<Ipv4Addr>) -> Result<(), String> {
+    let within = match &service.health {
+        Health::Check(check) => check.timeout,
+        _ => DEFAULT_TIMEOUT,
+    };
+    retry(within, || probe(service, address)).await
+}
+
+/// One attempt of the service's check on the container at `address`.
+pub async fn probe(service: &Service, address: Option<Ipv4Addr>) -> Result<(), String> {
     let port = service.ports.first().map(|p| p.container);
     match (&service.health, address, port) {
         (Health::None, _, _) => Ok(()),
@@ -24,37 +33,29 @@ pub async fn check(service: &Service, address: Option<Ipv4Addr>) -> Result<(), S
         (Health::Default, _, None) => Ok(()),
         (Health::Default, Some(ip), Some(port)) => {
             let target = SocketAddr::from((ip, port));
-            retry(DEFAULT_TIMEOUT, || async move {
-                TcpStream::connect(target)
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("nothing accepts connections on {target}: {e}"))
-            })
-            .await
+            TcpStream::connect(target)
+                .await
+                .map(drop)
+                .map_err(|e| format!("nothing accepts connections on {target}: {e}"))
         }
         (Health::Check(check), Some(ip), port) => {
             let Some(port) = port else {
                 return Err("an HTTP health check needs a port in `ports`".into());
             };
             let target = SocketAddr::from((ip, port));
-            let endpoint = check.endpoint.clone();
-            let accept = check.accept.clone();
-            retry(check.timeout, || {
-                let endpoint = endpoint.clone();
-                let accept = accept.clone();
-                async move {
-                    let status = http_status(target, &endpoint).await?;
-                    if accept
-                        .iter()
-                        .any(|(low, high)| (*low..=*high).contains(&status))
-                    {
-                        Ok(())
-                    } else {
-                        Err(format!("GET {endpoint} on {target} answered {status}"))
-                    }
-                }
-            })
-            .await
+            let status = http_status(target, &check.endpoint).await?;
+            if check
+                .accept
+                .iter()
+                .any(|(low, high)| (*low..=*high).contains(&status))
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "GET {} on {target} answered {status}",
+                    check.endpoint
+                ))
+            }
         }
     }
 }

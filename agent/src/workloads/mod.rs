@@ -8,6 +8,7 @@
 pub mod actions;
 mod context;
 mod health;
+mod liveness;
 mod reconcile;
 
 pub use context::{ContextError, build_context};

@@ -49,13 +49,16 @@ pub struct WorkloadOptions {
 
 /// What this agent knows it is asked to do, shared with its stop tasks.
 #[derive(Default)]
-struct Intent {
+pub(super) struct Intent {
     /// The current assignment of every (stack, generation) for this server.
-    desired: BTreeMap<(String, u64), Assignment>,
+    pub(super) desired: BTreeMap<(String, u64), Assignment>,
     /// Runs that were built, started, checked and reported.
-    settled: BTreeSet<(String, u64)>,
+    pub(super) settled: BTreeSet<(String, u64)>,
     /// Generations whose containers a stop task is draining or stopping.
     stopping: BTreeSet<(String, u64)>,
+    /// Running containers that fail their service's health check (see `liveness`):
+    /// reported as unhealthy, so no name or request leads to them.
+    pub(super) unhealthy: BTreeSet<String>,
 }
 
 impl Intent {
@@ -75,9 +78,9 @@ impl Intent {
     }
 }
 
-type Shared = Arc<Mutex<Intent>>;
+pub(super) type Shared = Arc<Mutex<Intent>>;
 
-fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
+pub(super) fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
     // A panicked holder leaves plain data behind; keep going with it.
     intent
         .lock()
@@ -99,8 +102,8 @@ pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
 
 /// Everything a settle or a stop task needs to reach Docker and central.
 #[derive(Clone)]
-struct Reach {
-    engine: Engine,
+pub(super) struct Reach {
+    pub(super) engine: Engine,
     client: Client,
     server: String,
     cgroup_root: PathBuf,
@@ -158,6 +161,9 @@ async fn follow(
     }
     stop_orphans(&reach, intent).await?;
     report_containers(&reach, intent).await;
+    // Ends with this follow: the next one starts its own.
+    let liveness = tokio::spawn(super::liveness::watch(reach.clone(), intent.clone()));
+    let _liveness = AbortOnDrop(liveness);
     let mut pending = listed;
     let mut watch = Box::pin(
         reach
@@ -191,6 +197,15 @@ async fn follow(
             Some(Err(e)) => return Err(e.to_string()),
             None => return Err("central ended the watch".into()),
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -344,7 +359,7 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
 }
 
 /// Tells central what runs here; a failure is logged, the next report replaces it anyway.
-async fn report_containers(reach: &Reach, intent: &Shared) {
+pub(super) async fn report_containers(reach: &Reach, intent: &Shared) {
     let Some(report) = local_containers(reach, intent).await else {
         return;
     };
@@ -365,12 +380,18 @@ async fn local_containers(reach: &Reach, intent: &Shared) -> Option<Vec<Containe
     let ids: Vec<String> = running.iter().map(|c| c.id.clone()).collect();
     containers::cgroup::sweep(&reach.cgroup_root, &ids);
     let mut report = Vec::with_capacity(running.len());
+    let unhealthy = lock(intent).unhealthy.clone();
     for c in running {
         let cgroup_id = match c.running {
             true => containers::cgroup::current_id(&reach.engine, &c.id, &reach.cgroup2).await,
             false => None,
         };
         let serves = lock(intent).serves(&c.stack, &c.service, c.generation);
+        let state = match (c.running, unhealthy.contains(&c.id)) {
+            (false, _) => "stopped",
+            (true, true) => "unhealthy",
+            (true, false) => "running",
+        };
         report.push(ContainerReport {
             serves,
             id: c.id,
@@ -378,7 +399,7 @@ async fn local_containers(reach: &Reach, intent: &Shared) -> Option<Vec<Containe
             service: c.service,
             generation: c.generation,
             address: c.address,
-            state: if c.running { "running" } else { "stopped" }.into(),
+            state: state.into(),
             cgroup_id,
         });
     }

@@ -201,7 +201,8 @@ pub struct ContainerReport {
     pub serves: Vec<u64>,
     /// Its address on the container network.
     pub address: Option<std::net::Ipv4Addr>,
-    /// running or stopped.
+    /// `running`, `unhealthy` (running but failing its health check: out of rotation) or
+    /// `stopped`.
     pub state: String,
     /// Its cgroup v2 id (the directory's inode), which the data plane keys callers by.
     #[serde(default)]

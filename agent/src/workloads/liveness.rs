@@ -1,0 +1,125 @@
+//! After a generation has settled, its containers are watched: a container that dies or
+//! stops (Docker's events) or fails its service's health check twice in a row (probed
+//! every half second) is reported at once, so central's records drop it and every
+//! server's ingress, DNS and service addresses stop sending anything to it within a
+//! second. One that passes again comes back the same way.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
+
+use bollard::query_parameters::EventsOptionsBuilder;
+use ferry_api::types::Desired;
+use futures_util::StreamExt as _;
+use tracing::{info, warn};
+
+use super::{
+    health,
+    reconcile::{Reach, Shared, lock, report_containers},
+};
+use crate::containers::{self, LABEL_STACK};
+
+/// How often each settled container is probed.
+const PERIOD: Duration = Duration::from_millis(500);
+/// Longest one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+/// Failed probes in a row that take a container out; one pass brings it back.
+const FAILURES: u32 = 2;
+
+/// Watches this server's settled containers until the task is dropped.
+pub async fn watch(reach: Reach, intent: Shared) {
+    let filters = HashMap::from([
+        ("type", vec!["container"]),
+        ("label", vec![LABEL_STACK]),
+        ("event", vec!["die", "start", "stop"]),
+    ]);
+    let mut events = Box::pin(
+        reach
+            .engine
+            .docker()
+            .events(Some(EventsOptionsBuilder::new().filters(&filters).build())),
+    );
+    let mut events_open = true;
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures: HashMap<String, u32> = HashMap::new();
+    loop {
+        tokio::select! {
+            event = events.next(), if events_open => match event {
+                Some(Ok(event)) => {
+                    let id = event.actor.and_then(|a| a.id).unwrap_or_default();
+                    info!(container = %id, action = ?event.action, "container event; reporting");
+                    report_containers(&reach, &intent).await;
+                }
+                Some(Err(e)) => {
+                    warn!("Docker's event stream: {e}; relying on health probes");
+                    events_open = false;
+                }
+                None => events_open = false,
+            },
+            _ = tick.tick() => {
+                if probe_all(&reach, &intent, &mut failures).await {
+                    report_containers(&reach, &intent).await;
+                }
+            }
+        }
+    }
+}
+
+/// Probes every running container of a settled, wanted generation; true when the set of
+/// unhealthy containers changed.
+async fn probe_all(reach: &Reach, intent: &Shared, failures: &mut HashMap<String, u32>) -> bool {
+    let Ok(running) = containers::list(&reach.engine).await else {
+        return false;
+    };
+    let checks: Vec<_> = {
+        let intent = lock(intent);
+        running
+            .into_iter()
+            .filter(|c| c.running)
+            .filter_map(|c| {
+                let key = (c.stack.clone(), c.generation);
+                let assignment = intent.desired.get(&key)?;
+                if assignment.state != Desired::Run || !intent.settled.contains(&key) {
+                    return None;
+                }
+                let service = assignment.services.get(&c.service)?.clone();
+                Some((c, service))
+            })
+            .collect()
+    };
+    let results = futures_util::future::join_all(checks.iter().map(|(c, service)| async move {
+        let outcome = tokio::time::timeout(PROBE_TIMEOUT, health::probe(service, c.address))
+            .await
+            .unwrap_or_else(|_| Err("the probe timed out".into()));
+        (c, outcome)
+    }))
+    .await;
+    let mut unhealthy = BTreeSet::new();
+    for (c, outcome) in results {
+        let count = failures.entry(c.id.clone()).or_default();
+        match outcome {
+            Ok(()) => *count = 0,
+            Err(e) => {
+                *count += 1;
+                if *count == FAILURES {
+                    warn!(stack = %c.stack, service = %c.service, container = %c.id, "failing its health check, out of rotation: {e}");
+                }
+            }
+        }
+        if *count >= FAILURES {
+            unhealthy.insert(c.id.clone());
+        }
+    }
+    failures.retain(|id, _| checks.iter().any(|(c, _)| &c.id == id));
+    let mut intent = lock(intent);
+    if intent.unhealthy == unhealthy {
+        return false;
+    }
+    for back in intent.unhealthy.difference(&unhealthy) {
+        info!(container = %back, "passing its health check again, back in rotation");
+    }
+    intent.unhealthy = unhealthy;
+    true
+}
