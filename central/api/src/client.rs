@@ -245,6 +245,36 @@ impl Client {
         self.send(self.http.put(&url).json(change), &url).await
     }
 
+    /// A stack's TLS certificates: name to the hosts each serves (admin).
+    pub async fn certificates(
+        &self,
+        stack: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/certificates", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// Stores certificate `name` of a stack, replacing one of that name (admin).
+    pub async fn put_certificate(
+        &self,
+        stack: &str,
+        name: &str,
+        certificate: &crate::types::TlsCertificate,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/certificates/{name}", self.base);
+        self.send(self.http.put(&url).json(certificate), &url).await
+    }
+
+    /// Removes certificate `name` of a stack (admin).
+    pub async fn delete_certificate(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
+        let url = format!("{}/v1/stacks/{stack}/certificates/{name}", self.base);
+        self.send(self.http.delete(&url), &url).await
+    }
+
     /// Scales a service of the serving generation: a new generation (admin).
     pub async fn scale(
         &self,

@@ -298,3 +298,16 @@ pub struct ScaleRequest {
     /// On how many servers the service runs (one container each); 0 stops it.
     pub count: u32,
 }
+
+/// A TLS certificate the stack's HTTPS ports serve for the host names it lists (the
+/// client's SNI picks it): `certificates/<stack>/<name>`. Automatic certificates (ACME)
+/// will write the same entries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsCertificate {
+    /// Host names it serves: exact, or `*.` wildcards of one label.
+    pub hosts: Vec<String>,
+    /// The certificate chain, PEM, leaf first.
+    pub chain_pem: String,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
+}

@@ -2,12 +2,14 @@
 //! doc comments are the help.
 //!
 //! # Layout
+//! - `certificates`: `ferry certificates ...`, TLS certificates for HTTPS ports.
 //! - `containers`: `ferry containers ...`, each container through its server's agent.
 //! - `deploy`: packing and checking a stack's source before upload.
 //! - `login`: where central is and the operator's token, kept in the CLI's config.
 //! - `services`: `ferry services ...`, over the serving generation.
 //! - `table`: plain aligned tables, the default output (`--json` everywhere else).
 
+mod certificates;
 mod containers;
 mod datasources;
 mod deploy;
@@ -70,6 +72,9 @@ enum Command {
     /// Where a stack's datasources are: NAME.cloud66.local for its containers.
     #[command(subcommand)]
     Datasources(datasources::Command),
+    /// TLS certificates for the stack's HTTPS ports, picked by host name (SNI).
+    #[command(subcommand)]
+    Certificates(certificates::Command),
     /// Containers on every server: list them, read their logs, run commands, stop, restart.
     #[command(subcommand)]
     Containers(containers::Command),
@@ -176,6 +181,7 @@ fn run(command: Command) -> Result<()> {
             Command::Env(command) => env(command).await,
             Command::Containers(command) => containers::run(command).await,
             Command::Datasources(command) => datasources::run(command).await,
+            Command::Certificates(command) => certificates::run(command).await,
             Command::Services(command) => services::run(command).await,
         }
     })

@@ -57,22 +57,25 @@ impl Caller {
     }
 
     /// Reads of `prefix`: the admin anything; an agent what its server needs (the other
-    /// servers, for the mesh; its own desired state and operator actions; DNS records).
+    /// servers, for the mesh; its own desired state and operator actions; DNS records; TLS
+    /// certificates for the ingress).
     pub fn may_read(&self, prefix: &str) -> Result<(), ApiError> {
         match &self.0 {
             Role::Admin => Ok(()),
             Role::Agent { server } => {
                 let own = format!("desired/{server}/");
                 let asked = format!("actions/{server}/");
+                // Every server's ingress terminates TLS for every stack.
                 let allowed = prefix.starts_with("servers/")
                     || prefix.starts_with("records/")
+                    || prefix.starts_with("certificates/")
                     || prefix.starts_with(&own)
                     || prefix.starts_with(&asked);
                 if allowed {
                     Ok(())
                 } else {
                     Err(forbidden(&format!(
-                        "read {prefix:?} (agents read servers/, records/, {own} and {asked})"
+                        "read {prefix:?} (agents read servers/, records/, certificates/, {own} and {asked})"
                     )))
                 }
             }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::{
     sources::SourceError,
-    state::{DatasourceError, ServerError, StackError, VariableError},
+    state::{CertificateError, DatasourceError, ServerError, StackError, VariableError},
     store::StoreError,
 };
 
@@ -48,6 +48,15 @@ impl From<DatasourceError> for ApiError {
         match e {
             DatasourceError::Stack(e) => Self::Stack(e),
             DatasourceError::Invalid(why) => Self::BadRequest(why),
+        }
+    }
+}
+
+impl From<CertificateError> for ApiError {
+    fn from(e: CertificateError) -> Self {
+        match e {
+            CertificateError::Stack(e) => Self::Stack(e),
+            CertificateError::Invalid(why) => Self::BadRequest(why),
         }
     }
 }

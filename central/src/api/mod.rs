@@ -20,6 +20,8 @@
 //!   on that many servers.
 //! - `GET|PUT /v1/stacks/{stack}/variables`: the values of `_env(NAME)` references.
 //! - `GET|PUT /v1/stacks/{stack}/datasources`: where the stack's datasources are.
+//! - `GET /v1/stacks/{stack}/certificates`, `PUT|DELETE .../certificates/{name}`: TLS
+//!   certificates for the stack's HTTPS ports.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
 //! - `PUT /v1/containers/{server}`: an agent's list of its containers; `GET /v1/containers`
@@ -29,6 +31,7 @@
 
 mod actions;
 mod auth;
+mod certificates;
 mod containers;
 mod datasources;
 mod error;
@@ -51,7 +54,7 @@ use axum::{
 pub use error::ApiError;
 
 use crate::{
-    state::{ContainerNet, Datasources, Servers, Stacks, Variables},
+    state::{Certificates, ContainerNet, Datasources, Servers, Stacks, Variables},
     store::sqlite::SqliteStore,
 };
 
@@ -73,6 +76,8 @@ pub struct AppState {
     pub variables: Variables<SqliteStore>,
     /// Stack datasources.
     pub datasources: Datasources<SqliteStore>,
+    /// Stack TLS certificates.
+    pub certificates: Certificates<SqliteStore>,
     /// Where uploaded sources are kept.
     pub sources: PathBuf,
     /// How long a retired generation's containers keep running.
@@ -89,6 +94,7 @@ impl AppState {
             stacks: Stacks::new(store.clone()),
             variables: Variables::new(store.clone()),
             datasources: Datasources::new(store.clone()),
+            certificates: Certificates::new(store.clone()),
             sources: data_dir.join("sources"),
             store,
         })
@@ -126,6 +132,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/stacks/{stack}/datasources",
             get(datasources::get).put(datasources::change),
+        )
+        .route(
+            "/v1/stacks/{stack}/certificates",
+            get(certificates::list),
+        )
+        .route(
+            "/v1/stacks/{stack}/certificates/{name}",
+            put(certificates::put).delete(certificates::delete),
         )
         .route("/v1/sources/{digest}", get(routes::source))
         .route(

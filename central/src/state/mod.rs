@@ -7,8 +7,10 @@
 //!   taken by creating a key that must not exist: two servers can never get the same one;
 //! - `stacks/<stack>` and `generations/<stack>/<N>`: see [`stacks`](Stacks);
 //! - `variables/<stack>`: the stack's variables, see [`Variables`];
-//! - `datasources/<stack>`: where the stack's datasources are, see [`Datasources`].
+//! - `datasources/<stack>`: where the stack's datasources are, see [`Datasources`];
+//! - `certificates/<stack>/<name>`: TLS certificates for HTTPS, see [`Certificates`].
 
+mod certificates;
 mod datasources;
 mod servers;
 mod stacks;
@@ -76,6 +78,7 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
+pub use certificates::{CertificateError, Certificates};
 pub use datasources::{
     DatasourceError, Datasources, MAX_ADDRESSES, StackDatasources, read as datasources_of,
 };
