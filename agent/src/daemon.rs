@@ -55,6 +55,14 @@ pub async fn run(
             snapshot,
         ))
     });
+    // Followed whenever this server has joined; HTTPS ports serve what arrives.
+    let certificates = crate::ingress::Certificates::default();
+    let certificates_task = mesh.as_ref().map(|(loaded, _)| {
+        tokio::spawn(crate::ingress::follow_certificates(
+            loaded.clone(),
+            certificates.clone(),
+        ))
+    });
     let dns_task = dns.map(|options| {
         let (records, callers) = (records.clone(), callers.clone());
         tokio::spawn(async move {
@@ -64,21 +72,24 @@ pub async fn run(
         })
     });
     let (ingress, metrics_task) = match ingress {
-        Some((options, metrics_listen)) => match Ingress::start(options, records.clone()) {
-            Ok(ingress) => {
-                let metrics = ingress.metrics();
-                let task = tokio::spawn(async move {
-                    if let Err(e) = crate::ingress::serve_metrics(metrics_listen, metrics).await {
-                        error!(listen = %metrics_listen, "metrics endpoint stopped: {e}");
-                    }
-                });
-                (Some(ingress), Some(task))
+        Some((options, metrics_listen)) => {
+            match Ingress::start(options, records.clone(), certificates.clone()) {
+                Ok(ingress) => {
+                    let metrics = ingress.metrics();
+                    let task = tokio::spawn(async move {
+                        if let Err(e) = crate::ingress::serve_metrics(metrics_listen, metrics).await
+                        {
+                            error!(listen = %metrics_listen, "metrics endpoint stopped: {e}");
+                        }
+                    });
+                    (Some(ingress), Some(task))
+                }
+                Err(e) => {
+                    error!("the ingress did not start: {e}");
+                    (None, None)
+                }
             }
-            Err(e) => {
-                error!("the ingress did not start: {e}");
-                (None, None)
-            }
-        },
+        }
         None => (None, None),
     };
     let mesh_task = mesh.map(|(loaded, options)| {
@@ -107,6 +118,7 @@ pub async fn run(
         discovery_task,
         dns_task,
         metrics_task,
+        certificates_task,
     ]
     .into_iter()
     .flatten()

@@ -4,7 +4,8 @@
 //! servers (the test, on the bridge) connects to server one's port 80 and sees:
 //! requests routed by their own `Host`, even on one keep-alive connection; round-robin
 //! counted even over the three shop containers (two of them across the WireGuard mesh);
-//! the proxy headers; a WebSocket-style upgrade passed through; every hostile head refused
+//! the proxy headers; a WebSocket-style upgrade passed through; HTTPS on port 443 with a
+//! certificate per host picked by SNI, over HTTP/2 and HTTP/1.1; every hostile head refused
 //! with nothing forwarded a backend could misread; 100 MB up and down intact across a
 //! deploy while new requests already reach the new generation; a container that fails its
 //! health check or dies taken out of rotation; an agent restarted under load with no
@@ -156,6 +157,8 @@ async fn ingress_routes_balances_and_deploys_without_dropping_anything() -> Resu
     drop(ws);
 
     hostile_heads_are_refused(front)?;
+
+    https_serves_each_host_its_certificate(front, &operator, &central_dir).await?;
 
     let (status, waited) = slowloris
         .join()
@@ -517,6 +520,12 @@ async fn containers_that_fail_or_die_leave_rotation(
 /// connection is accepted (the kept socket queues them while no agent accepts), every
 /// request answered, none reset.
 fn restarted_under_load(front: SocketAddr, one: &mut Member) -> Result<()> {
+    // Any answer but a 2xx is printed with its body, so a failure says what went wrong.
+    let script = std::env::temp_dir().join(format!("ferry-wrk-{}.lua", std::process::id()));
+    std::fs::write(
+        &script,
+        "response = function(status, headers, body)\n  if status >= 300 then io.write(\"status \" .. status .. \": \" .. body) end\nend\n",
+    )?;
     let load = std::thread::spawn(move || {
         std::process::Command::new("wrk")
             .args([
@@ -527,7 +536,9 @@ fn restarted_under_load(front: SocketAddr, one: &mut Member) -> Result<()> {
                 "5s",
                 "-H",
                 "Host: shop.example.com",
+                "-s",
             ])
+            .arg(&script)
             .arg(format!("http://{front}/"))
             .output()
     });
@@ -553,6 +564,118 @@ fn restarted_under_load(front: SocketAddr, one: &mut Member) -> Result<()> {
     ensure!(
         !text.contains("Socket errors") && !text.contains("Non-2xx"),
         "connections refused, reset or timed out, or requests failed, across the restart:\n{text}"
+    );
+    Ok(())
+}
+
+/// curl, as a browser would come: `--resolve` points the name at server one, the
+/// certificate is the only one trusted. Returns (exit code, body, HTTP version).
+fn curl(
+    front: SocketAddr,
+    host: &str,
+    path: &str,
+    trust: &Path,
+    http: &str,
+) -> Result<(i32, String, String)> {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", http, "--cacert"])
+        .arg(trust)
+        .arg("--resolve")
+        .arg(format!("{host}:443:{}", front.ip()))
+        .args(["-w", "\n%{http_version}"])
+        .arg(format!("https://{host}{path}"))
+        .output()
+        .context("running curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, version) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    Ok((
+        out.status.code().unwrap_or(-1),
+        body.to_string(),
+        version.to_string(),
+    ))
+}
+
+/// Two certificates stored through the CLI (shop's exact name, blog's wildcard): each
+/// host gets its own by SNI, over HTTP/2 and HTTP/1.1, a name with none gets no
+/// handshake, and the container sees `X-Forwarded-Proto: https`.
+async fn https_serves_each_host_its_certificate(
+    front: SocketAddr,
+    operator: &Operator,
+    dir: &Path,
+) -> Result<()> {
+    let mut trust = Vec::new();
+    for (name, host) in [("shop", "shop.example.com"), ("blog", "*.blog.example")] {
+        let made = rcgen::generate_simple_self_signed(vec![host.to_string()])?;
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, made.cert.pem())?;
+        std::fs::write(&key, made.signing_key.serialize_pem())?;
+        let (ok, out, err) = operator.run(&[
+            "certificates",
+            "set",
+            "--stack",
+            "site",
+            name,
+            "--cert",
+            &cert.to_string_lossy(),
+            "--key",
+            &key.to_string_lossy(),
+            "--host",
+            host,
+        ])?;
+        ensure!(ok, "certificates set {name}: {out}{err}");
+        trust.push(cert);
+    }
+    // A certificate that does not fit its name is refused, and nothing changes.
+    let (ok, _, err) = operator.run(&[
+        "certificates",
+        "set",
+        "--stack",
+        "site",
+        "wrong",
+        "--cert",
+        &trust[0].to_string_lossy(),
+        "--key",
+        &dir.join("blog.key").to_string_lossy(),
+        "--host",
+        "shop.example.com",
+    ])?;
+    ensure!(!ok && err.contains("does not fit"), "{err}");
+    eventually(
+        Duration::from_secs(10),
+        "HTTPS answers for shop",
+        || async { Ok(curl(front, "shop.example.com", "/", &trust[0], "--http2")?.0 == 0) },
+    )
+    .await?;
+    for (host, trusted, service) in [
+        ("shop.example.com", &trust[0], "shop"),
+        ("a.blog.example", &trust[1], "blog"),
+    ] {
+        for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+            let (code, body, got) = curl(front, host, "/", trusted, flag)?;
+            ensure!(code == 0, "{host} {flag}: curl exit {code}");
+            ensure!(who(&body).0 == service, "{host} {flag} reached {body}");
+            ensure!(got == version, "{host} {flag} spoke HTTP/{got}");
+        }
+    }
+    // Each certificate only for its own names: blog's is not trusted for shop.
+    let (code, _, _) = curl(front, "shop.example.com", "/", &trust[1], "--http2")?;
+    ensure!(
+        code == 60,
+        "shop was served a certificate blog's trusts (curl exit {code})"
+    );
+    // A name with no certificate: no handshake at all.
+    let (code, _, _) = curl(front, "unknown.example", "/", &trust[0], "--http2")?;
+    ensure!(code == 35, "a name without a certificate: curl exit {code}");
+    let (_, headers, _) = curl(front, "shop.example.com", "/headers", &trust[0], "--http2")?;
+    let headers: serde_json::Value = serde_json::from_str(&headers)?;
+    ensure!(
+        headers["x-forwarded-proto"] == "https"
+            && headers["x-forwarded-for"] == "10.250.81.1"
+            && headers["x-forwarded-host"] == "shop.example.com",
+        "{headers}"
     );
     Ok(())
 }

@@ -17,7 +17,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{
-    Context, IngressOptions, proxy,
+    Context, IngressOptions, https, proxy,
     routes::{Routes, Scheme},
 };
 use crate::handoff;
@@ -70,9 +70,9 @@ impl Listeners {
             if self.open.contains_key(&port) {
                 continue;
             }
-            if scheme == Scheme::Https {
+            if scheme == Scheme::Https && ctx.tls.is_none() {
                 if self.unserved.insert(port, scheme).is_none() {
-                    warn!(port, "HTTPS ports are not served by this agent yet");
+                    warn!(port, "no TLS configuration; the HTTPS port is not served");
                 }
                 continue;
             }
@@ -116,15 +116,26 @@ impl Listeners {
 async fn accept(listener: TcpListener, port: u16, scheme: Scheme, ctx: Rc<Context>) {
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::task::spawn_local(proxy::serve(
-                    ctx.clone(),
-                    stream,
-                    peer.ip(),
-                    port,
-                    scheme,
-                ));
-            }
+            Ok((stream, peer)) => match (scheme, &ctx.tls) {
+                (Scheme::Https, Some(tls)) => {
+                    tokio::task::spawn_local(https::serve(
+                        ctx.clone(),
+                        tls.clone(),
+                        stream,
+                        peer.ip(),
+                        port,
+                    ));
+                }
+                _ => {
+                    tokio::task::spawn_local(proxy::serve(
+                        ctx.clone(),
+                        stream,
+                        peer.ip(),
+                        port,
+                        scheme,
+                    ));
+                }
+            },
             Err(e) => {
                 // Out of descriptors, most likely: give connections time to close.
                 warn!(port, "accepting: {e}");

@@ -14,11 +14,15 @@
 //! - `proxy`: one client connection, request after request.
 //! - `pool`: idle connections to containers, reused.
 //! - `splice`, `socket`: moving bytes (zero-copy for large bodies), each wait bounded.
+//! - `https`: HTTPS ports: rustls with certificates by SNI (`certificates`, followed from
+//!   central), HTTP/2 and HTTP/1.1 through hyper.
 //! - `listeners`: the listening sockets, kept across agent restarts.
 //! - `metrics`, `scrape`: Prometheus figures and their endpoint.
 
+mod certificates;
 pub mod chunked;
 pub mod head;
+mod https;
 mod listeners;
 mod metrics;
 mod pool;
@@ -41,6 +45,7 @@ use std::{
 use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
+pub use certificates::{Certificates, follow as follow_certificates};
 pub use metrics::Metrics;
 pub use scrape::serve_metrics;
 
@@ -69,6 +74,10 @@ struct Context {
     pool: RefCell<Pool>,
     closing: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    /// Idle connections of the HTTPS side.
+    https: https::Senders,
+    /// The TLS side of HTTPS ports (None: the TLS configuration failed; logged).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Context {
@@ -87,7 +96,11 @@ pub struct Ingress {
 
 impl Ingress {
     /// Starts the ingress thread: it listens on the ports `records` publish, following them.
-    pub fn start(options: IngressOptions, records: Records) -> std::io::Result<Self> {
+    pub fn start(
+        options: IngressOptions,
+        records: Records,
+        certificates: Certificates,
+    ) -> std::io::Result<Self> {
         let (closing, closing_rx) = watch::channel(false);
         let closing = Arc::new(closing);
         let held = closing.clone();
@@ -108,7 +121,10 @@ impl Ingress {
                     }
                 };
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, run(options, records, closing_rx, thread_metrics));
+                local.block_on(
+                    &runtime,
+                    run(options, records, certificates, closing_rx, thread_metrics),
+                );
                 drop(held);
                 let _ = done.send(());
             })?;
@@ -145,6 +161,7 @@ impl Ingress {
 async fn run(
     options: IngressOptions,
     records: Records,
+    certificates: Certificates,
     mut closing: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
 ) {
@@ -155,6 +172,10 @@ async fn run(
         pool: RefCell::new(Pool::default()),
         closing: closing.clone(),
         metrics,
+        https: https::Senders::default(),
+        tls: https::acceptor(certificates)
+            .inspect_err(|e| warn!("HTTPS ports cannot be served: {e}"))
+            .ok(),
     });
     let sweeper = {
         let ctx = ctx.clone();
@@ -169,8 +190,9 @@ async fn run(
     let mut listening = listeners::Listeners::new(options);
     loop {
         let routes = Arc::new(Routes::build(&records.read()));
+        // The routes first: a listener accepts the moment it is bound.
+        let _ = routes_tx.send(routes.clone());
         let complete = listening.follow(&routes, &ctx).await;
-        let _ = routes_tx.send(routes);
         // A port that could not be bound is tried again shortly.
         let retry = async {
             if complete {

@@ -69,8 +69,7 @@ pub async fn run(command: Command) -> Result<()> {
             hosts,
         } => {
             let read = |path: &std::path::Path| {
-                std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
             };
             let certificate = TlsCertificate {
                 hosts: hosts.clone(),

@@ -133,10 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/stacks/{stack}/datasources",
             get(datasources::get).put(datasources::change),
         )
-        .route(
-            "/v1/stacks/{stack}/certificates",
-            get(certificates::list),
-        )
+        .route("/v1/stacks/{stack}/certificates", get(certificates::list))
         .route(
             "/v1/stacks/{stack}/certificates/{name}",
             put(certificates::put).delete(certificates::delete),

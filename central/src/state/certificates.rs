@@ -76,12 +76,17 @@ impl<S: Store> Certificates<S> {
         check(certificate)?;
         let value = serde_json::to_vec(certificate)
             .map_err(|e| CertificateError::Invalid(e.to_string()))?;
-        self.store.put(&format!("{}{name}", prefix(stack)), &value)?;
+        self.store
+            .put(&format!("{}{name}", prefix(stack)), &value)?;
         self.list(stack)
     }
 
     /// Removes certificate `name`.
-    pub fn delete(&self, stack: &str, name: &str) -> Result<BTreeMap<String, Vec<String>>, CertificateError> {
+    pub fn delete(
+        &self,
+        stack: &str,
+        name: &str,
+    ) -> Result<BTreeMap<String, Vec<String>>, CertificateError> {
         let key = format!("{}{name}", prefix(stack));
         if self.store.get(&key)?.is_none() {
             return Err(CertificateError::Invalid(format!(

@@ -448,6 +448,7 @@ fn serve_ferry(args: &[String]) -> Result<()> {
             sockets: None,
         },
         records,
+        ferry_agent::ingress::Certificates::default(),
     )?;
     loop {
         std::thread::park();

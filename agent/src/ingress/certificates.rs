@@ -1,0 +1,161 @@
+//! The TLS certificates of every stack, followed from central's `certificates/` (a
+//! listing, then a watch), and the resolver that picks one per TLS handshake by the
+//! client's SNI: an exact host name first, then a `*.` wildcard of one label.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
+};
+
+use ferry_api::types::TlsCertificate;
+use futures_util::StreamExt as _;
+use rustls::{
+    crypto::ring::default_provider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tracing::{info, warn};
+
+use crate::membership::{reconnect::Backoff, state::Loaded};
+
+/// Keys by host name, as the handshakes read them.
+#[derive(Debug, Default)]
+struct ByHost {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// By the part after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+/// Every stack's certificates, shared by the follower and the HTTPS listeners.
+#[derive(Clone, Debug, Default)]
+pub struct Certificates {
+    stored: Arc<RwLock<HashMap<String, TlsCertificate>>>,
+    by_host: Arc<RwLock<ByHost>>,
+}
+
+impl Certificates {
+    /// Replaces them all (a fresh listing).
+    pub fn replace(&self, all: impl IntoIterator<Item = (String, TlsCertificate)>) {
+        *self.stored.write().unwrap_or_else(PoisonError::into_inner) = all.into_iter().collect();
+        self.rebuild();
+    }
+
+    /// Applies one change of `certificates/<stack>/<name>`.
+    pub fn apply(&self, key: &str, value: Option<TlsCertificate>) {
+        {
+            let mut stored = self.stored.write().unwrap_or_else(PoisonError::into_inner);
+            match value {
+                Some(c) => stored.insert(key.to_string(), c),
+                None => stored.remove(key),
+            };
+        }
+        self.rebuild();
+    }
+
+    fn rebuild(&self) {
+        let stored = self.stored.read().unwrap_or_else(PoisonError::into_inner);
+        let mut by_host = ByHost::default();
+        let mut keys: Vec<&String> = stored.keys().collect();
+        // Deterministic when two certificates claim one name: the first key wins.
+        keys.sort();
+        for key in keys {
+            let certificate = &stored[key];
+            let certified = match certified_key(certificate) {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    warn!(%key, "certificate not served: {e}");
+                    continue;
+                }
+            };
+            for host in &certificate.hosts {
+                let host = host.to_ascii_lowercase();
+                let table = match host.strip_prefix("*.") {
+                    Some(rest) => by_host.wildcard.entry(rest.to_string()),
+                    None => by_host.exact.entry(host),
+                };
+                table.or_insert_with(|| certified.clone());
+            }
+        }
+        *self.by_host.write().unwrap_or_else(PoisonError::into_inner) = by_host;
+    }
+
+    /// The key for `host` (lowercase), if some certificate serves it.
+    pub fn find(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        let by_host = self.by_host.read().unwrap_or_else(PoisonError::into_inner);
+        by_host.exact.get(host).cloned().or_else(|| {
+            let (_, parent) = host.split_once('.')?;
+            by_host.wildcard.get(parent).cloned()
+        })
+    }
+}
+
+/// Picks the certificate for each handshake's SNI.
+#[derive(Debug)]
+pub struct Resolver(pub Certificates);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // No SNI, or a name no certificate serves: the handshake fails (rustls sends
+        // unrecognized_name) rather than showing another site's certificate.
+        let name = hello.server_name()?.to_ascii_lowercase();
+        self.0.find(&name)
+    }
+}
+
+fn certified_key(certificate: &TlsCertificate) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(certificate.chain_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("chain: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
+        .map_err(|e| format!("key: {e}"))?;
+    CertifiedKey::from_der(chain, key, &default_provider()).map_err(|e| e.to_string())
+}
+
+/// Follows `certificates/` on central until the task is dropped.
+pub async fn follow(loaded: Loaded, certificates: Certificates) {
+    let mut backoff = Backoff::new(Duration::from_millis(500));
+    loop {
+        backoff.attempt();
+        if let Err(e) = follow_once(&loaded, &certificates).await {
+            warn!("certificates: {e}; reconnecting");
+        }
+        tokio::time::sleep(backoff.wait()).await;
+    }
+}
+
+async fn follow_once(loaded: &Loaded, certificates: &Certificates) -> Result<(), String> {
+    let client = loaded.client().map_err(|e| e.to_string())?;
+    let list = client
+        .list("certificates/")
+        .await
+        .map_err(|e| e.to_string())?;
+    certificates.replace(list.items.into_iter().filter_map(|item| {
+        serde_json::from_value::<TlsCertificate>(item.value)
+            .inspect_err(|e| warn!(key = %item.key, "unreadable certificate: {e}"))
+            .ok()
+            .map(|c| (item.key, c))
+    }));
+    let mut watch = Box::pin(
+        client
+            .watch("certificates/", list.revision)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    while let Some(line) = watch.next().await {
+        let line = line.map_err(|e| e.to_string())?;
+        for event in line.events {
+            match event.value.map(serde_json::from_value::<TlsCertificate>) {
+                Some(Ok(c)) => {
+                    info!(key = %event.key, hosts = ?c.hosts, "certificate changed");
+                    certificates.apply(&event.key, Some(c));
+                }
+                Some(Err(e)) => warn!(key = %event.key, "unreadable certificate: {e}"),
+                None => certificates.apply(&event.key, None),
+            }
+        }
+    }
+    Err("central ended the watch".into())
+}
