@@ -33,8 +33,6 @@ use super::{Context, certificates::Resolver, metrics::Exchange, routes::Target};
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// Longest a request head may take (slowloris).
 const HEAD_TIME: Duration = Duration::from_secs(10);
-/// Longest a backend may take to accept a connection (see the plain proxy's).
-const CONNECT_TIME: Duration = Duration::from_secs(1);
 /// Largest HTTP/1.1 read buffer, which bounds a request head.
 const MAX_BUFFER: usize = 32 * 1024;
 /// Largest HTTP/2 header list.
@@ -244,16 +242,10 @@ async fn sender_for<'t>(
         if let Some(sender) = ctx.https.take(backend.address) {
             return Some((backend.address, &backend.container, sender));
         }
-        let connected =
-            tokio::time::timeout(CONNECT_TIME, TcpStream::connect(backend.address)).await;
-        let stream = match connected {
-            Ok(Ok(stream)) => stream,
-            _ => {
-                ctx.out.take_out(backend.address);
-                continue;
-            }
+        let Ok(stream) = super::proxy::connect(backend.address).await else {
+            ctx.out.take_out(backend.address);
+            continue;
         };
-        let _ = stream.set_nodelay(true);
         match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
             Ok((sender, connection)) => {
                 tokio::task::spawn_local(async move {

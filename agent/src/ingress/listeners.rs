@@ -1,4 +1,5 @@
-//! The listening sockets of the published host ports: opened as services publish ports,
+//! The listening sockets of the published host ports (TCP for HTTP, HTTPS and `tcp:`
+//! ports, UDP for `udp:` ports): opened as services publish ports,
 //! closed when none does any more. Each is held by a keeper process too (see `handoff`),
 //! so an agent that restarts takes the same socket over and no connection is refused in
 //! between: they wait in its queue.
@@ -17,7 +18,7 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tracing::{info, warn};
 
 use super::{
-    Context, IngressOptions, https, proxy,
+    Context, IngressOptions, https, proxy, relay,
     routes::{Routes, Scheme},
 };
 use crate::handoff;
@@ -31,10 +32,21 @@ struct Listening {
     keeper: Option<PathBuf>,
 }
 
+impl Listening {
+    /// Stops serving the port for good: its keeper exits and the socket closes.
+    fn close(&self) {
+        self.accepting.abort();
+        if let Some(keeper) = &self.keeper {
+            let _ = std::fs::remove_file(keeper);
+        }
+    }
+}
+
 /// The ports listened on.
 pub struct Listeners {
     options: IngressOptions,
     open: HashMap<u16, Listening>,
+    udp: HashMap<u16, Listening>,
     /// Ports whose scheme this agent cannot serve, already warned about.
     unserved: BTreeMap<u16, Scheme>,
 }
@@ -45,6 +57,7 @@ impl Listeners {
         Self {
             options,
             open: HashMap::new(),
+            udp: HashMap::new(),
             unserved: BTreeMap::new(),
         }
     }
@@ -56,11 +69,7 @@ impl Listeners {
         self.open.retain(|port, listening| {
             let keep = wanted.get(port) == Some(&listening.scheme);
             if !keep {
-                listening.accepting.abort();
-                if let Some(keeper) = &listening.keeper {
-                    // The keeper exits and the socket closes.
-                    let _ = std::fs::remove_file(keeper);
-                }
+                listening.close();
                 info!(port, "no service publishes the port any more; closed");
             }
             keep
@@ -77,11 +86,7 @@ impl Listeners {
                 continue;
             }
             let address = SocketAddrV4::new(self.options.address, port);
-            let keeper = self
-                .options
-                .sockets
-                .as_ref()
-                .map(|dir| dir.join(format!("ingress-{address}")));
+            let keeper = self.keeper(&address.to_string());
             match bind(address, keeper.clone()).await {
                 Ok(listener) => {
                     info!(%address, "ingress listening");
@@ -102,12 +107,59 @@ impl Listeners {
                 }
             }
         }
+        complete & self.follow_udp(routes, ctx).await
+    }
+
+    async fn follow_udp(&mut self, routes: &Routes, ctx: &Rc<Context>) -> bool {
+        let wanted: Vec<u16> = routes.udp_ports().collect();
+        self.udp.retain(|port, listening| {
+            let keep = wanted.contains(port);
+            if !keep {
+                listening.close();
+                info!(port, "no service publishes the UDP port any more; closed");
+            }
+            keep
+        });
+        let mut complete = true;
+        for port in wanted {
+            if self.udp.contains_key(&port) {
+                continue;
+            }
+            let address = SocketAddrV4::new(self.options.address, port);
+            let keeper = self.keeper(&format!("udp-{address}"));
+            match bind_udp(address, keeper.clone()).await {
+                Ok(socket) => {
+                    info!(%address, "ingress relaying UDP");
+                    let accepting =
+                        tokio::task::spawn_local(relay::serve_udp(ctx.clone(), socket, port));
+                    self.udp.insert(
+                        port,
+                        Listening {
+                            scheme: Scheme::Tcp,
+                            accepting,
+                            keeper,
+                        },
+                    );
+                }
+                Err(e) => {
+                    warn!(%address, "cannot listen on UDP yet: {e}");
+                    complete = false;
+                }
+            }
+        }
         complete
+    }
+
+    fn keeper(&self, name: &str) -> Option<PathBuf> {
+        self.options
+            .sockets
+            .as_ref()
+            .map(|dir| dir.join(format!("ingress-{name}")))
     }
 
     /// Stops accepting on every port; the keepers keep the sockets for the next agent.
     pub fn stop_accepting(&mut self) {
-        for (_, listening) in self.open.drain() {
+        for (_, listening) in self.open.drain().chain(self.udp.drain()) {
             listening.accepting.abort();
         }
     }
@@ -117,6 +169,14 @@ async fn accept(listener: TcpListener, port: u16, scheme: Scheme, ctx: Rc<Contex
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => match (scheme, &ctx.tls) {
+                (Scheme::Tcp, _) => {
+                    tokio::task::spawn_local(relay::serve_tcp(
+                        ctx.clone(),
+                        stream,
+                        peer.ip(),
+                        port,
+                    ));
+                }
                 (Scheme::Https, Some(tls)) => {
                     tokio::task::spawn_local(https::serve(
                         ctx.clone(),
@@ -127,13 +187,7 @@ async fn accept(listener: TcpListener, port: u16, scheme: Scheme, ctx: Rc<Contex
                     ));
                 }
                 _ => {
-                    tokio::task::spawn_local(proxy::serve(
-                        ctx.clone(),
-                        stream,
-                        peer.ip(),
-                        port,
-                        scheme,
-                    ));
+                    tokio::task::spawn_local(proxy::serve(ctx.clone(), stream, peer.ip(), port));
                 }
             },
             Err(e) => {
@@ -170,4 +224,29 @@ async fn bind(address: SocketAddrV4, keeper: Option<PathBuf>) -> io::Result<TcpL
     let listener = std::net::TcpListener::from(fd);
     listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
+}
+
+async fn bind_udp(
+    address: SocketAddrV4,
+    keeper: Option<PathBuf>,
+) -> io::Result<tokio::net::UdpSocket> {
+    let fds = tokio::task::spawn_blocking(move || {
+        let bind = || Ok(vec![OwnedFd::from(std::net::UdpSocket::bind(address)?)]);
+        match keeper {
+            Some(keeper) => handoff::take_or_bind(&keeper, bind),
+            None => bind(),
+        }
+    })
+    .await
+    .map_err(io::Error::other)??;
+    let mut fds = fds.into_iter();
+    let (Some(fd), None) = (fds.next(), fds.next()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the socket keeper holds other sockets than one UDP socket",
+        ));
+    };
+    let socket = std::net::UdpSocket::from(fd);
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
 }

@@ -59,6 +59,8 @@ struct Counters {
 pub struct Metrics {
     by_service: Mutex<HashMap<String, HashMap<String, Counters>>>,
     refused: Mutex<HashMap<u16, u64>>,
+    /// L4 connections by (service, container): count, bytes in, bytes out.
+    relayed: Mutex<HashMap<(String, String), [u64; 3]>>,
     open: AtomicI64,
     accepted: AtomicU64,
 }
@@ -93,6 +95,17 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(status)
             .or_default() += 1;
+    }
+
+    /// Counts a finished L4 connection and its bytes each way.
+    pub fn relayed(&self, service: &str, container: &str, bytes_in: u64, bytes_out: u64) {
+        let mut relayed = self.relayed.lock().unwrap_or_else(PoisonError::into_inner);
+        let c = relayed
+            .entry((service.to_string(), container.to_string()))
+            .or_default();
+        c[0] += 1;
+        c[1] += bytes_in;
+        c[2] += bytes_out;
     }
 
     /// Counts a finished request.

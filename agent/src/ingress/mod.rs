@@ -1,5 +1,6 @@
-//! Ingress: external HTTP traffic on the host ports services publish, routed per request
-//! by `Host` to the serving generation's containers, round-robin (issue 5).
+//! Ingress: external traffic on the host ports services publish: HTTP and HTTPS routed per
+//! request by host name, TCP and UDP relayed whole, each to the serving generation's
+//! containers, round-robin (issue 5).
 //!
 //! The proxy runs on a thread of its own with a single-threaded runtime: one worker, like
 //! the nginx and HAProxy it is measured against, and no locks on the per-request path (the
@@ -12,6 +13,7 @@
 //! - `chunked`: where a chunked body ends, refusing any framing but the RFC's exact one.
 //! - `response`: a backend's response head: status, framing, keep-alive.
 //! - `proxy`: one client connection, request after request.
+//! - `relay`: L4 ports: TCP connections spliced whole, UDP datagrams per client.
 //! - `pool`: idle connections to containers, reused.
 //! - `splice`, `socket`: moving bytes (zero-copy for large bodies), each wait bounded.
 //! - `https`: HTTPS ports: rustls with certificates by SNI (`certificates`, followed from
@@ -27,6 +29,7 @@ mod listeners;
 mod metrics;
 mod pool;
 mod proxy;
+mod relay;
 pub mod response;
 pub mod routes;
 mod scrape;

@@ -1,4 +1,4 @@
-//! One client connection of an HTTP port: each request head read strictly, routed by its
+//! One client connection of a plain HTTP port: each request head read strictly, routed by its
 //! own `Host` to the next container of the service it names, sent on a pooled connection
 //! to that container with the proxy headers, its body and the response moved as they
 //! arrive (large ones by splice), then the next request. A connection never carries a
@@ -20,9 +20,9 @@ use super::{
     head::{self, Body, HeadError, RequestHead, Version},
     metrics::Exchange,
     response::{self, Framing, ResponseError},
-    routes::{Backend, Scheme, Target},
+    routes::{Backend, Target},
     socket::{read_some, shut_write, write_all},
-    splice::{Pipe, SPLICE_MIN, splice_between},
+    splice::{Pipe, SPLICE_MIN, pipe_for, relay, splice_between},
 };
 
 /// Longest wait for the next request on an idle keep-alive connection.
@@ -41,7 +41,7 @@ const TUNNEL_IDLE: Duration = Duration::from_secs(600);
 const BUFFER: usize = 16 * 1024;
 
 /// Serves one accepted connection on host port `port` until either side ends it.
-pub async fn serve(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: u16, scheme: Scheme) {
+pub async fn serve(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: u16) {
     let _ = client.set_nodelay(true);
     let mut conn = Connection {
         closing: ctx.closing.clone(),
@@ -49,7 +49,6 @@ pub async fn serve(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: u16,
         client,
         peer,
         port,
-        scheme,
         buf: vec![0; BUFFER],
         filled: 0,
         upstream_buf: vec![0; response::MAX_BYTES],
@@ -70,7 +69,6 @@ struct Connection {
     client: TcpStream,
     peer: IpAddr,
     port: u16,
-    scheme: Scheme,
     /// The client's bytes: `..filled` have been read and not yet forwarded.
     buf: Vec<u8>,
     filled: usize,
@@ -321,10 +319,7 @@ impl Connection {
         }
         out.extend_from_slice(b"X-Forwarded-For: ");
         out.extend_from_slice(self.peer.to_string().as_bytes());
-        out.extend_from_slice(match self.scheme {
-            Scheme::Http => b"\r\nX-Forwarded-Proto: http\r\n",
-            Scheme::Https => b"\r\nX-Forwarded-Proto: https\r\n",
-        });
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
         if let Some(host) = host {
             out.extend_from_slice(b"X-Forwarded-Host: ");
             out.extend_from_slice(&buf[host]);
@@ -418,26 +413,9 @@ impl Connection {
             return;
         }
         self.filled = 0;
-        let [Some(up), Some(down)] = self.pipes.each_mut().map(|p| {
-            if p.is_none() {
-                *p = Pipe::new().ok();
-            }
-            p.as_mut()
-        }) else {
-            return;
-        };
-        let client = &self.client;
-        let a = async {
-            let r = splice_between(client, upstream, up, None, TUNNEL_IDLE).await;
-            shut_write(upstream);
-            r
-        };
-        let b = async {
-            let r = splice_between(upstream, client, down, None, TUNNEL_IDLE).await;
-            shut_write(client);
-            r
-        };
-        let _ = tokio::join!(a, b);
+        if let Err(e) = relay(&self.client, upstream, &mut self.pipes, TUNNEL_IDLE).await {
+            debug!(peer = %self.peer, "switched connection ended: {e}");
+        }
     }
 }
 
@@ -466,7 +444,8 @@ enum Relayed {
     Bad(Refusal),
 }
 
-async fn connect(address: SocketAddrV4) -> io::Result<TcpStream> {
+/// A connection to a backend, given up after [`CONNECT_TIME`].
+pub(super) async fn connect(address: SocketAddrV4) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(CONNECT_TIME, TcpStream::connect(address))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
@@ -688,11 +667,4 @@ async fn write_both(to: &TcpStream, first: &[u8], second: &[u8]) -> io::Result<(
 fn consume(buf: &mut [u8], filled: &mut usize, n: usize) {
     buf.copy_within(n..*filled, 0);
     *filled -= n;
-}
-
-fn pipe_for(pipe: &mut Option<Pipe>) -> io::Result<&mut Pipe> {
-    if pipe.is_none() {
-        *pipe = Some(Pipe::new()?);
-    }
-    pipe.as_mut().ok_or_else(|| io::Error::other("no pipe"))
 }

@@ -1,6 +1,7 @@
 //! Where a request goes: the host ports the records publish, the service a `Host` names on
 //! each (exact names first, then the longest `*.` wildcard, then the port's default), and
-//! the next container of that service's serving generation, round-robin.
+//! the next container of that service's serving generation, round-robin. TCP and UDP
+//! ports (L4) have one service each.
 //!
 //! A table is built whole from the records each time they change and swapped in; requests
 //! read the table they started with, so a flip never shows half a table.
@@ -24,6 +25,8 @@ pub enum Scheme {
     Http,
     /// HTTP over TLS.
     Https,
+    /// Raw TCP, relayed whole to one container per connection.
+    Tcp,
 }
 
 /// One container a request can go to.
@@ -74,7 +77,10 @@ struct PortRoutes {
 /// Every host port's routes, built from one view of the records.
 #[derive(Debug, Default)]
 pub struct Routes {
+    /// TCP ports: HTTP, HTTPS and raw TCP.
     ports: BTreeMap<u16, PortRoutes>,
+    /// UDP ports.
+    udp: BTreeMap<u16, usize>,
     targets: Vec<Target>,
 }
 
@@ -87,10 +93,19 @@ impl Routes {
         records.sort_by(|a, b| (&a.stack, &a.service).cmp(&(&b.stack, &b.service)));
         for record in records {
             for port in &record.published {
-                for (host_port, scheme) in [(port.http, Scheme::Http), (port.https, Scheme::Https)]
-                {
+                for (host_port, scheme) in [
+                    (port.http, Scheme::Http),
+                    (port.https, Scheme::Https),
+                    (port.tcp, Scheme::Tcp),
+                ] {
                     if let Some(host_port) = host_port {
                         routes.add(record, host_port, scheme, port.container);
+                    }
+                }
+                if let Some(host_port) = port.udp {
+                    let index = routes.target(record, port.container);
+                    if routes.udp.insert(host_port, index).is_some() {
+                        warn!(service = %record.service, host_port, "a second service on the UDP port; the last one takes it");
                     }
                 }
             }
@@ -98,16 +113,10 @@ impl Routes {
         routes
     }
 
-    fn add(&mut self, record: &ServiceRecord, host_port: u16, scheme: Scheme, container: u16) {
-        let name = format!("{}/{}", record.stack, record.service);
-        let port = self.ports.entry(host_port).or_default();
-        if *port.scheme.get_or_insert(scheme) != scheme {
-            warn!(service = %name, host_port, "the port is already served with the other scheme; ignored here");
-            return;
-        }
-        let index = self.targets.len();
+    /// A new target: the record's serving containers on `container` port.
+    fn target(&mut self, record: &ServiceRecord, container: u16) -> usize {
         self.targets.push(Target {
-            name: name.clone(),
+            name: format!("{}/{}", record.stack, record.service),
             backends: record
                 .pick(None)
                 .iter()
@@ -118,13 +127,29 @@ impl Routes {
                 .collect(),
             next: AtomicUsize::new(0),
         });
-        if record.traffic_matches.is_empty() {
+        self.targets.len() - 1
+    }
+
+    fn add(&mut self, record: &ServiceRecord, host_port: u16, scheme: Scheme, container: u16) {
+        let name = format!("{}/{}", record.stack, record.service);
+        let taken = self.ports.get(&host_port).and_then(|p| p.scheme);
+        if taken.is_some_and(|s| s != scheme) {
+            warn!(service = %name, host_port, "the port is already served with another scheme; ignored here");
+            return;
+        }
+        let index = self.target(record, container);
+        let port = self.ports.entry(host_port).or_default();
+        port.scheme = Some(scheme);
+        if record.traffic_matches.is_empty() || scheme == Scheme::Tcp {
             if port.default.is_some() {
                 // Central refuses two defaults on a port; two stacks can still collide.
                 warn!(service = %name, host_port, "a second default on the port; the first keeps it");
             } else {
                 port.default = Some(index);
             }
+        }
+        if scheme == Scheme::Tcp {
+            return;
         }
         for pattern in &record.traffic_matches {
             let pattern = pattern.to_ascii_lowercase();
@@ -144,6 +169,16 @@ impl Routes {
         self.ports
             .iter()
             .filter_map(|(p, r)| r.scheme.map(|s| (*p, s)))
+    }
+
+    /// The UDP ports to listen on.
+    pub fn udp_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.udp.keys().copied()
+    }
+
+    /// The service of UDP port `port`.
+    pub fn udp(&self, port: u16) -> Option<&Target> {
+        self.udp.get(&port).map(|i| &self.targets[*i])
     }
 
     /// The service `host` (lowercase, without port; None: the request named none) means on

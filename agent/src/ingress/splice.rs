@@ -10,7 +10,7 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
-use super::socket::timed_out;
+use super::socket::{read_some, shut_write, timed_out, write_all};
 
 /// Bodies at least this long (beyond what the head read already holds) go through splice;
 /// shorter ones are cheaper to copy than to set a pipe up for.
@@ -126,4 +126,57 @@ pub async fn splice_between(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The pipe in `slot`, made on first use.
+pub fn pipe_for(slot: &mut Option<Pipe>) -> io::Result<&mut Pipe> {
+    if slot.is_none() {
+        *slot = Some(Pipe::new()?);
+    }
+    slot.as_mut().ok_or_else(|| io::Error::other("no pipe"))
+}
+
+/// Bytes both ways between `a` and `b` until both directions end, each end passed on as
+/// a half-close; an error either way ends both. Returns the bytes moved (a to b, b to a).
+pub async fn relay(
+    a: &TcpStream,
+    b: &TcpStream,
+    pipes: &mut [Option<Pipe>; 2],
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
+    let [forth_pipe, back_pipe] = pipes;
+    let forth = async {
+        let moved = pump(a, b, forth_pipe, idle).await?;
+        shut_write(b);
+        Ok::<_, io::Error>(moved)
+    };
+    let back = async {
+        let moved = pump(b, a, back_pipe, idle).await?;
+        shut_write(a);
+        Ok::<_, io::Error>(moved)
+    };
+    tokio::try_join!(forth, back)
+}
+
+/// One direction until its end: copied while little has passed (most connections carry
+/// a few small messages, and a pipe costs more to set up than they do), spliced once
+/// [`SPLICE_MIN`] bytes have.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipe: &mut Option<Pipe>,
+    idle: Duration,
+) -> io::Result<u64> {
+    // On the heap: in the future itself it would be zeroed and moved with every task.
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut moved = 0u64;
+    while moved < SPLICE_MIN {
+        let n = read_some(from, &mut buf, idle).await?;
+        if n == 0 {
+            return Ok(moved);
+        }
+        write_all(to, &buf[..n], idle).await?;
+        moved += n as u64;
+    }
+    Ok(moved + splice_between(from, to, pipe_for(pipe)?, None, idle).await?)
 }

@@ -26,6 +26,8 @@ const PERIOD: Duration = Duration::from_millis(500);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 /// Failed probes in a row that take a container out; one pass brings it back.
 const FAILURES: u32 = 2;
+/// After a container event, when the state is reported once more.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// Watches this server's settled containers until the task is dropped.
 pub async fn watch(reach: Reach, intent: Shared) {
@@ -44,13 +46,23 @@ pub async fn watch(reach: Reach, intent: Shared) {
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures: HashMap<String, u32> = HashMap::new();
+    // Docker tells of a stop before its container is gone: one more report once things
+    // have settled, so central never keeps a container that no longer exists.
+    let mut settle_at: Option<tokio::time::Instant> = None;
     loop {
+        let settle = async {
+            match settle_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             event = events.next(), if events_open => match event {
                 Some(Ok(event)) => {
                     let id = event.actor.and_then(|a| a.id).unwrap_or_default();
                     info!(container = %id, action = ?event.action, "container event; reporting");
                     report_containers(&reach, &intent).await;
+                    settle_at = Some(tokio::time::Instant::now() + SETTLE);
                 }
                 Some(Err(e)) => {
                     warn!("Docker's event stream: {e}; relying on health probes");
@@ -58,6 +70,10 @@ pub async fn watch(reach: Reach, intent: Shared) {
                 }
                 None => events_open = false,
             },
+            () = settle => {
+                settle_at = None;
+                report_containers(&reach, &intent).await;
+            }
             _ = tick.tick() => {
                 if probe_all(&reach, &intent, &mut failures).await {
                     report_containers(&reach, &intent).await;

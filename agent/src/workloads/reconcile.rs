@@ -104,6 +104,9 @@ pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
 #[derive(Clone)]
 pub(super) struct Reach {
     pub(super) engine: Engine,
+    /// Held across a listing and its report, so reports reach central in listing order
+    /// and a stale one never lands last.
+    reporting: Arc<tokio::sync::Mutex<()>>,
     client: Client,
     server: String,
     cgroup_root: PathBuf,
@@ -131,6 +134,7 @@ async fn follow(
     .map_err(|e| e.to_string())?;
     let client = loaded.client().map_err(|e| e.to_string())?;
     let reach = Reach {
+        reporting: Arc::default(),
         engine,
         client,
         server: me.name.clone(),
@@ -360,6 +364,7 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
 
 /// Tells central what runs here; a failure is logged, the next report replaces it anyway.
 pub(super) async fn report_containers(reach: &Reach, intent: &Shared) {
+    let _in_order = reach.reporting.lock().await;
     let Some(report) = local_containers(reach, intent).await else {
         return;
     };

@@ -5,6 +5,8 @@
 //! Loads, each for a few seconds per run, runs interleaved: 100-byte responses with
 //! keep-alive at 50 and 200 connections (requests per second, p99 latency, the proxy's CPU
 //! time per request from `/proc/PID/stat`), 10 MB downloads and 10 MB uploads (MB/s).
+//! L4: ferry's `tcp:` port against HAProxy in TCP mode and direct, with a new connection
+//! per request (connection rate) and 10 MB downloads (throughput).
 //! The backend is one single-threaded process (this binary in `backend` mode) answering
 //! `/small` with 100 bytes, `/big` with 10 MB and `POST /upload` by reading the body.
 //!
@@ -36,6 +38,8 @@ const DIRECT_PORT: u16 = BACKEND_PORT;
 const FERRY_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18082;
 const HAPROXY_PORT: u16 = 18083;
+const FERRY_TCP_PORT: u16 = 18084;
+const HAPROXY_TCP_PORT: u16 = 18085;
 /// The bulk body size, both ways.
 const BIG: usize = 10 * 1024 * 1024;
 const SMALL: usize = 100;
@@ -62,6 +66,8 @@ struct Figures {
 struct Route {
     name: &'static str,
     children: Vec<Child>,
+    /// The processes whose CPU time is the route's.
+    pids: Vec<u32>,
     port: u16,
 }
 
@@ -79,6 +85,7 @@ impl Route {
         }
         let path = Self {
             name,
+            pids: children.iter().map(Child::id).collect(),
             children,
             port,
         };
@@ -93,12 +100,22 @@ impl Route {
         Ok(path)
     }
 
+    /// The same proxy on another of its ports (its L4 side).
+    fn also_on(&self, name: &'static str, port: u16) -> Self {
+        Self {
+            name,
+            children: Vec::new(),
+            pids: self.pids.clone(),
+            port,
+        }
+    }
+
     /// CPU ticks of the proxy's processes (and their children: nginx's worker).
     fn cpu(&self) -> Result<u64> {
         let mut total = 0;
-        for child in &self.children {
-            total += cpu_ticks(child.id())?;
-            let children = format!("/proc/{0}/task/{0}/children", child.id());
+        for pid in &self.pids {
+            total += cpu_ticks(*pid)?;
+            let children = format!("/proc/{0}/task/{0}/children", pid);
             for pid in fs::read_to_string(children)
                 .unwrap_or_default()
                 .split_whitespace()
@@ -120,6 +137,9 @@ impl Route {
             &format!("{seconds}s"),
             "--latency",
         ]);
+        if load.close {
+            cmd.args(["-H", "Connection: close"]);
+        }
         if load.upload {
             let script = work.join("upload.lua");
             fs::write(
@@ -178,6 +198,8 @@ struct Load {
     path: &'static str,
     connections: u32,
     upload: bool,
+    /// A new connection per request (the L4 connection rate).
+    close: bool,
 }
 
 const LOADS: [Load; 4] = [
@@ -186,24 +208,46 @@ const LOADS: [Load; 4] = [
         path: "/small",
         connections: 50,
         upload: false,
+        close: false,
     },
     Load {
         name: "small_c200",
         path: "/small",
         connections: 200,
         upload: false,
+        close: false,
     },
     Load {
         name: "download_10mb",
         path: "/big",
         connections: 4,
         upload: false,
+        close: false,
     },
     Load {
         name: "upload_10mb",
         path: "/upload",
         connections: 4,
         upload: true,
+        close: false,
+    },
+];
+
+/// Through TCP relays (ferry's `tcp:` port, HAProxy in TCP mode) and direct.
+const L4_LOADS: [Load; 2] = [
+    Load {
+        name: "tcp_connect",
+        path: "/small",
+        connections: 50,
+        upload: false,
+        close: true,
+    },
+    Load {
+        name: "tcp_download",
+        path: "/big",
+        connections: 4,
+        upload: false,
+        close: false,
     },
 ];
 
@@ -222,6 +266,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
     let direct = Route {
         name: "direct",
         children: Vec::new(),
+        pids: Vec::new(),
         port: DIRECT_PORT,
     };
     let ferry = Route::start(
@@ -235,7 +280,11 @@ fn orchestrate(args: &[String]) -> Result<()> {
     )?;
     let nginx = Route::start("nginx", Some(&mut nginx_command(&work)?), NGINX_PORT)?;
     let haproxy = Route::start("haproxy", Some(&mut haproxy_command(&work)?), HAPROXY_PORT)?;
+    let ferry_tcp = ferry.also_on("ferry_tcp", FERRY_TCP_PORT);
+    let haproxy_tcp = haproxy.also_on("haproxy_tcp", HAPROXY_TCP_PORT);
     let paths = [&ferry, &nginx, &haproxy, &direct];
+    let l4_paths = [&ferry_tcp, &haproxy_tcp, &direct];
+    let mut l4_results = vec![vec![Vec::<Figures>::new(); l4_paths.len()]; L4_LOADS.len()];
     // results[load][path][run]
     let mut results = vec![vec![Vec::<Figures>::new(); paths.len()]; LOADS.len()];
     for run in 0..runs {
@@ -248,6 +297,16 @@ fn orchestrate(args: &[String]) -> Result<()> {
                     load.name, path.name, f.rps, f.p99_us, f.cpu_us_per_request, f.mb_per_s
                 );
                 results[l][p].push(f);
+            }
+        }
+        for (l, load) in L4_LOADS.iter().enumerate() {
+            for (p, path) in l4_paths.iter().enumerate() {
+                let f = path.measure(load, seconds, &work)?;
+                println!(
+                    "run {run} {:<14} {:<11} {:>9.0} req/s  p99 {:>7.0} us  {:>6.2} us CPU/req  {:>7.0} MB/s",
+                    load.name, path.name, f.rps, f.p99_us, f.cpu_us_per_request, f.mb_per_s
+                );
+                l4_results[l][p].push(f);
             }
         }
     }
@@ -314,6 +373,29 @@ fn orchestrate(args: &[String]) -> Result<()> {
             ratio(l, f, h, mbs)
         );
     }
+    let l4 = |l: usize, a: usize, b: usize, figure: fn(&Figures) -> f64| {
+        paired(&l4_results[l][a], &l4_results[l][b], figure)
+    };
+    println!(
+        "ratio tcp_connect_rate_vs_haproxy_higher_is_better = {:.2}",
+        l4(0, 0, 1, rps)
+    );
+    println!(
+        "ratio tcp_connect_rate_vs_direct_higher_is_better = {:.2}",
+        l4(0, 0, 2, rps)
+    );
+    println!(
+        "ratio tcp_cpu_per_connection_vs_haproxy_lower_is_better = {:.2}",
+        l4(0, 0, 1, cpu)
+    );
+    println!(
+        "ratio tcp_download_mbps_vs_haproxy_higher_is_better = {:.2}",
+        l4(1, 0, 1, mbs)
+    );
+    println!(
+        "ratio tcp_download_mbps_vs_direct_higher_is_better = {:.2}",
+        l4(1, 0, 2, mbs)
+    );
     let of =
         |l: usize, figure: fn(&Figures) -> f64| median(results[l][f].iter().map(figure).collect());
     println!("metric ferry_rps_c50 = {:.0} req/s", of(0, rps));
@@ -401,7 +483,9 @@ fn haproxy_command(work: &Path) -> Result<Command> {
             "global\n  nbthread 1\n  maxconn 8192\n\
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
              frontend front\n  bind 127.0.0.1:{HAPROXY_PORT}\n  default_backend back\n\
-             backend back\n  http-reuse always\n  server b 127.0.0.1:{BACKEND_PORT}\n"
+             backend back\n  http-reuse always\n  server b 127.0.0.1:{BACKEND_PORT}\n\
+             frontend tcpfront\n  mode tcp\n  bind 127.0.0.1:{HAPROXY_TCP_PORT}\n  default_backend tcpback\n\
+             backend tcpback\n  mode tcp\n  server b 127.0.0.1:{BACKEND_PORT}\n"
         ),
     )?;
     let mut cmd = Command::new("haproxy");
@@ -425,11 +509,18 @@ fn serve_ferry(args: &[String]) -> Result<()> {
         dns_behaviour: DnsBehaviour::Versioned,
         load_balancing: LoadBalancing::RoundRobin,
         ports: vec![backend_port],
-        published: vec![Port {
-            container: backend_port,
-            http: Some(port),
-            ..Port::default()
-        }],
+        published: vec![
+            Port {
+                container: backend_port,
+                http: Some(port),
+                ..Port::default()
+            },
+            Port {
+                container: backend_port,
+                tcp: Some(FERRY_TCP_PORT),
+                ..Port::default()
+            },
+        ],
         traffic_matches: Vec::new(),
         generations: [(
             1,
@@ -518,11 +609,16 @@ async fn answer(mut stream: tokio::net::TcpStream, big: &'static [u8]) -> std::i
             "/big" => big,
             _ => &big[..SMALL],
         };
+        let close = head.contains("connection: close");
         let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
-            body.len()
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
         );
         stream.write_all(reply.as_bytes()).await?;
         stream.write_all(body).await?;
+        if close {
+            return Ok(());
+        }
     }
 }

@@ -2,6 +2,8 @@
 // the headers it got, hashes uploads, streams downloads, echoes WebSocket-style upgrades,
 // and lists every request it saw (so a test can prove a smuggled one never arrived).
 const http = require('node:http');
+const net = require('node:net');
+const dgram = require('node:dgram');
 const crypto = require('node:crypto');
 const os = require('node:os');
 
@@ -63,6 +65,18 @@ server.on('upgrade', (req, socket, head) => {
   if (head.length) socket.write(head);
   socket.pipe(socket);
 });
+
+// L4: a TCP server that names itself and echoes, and a UDP one that answers each
+// datagram with its name and the datagram.
+net
+  .createServer((socket) => {
+    socket.write(`${who}\n`);
+    socket.pipe(socket);
+  })
+  .listen(Number(process.env.TCP_PORT || 7000));
+const udp = dgram.createSocket('udp4');
+udp.on('message', (msg, from) => udp.send(`${who} ${msg}`, from.port, from.address));
+udp.bind(Number(process.env.UDP_PORT || 7001));
 
 server.keepAliveTimeout = 5000;
 server.listen(port, () => console.log(`${who} listening on ${port}`));
