@@ -55,8 +55,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
         &["etcd-server"],
     ),
     (
-        "`bench ingress` sets nginx and haproxy beside ferry's ingress under wrk",
-        &["nginx-light", "haproxy", "wrk"],
+        "`bench ingress` sets nginx and haproxy beside ferry's ingress under wrk; host_ingress loads with wrk and speaks HTTP/2 with curl",
+        &["nginx-light", "haproxy", "wrk", "curl"],
     ),
 ];
 

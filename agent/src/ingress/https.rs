@@ -237,26 +237,22 @@ async fn sender_for<'t>(
     ctx: &Context,
     target: &'t Target,
 ) -> Option<(SocketAddrV4, &'t str, SendRequest<Incoming>)> {
-    for _ in 0..target.backends.len() {
-        let backend = target.next(&ctx.out)?;
-        if let Some(sender) = ctx.https.take(backend.address) {
-            return Some((backend.address, &backend.container, sender));
-        }
-        let Ok(stream) = super::proxy::connect(backend.address).await else {
-            ctx.out.take_out(backend.address);
-            continue;
-        };
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok((sender, connection)) => {
-                tokio::task::spawn_local(async move {
-                    let _ = connection.await;
-                });
-                return Some((backend.address, &backend.container, sender));
+    let (backend, sender) = target
+        .first_open(&ctx.out, |backend, time| async move {
+            if let Some(sender) = ctx.https.take(backend.address) {
+                return Ok(sender);
             }
-            Err(_) => ctx.out.take_out(backend.address),
-        }
-    }
-    None
+            let stream = super::proxy::connect(backend.address, time).await?;
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::task::spawn_local(async move {
+                let _ = connection.await;
+            });
+            Ok(sender)
+        })
+        .await?;
+    Some((backend.address, &backend.container, sender))
 }
 
 /// The request as the container gets it: HTTP/1.1, origin-form, its own host, without the

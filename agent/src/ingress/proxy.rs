@@ -31,10 +31,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(60);
 const HEAD_TIME: Duration = Duration::from_secs(10);
 /// Longest a peer may stay silent in the middle of a body or a response.
 const IDLE: Duration = Duration::from_secs(60);
-/// Longest a backend may take to accept a connection: on the container network a live
-/// one answers in well under a millisecond, so one that takes a second has gone (a
-/// killed container's address answers nothing) and the next is tried.
-const CONNECT_TIME: Duration = Duration::from_secs(1);
 /// Longest a switched (WebSocket) connection may stay silent both ways.
 const TUNNEL_IDLE: Duration = Duration::from_secs(600);
 /// Size of each read buffer; a request head never exceeds it (see `head::Limits`).
@@ -257,26 +253,22 @@ impl Connection {
     /// A connection to the next backend in rotation: an idle pooled one, or a new one;
     /// a backend that refuses is taken out of rotation and the next one tried.
     async fn upstream<'t>(&self, target: &'t Target) -> Result<(&'t Backend, TcpStream), Refusal> {
-        for _ in 0..target.backends.len().max(1) {
-            let Some(backend) = target.next(&self.ctx.out) else {
-                break;
-            };
-            if let Some(stream) = self.ctx.pool.borrow_mut().take(backend.address) {
-                return Ok((backend, stream));
-            }
-            match connect(backend.address).await {
-                Ok(stream) => return Ok((backend, stream)),
-                Err(e) => {
-                    self.ctx.out.take_out(backend.address);
-                    tracing::warn!(service = %target.name, backend = %backend.address, "taken out of rotation for {:?}: {e}", super::routes::OUT_FOR);
+        let ctx = &self.ctx;
+        let opened = target
+            .first_open(&ctx.out, |backend, time| async move {
+                match ctx.pool.borrow_mut().take(backend.address) {
+                    Some(stream) => Ok(stream),
+                    None => connect(backend.address, time).await,
                 }
-            }
-        }
-        Err(Refusal::new(
-            503,
-            "Service Unavailable",
-            format!("{} has no container accepting connections", target.name),
-        ))
+            })
+            .await;
+        opened.ok_or_else(|| {
+            Refusal::new(
+                503,
+                "Service Unavailable",
+                format!("{} has no container accepting connections", target.name),
+            )
+        })
     }
 
     /// The head as the backend gets it: the client's, less the hop-by-hop and forwarding
@@ -444,11 +436,16 @@ enum Relayed {
     Bad(Refusal),
 }
 
-/// A connection to a backend, given up after [`CONNECT_TIME`].
-pub(super) async fn connect(address: SocketAddrV4) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(CONNECT_TIME, TcpStream::connect(address))
+/// A connection to a backend, given up after `time`.
+pub(super) async fn connect(address: SocketAddrV4, time: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(time, TcpStream::connect(address))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {time:?}"),
+            )
+        })??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

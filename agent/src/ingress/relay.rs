@@ -39,24 +39,19 @@ pub async fn serve_tcp(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: 
     let Some(target) = routes.route(port, None) else {
         return;
     };
-    for _ in 0..target.backends.len() {
-        let Some(backend) = target.next(&ctx.out) else {
-            break;
-        };
-        match connect(backend.address).await {
-            Ok(upstream) => {
-                let _ = client.set_nodelay(true);
-                let mut pipes = [None, None];
-                match relay(&client, &upstream, &mut pipes, TCP_IDLE).await {
-                    Ok((sent, received)) => {
-                        metrics.relayed(&target.name, &backend.container, sent, received);
-                    }
-                    Err(e) => debug!(%peer, port, "relayed connection ended: {e}"),
-                }
-                return;
+    let opened = target
+        .first_open(&ctx.out, |backend, time| connect(backend.address, time))
+        .await;
+    if let Some((backend, upstream)) = opened {
+        let _ = client.set_nodelay(true);
+        let mut pipes = [None, None];
+        match relay(&client, &upstream, &mut pipes, TCP_IDLE).await {
+            Ok((sent, received)) => {
+                metrics.relayed(&target.name, &backend.container, sent, received);
             }
-            Err(_) => ctx.out.take_out(backend.address),
+            Err(e) => debug!(%peer, port, "relayed connection ended: {e}"),
         }
+        return;
     }
     // No container: the client sees its connection closed at once.
     metrics.refused(503);

@@ -64,6 +64,61 @@ impl Target {
     }
 }
 
+/// Longest a connect may take while another backend is left to try: on the container
+/// network a live one answers in well under a millisecond; a killed container's address
+/// answers nothing.
+pub const CONNECT_TIME: Duration = Duration::from_secs(1);
+/// Longest a connect may take to the last backend left: under load a SYN can wait for its
+/// one-second retransmit, and with nothing else to try, waiting beats refusing.
+pub const LAST_CONNECT_TIME: Duration = Duration::from_secs(5);
+
+impl Target {
+    /// The first backend, in rotation, that `open` gets a connection to (given how long it
+    /// may take), taking the ones that fail out of rotation. When every backend is out it
+    /// still tries the next one: a lone container that was slow once is not refused for
+    /// good.
+    pub async fn first_open<'t, T, F, Fut>(
+        &'t self,
+        out: &OutOfRotation,
+        mut open: F,
+    ) -> Option<(&'t Backend, T)>
+    where
+        F: FnMut(&'t Backend, Duration) -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<T>>,
+    {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let mut left = self
+            .backends
+            .iter()
+            .filter(|b| !out.contains(b.address))
+            .count();
+        while left > 0 {
+            let backend = self.next(out)?;
+            left -= 1;
+            let time = if left > 0 {
+                CONNECT_TIME
+            } else {
+                LAST_CONNECT_TIME
+            };
+            match open(backend, time).await {
+                Ok(opened) => return Some((backend, opened)),
+                Err(e) => {
+                    out.take_out(backend.address);
+                    warn!(service = %self.name, backend = %backend.address, "out of rotation for {OUT_FOR:?}: {e}");
+                }
+            }
+        }
+        let backend = &self.backends[self.next.fetch_add(1, Ordering::Relaxed) % n];
+        open(backend, LAST_CONNECT_TIME)
+            .await
+            .ok()
+            .map(|opened| (backend, opened))
+    }
+}
+
 /// The services of one host port, by host name.
 #[derive(Debug, Default)]
 struct PortRoutes {
@@ -232,5 +287,172 @@ impl OutOfRotation {
         self.until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::Ipv4Addr};
+
+    use ferry_api::{
+        records::{Endpoint, ServiceRecord},
+        servicefile::{DnsBehaviour, LoadBalancing, Port},
+    };
+
+    use super::*;
+    use crate::discovery::Records;
+
+    fn record(
+        service: &str,
+        published: Vec<Port>,
+        matches: &[&str],
+        lasts: &[u8],
+    ) -> ServiceRecord {
+        ServiceRecord {
+            stack: "site".into(),
+            service: service.into(),
+            address: None,
+            serving: Some(1),
+            dns_behaviour: DnsBehaviour::Versioned,
+            load_balancing: LoadBalancing::RoundRobin,
+            ports: vec![3000],
+            published,
+            traffic_matches: matches.iter().map(ToString::to_string).collect(),
+            generations: BTreeMap::from([(
+                1,
+                lasts
+                    .iter()
+                    .map(|l| Endpoint {
+                        address: Ipv4Addr::new(10, 66, 1, *l),
+                        server: "one".into(),
+                        container: format!("c{l}"),
+                    })
+                    .collect(),
+            )]),
+        }
+    }
+
+    fn http(port: u16) -> Vec<Port> {
+        vec![Port {
+            container: 3000,
+            http: Some(port),
+            ..Port::default()
+        }]
+    }
+
+    fn routes(records: Vec<ServiceRecord>) -> Routes {
+        let all = Records::default();
+        all.replace(records);
+        Routes::build(&all.read())
+    }
+
+    fn name(routes: &Routes, port: u16, host: Option<&str>) -> Option<String> {
+        routes.route(port, host).map(|t| t.name.clone())
+    }
+
+    #[test]
+    fn exact_names_then_the_longest_wildcard_then_the_default() {
+        let r = routes(vec![
+            record("shop", http(80), &["shop.example.com"], &[2]),
+            record("blog", http(80), &["*.blog.example"], &[3]),
+            record("deep", http(80), &["*.deep.blog.example"], &[4]),
+            record("fallback", http(80), &[], &[5]),
+        ]);
+        let at = |host| name(&r, 80, Some(host));
+        assert_eq!(at("shop.example.com").as_deref(), Some("site/shop"));
+        assert_eq!(at("a.blog.example").as_deref(), Some("site/blog"));
+        assert_eq!(at("x.deep.blog.example").as_deref(), Some("site/deep"));
+        // A wildcard covers names below it, not the name itself.
+        assert_eq!(at("blog.example").as_deref(), Some("site/fallback"));
+        assert_eq!(at("other.example").as_deref(), Some("site/fallback"));
+        assert_eq!(name(&r, 80, None).as_deref(), Some("site/fallback"));
+        assert_eq!(name(&r, 81, Some("shop.example.com")), None, "no such port");
+    }
+
+    #[test]
+    fn without_a_default_an_unknown_host_has_no_service() {
+        let r = routes(vec![record("shop", http(80), &["shop.example.com"], &[2])]);
+        assert_eq!(name(&r, 80, Some("other.example")), None);
+    }
+
+    #[test]
+    fn round_robin_skips_backends_out_of_rotation() {
+        let r = routes(vec![record("shop", http(80), &[], &[2, 3, 4])]);
+        let target = r.route(80, None).unwrap();
+        let out = OutOfRotation::default();
+        let picks: Vec<u8> = (0..6)
+            .map(|_| target.next(&out).unwrap().address.ip().octets()[3])
+            .collect();
+        assert_eq!(picks, [2, 3, 4, 2, 3, 4]);
+        out.take_out(SocketAddrV4::new(Ipv4Addr::new(10, 66, 1, 3), 3000));
+        let picks: Vec<u8> = (0..4)
+            .map(|_| target.next(&out).unwrap().address.ip().octets()[3])
+            .collect();
+        assert!(!picks.contains(&3), "{picks:?}");
+        assert_eq!(
+            target.backends[0].address.port(),
+            3000,
+            "the container port"
+        );
+    }
+
+    #[test]
+    fn tcp_and_udp_ports_have_one_service_each_and_schemes_do_not_mix() {
+        let l4 = vec![
+            Port {
+                container: 7000,
+                tcp: Some(7000),
+                ..Port::default()
+            },
+            Port {
+                container: 7001,
+                udp: Some(7001),
+                ..Port::default()
+            },
+        ];
+        let r = routes(vec![
+            record("shop", l4, &["shop.example.com"], &[2]),
+            // Claims 7000 for HTTP too: the first scheme keeps the port.
+            record("zzz", http(7000), &[], &[9]),
+        ]);
+        let ports: Vec<(u16, Scheme)> = r.ports().collect();
+        assert_eq!(ports, [(7000, Scheme::Tcp)]);
+        assert_eq!(
+            name(&r, 7000, Some("anything")).as_deref(),
+            Some("site/shop")
+        );
+        assert_eq!(r.udp_ports().collect::<Vec<_>>(), [7001]);
+        assert_eq!(r.udp(7001).unwrap().backends[0].address.port(), 7001);
+    }
+
+    #[tokio::test]
+    async fn a_failing_backend_is_skipped_and_a_lone_one_still_tried() {
+        let r = routes(vec![record("shop", http(80), &[], &[2, 3])]);
+        let target = r.route(80, None).unwrap();
+        let out = OutOfRotation::default();
+        let at = |last| SocketAddrV4::new(Ipv4Addr::new(10, 66, 1, last), 3000);
+        let (picked, ()) = target
+            .first_open(&out, |b, time| async move {
+                if *b.address.ip() == Ipv4Addr::new(10, 66, 1, 2) {
+                    // Another backend is left: the short wait.
+                    assert_eq!(time, CONNECT_TIME);
+                    Err(std::io::Error::other("refused"))
+                } else {
+                    Ok(())
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!(picked.address, at(3));
+        assert!(out.contains(at(2)));
+        // Every backend out: the next one is still tried, patiently.
+        out.take_out(at(3));
+        let tried = target
+            .first_open(&out, |_, time| async move {
+                assert_eq!(time, LAST_CONNECT_TIME);
+                Ok(())
+            })
+            .await;
+        assert!(tried.is_some());
     }
 }
