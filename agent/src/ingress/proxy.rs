@@ -256,7 +256,10 @@ impl Connection {
         let ctx = &self.ctx;
         let opened = target
             .first_open(&ctx.out, |backend, time| async move {
-                match ctx.pool.borrow_mut().take(backend.address) {
+                // Bound first: a borrow held across the connect's await would meet the
+                // next connection's.
+                let pooled = ctx.pool.borrow_mut().take(backend.address);
+                match pooled {
                     Some(stream) => Ok(stream),
                     None => connect(backend.address, time).await,
                 }
