@@ -72,7 +72,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 
 /// Moves `len` bytes from `from` to `to` (None: until `from` ends), each wait for either
 /// peer bounded by `idle`. Returns the bytes moved; a stream that ends before `len` is
-/// an `UnexpectedEof` error.
+/// an `UnexpectedEof` error. The task sleeps only when neither side can move.
 pub async fn splice_between(
     from: &TcpStream,
     to: &TcpStream,
@@ -83,47 +83,61 @@ pub async fn splice_between(
     let mut left = len.unwrap_or(u64::MAX);
     let mut moved = 0u64;
     let mut ended = false;
+    // The pipe is filled only when empty: a pipe counts its room in page slots, and a
+    // splice into a pipe with no free slot fails with EAGAIN, which tokio would take for
+    // the socket having nothing to read and wait for an edge that may never come.
     loop {
-        while pipe.held > 0 {
-            let r = to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), pipe.held)
-            });
-            match r {
-                Ok(n) => pipe.held -= n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    tokio::time::timeout(idle, to.writable())
-                        .await
-                        .map_err(|_| timed_out("writing"))??;
+        let mut progressed = false;
+        let can_read = !ended && left > 0 && pipe.held == 0;
+        if can_read {
+            let want = left.min(pipe.capacity as u64) as usize;
+            match from.try_io(Interest::READABLE, || {
+                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
+            }) {
+                Ok(0) if len.is_some() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("the peer closed with {left} bytes of the body still to come"),
+                    ));
                 }
+                Ok(0) => ended = true,
+                Ok(n) => {
+                    pipe.held += n;
+                    left -= n as u64;
+                    moved += n as u64;
+                    progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
-        if left == 0 || ended {
+        if pipe.held > 0 {
+            match to.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), pipe.held)
+            }) {
+                Ok(n) => {
+                    pipe.held -= n;
+                    progressed |= n > 0;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if pipe.held == 0 && (ended || left == 0) {
             return Ok(moved);
         }
-        let want = left.min(pipe.capacity as u64) as usize;
-        let r = from.try_io(Interest::READABLE, || {
-            splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
-        });
-        match r {
-            Ok(0) if len.is_some() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the peer closed with {left} bytes of the body still to come"),
-                ));
-            }
-            Ok(0) => ended = true,
-            Ok(n) => {
-                pipe.held += n;
-                left -= n as u64;
-                moved += n as u64;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::time::timeout(idle, from.readable())
-                    .await
-                    .map_err(|_| timed_out("reading"))??;
-            }
-            Err(e) => return Err(e),
+        if !progressed {
+            let can_read = !ended && left > 0 && pipe.held == 0;
+            let can_write = pipe.held > 0;
+            let either = async {
+                tokio::select! {
+                    r = from.readable(), if can_read => r,
+                    r = to.writable(), if can_write => r,
+                }
+            };
+            tokio::time::timeout(idle, either)
+                .await
+                .map_err(|_| timed_out("moving a body"))??;
         }
     }
 }
