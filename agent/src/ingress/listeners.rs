@@ -200,27 +200,13 @@ async fn accept(listener: TcpListener, port: u16, scheme: Scheme, ctx: Rc<Contex
 }
 
 async fn bind(address: SocketAddrV4, keeper: Option<PathBuf>) -> io::Result<TcpListener> {
-    let fds = tokio::task::spawn_blocking(move || {
-        let bind = || {
-            let listener = std::net::TcpListener::bind(address)?;
-            // SAFETY: listen on a bound socket we own; it only raises the queue length.
-            unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
-            Ok(vec![OwnedFd::from(listener)])
-        };
-        match keeper {
-            Some(keeper) => handoff::take_or_bind(&keeper, bind),
-            None => bind(),
-        }
+    let fd = kept_or_bound(keeper, move || {
+        let listener = std::net::TcpListener::bind(address)?;
+        // SAFETY: listen on a bound socket we own; it only raises the queue length.
+        unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
+        Ok(OwnedFd::from(listener))
     })
-    .await
-    .map_err(io::Error::other)??;
-    let mut fds = fds.into_iter();
-    let (Some(fd), None) = (fds.next(), fds.next()) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the socket keeper holds other sockets than one listener",
-        ));
-    };
+    .await?;
     let listener = std::net::TcpListener::from(fd);
     listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
@@ -230,8 +216,23 @@ async fn bind_udp(
     address: SocketAddrV4,
     keeper: Option<PathBuf>,
 ) -> io::Result<tokio::net::UdpSocket> {
+    let fd = kept_or_bound(keeper, move || {
+        Ok(OwnedFd::from(std::net::UdpSocket::bind(address)?))
+    })
+    .await?;
+    let socket = std::net::UdpSocket::from(fd);
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
+}
+
+/// The one socket the keeper at `keeper` holds, or a new one from `bind` (given to a new
+/// keeper); without a keeper, a new one.
+async fn kept_or_bound(
+    keeper: Option<PathBuf>,
+    bind: impl FnOnce() -> io::Result<OwnedFd> + Send + 'static,
+) -> io::Result<OwnedFd> {
     let fds = tokio::task::spawn_blocking(move || {
-        let bind = || Ok(vec![OwnedFd::from(std::net::UdpSocket::bind(address)?)]);
+        let bind = || bind().map(|fd| vec![fd]);
         match keeper {
             Some(keeper) => handoff::take_or_bind(&keeper, bind),
             None => bind(),
@@ -240,13 +241,11 @@ async fn bind_udp(
     .await
     .map_err(io::Error::other)??;
     let mut fds = fds.into_iter();
-    let (Some(fd), None) = (fds.next(), fds.next()) else {
-        return Err(io::Error::new(
+    match (fds.next(), fds.next()) {
+        (Some(fd), None) => Ok(fd),
+        _ => Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            "the socket keeper holds other sockets than one UDP socket",
-        ));
-    };
-    let socket = std::net::UdpSocket::from(fd);
-    socket.set_nonblocking(true)?;
-    tokio::net::UdpSocket::from_std(socket)
+            "the socket keeper holds other sockets than one",
+        )),
+    }
 }

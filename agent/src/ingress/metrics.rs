@@ -164,28 +164,20 @@ impl Metrics {
                 }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP ferry_ingress_request_bytes_total Request body bytes sent to containers.\n# TYPE ferry_ingress_request_bytes_total counter"
+        counter_per_row(
+            &mut out,
+            &rows,
+            "ferry_ingress_request_bytes_total",
+            "Request body bytes sent to containers.",
+            |n| n.bytes_in,
         );
-        for (s, c, n) in &rows {
-            let _ = writeln!(
-                out,
-                "ferry_ingress_request_bytes_total{{service=\"{s}\",container=\"{c}\"}} {}",
-                n.bytes_in
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP ferry_ingress_response_bytes_total Response body bytes sent to clients.\n# TYPE ferry_ingress_response_bytes_total counter"
+        counter_per_row(
+            &mut out,
+            &rows,
+            "ferry_ingress_response_bytes_total",
+            "Response body bytes sent to clients.",
+            |n| n.bytes_out,
         );
-        for (s, c, n) in &rows {
-            let _ = writeln!(
-                out,
-                "ferry_ingress_response_bytes_total{{service=\"{s}\",container=\"{c}\"}} {}",
-                n.bytes_out
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP ferry_ingress_request_duration_seconds From the request head to the end of the response.\n# TYPE ferry_ingress_request_duration_seconds histogram"
@@ -240,5 +232,23 @@ impl Metrics {
             self.accepted.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+/// One counter family with a value per (service, container) row.
+fn counter_per_row(
+    out: &mut String,
+    rows: &[(&String, &String, &Counters)],
+    name: &str,
+    help: &str,
+    value: impl Fn(&Counters) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (s, c, n) in rows {
+        let _ = writeln!(
+            out,
+            "{name}{{service=\"{s}\",container=\"{c}\"}} {}",
+            value(n)
+        );
     }
 }
