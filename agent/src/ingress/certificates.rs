@@ -11,8 +11,6 @@ use std::{
 use ferry_api::types::TlsCertificate;
 use futures_util::StreamExt as _;
 use rustls::{
-    crypto::ring::default_provider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
@@ -62,7 +60,7 @@ impl Certificates {
         keys.sort();
         for key in keys {
             let certificate = &stored[key];
-            let certified = match certified_key(certificate) {
+            let certified = match certificate.certified_key() {
                 Ok(c) => Arc::new(c),
                 Err(e) => {
                     warn!(%key, "certificate not served: {e}");
@@ -102,16 +100,6 @@ impl ResolvesServerCert for Resolver {
         let name = hello.server_name()?.to_ascii_lowercase();
         self.0.find(&name)
     }
-}
-
-fn certified_key(certificate: &TlsCertificate) -> Result<CertifiedKey, String> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(certificate.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("chain: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
-        .map_err(|e| format!("key: {e}"))?;
-    CertifiedKey::from_der(chain, key, &default_provider()).map_err(|e| e.to_string())
 }
 
 /// Follows `certificates/` on central until the task is dropped.

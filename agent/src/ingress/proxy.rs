@@ -41,6 +41,7 @@ pub async fn serve(ctx: Rc<Context>, client: TcpStream, peer: IpAddr, port: u16)
     let _ = client.set_nodelay(true);
     let mut conn = Connection {
         closing: ctx.closing.clone(),
+        peer_text: peer.to_string(),
         ctx,
         client,
         peer,
@@ -64,6 +65,8 @@ struct Connection {
     closing: watch::Receiver<bool>,
     client: TcpStream,
     peer: IpAddr,
+    /// The peer's address as `X-Forwarded-For` carries it, written once per connection.
+    peer_text: String,
     port: u16,
     /// The client's bytes: `..filled` have been read and not yet forwarded.
     buf: Vec<u8>,
@@ -313,7 +316,7 @@ impl Connection {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"X-Forwarded-For: ");
-        out.extend_from_slice(self.peer.to_string().as_bytes());
+        out.extend_from_slice(self.peer_text.as_bytes());
         out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
         if let Some(host) = host {
             out.extend_from_slice(b"X-Forwarded-Host: ");

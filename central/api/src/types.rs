@@ -311,3 +311,22 @@ pub struct TlsCertificate {
     /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
     pub key_pem: String,
 }
+
+impl TlsCertificate {
+    /// The chain and key as rustls serves them; Err says which part is wrong (the chain or
+    /// key is not PEM, or the key does not fit the certificate).
+    pub fn certified_key(&self) -> Result<rustls::sign::CertifiedKey, String> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("the certificate chain is not PEM: {e}"))?;
+        if chain.is_empty() {
+            return Err("the certificate file holds no certificate".into());
+        }
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| format!("the key is not a PEM private key: {e}"))?;
+        rustls::sign::CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+            .map_err(|e| format!("the key does not fit the certificate: {e}"))
+    }
+}

@@ -6,11 +6,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use ferry_api::types::TlsCertificate;
-use rustls::{
-    crypto::ring::default_provider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _},
-    sign::CertifiedKey,
-};
+use rustls::pki_types::ServerName;
 
 use super::StackError;
 use crate::store::{Op, Store, StoreError};
@@ -107,19 +103,12 @@ pub fn check(certificate: &TlsCertificate) -> Result<(), CertificateError> {
             certificate.hosts.len()
         )));
     }
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(certificate.chain_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|e| invalid(format!("the certificate chain is not PEM: {e}")))?;
-    let leaf = chain
+    let certified = certificate.certified_key().map_err(invalid)?;
+    let leaf = certified
+        .cert
         .first()
-        .ok_or_else(|| invalid("the certificate file holds no certificate".into()))?
-        .clone();
-    let key = PrivateKeyDer::from_pem_slice(certificate.key_pem.as_bytes())
-        .map_err(|e| invalid(format!("the key is not a PEM private key: {e}")))?;
-    CertifiedKey::from_der(chain, key, &default_provider())
-        .map_err(|e| invalid(format!("the key does not fit the certificate: {e}")))?;
-    let parsed = webpki::EndEntityCert::try_from(&leaf)
+        .ok_or_else(|| invalid("the certificate file holds no certificate".into()))?;
+    let parsed = webpki::EndEntityCert::try_from(leaf)
         .map_err(|e| invalid(format!("the certificate cannot be read: {e}")))?;
     for host in &certificate.hosts {
         // A wildcard entry is checked with a name it would cover.
