@@ -193,18 +193,43 @@ struct Pins {
 struct Paths {
     #[command(flatten)]
     pins: Pins,
-    /// cgroup v2 directory whose processes are steered (default: the cgroup2 mount).
+    /// The cgroup v2 directory the data plane attaches to; the agent creates its
+    /// containers below it. Only ferry's containers have their DNS intercepted, whatever
+    /// this is (default: `ferry.slice` under the cgroup2 mount, created if missing).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
 }
 
+/// The agent's own cgroup under the cgroup2 mount, named as a systemd slice so that an
+/// engine with the systemd cgroup driver can place containers in it too.
+const DEFAULT_CGROUP: &str = "ferry.slice";
+
 impl Paths {
-    fn config(self) -> Result<DataplaneConfig> {
+    /// The configuration; with `create`, the default cgroup root is made if it is missing
+    /// (one given with --cgroup-root must exist: a typo should not make a cgroup).
+    fn config(self, create: bool) -> Result<DataplaneConfig> {
         let cgroup_root = match self.cgroup_root {
             Some(path) => path,
-            None => dataplane::cgroup2_mount()
-                .context("finding the cgroup2 mount in /proc/self/mounts")?
-                .context("no cgroup2 filesystem is mounted; mount one or pass --cgroup-root")?,
+            None => {
+                let root = dataplane::cgroup2_mount()
+                    .context("finding the cgroup2 mount in /proc/self/mounts")?
+                    .context("no cgroup2 filesystem is mounted; mount one or pass --cgroup-root")?
+                    .join(DEFAULT_CGROUP);
+                if create {
+                    match std::fs::create_dir(&root) {
+                        Ok(()) => {
+                            tracing::info!(cgroup = %root.display(), "created ferry's cgroup")
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) => {
+                            return Err(e).with_context(|| {
+                                format!("creating ferry's cgroup {}", root.display())
+                            });
+                        }
+                    }
+                }
+                root
+            }
         };
         Ok(DataplaneConfig {
             cgroup_root,
@@ -244,7 +269,7 @@ fn dispatch(command: Command) -> Result<()> {
 }
 
 fn run(args: RunArgs) -> Result<()> {
-    let config = args.paths.config()?;
+    let config = args.paths.config(true)?;
     let joined = match membership::load(&args.state.state_dir) {
         Ok(loaded) => Some(loaded),
         Err(StateError::NotJoined { .. }) => None,
@@ -333,21 +358,38 @@ fn run(args: RunArgs) -> Result<()> {
 fn upstreams(given: &[String], listen: SocketAddrV4) -> Result<Vec<std::net::SocketAddr>> {
     if given.is_empty() {
         let path = Path::new("/etc/resolv.conf");
-        return dns::upstreams_from(path, listen).with_context(|| {
+        let found = dns::upstreams_from(path, listen).with_context(|| {
             format!(
                 "reading the upstream resolvers from {}; pass --dns-upstream",
                 path.display()
             )
-        });
+        })?;
+        if found.is_empty() {
+            tracing::warn!(
+                "{} names no resolver but ferry's own listener, so names outside cloud66.local \
+                 get SERVFAIL; pass --dns-upstream",
+                path.display()
+            );
+        }
+        return Ok(found);
     }
     given
         .iter()
         .map(|u| {
-            u.parse::<std::net::SocketAddr>()
+            let upstream = u
+                .parse::<std::net::SocketAddr>()
                 .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
                 .with_context(|| {
                     format!("--dns-upstream {u}: not an address (e.g. 10.0.0.2 or 10.0.0.2:5353)")
-                })
+                })?;
+            if dns::reaches_listener(upstream, listen) {
+                anyhow::bail!(
+                    "--dns-upstream {u}: that is ferry's own DNS listener ({listen}), so every \
+                     forwarded query would come back to it; name the resolver the server used \
+                     before ferry (see /etc/resolv.conf)"
+                );
+            }
+            Ok(upstream)
         })
         .collect()
 }
@@ -385,14 +427,25 @@ fn join(args: JoinArgs) -> Result<()> {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    let config = args.paths.config()?;
+    let defaulted = args.paths.cgroup_root.is_none();
+    let config = args.paths.config(false)?;
     dataplane::check_bpffs(&config.bpffs)?;
     println!("ok: {} is on a bpf filesystem", config.bpffs.display());
-    dataplane::check_cgroup_root(&config.cgroup_root)?;
-    println!(
-        "ok: {} is a cgroup v2 directory",
-        config.cgroup_root.display()
-    );
+    if defaulted && !config.cgroup_root.exists() {
+        let mount = config.cgroup_root.parent().unwrap_or(&config.cgroup_root);
+        dataplane::check_cgroup_root(mount)?;
+        println!(
+            "ok: {} is a cgroup v2 directory; `run` creates ferry's cgroup {} in it",
+            mount.display(),
+            config.cgroup_root.display()
+        );
+    } else {
+        dataplane::check_cgroup_root(&config.cgroup_root)?;
+        println!(
+            "ok: {} is a cgroup v2 directory",
+            config.cgroup_root.display()
+        );
+    }
     dataplane::check_program_types()?;
     println!("ok: the kernel loads cgroup sock_addr programs");
     if let Some(socket) = args.docker_socket {

@@ -244,3 +244,32 @@ fn broken_packets_never_panic_nor_overflow_the_limit() {
         }
     }
 }
+
+#[test]
+fn an_error_response_echoes_the_question() {
+    let a = answerer(|_| {});
+    // Opcode STATUS (2), which ferry does not do, with a well-formed question.
+    let mut status = query("api.cloud66.local", 1);
+    status[2] = 0x10 | 0x01;
+    let mut out = Vec::new();
+    assert_eq!(
+        a.answer(&status, &host(), &mut out, wire::UDP_LIMIT),
+        Outcome::Answered
+    );
+    let message = Message::from_vec(&out).expect("a response hickory can read");
+    assert_eq!(message.metadata.response_code, ResponseCode::NotImp);
+    assert_eq!(message.metadata.id, 0x1234);
+    assert_eq!(message.queries.len(), 1, "the question is echoed");
+    assert_eq!(message.queries[0].name.to_ascii(), "api.cloud66.local.");
+    assert_eq!(message.queries[0].query_type, RecordType::A);
+    // A standard query cut after its header: FORMERR, and no question to echo.
+    let cut = query("api.cloud66.local", 1);
+    let mut out = Vec::new();
+    assert_eq!(
+        a.answer(&cut[..wire::HEADER], &host(), &mut out, wire::UDP_LIMIT),
+        Outcome::Answered
+    );
+    let message = Message::from_vec(&out).expect("a response hickory can read");
+    assert_eq!(message.metadata.response_code, ResponseCode::FormErr);
+    assert!(message.queries.is_empty());
+}

@@ -109,4 +109,114 @@ async fn a_silent_upstream_gives_servfail() {
     let answer = Message::from_vec(&answer).expect("parses");
     assert_eq!(answer.metadata.id, 7);
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(answer.queries.len(), 1, "the SERVFAIL echoes the question");
+    assert_eq!(answer.queries[0].name.to_ascii(), "partner.example.");
+}
+
+#[tokio::test]
+async fn a_query_that_does_not_parse_gets_formerr_with_its_question() {
+    let (address, seen) = upstream(30);
+    let forwarder = Forwarder::new(vec![address]);
+    // One question, and a header that promises an answer record the packet does not hold.
+    let mut broken = query(9);
+    broken[7] = 1;
+    let answer = forwarder
+        .forward(&broken, wire::UDP_LIMIT)
+        .await
+        .expect("an answer");
+    let answer = Message::from_vec(&answer).expect("parses");
+    assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(answer.queries.len(), 1, "the FORMERR echoes the question");
+    assert_eq!(answer.queries[0].name.to_ascii(), "partner.example.");
+    assert_eq!(seen.load(Ordering::SeqCst), 0, "nothing was forwarded");
+}
+
+/// ferry's listener in miniature: every datagram on `socket` answered by `forwarder`, as
+/// the agent's DNS server does for names outside cloud66.local. Counts what arrives.
+fn serve(forwarder: Arc<Forwarder>, socket: tokio::net::UdpSocket) -> Arc<AtomicUsize> {
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let counter = arrived.clone();
+    tokio::spawn(async move {
+        let socket = Arc::new(socket);
+        let mut buf = [0u8; 512];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf).await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (forwarder, socket, query) = (forwarder.clone(), socket.clone(), buf[..n].to_vec());
+            tokio::spawn(async move {
+                if let Some(answer) = forwarder.forward(&query, wire::UDP_LIMIT).await {
+                    let _ = socket.send_to(&answer, peer).await;
+                }
+            });
+        }
+    });
+    arrived
+}
+
+/// A free UDP port on loopback.
+fn free_port() -> u16 {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("address").port()
+}
+
+#[tokio::test]
+async fn an_upstream_that_forwards_back_to_the_listener_is_found_and_left_out() {
+    let listener = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind the listener");
+    let listen = listener.local_addr().expect("its address");
+    // A real dnsmasq whose only upstream is ferry's listener: the loop an operator makes by
+    // pointing the server's resolver at ferry while ferry forwards to that resolver.
+    let port = free_port();
+    let mut dnsmasq = std::process::Command::new("dnsmasq")
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+            &format!("--port={port}"),
+            &format!("--server=127.0.0.1#{}", listen.port()),
+        ])
+        .spawn()
+        .expect("dnsmasq (from the distribution's dnsmasq-base; `./x setup` installs it)");
+    let looping: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    let (good, seen) = upstream(30);
+    let forwarder = Arc::new(Forwarder::new(vec![looping, good]));
+    let arrived = serve(forwarder.clone(), listener);
+    // dnsmasq answers once it has bound its port; until then a probe finds nothing.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let found = forwarder.probe_loops().await;
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        found,
+        vec![looping],
+        "the looping upstream is named, the other is not"
+    );
+    let before = (seen.load(Ordering::SeqCst), arrived.load(Ordering::SeqCst));
+    let answer = forwarder
+        .forward(&query(0x4242), wire::UDP_LIMIT)
+        .await
+        .expect("an answer");
+    let answer = Message::from_vec(&answer).expect("parses");
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        answer.answers[0].data,
+        RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
+        "answered by the upstream that does not loop"
+    );
+    assert_eq!(seen.load(Ordering::SeqCst), before.0 + 1);
+    assert_eq!(
+        arrived.load(Ordering::SeqCst),
+        before.1,
+        "the looping upstream was not asked, so nothing came back to the listener"
+    );
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
 }

@@ -95,6 +95,15 @@ impl Agent {
         if let Some(server) = server {
             server.enter(&mut cmd);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Starts a prepared `ferry-agent run` command (arguments, namespace and all) and
+    /// waits until it reports ready.
+    pub fn spawn(mut cmd: Command) -> Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting ferry-agent")?;
         let stdout = child.stdout.take().context("agent stdout")?;
         let (tx, rx) = mpsc::channel();

@@ -57,30 +57,15 @@ impl Central {
                 String::from_utf8_lossy(&init.stderr)
             );
         }
-        let printed = String::from_utf8_lossy(&init.stdout).into_owned();
-        let after = |marker: &str| -> Result<String> {
-            printed
-                .split_whitespace()
-                .skip_while(|w| *w != marker)
-                .nth(1)
-                .map(str::to_string)
-                .with_context(|| format!("init printed no {marker}:\n{printed}"))
-        };
-        let admin_token = printed
-            .split_whitespace()
-            .find(|w| w.starts_with("ferry-admin-"))
-            .map(str::to_string)
-            .with_context(|| format!("init printed no admin token:\n{printed}"))?;
-        let (join_token, ca_fingerprint) = (after("--token")?, after("--ca-fingerprint")?);
-
+        let printed = Printed::parse(&String::from_utf8_lossy(&init.stdout))?;
         let (child, addr) = serve(&bin, data_dir, &format!("{host}:0"), drain)?;
         Ok(Self {
             child,
             data_dir: data_dir.to_path_buf(),
             url: format!("https://{host}:{}", addr.port()),
-            admin_token,
-            join_token,
-            ca_fingerprint,
+            admin_token: printed.admin_token,
+            join_token: printed.join_token,
+            ca_fingerprint: printed.ca_fingerprint,
             listen: addr,
             drain: drain.to_string(),
         })
@@ -104,16 +89,59 @@ impl Central {
     }
 }
 
+/// What `ferry-central init` prints once: the tokens and the CA's fingerprint.
+pub struct Printed {
+    /// The admin token (`ferry-admin-...`).
+    pub admin_token: String,
+    /// The join token, after `--token` in the printed join command.
+    pub join_token: String,
+    /// The CA fingerprint, after `--ca-fingerprint`.
+    pub ca_fingerprint: String,
+}
+
+impl Printed {
+    /// Reads `init`'s standard output.
+    pub fn parse(printed: &str) -> Result<Self> {
+        let after = |marker: &str| -> Result<String> {
+            printed
+                .split_whitespace()
+                .skip_while(|w| *w != marker)
+                .nth(1)
+                .map(str::to_string)
+                .with_context(|| format!("init printed no {marker}:\n{printed}"))
+        };
+        Ok(Self {
+            admin_token: printed
+                .split_whitespace()
+                .find(|w| w.starts_with("ferry-admin-"))
+                .map(str::to_string)
+                .with_context(|| format!("init printed no admin token:\n{printed}"))?,
+            join_token: after("--token")?,
+            ca_fingerprint: after("--ca-fingerprint")?,
+        })
+    }
+}
+
 /// How long retired generations drain in tests: long enough to see them answer after a
 /// flip, short enough to wait for.
 pub const TEST_DRAIN: &str = "4s";
 
 /// Starts `ferry-central serve` on `listen`; returns it and the address it bound.
 fn serve(bin: &Path, data_dir: &Path, listen: &str, drain: &str) -> Result<(Child, SocketAddr)> {
-    let mut child = Command::new(bin)
-        .args(["serve", "--data-dir"])
-        .arg(data_dir)
-        .args(["--listen", listen, "--drain-period", drain])
+    let mut cmd = Command::new(bin);
+    cmd.args(["serve", "--data-dir"]).arg(data_dir).args([
+        "--listen",
+        listen,
+        "--drain-period",
+        drain,
+    ]);
+    spawn_serve(cmd)
+}
+
+/// Starts a prepared `ferry-central serve` command and waits until it says where it
+/// listens; returns it and that address.
+pub fn spawn_serve(mut cmd: Command) -> Result<(Child, SocketAddr)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -135,7 +163,7 @@ fn serve(bin: &Path, data_dir: &Path, listen: &str, drain: &str) -> Result<(Chil
         )),
         Err(_) => {
             let _ = child.kill();
-            bail!("ferry-central serve did not start listening on {listen}")
+            bail!("ferry-central serve did not start listening")
         }
     }
 }

@@ -107,6 +107,7 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
             ],
             memory: Some(256 * 1024 * 1024),
             cpu_millis: Some(500),
+            cgroup_parent: None,
         },
     )
     .await?;
@@ -181,6 +182,7 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
             binds: vec![format!("{}:/data", dir.display())],
             memory: None,
             cpu_millis: None,
+            cgroup_parent: None,
         },
     )
     .await?;

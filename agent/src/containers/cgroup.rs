@@ -43,6 +43,57 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
     }
 }
 
+/// How the Docker Engine names the cgroups it makes (`docker info`'s `CgroupDriver`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// Paths in the hierarchy: a parent `/a/b` puts a container at `/a/b/<id>`.
+    Cgroupfs,
+    /// systemd units: a parent must be a slice (`a-b.slice`, which systemd places at
+    /// `/a.slice/a-b.slice`), and the container becomes `docker-<id>.scope` in it.
+    Systemd,
+}
+
+impl Driver {
+    /// The driver `docker info` names (systemd's, or cgroupfs for anything else).
+    pub fn from_info(name: Option<&str>) -> Self {
+        match name {
+            Some("systemd") => Self::Systemd,
+            _ => Self::Cgroupfs,
+        }
+    }
+}
+
+/// The `HostConfig.CgroupParent` that puts a container's cgroup below the agent's cgroup
+/// `root` (a directory under the cgroup2 mount `cgroup2`), so that the data plane attached
+/// there sees it from its first instruction; None when the engine's default already does
+/// (`root` is the mount itself) or when `driver` cannot name `root` (systemd, and `root`
+/// is not a slice at the place systemd would put it).
+pub fn parent_for(root: &Path, cgroup2: &Path, driver: Driver) -> Option<String> {
+    let relative = root.strip_prefix(cgroup2).ok()?;
+    let relative = relative.to_str()?.trim_matches('/');
+    if relative.is_empty() {
+        return None;
+    }
+    match driver {
+        Driver::Cgroupfs => Some(format!("/{relative}")),
+        Driver::Systemd => {
+            let slice = relative.rsplit('/').next()?;
+            let stem = slice.strip_suffix(".slice")?;
+            // systemd nests `a-b-c.slice` as a.slice/a-b.slice/a-b-c.slice.
+            let mut expected = Vec::new();
+            let mut prefix = String::new();
+            for part in stem.split('-') {
+                if !prefix.is_empty() {
+                    prefix.push('-');
+                }
+                prefix.push_str(part);
+                expected.push(format!("{prefix}.slice"));
+            }
+            (expected.join("/") == relative).then(|| slice.to_string())
+        }
+    }
+}
+
 /// The leaf ferry makes for container `id` under `root`.
 pub fn leaf(root: &Path, id: &str) -> PathBuf {
     root.join(format!("ferry-{}", &id[..id.len().min(12)]))
@@ -161,4 +212,47 @@ fn v2_path(pid: i64, cgroup2: &Path) -> Result<PathBuf, CgroupError> {
 
 fn inode(path: &Path) -> Result<u64, CgroupError> {
     Ok(std::fs::metadata(path).map_err(io_error(path))?.ino())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_names_the_root_as_each_driver_wants_it() {
+        let mount = Path::new("/sys/fs/cgroup");
+        let ferry = mount.join("ferry.slice");
+        assert_eq!(
+            parent_for(&ferry, mount, Driver::Cgroupfs).as_deref(),
+            Some("/ferry.slice")
+        );
+        assert_eq!(
+            parent_for(&ferry, mount, Driver::Systemd).as_deref(),
+            Some("ferry.slice")
+        );
+        let nested = mount.join("ferry.slice/ferry-web.slice");
+        assert_eq!(
+            parent_for(&nested, mount, Driver::Systemd).as_deref(),
+            Some("ferry-web.slice")
+        );
+        // Not where systemd would put the slice, or not a slice: no parent it can name.
+        assert_eq!(
+            parent_for(&mount.join("web.slice/ferry.slice"), mount, Driver::Systemd),
+            None
+        );
+        assert_eq!(
+            parent_for(&mount.join("ferry"), mount, Driver::Systemd),
+            None
+        );
+        assert_eq!(
+            parent_for(&mount.join("ferry/containers"), mount, Driver::Cgroupfs).as_deref(),
+            Some("/ferry/containers")
+        );
+        // The whole hierarchy, or outside it: the engine's own default is already inside.
+        assert_eq!(parent_for(mount, mount, Driver::Cgroupfs), None);
+        assert_eq!(
+            parent_for(Path::new("/elsewhere"), mount, Driver::Cgroupfs),
+            None
+        );
+    }
 }

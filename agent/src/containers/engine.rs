@@ -57,6 +57,21 @@ impl Engine {
         })
     }
 
+    /// How the engine names cgroups (`docker info`'s `CgroupDriver`).
+    pub async fn cgroup_driver(&self) -> Result<super::cgroup::Driver, EngineError> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|source| EngineError::Unreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        Ok(super::cgroup::Driver::from_info(
+            info.cgroup_driver.as_ref().map(|d| d.as_ref()),
+        ))
+    }
+
     /// The bollard client.
     pub fn docker(&self) -> &Docker {
         &self.docker

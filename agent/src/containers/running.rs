@@ -44,6 +44,8 @@ pub struct ContainerSpec {
     pub memory: Option<u64>,
     /// CPU limit in thousandths of a CPU.
     pub cpu_millis: Option<u32>,
+    /// The cgroup the engine puts the container under (see [`super::cgroup::parent_for`]).
+    pub cgroup_parent: Option<String>,
 }
 
 /// A ferry container the engine knows.
@@ -107,6 +109,7 @@ pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, Cont
             binds: (!spec.binds.is_empty()).then(|| spec.binds.clone()),
             memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
             nano_cpus: spec.cpu_millis.map(|m| i64::from(m) * 1_000_000),
+            cgroup_parent: spec.cgroup_parent.clone(),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {

@@ -1,24 +1,42 @@
 //! Names that are not ferry's go to the resolvers the server had before ferry, with a cache
-//! that honours their TTLs. The upstreams are fixed at start and never include ferry's own
-//! listener, so a query can never loop back here.
+//! that honours their TTLs.
+//!
+//! Loops are impossible by construction where ferry can see them and detected where it
+//! cannot:
+//! - every socket the forwarder opens carries [`AGENT_SOCKET_MARK`], which the kernel's DNS
+//!   hooks never redirect, so its own queries cannot come back to the listener whatever
+//!   cgroup the agent runs in;
+//! - the upstreams never include the listener itself (refused when the agent starts);
+//! - an upstream that forwards back to the listener (a resolver configured with ferry's
+//!   listener as its own upstream) is found by a probe, as CoreDNS's `loop` plugin does: a
+//!   query for a random name nobody else asks is sent to each upstream, and if it arrives
+//!   here the upstream is left out and the agent says so. Probes run at start and every
+//!   [`PROBE_EVERY`], so a corrected resolver is used again.
 
 use std::{
     collections::HashMap,
+    io,
     net::SocketAddr,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use ferry_ebpf_abi::AGENT_SOCKET_MARK;
 use hickory_proto::{
-    op::{Message, ResponseCode},
+    op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{DNSClass, Name, RecordType},
+    serialize::binary::DecodeError,
 };
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpStream, UdpSocket},
+    net::{TcpSocket, UdpSocket},
     sync::Semaphore,
 };
-use tracing::debug;
+use tracing::{debug, error, info};
 
 use super::wire::{self, rcode};
 
@@ -30,6 +48,8 @@ const CACHE_ENTRIES: usize = 10_000;
 const IN_FLIGHT: usize = 512;
 /// Longest TTL the cache honours.
 const MAX_TTL: u32 = 86_400;
+/// How often the upstreams are probed for a loop back to the listener.
+pub const PROBE_EVERY: Duration = Duration::from_secs(300);
 
 type Key = (Name, RecordType, DNSClass);
 
@@ -39,25 +59,65 @@ struct Cached {
     ttl: u32,
 }
 
+/// One upstream resolver, and whether the last probe found it forwarding back to us.
+struct Upstream {
+    address: SocketAddr,
+    looping: AtomicBool,
+}
+
+/// Why one upstream gave no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("{call} for upstream {upstream}: {source}")]
+    Io {
+        call: &'static str,
+        upstream: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("upstream {upstream} did not answer within {UPSTREAM_TIMEOUT:?} over {transport}")]
+    Timeout {
+        upstream: SocketAddr,
+        transport: &'static str,
+    },
+    #[error("upstream {upstream}'s answer over TCP does not parse: {source}")]
+    Malformed {
+        upstream: SocketAddr,
+        #[source]
+        source: DecodeError,
+    },
+    #[error("a query of {len} bytes is too long to send over TCP")]
+    TooLong { len: usize },
+}
+
 /// Forwards to upstream resolvers and caches what they say.
 pub struct Forwarder {
-    upstreams: Vec<SocketAddr>,
+    upstreams: Vec<Upstream>,
     cache: Mutex<HashMap<Key, Cached>>,
     in_flight: Semaphore,
+    /// Names of the loop probes under way, and how often each reached the listener.
+    probes: Mutex<HashMap<Name, usize>>,
 }
 
 impl Forwarder {
     /// A forwarder to `upstreams`, tried in order.
     pub fn new(upstreams: Vec<SocketAddr>) -> Self {
         Self {
-            upstreams,
+            upstreams: upstreams
+                .into_iter()
+                .map(|address| Upstream {
+                    address,
+                    looping: AtomicBool::new(false),
+                })
+                .collect(),
             cache: Mutex::new(HashMap::new()),
             in_flight: Semaphore::new(IN_FLIGHT),
+            probes: Mutex::default(),
         }
     }
 
     /// The response to `query` (at most `limit` bytes), or None when there is nothing to
-    /// send back.
+    /// send back. Every error response echoes the question.
     pub async fn forward(&self, query: &[u8], limit: usize) -> Option<Vec<u8>> {
         let mut out = Vec::new();
         let Ok(message) = Message::from_vec(query) else {
@@ -72,6 +132,12 @@ impl Forwarder {
             wire::error_response(&mut out, query, rcode::FORMERR)?;
             return Some(out);
         };
+        if self.probe_arrived(&key.0) {
+            // One of our own probes came back through an upstream: never send it out
+            // again, or it would go round until the in-flight bound stopped it.
+            wire::error_response(&mut out, query, rcode::SERVFAIL)?;
+            return Some(out);
+        }
         if let Some(response) = self.cached(&key, message.metadata.id) {
             return fit(response, query, limit);
         }
@@ -79,17 +145,82 @@ impl Forwarder {
             wire::error_response(&mut out, query, rcode::SERVFAIL)?;
             return Some(out);
         };
-        for upstream in &self.upstreams {
-            match ask(*upstream, query).await {
+        for upstream in self
+            .upstreams
+            .iter()
+            .filter(|u| !u.looping.load(Ordering::Relaxed))
+        {
+            match ask(upstream.address, query).await {
                 Ok(response) => {
                     self.store(key, &response);
                     return fit(response, query, limit);
                 }
-                Err(e) => debug!(%upstream, "upstream resolver: {e}"),
+                Err(e) => debug!("{e}"),
             }
         }
         wire::error_response(&mut out, query, rcode::SERVFAIL)?;
         Some(out)
+    }
+
+    /// Asks each upstream for a random name and watches whether that query reaches this
+    /// forwarder (through the listener that serves it): an upstream that sends it back is
+    /// left out until a later probe finds it fixed. Must run while the listener answers.
+    /// Returns the upstreams found looping.
+    pub async fn probe_loops(&self) -> Vec<SocketAddr> {
+        let mut looping = Vec::new();
+        for upstream in &self.upstreams {
+            let name = probe_name();
+            self.probes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(name.clone(), 0);
+            let mut probe = Message::new(rand_u16(), MessageType::Query, OpCode::Query);
+            probe.metadata.recursion_desired = true;
+            probe.add_query(Query::query(name.clone(), RecordType::HINFO));
+            let sent = match probe.to_vec() {
+                Ok(bytes) => ask(upstream.address, &bytes).await.map(|_| ()),
+                Err(e) => {
+                    debug!("encoding a loop probe: {e}");
+                    continue;
+                }
+            };
+            let arrived = self
+                .probes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name)
+                .unwrap_or(0);
+            let was = upstream.looping.swap(arrived > 0, Ordering::Relaxed);
+            if arrived > 0 {
+                looping.push(upstream.address);
+                if !was {
+                    error!(
+                        upstream = %upstream.address,
+                        "the upstream resolver sends queries back to ferry's DNS listener (a \
+                         forwarding loop), so it is not used; give the agent a resolver that \
+                         does not forward to ferry (--dns-upstream)"
+                    );
+                }
+            } else if was {
+                info!(upstream = %upstream.address, "the upstream resolver no longer loops back; using it again");
+            }
+            if let Err(e) = sent {
+                debug!("loop probe: {e}");
+            }
+        }
+        looping
+    }
+
+    /// Whether `name` is one of the probes under way; counts its arrival.
+    fn probe_arrived(&self, name: &Name) -> bool {
+        let mut probes = self.probes.lock().unwrap_or_else(PoisonError::into_inner);
+        match probes.get_mut(name) {
+            Some(count) => {
+                *count += 1;
+                true
+            }
+            None => false,
+        }
     }
 
     fn cached(&self, key: &Key, id: u16) -> Option<Message> {
@@ -166,26 +297,59 @@ fn fit(mut response: Message, query: &[u8], limit: usize) -> Option<Vec<u8>> {
     response.to_vec().ok()
 }
 
+/// A socket for talking to `upstream`, marked so the kernel's DNS hooks let it pass.
+fn marked_socket(
+    upstream: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+) -> Result<Socket, UpstreamError> {
+    let io = |call| {
+        move |source| UpstreamError::Io {
+            call,
+            upstream,
+            source,
+        }
+    };
+    let socket =
+        Socket::new(Domain::for_address(upstream), kind, Some(protocol)).map_err(io("socket"))?;
+    socket
+        .set_mark(AGENT_SOCKET_MARK)
+        .map_err(io("setsockopt(SO_MARK)"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(io("set_nonblocking"))?;
+    Ok(socket)
+}
+
 /// Asks `upstream` over UDP, then over TCP if the answer was truncated.
-async fn ask(upstream: SocketAddr, query: &[u8]) -> Result<Message, String> {
+async fn ask(upstream: SocketAddr, query: &[u8]) -> Result<Message, UpstreamError> {
+    let io = |call| {
+        move |source| UpstreamError::Io {
+            call,
+            upstream,
+            source,
+        }
+    };
     let mut sent = query.to_vec();
     // A fresh id per upstream query, so a forged reply has to guess it.
-    let id: u16 = rand_id();
-    sent[..2].copy_from_slice(&id.to_be_bytes());
-    let bind: SocketAddr = match upstream {
-        SocketAddr::V4(_) => "0.0.0.0:0".parse().map_err(|_| "bind address")?,
-        SocketAddr::V6(_) => "[::]:0".parse().map_err(|_| "bind address")?,
-    };
-    let socket = UdpSocket::bind(bind).await.map_err(|e| e.to_string())?;
-    socket.connect(upstream).await.map_err(|e| e.to_string())?;
-    socket.send(&sent).await.map_err(|e| e.to_string())?;
+    let id = rand_u16();
+    if let Some(head) = sent.get_mut(..2) {
+        head.copy_from_slice(&id.to_be_bytes());
+    }
+    let socket = marked_socket(upstream, Type::DGRAM, Protocol::UDP)?;
+    let socket = UdpSocket::from_std(socket.into()).map_err(io("register"))?;
+    socket.connect(upstream).await.map_err(io("connect"))?;
+    socket.send(&sent).await.map_err(io("send"))?;
     let mut buf = vec![0u8; 65_535];
     let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     let response = loop {
         let n = tokio::time::timeout_at(deadline, socket.recv(&mut buf))
             .await
-            .map_err(|_| "no answer in time".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| UpstreamError::Timeout {
+                upstream,
+                transport: "UDP",
+            })?
+            .map_err(io("recv"))?;
         let Ok(response) = Message::from_vec(&buf[..n]) else {
             continue;
         };
@@ -196,34 +360,50 @@ async fn ask(upstream: SocketAddr, query: &[u8]) -> Result<Message, String> {
     if !response.metadata.truncation {
         return Ok(response);
     }
-    let mut stream = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(upstream))
-        .await
-        .map_err(|_| "TCP connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    let length = u16::try_from(sent.len()).map_err(|_| "query too long for TCP")?;
+    let length =
+        u16::try_from(sent.len()).map_err(|_| UpstreamError::TooLong { len: sent.len() })?;
     let exchange = async {
-        stream.write_all(&length.to_be_bytes()).await?;
-        stream.write_all(&sent).await?;
-        let n = usize::from(stream.read_u16().await?);
+        let socket = marked_socket(upstream, Type::STREAM, Protocol::TCP)?;
+        // Not connected yet, as tokio's TcpSocket wants it.
+        let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+        let mut stream = socket.connect(upstream).await.map_err(io("connect"))?;
+        let mut framed = length.to_be_bytes().to_vec();
+        framed.extend_from_slice(&sent);
+        stream.write_all(&framed).await.map_err(io("write"))?;
+        let n = usize::from(stream.read_u16().await.map_err(io("read"))?);
         let mut answer = vec![0u8; n];
-        stream.read_exact(&mut answer).await?;
-        Ok::<_, std::io::Error>(answer)
+        stream.read_exact(&mut answer).await.map_err(io("read"))?;
+        Ok(answer)
     };
     let answer = tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
         .await
-        .map_err(|_| "TCP answer timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    Message::from_vec(&answer).map_err(|e| e.to_string())
+        .map_err(|_| UpstreamError::Timeout {
+            upstream,
+            transport: "TCP",
+        })??;
+    Message::from_vec(&answer).map_err(|source| UpstreamError::Malformed { upstream, source })
 }
 
-/// An unpredictable query id from the kernel's random pool.
-fn rand_id() -> u16 {
+/// A name nobody else asks: two random labels under a random top-level label, as CoreDNS's
+/// `loop` plugin makes its probes, so no cache anywhere holds it and a real upstream
+/// forwards it on rather than answering locally.
+fn probe_name() -> Name {
+    let label = || format!("{:04x}{:04x}", rand_u16(), rand_u16());
+    let text = format!("{}.{}.ferry-loop-probe-{}.", label(), label(), label());
+    // Hex labels with dashes always make a valid name; the fallback is never used.
+    Name::from_ascii(&text).unwrap_or_else(|_| Name::root())
+}
+
+/// An unpredictable 16-bit number from the kernel's random pool.
+fn rand_u16() -> u16 {
     let mut bytes = [0u8; 2];
     // SAFETY: the buffer is valid for its length; getrandom with no flags only fills it.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if n != 2 {
         // getrandom on a booted kernel does not fail for two bytes; fall back to the clock.
-        let nanos = Instant::now().elapsed().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         return nanos as u16;
     }
     u16::from_be_bytes(bytes)

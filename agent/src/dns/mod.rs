@@ -115,7 +115,15 @@ pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Res
             let _ = failed.send(server::serve_udp(udp_service, Arc::new(udp), runtime));
         })
         .map_err(io)?;
+    let probing = service.clone();
+    let probe = async move {
+        loop {
+            probing.forwarder.probe_loops().await;
+            tokio::time::sleep(forward::PROBE_EVERY).await;
+        }
+    };
     tokio::select! {
+        () = probe => Ok(()),
         r = udp_failure => match r {
             Ok(r) => r.map_err(io),
             Err(_) => Err(io(io::Error::other("the UDP thread ended"))),
@@ -176,7 +184,52 @@ pub fn upstreams_from(resolv_conf: &Path, listen: SocketAddrV4) -> io::Result<Ve
         .lines()
         .filter_map(|line| line.trim().strip_prefix("nameserver"))
         .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
-        .filter(|ip| *ip != IpAddr::V4(*listen.ip()))
         .map(|ip| SocketAddr::new(ip, 53))
+        .filter(|upstream| {
+            let own = reaches_listener(*upstream, listen);
+            if own {
+                warn!(%upstream, "{} names ferry's own DNS listener; not forwarding to it", resolv_conf.display());
+            }
+            !own
+        })
         .collect())
+}
+
+/// Whether a query sent to `upstream` lands on the listener `listen` itself: its address,
+/// or the unspecified address (which the kernel takes for "this host"), on its port.
+pub fn reaches_listener(upstream: SocketAddr, listen: SocketAddrV4) -> bool {
+    let SocketAddr::V4(upstream) = upstream else {
+        return false;
+    };
+    upstream.port() == listen.port()
+        && (upstream.ip() == listen.ip() || upstream.ip().is_unspecified())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_listener_is_never_an_upstream() {
+        let listen: SocketAddrV4 = "10.66.1.1:53".parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("ferry-resolv-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("resolv.conf");
+        fs::write(
+            &conf,
+            "search example\nnameserver 10.66.1.1\nnameserver 192.0.2.53\nnameserver ::1\n",
+        )
+        .unwrap();
+        let found = upstreams_from(&conf, listen).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        assert!(reaches_listener("0.0.0.0:53".parse().unwrap(), listen));
+        assert!(!reaches_listener("10.66.1.1:5353".parse().unwrap(), listen));
+        let _ = fs::remove_dir_all(dir);
+    }
 }

@@ -255,20 +255,49 @@ impl<'a> Response<'a> {
     }
 }
 
-/// An error response to a query that could not be read: the header's id and opcode kept,
-/// no question. None when there is no header to answer.
+/// An error response (`rcode`) to `query`: the header's id, opcode and RD kept, and the
+/// question echoed when the query has exactly one that can be delimited (RFC 1035 §4.1.1:
+/// a response carries the question; some stub resolvers drop one that does not). None when
+/// there is no header to answer, or the packet is itself a response.
 pub fn error_response(out: &mut Vec<u8>, query: &[u8], rcode: u8) -> Option<()> {
     let header = query.get(..HEADER)?;
     if header[2] & 0x80 != 0 {
         // Never answer a response.
         return None;
     }
+    let question = question_end(query).and_then(|end| query.get(HEADER..end));
     out.clear();
     out.extend_from_slice(&header[..2]);
     out.push(0x80 | (header[2] & 0x79));
     out.push(0x80 | (rcode & 0x0f));
-    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&[0, u8::from(question.is_some()), 0, 0, 0, 0, 0, 0]);
+    if let Some(question) = question {
+        out.extend_from_slice(question);
+    }
     Some(())
+}
+
+/// Where the one question of `packet` ends, whatever its opcode or flags: None when the
+/// count is not one, the name is compressed or malformed, or the packet ends early.
+fn question_end(packet: &[u8]) -> Option<usize> {
+    if packet.get(4..6)? != [0, 1] {
+        return None;
+    }
+    let mut at = HEADER;
+    loop {
+        let label = usize::from(*packet.get(at)?);
+        at += 1;
+        if label == 0 {
+            break;
+        }
+        // Compression pointers and reserved label types: not a question to copy as is.
+        if label > 63 || at + label - HEADER > MAX_NAME {
+            return None;
+        }
+        at += label;
+    }
+    let end = at + 4;
+    (end <= packet.len()).then_some(end)
 }
 
 /// `name` (dotted, no final dot) in wire form.

@@ -111,6 +111,8 @@ pub(super) struct Reach {
     server: String,
     cgroup_root: PathBuf,
     cgroup2: PathBuf,
+    /// What containers are created under, so they start below the data plane's root.
+    cgroup_parent: Option<String>,
     callers: Callers,
 }
 
@@ -133,6 +135,18 @@ async fn follow(
     .await
     .map_err(|e| e.to_string())?;
     let client = loaded.client().map_err(|e| e.to_string())?;
+    let driver = engine.cgroup_driver().await.map_err(|e| e.to_string())?;
+    let cgroup_parent =
+        containers::cgroup::parent_for(&options.cgroup_root, &options.cgroup2, driver);
+    if cgroup_parent.is_none() && options.cgroup_root != options.cgroup2 {
+        warn!(
+            root = %options.cgroup_root.display(),
+            ?driver,
+            "the Docker Engine cannot be told to create containers below the agent's cgroup \
+             root; the agent moves their processes there once they run. With the systemd \
+             cgroup driver, make the root a slice such as <cgroup2>/ferry.slice"
+        );
+    }
     let reach = Reach {
         reporting: Arc::default(),
         engine,
@@ -140,6 +154,7 @@ async fn follow(
         server: me.name.clone(),
         cgroup_root: options.cgroup_root.clone(),
         cgroup2: options.cgroup2.clone(),
+        cgroup_parent,
         callers: callers.clone(),
     };
     // Before central is asked anything: a restarted agent knows its callers again even
@@ -502,9 +517,10 @@ async fn try_settle(
                     );
                 }
                 let archive = source.as_deref().unwrap_or_default();
-                let id = build_and_start(engine, options, assignment, name, service, archive)
-                    .await
-                    .map_err(Setback::Unhealthy)?;
+                let id =
+                    build_and_start(engine, options, reach, assignment, name, service, archive)
+                        .await
+                        .map_err(Setback::Unhealthy)?;
                 let address = containers::list(engine)
                     .await
                     .map_err(retry)?
@@ -555,6 +571,7 @@ async fn try_settle(
 async fn build_and_start(
     engine: &Engine,
     options: &WorkloadOptions,
+    reach: &Reach,
     assignment: &Assignment,
     name: &str,
     service: &Service,
@@ -625,6 +642,7 @@ async fn build_and_start(
                 .collect(),
             memory: service.constraints.memory,
             cpu_millis: service.constraints.cpu_millis,
+            cgroup_parent: reach.cgroup_parent.clone(),
         },
     )
     .await

@@ -32,6 +32,13 @@ pub mod map_names {
 /// Capacity of the callers map: containers on one server.
 pub const MAX_CALLERS: u32 = 16_384;
 
+/// The socket mark (`SO_MARK`) on the agent's own DNS sockets: its forwarder's queries to
+/// the upstream resolvers. The DNS hooks never redirect a socket that carries it, so the
+/// agent cannot send its own queries back to itself whatever cgroup it runs in. The value
+/// only has to be one no other program puts on its port-53 sockets; it also takes part in
+/// policy routing (`ip rule fwmark`), where an operator's rules could match it.
+pub const AGENT_SOCKET_MARK: u32 = 0x6665_0035;
+
 /// Capacity of the DNS origin and peer maps (LRU: the oldest sockets are forgotten first).
 pub const MAX_DNS_SOCKETS: u32 = 65_536;
 

@@ -9,7 +9,8 @@
 //! wrote one; everyone else uses the service's general entry. A service with no live backend
 //! refuses the connect with ECONNREFUSED at once.
 //!
-//! Connects to port 53 are DNS: they go to the agent's listener (see `dns`).
+//! Connects to port 53 from ferry's containers are DNS: they go to the agent's listener
+//! (see `dns`).
 //!
 //! Invariant: the agent writes a service's backends into the bank that [`Service::bank`] does
 //! not name, then replaces the service value in one update. A lookup here therefore sees
@@ -18,27 +19,23 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_set_retval},
+    helpers::bpf_set_retval,
     macros::{cgroup_sock_addr, map},
     maps::HashMap,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::warn;
 use ferry_ebpf_abi::{
-    ANY_GENERATION, Backend, BackendKey, Caller, Counter, MAX_BACKENDS, MAX_CALLERS, MAX_SERVICES,
-    Service, ServiceKey,
+    ANY_GENERATION, Backend, BackendKey, Counter, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
 };
 
-use crate::{counters::bump, dns};
+use crate::{callers, counters::bump, dns};
 
 #[map(name = "FERRY_SERVICES")]
 static FERRY_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
 
 #[map(name = "FERRY_BACKENDS")]
 static FERRY_BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_SERVICES * 4, 0);
-
-#[map(name = "FERRY_CALLERS")]
-static FERRY_CALLERS: HashMap<u64, Caller> = HashMap::pinned(MAX_CALLERS, 0);
 
 /// Return value that lets the connect go on.
 const ALLOW: i32 = 1;
@@ -64,10 +61,8 @@ pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
     let Some(mut service) = FERRY_SERVICES.get_ptr_mut(&key) else {
         return ALLOW;
     };
-    // SAFETY: no sleeping helper here; the cgroup id is the caller's.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: both pointers come from successful lookups and stay valid for this run.
-    if let Some(caller) = unsafe { FERRY_CALLERS.get(&cgroup) }
+    // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
+    if let Some(caller) = callers::current()
         && caller.stack == unsafe { (*service).stack }
     {
         key.generation = caller.generation;

@@ -9,7 +9,14 @@
 //!   listener, so the DNS server knows its caller exactly, even when two cgroups share a
 //!   network namespace and so an address.
 //!
-//! Only sockets in the agent's cgroup tree (ferry's containers) pass through these hooks.
+//! Who is redirected: only processes of ferry's containers, i.e. of a cgroup in the callers
+//! map, and never a socket carrying [`AGENT_SOCKET_MARK`]. Whatever cgroup the programs are
+//! attached to, even the machine's cgroup2 root, host processes resolve as they did before
+//! ferry, and the agent's forwarder can never have its own queries sent back to itself
+//! (which, with the attach root above the agent, looped every query until the forwarder's
+//! in-flight bound answered SERVFAIL). A container's query in the moment between its start
+//! and its registration goes where the container sent it (Docker's resolver), unanswered
+//! for `cloud66.local` but never lost.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -19,9 +26,11 @@ use aya_ebpf::{
     maps::{Array, LruHashMap},
     programs::{SkBuffContext, SockAddrContext},
 };
-use ferry_ebpf_abi::{Counter, DnsListener, DnsOrigin, DnsPeer, MAX_DNS_SOCKETS};
+use ferry_ebpf_abi::{
+    AGENT_SOCKET_MARK, Counter, DnsListener, DnsOrigin, DnsPeer, MAX_DNS_SOCKETS,
+};
 
-use crate::counters::bump;
+use crate::{callers, counters::bump};
 
 #[map(name = "FERRY_DNS_LISTENER")]
 static FERRY_DNS_LISTENER: Array<DnsListener> = Array::pinned(1, 0);
@@ -44,8 +53,8 @@ fn listener() -> Option<DnsListener> {
     FERRY_DNS_LISTENER.get(0).copied().filter(|l| l.addr != 0)
 }
 
-/// If the socket address is a DNS server, points it at the listener and remembers what it
-/// was. Returns whether it did.
+/// If the socket address is a DNS server and the caller one of ferry's containers, points
+/// it at the listener and remembers what it was. Returns whether it did.
 #[inline(always)]
 pub fn redirect(ctx: &SockAddrContext) -> bool {
     // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
@@ -56,6 +65,14 @@ pub fn redirect(ctx: &SockAddrContext) -> bool {
     let Some(listener) = listener() else {
         return false;
     };
+    // SAFETY: a sock_addr context always carries its socket (a PTR_TO_SOCKET the verifier
+    // knows is not null); `mark` is one of the fields it lets programs read.
+    if unsafe { (*sa.__bindgen_anon_1.sk).mark } == AGENT_SOCKET_MARK {
+        return false;
+    }
+    if callers::current().is_none() {
+        return false;
+    }
     let origin = DnsOrigin {
         addr: sa.user_ip4,
         port: sa.user_port as u16,

@@ -3,8 +3,9 @@
 //! # Layout
 //! - `connect4`: east-west load balancing; a connect to a service address becomes a connect
 //!   to one of its backends (of the caller's own generation when it has some), round-robin.
-//! - `dns`: queries to port 53 from containers go to the agent's DNS listener, and the
-//!   listener learns each query's cgroup.
+//! - `dns`: queries to port 53 from ferry's containers go to the agent's DNS listener, and
+//!   the listener learns each query's cgroup.
+//! - `callers`: which cgroups are ferry's containers.
 //!
 //! The maps are the agent's only channel to these programs. They are pinned by name so that
 //! they, and the steering they drive, outlive an agent restart.
@@ -15,6 +16,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod callers;
 mod connect4;
 mod counters;
 mod dns;

@@ -18,7 +18,7 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use ferry_agent::{
     dataplane::{Dataplane, DataplaneConfig, map_dir},
-    discovery::{Callers, Records},
+    discovery::{Callers, LocalCaller, Records},
     dns::{self, DnsOptions},
 };
 use ferry_api::{
@@ -96,6 +96,9 @@ fn orchestrate(args: &[String]) -> Result<()> {
     let root = TestCgroup::top_level("ferry-dns-bench")?;
     let pins = Pins::new("ferry-dns-bench")?;
     let exe = std::env::current_exe()?;
+    // The client for interception: a cgroup below ferry's root that the server registers
+    // as a container's, since only containers' DNS is intercepted.
+    let client = TestCgroup::new(root.path(), "client")?;
     let ferry = Server::start(
         "ferry",
         Command::new(&exe).args([
@@ -103,6 +106,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
             &FERRY_PORT.to_string(),
             &root.path().to_string_lossy(),
             &pins.path().to_string_lossy(),
+            &client.path().to_string_lossy(),
         ]),
         FERRY_PORT,
     )?;
@@ -113,8 +117,6 @@ fn orchestrate(args: &[String]) -> Result<()> {
         Command::new(&exe).args(["bare", &BARE_PORT.to_string()]),
         BARE_PORT,
     )?;
-    // The client for interception: a cgroup below ferry's root, not a known container.
-    let client = TestCgroup::new(root.path(), "client")?;
 
     let servers = [&ferry, &dnsmasq, &unbound, &bare];
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); servers.len()];
@@ -396,8 +398,8 @@ fn unbound_command(work: &Path) -> Result<Command> {
 /// ferry's DNS server as the agent runs it: the data plane attached at `cgroup` (so the
 /// interception and the caller lookup are real), the names in the records.
 fn serve_ferry(args: &[String]) -> Result<()> {
-    let [port, cgroup, bpffs] = args else {
-        bail!("usage: ferry-dns-bench ferry PORT CGROUP BPFFS");
+    let [port, cgroup, bpffs, client] = args else {
+        bail!("usage: ferry-dns-bench ferry PORT CGROUP BPFFS CLIENT_CGROUP");
     };
     let port: u16 = port.parse()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -435,7 +437,21 @@ fn serve_ferry(args: &[String]) -> Result<()> {
             }
         }));
         let callers = Callers::new(Some(map_dir(&config.bpffs)));
-        callers.replace(Default::default());
+        let client = std::fs::metadata(client)
+            .with_context(|| format!("the client's cgroup {client}"))?
+            .ino();
+        callers.replace(
+            [(
+                client,
+                LocalCaller {
+                    stack: "bench".into(),
+                    service: "client".into(),
+                    generation: 1,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        );
         let options = DnsOptions {
             listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
             upstreams: Vec::new(),
