@@ -115,9 +115,19 @@ struct RunArgs {
     /// Run this server's containers through the Docker Engine on this socket.
     #[arg(long)]
     docker_socket: Option<PathBuf>,
-    /// The image services without a Dockerfile are built on.
-    #[arg(long, default_value = "ferry/node-base:latest")]
-    base_image: String,
+    /// Build every service without a Dockerfile on this image instead of the official
+    /// Node image of its Node major (`node:<major>-bookworm-slim`, major from
+    /// package.json's engines.node).
+    #[arg(long)]
+    base_image: Option<String>,
+    /// The npm registry builds install from, e.g. a company mirror
+    /// (default: npm's own, https://registry.npmjs.org/).
+    #[arg(long)]
+    npm_registry: Option<String>,
+    /// The Docker network the build steps run on. `host` (the default) lets them reach the
+    /// registry as the server itself does, whatever the engine's default bridge is.
+    #[arg(long, default_value = "host")]
+    build_network: String,
     /// The Docker network every container joins.
     #[arg(long, default_value = "ferry")]
     docker_network: String,
@@ -281,6 +291,8 @@ fn run(args: RunArgs) -> Result<()> {
             WorkloadOptions {
                 docker_socket,
                 base_image: args.base_image,
+                npm_registry: args.npm_registry,
+                build_network: Some(args.build_network),
                 network: args.docker_network,
                 container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
                 cgroup_root: config.cgroup_root.clone(),

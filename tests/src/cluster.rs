@@ -45,6 +45,18 @@ impl Member {
         name: &str,
         tag: &str,
     ) -> Result<Self> {
+        Self::join_with(network, central, name, tag, &[]).await
+    }
+
+    /// [`join`](Self::join), with more arguments for its `ferry-agent run` (e.g. the npm
+    /// registry its builds use).
+    pub async fn join_with(
+        network: &mut Network,
+        central: &Central,
+        name: &str,
+        tag: &str,
+        more: &[String],
+    ) -> Result<Self> {
         let server = network.server(&format!("f{name}{tag}"))?;
         // Containers' cgroups go under the agent's cgroup root, as on a real server where
         // the agent attaches at the root of the hierarchy.
@@ -74,7 +86,8 @@ impl Member {
                 let _ = docker.engine().docker().remove_network(&stale).await;
             }
         }
-        let base = node_image::ensure(&docker).await?;
+        // The base image the agent asks for, made here since nothing can be pulled.
+        node_image::ensure(&docker).await?;
         let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
         let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -89,15 +102,16 @@ impl Member {
             extra: vec![
                 "--docker-socket".into(),
                 docker.socket().to_string_lossy().into_owned(),
-                "--base-image".into(),
-                base,
                 "--docker-network".into(),
                 docker_network.clone(),
                 // Names outside cloud66.local go here, inside the server's namespace: a
                 // test that needs them starts a resolver there (never the host's own).
                 "--dns-upstream".into(),
                 UPSTREAM.into(),
-            ],
+            ]
+            .into_iter()
+            .chain(more.iter().cloned())
+            .collect(),
         };
         let agent = Agent::start_in(&paths, Some(&server))?;
         Ok(Self {

@@ -11,6 +11,7 @@
 //! - [`http`]: a plain HTTP/1.1 client over one connection, as exact as the ingress tests need.
 //! - [`docker`]: a real Docker Engine (the distribution's dockerd) with its own state.
 //! - [`node_image`]: the local Node base image, imported from the host's node (no registry).
+//! - [`registry`]: a real npm registry (Verdaccio) for the servers' builds, seeded by setup.
 //! - [`resolvers`]: peer DNS servers (dnsmasq with fixed names).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
 //! - [`sniff`]: what really crosses a link, from an AF_PACKET socket.
@@ -30,6 +31,7 @@ pub mod inside;
 pub mod netns;
 pub mod node_image;
 pub mod probe;
+pub mod registry;
 pub mod resolvers;
 pub mod sniff;
 pub mod tunnel;

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use ferry_agent::containers::{
-    ContainerSpec, NetworkError, build_image, ensure_network, list, node_dockerfile, start,
+    BuildOptions, ContainerSpec, NetworkError, build_image, ensure_network, list, start,
     stop_and_remove,
 };
 use ferry_api::servicefile::StopStep;
@@ -68,9 +68,12 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
     let mut lines = Vec::new();
     build_image(
         engine,
-        api_context(&node_dockerfile(&base, "node server.js"))?,
+        api_context(&format!(
+            "FROM {base}\nWORKDIR /app\nCOPY . /app\nCMD [\"node\", \"server.js\"]\n"
+        ))?,
         "Dockerfile.ferry",
         &image,
+        &BuildOptions::default(),
         |l| lines.push(l.to_string()),
     )
     .await?;
@@ -85,6 +88,7 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
         api_context("FROM ferry/does-not-exist:0\n")?,
         "Dockerfile.ferry",
         "ferry-test/broken:1",
+        &BuildOptions::default(),
         |_| {},
     )
     .await

@@ -25,8 +25,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
         ],
     ),
     (
-        "the host tier runs a real Docker Engine and builds a Node base image from the host's node",
-        &["docker.io", "nodejs", "busybox-static", "iproute2"],
+        "the host tier runs a real Docker Engine, builds the Node base image from busybox, dash and the Node distribution, and runs Verdaccio with npm",
+        &["docker.io", "nodejs", "busybox-static", "dash", "iproute2"],
     ),
     (
         "the VM tier boots the distribution's kernel under QEMU with a busybox initramfs",
@@ -71,6 +71,7 @@ pub fn run(_options: Options) -> Result<()> {
     mount_bpffs()?;
     check_cgroup2()?;
     check_kernel()?;
+    seed_registry()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -182,4 +183,21 @@ fn check_kernel() -> Result<()> {
     let agent = workspace::target_dir().join("debug/ferry-agent");
     process::run(Command::new(agent).args(["check", "--bpffs", "/sys/fs/bpf/ferry"]))
         .context("the kernel cannot run ferry's data plane (see the agent's message above)")
+}
+
+/// Installs Verdaccio (the npm registry the host tier's servers build from: their
+/// namespaces have no route out), fetches the Node distribution the local base image is
+/// made of, and seeds the registry with the test apps' dependencies through its uplink to
+/// npm's registry. Each part is skipped when done (see `ferry_tests::registry`).
+fn seed_registry() -> Result<()> {
+    process::run(Command::new(workspace::cargo()).args([
+        "build",
+        "--package",
+        "ferry-tests",
+        "--bin",
+        "ferry-registry",
+    ]))?;
+    let seeder = workspace::target_dir().join("debug/ferry-registry");
+    process::run(Command::new(seeder).arg("seed"))
+        .context("seeding the test npm registry failed; the npm registry must be reachable")
 }

@@ -1,7 +1,9 @@
-//! Building an image from a source archive: the stack's own Dockerfile, or a generated
-//! one for a Node service on the stack's base image.
+//! Building an image from a source archive (the service's own Dockerfile, or the one
+//! `ferry_api::buildpack` generates), and pulling the base image it needs.
 
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use std::collections::HashMap;
+
+use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
 use futures_util::StreamExt as _;
 
 use super::Engine;
@@ -17,70 +19,118 @@ pub enum ImageError {
         #[source]
         source: bollard::errors::Error,
     },
+    #[error(
+        "the base image {image} is not on this server and pulling it failed: {message}; pull \
+         or load it on the server (docker pull / docker load), point the Docker Engine at a \
+         registry mirror, or pass the agent --base-image"
+    )]
+    Pull { image: String, message: String },
 }
 
-/// The Dockerfile for a Node service without one: the source on `base`, run by `command`.
-pub fn node_dockerfile(base: &str, command: &str) -> String {
-    // JSON-quote the command so any character in it survives the Dockerfile parser.
-    let command = serde_json::to_string(command).unwrap_or_else(|_| "\"node server.js\"".into());
-    format!(
-        "FROM {base}\nWORKDIR /app\nCOPY . /app\nENV NODE_ENV=production\nCMD [\"/bin/sh\", \"-c\", {command}]\n"
-    )
+/// What a build needs besides its context.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Build arguments (`--build-arg`).
+    pub args: HashMap<String, String>,
+    /// The network its `RUN` steps use (Docker's default when None).
+    pub network: Option<String>,
 }
 
-/// Builds `context` (an uncompressed tar) as `tag`, with `dockerfile` inside the context.
-/// `progress` sees each line the build prints.
-pub async fn build_image(
+/// Makes sure `image` is in the engine, pulling it when it is not; `progress` sees each
+/// status line of the pull.
+pub async fn ensure_image(
     engine: &Engine,
-    context: Vec<u8>,
-    dockerfile: &str,
-    tag: &str,
+    image: &str,
     mut progress: impl FnMut(&str),
 ) -> Result<(), ImageError> {
-    let options = BuildImageOptionsBuilder::new()
-        .dockerfile(dockerfile)
-        .t(tag)
-        .rm(true)
-        .forcerm(true)
-        .build();
-    let mut stream =
-        engine
-            .docker()
-            .build_image(options, None, Some(bollard::body_full(context.into())));
-    let mut last = String::new();
+    if engine.docker().inspect_image(image).await.is_ok() {
+        return Ok(());
+    }
+    progress(&format!("pulling {image}"));
+    let options = CreateImageOptionsBuilder::new().from_image(image).build();
+    let mut stream = engine.docker().create_image(Some(options), None, None);
+    let mut last_status = String::new();
     while let Some(step) = stream.next().await {
-        let info = step.map_err(|source| ImageError::Engine {
-            tag: tag.into(),
-            source,
+        let info = step.map_err(|e| ImageError::Pull {
+            image: image.into(),
+            message: e.to_string(),
         })?;
         if let Some(detail) = info.error_detail {
-            return Err(ImageError::Build {
-                tag: tag.into(),
-                message: detail.message.unwrap_or_else(|| last.clone()),
+            return Err(ImageError::Pull {
+                image: image.into(),
+                message: detail.message.unwrap_or_default(),
             });
         }
-        if let Some(line) = info.stream {
-            let line = line.trim_end();
-            if !line.is_empty() {
-                progress(line);
-                last = line.to_string();
+        // One line per layer state, not one per byte of progress.
+        if let Some(status) = info.status {
+            let line = match info.id {
+                Some(id) => format!("{id}: {status}"),
+                None => status,
+            };
+            if line != last_status {
+                progress(&line);
+                last_status = line;
             }
         }
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_dockerfiles_quote_the_command() {
-        let file = node_dockerfile("ferry/node-base:20", "node server.js --name \"x\"");
-        assert!(file.starts_with("FROM ferry/node-base:20\n"));
-        assert!(
-            file.contains(r#"CMD ["/bin/sh", "-c", "node server.js --name \"x\""]"#),
-            "{file}"
-        );
+/// Builds `context` (an uncompressed tar) as `tag`, with `dockerfile` inside the context.
+/// `progress` sees each line the build prints; a failed build's error carries its last
+/// lines.
+pub async fn build_image(
+    engine: &Engine,
+    context: Vec<u8>,
+    dockerfile: &str,
+    tag: &str,
+    options: &BuildOptions,
+    mut progress: impl FnMut(&str),
+) -> Result<(), ImageError> {
+    let mut builder = BuildImageOptionsBuilder::new()
+        .dockerfile(dockerfile)
+        .t(tag)
+        .rm(true)
+        .forcerm(true)
+        .buildargs(&options.args);
+    if let Some(network) = &options.network {
+        builder = builder.networkmode(network);
     }
+    let options = builder.build();
+    let mut stream =
+        engine
+            .docker()
+            .build_image(options, None, Some(bollard::body_full(context.into())));
+    // The build's last lines: what a developer needs to see when it fails.
+    let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    while let Some(step) = stream.next().await {
+        let info = step.map_err(|source| ImageError::Engine {
+            tag: tag.into(),
+            source,
+        })?;
+        if let Some(detail) = info.error_detail {
+            let mut message = detail.message.unwrap_or_default();
+            if !last.is_empty() {
+                message.push_str("; the build's last lines:\n");
+                message.push_str(&Vec::from(last).join("\n"));
+            }
+            return Err(ImageError::Build {
+                tag: tag.into(),
+                message,
+            });
+        }
+        if let Some(text) = info.stream {
+            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                progress(line);
+                if last.len() == BUILD_TAIL {
+                    last.pop_front();
+                }
+                last.push_back(line.to_string());
+            }
+        }
+    }
+    Ok(())
 }
+
+/// How many of a failed build's last lines its error carries.
+const BUILD_TAIL: usize = 20;

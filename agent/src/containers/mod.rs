@@ -14,7 +14,7 @@ mod running;
 mod stopping;
 
 pub use engine::{Engine, EngineError};
-pub use image::{ImageError, build_image, node_dockerfile};
+pub use image::{BuildOptions, ImageError, build_image, ensure_image};
 pub use network::{NetworkError, ensure_network};
 pub use running::{
     ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_SERVICE, LABEL_STACK,

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use bollard::{
     models::{
         ContainerCreateBody, ContainerSummaryStateEnum, EndpointSettings, HostConfig,
-        NetworkingConfig,
+        HostConfigLogConfig, NetworkingConfig,
     },
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -20,6 +20,13 @@ pub const LABEL_STACK: &str = "ferry.stack";
 pub const LABEL_SERVICE: &str = "ferry.service";
 /// Label holding the generation.
 pub const LABEL_GENERATION: &str = "ferry.generation";
+
+/// Largest json-file log of one container before Docker rotates it.
+pub const LOG_MAX_SIZE: &str = "10m";
+/// How many rotated log files Docker keeps per container (so at most 30 MB of logs).
+pub const LOG_MAX_FILES: &str = "3";
+/// How many names with a numeric suffix are tried when a readable name is taken.
+const NAME_TRIES: u32 = 20;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -110,6 +117,15 @@ pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, Cont
             memory: spec.memory.and_then(|m| i64::try_from(m).ok()),
             nano_cpus: spec.cpu_millis.map(|m| i64::from(m) * 1_000_000),
             cgroup_parent: spec.cgroup_parent.clone(),
+            // PID 1 is Docker's init (tini): signals reach node, zombies are reaped.
+            init: Some(true),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                    ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+                ])),
+            }),
             ..Default::default()
         }),
         networking_config: Some(NetworkingConfig {
@@ -121,10 +137,21 @@ pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, Cont
         ..Default::default()
     };
     let docker = engine.docker();
-    let created = docker
-        .create_container(Some(CreateContainerOptionsBuilder::new().build()), body)
-        .await
-        .map_err(fail("create"))?;
+    // A readable name (`docker ps` on a server means something); a taken one (a container
+    // of the same generation not yet removed) gets the next free suffix.
+    let base = format!("{}-{}-{}", spec.stack, spec.service, spec.generation);
+    let mut attempt = 1;
+    let created = loop {
+        let name = format!("{base}-{attempt}");
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        match docker.create_container(Some(options), body.clone()).await {
+            Ok(created) => break created,
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) if attempt < NAME_TRIES => attempt += 1,
+            Err(e) => return Err(fail("create")(e)),
+        }
+    };
     docker
         .start_container(&created.id, None)
         .await

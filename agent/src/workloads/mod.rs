@@ -6,11 +6,13 @@
 //! reports what already runs instead of starting it twice.
 
 pub mod actions;
+mod build;
 mod context;
 mod health;
 mod liveness;
 mod reconcile;
 
-pub use context::{ContextError, build_context};
+pub use build::{BuildError, image_for};
+pub use context::{Context, ContextError, GENERATED, build_context};
 pub use health::check;
 pub use reconcile::{WorkloadOptions, run};

@@ -20,12 +20,9 @@ use ferry_api::{
 use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
-use super::{context::build_context, health};
+use super::health;
 use crate::{
-    containers::{
-        self, ContainerSpec, Engine, build_image, cgroup::CgroupError, ensure_network,
-        node_dockerfile,
-    },
+    containers::{self, ContainerSpec, Engine, cgroup::CgroupError, ensure_network},
     discovery::{Callers, LocalCaller},
     membership::{reconnect::Backoff, state::Loaded},
 };
@@ -35,8 +32,13 @@ use crate::{
 pub struct WorkloadOptions {
     /// The Docker Engine's socket.
     pub docker_socket: PathBuf,
-    /// The image a service without a Dockerfile is built on.
-    pub base_image: String,
+    /// The image every service without a Dockerfile is built on, instead of the official
+    /// Node image of its Node major.
+    pub base_image: Option<String>,
+    /// The npm registry builds install from (a mirror), instead of npm's own.
+    pub npm_registry: Option<String>,
+    /// The Docker network builds run their steps on (the engine's default when None).
+    pub build_network: Option<String>,
     /// The Docker network joined by every container (with this server's subnet).
     pub network: String,
     /// The container network's base address (10.66.0.0).
@@ -577,30 +579,9 @@ async fn build_and_start(
     service: &Service,
     archive: &[u8],
 ) -> Result<String, String> {
-    let image = match &service.image {
-        Some(image) => image.clone(),
-        None => {
-            let command = service.command.as_deref().unwrap_or("node server.js");
-            let generated = node_dockerfile(&options.base_image, command);
-            let (context, dockerfile) = build_context(
-                archive,
-                service.build_root.as_deref(),
-                service.dockerfile_path.as_deref(),
-                &generated,
-            )
-            .map_err(|e| format!("{name}: {e}"))?;
-            let tag = format!(
-                "ferry/{}-{name}:{}",
-                assignment.stack, assignment.generation
-            );
-            build_image(engine, context, &dockerfile, &tag, |line| {
-                info!(service = name, "build: {line}")
-            })
-            .await
-            .map_err(|e| format!("{name}: {e}"))?;
-            tag
-        }
-    };
+    let image = super::build::image_for(engine, options, assignment, name, service, archive)
+        .await
+        .map_err(|e| format!("{name}: {e}"))?;
     let mut env = vec![
         format!("FERRY_STACK={}", assignment.stack),
         format!("FERRY_SERVICE={name}"),

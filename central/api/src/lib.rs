@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - [`types`]: request and response bodies.
+//! - [`buildpack`]: how a Node service without a Dockerfile is built and started.
 //! - [`servicefile`]: a stack's `service.yml` (Cloud 66's format), read with located
 //!   errors; the CLI checks it before upload, central again on receipt.
 //! - [`client`]: the HTTPS client, which pins central's CA.
 //! - [`records`]: service discovery records and the versioned lookup rule.
 //! - [`fingerprint`]: how a CA certificate is named in `--ca-fingerprint`.
 
+pub mod buildpack;
 pub mod client;
 pub mod records;
 pub mod servicefile;

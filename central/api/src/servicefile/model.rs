@@ -24,6 +24,10 @@ pub struct Service {
     pub image: Option<String>,
     /// The command the container runs.
     pub command: Option<String>,
+    /// The build step of a service without a Dockerfile (Cloud 66's `build_command`); the
+    /// `build` script of package.json when absent.
+    #[serde(default)]
+    pub build_command: Option<String>,
     /// Published ports.
     pub ports: Vec<Port>,
     /// Host names this service answers on its HTTP ports (exact or `*.` wildcard).

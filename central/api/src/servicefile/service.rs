@@ -61,10 +61,10 @@ pub fn read(node: &Node<'_, '_>, report: &mut Report) -> Service {
             "dockerfile_path" => service.dockerfile_path = path(value, report),
             "image" => service.image = value.string(report, "an image reference"),
             "command" | "cmd" => service.command = value.string(report, "a command line"),
-            "build_command" => report.warn(
-                value,
-                "build_command is not run by ferry: put build steps in the Dockerfile",
-            ),
+            "build_command" => {
+                service.build_command =
+                    value.string(report, "a command line such as \"npm run build\"")
+            }
             "ports" => service.ports = ports(value, report),
             "traffic_matches" => service.traffic_matches = hosts(value, report),
             "health" => service.health = health(value, report),

