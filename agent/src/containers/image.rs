@@ -103,24 +103,40 @@ pub async fn build_image(
             .build_image(options, None, Some(bollard::body_full(context.into())));
     // The build's last lines: what a developer needs to see when it fails.
     let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    while let Some(step) = stream.next().await {
-        let info = step.map_err(|source| ImageError::Engine {
+    let failed = |message: String, last: std::collections::VecDeque<String>| {
+        let mut message = message;
+        if !last.is_empty() {
+            message.push_str("; the build's last lines:\n");
+            message.push_str(&Vec::from(last).join("\n"));
+        }
+        ImageError::Build {
             tag: tag.into(),
-            source,
-        })?;
-        if let Some(detail) = info.error_detail {
-            let mut message = detail.message.unwrap_or_default();
-            if !last.is_empty() {
-                message.push_str("; the build's last lines:\n");
-                message.push_str(&Vec::from(last).join("\n"));
+            message,
+        }
+    };
+    while let Some(step) = stream.next().await {
+        let info = match step {
+            Ok(info) => info,
+            // A failed step arrives as a stream error: the build's output says why.
+            Err(bollard::errors::Error::DockerStreamError { error }) => {
+                return Err(failed(error, last));
             }
-            return Err(ImageError::Build {
-                tag: tag.into(),
-                message,
-            });
+            Err(source) => {
+                return Err(ImageError::Engine {
+                    tag: tag.into(),
+                    source,
+                });
+            }
+        };
+        if let Some(detail) = info.error_detail {
+            return Err(failed(detail.message.unwrap_or_default(), last));
         }
         if let Some(text) = info.stream {
-            for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+            for line in text.lines().map(plain) {
+                let line = line.trim_end();
+                if line.is_empty() {
+                    continue;
+                }
                 progress(line);
                 if last.len() == BUILD_TAIL {
                     last.pop_front();
@@ -130,6 +146,34 @@ pub async fn build_image(
         }
     }
     Ok(())
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... m`), which the engine passes on
+/// from a build's stderr.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // Skip to the sequence's final letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn colour_sequences_are_dropped() {
+        assert_eq!(super::plain("\u{1b}[91mError: no\u{1b}[0m"), "Error: no");
+    }
 }
 
 /// How many of a failed build's last lines its error carries.

@@ -8,6 +8,7 @@
 pub mod cgroup;
 mod engine;
 mod image;
+pub mod listening;
 mod network;
 pub mod operate;
 mod running;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use ferry_api::{
-    buildpack::{self, Directives, PlanError, REGISTRY_ARG},
+    buildpack::{self, COREPACK_KEYS_ARG, Directives, PlanError, REGISTRY_ARG},
     servicefile::Service,
     types::Assignment,
 };
@@ -82,6 +82,7 @@ pub async fn image_for(
                 build
                     .args
                     .insert(REGISTRY_ARG.into(), registry.trim_end_matches('/').into());
+                build.args.insert(COREPACK_KEYS_ARG.into(), "0".into());
             }
             (
                 context.finish(Some(&generated))?,

@@ -559,7 +559,20 @@ async fn try_settle(
                 Err("it stopped before passing its health check".to_string())
             }
         };
-        if let Err(why) = checked {
+        if let Err(mut why) = checked {
+            if let Some(port) = service.ports.first().map(|p| p.container)
+                && let Some(loopback) =
+                    containers::listening::loopback_only(engine, &id, port).await
+            {
+                let at: Vec<String> = loopback.iter().map(ToString::to_string).collect();
+                why = format!(
+                    "{why}: the app listens on {} only, inside its container, where neither \
+                     the health check nor any traffic can reach it; listen on all addresses \
+                     (Node: server.listen({port}) with no host, or host '0.0.0.0'; since Node \
+                     17 'localhost' means ::1)",
+                    at.join(" and ")
+                );
+            }
             let state = containers::describe_state(engine, &id).await;
             let log = containers::log_tail(engine, &id, 20).await;
             return Err(Setback::Unhealthy(format!(

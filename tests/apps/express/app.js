@@ -10,6 +10,7 @@ app.get('/healthz', (req, res) => res.send('ok\n'));
 app.get('/', (req, res) => res.send(`hello from express ${require('express/package.json').version}, generation ${generation}\n`));
 app.get('/slow', (req, res) => {
   const ms = Math.min(Number(req.query.ms) || 1000, 30000);
+  console.log(`slow request of ${ms} ms started`);
   setTimeout(() => res.send(`slow answer after ${ms} ms\n`), ms);
 });
 

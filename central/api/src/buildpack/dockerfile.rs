@@ -21,6 +21,11 @@ use super::{Build, Manager, Plan, Start};
 /// The build argument naming the npm registry the build installs from.
 pub const REGISTRY_ARG: &str = "FERRY_NPM_REGISTRY";
 
+/// corepack's setting for the keys it checks npm's registry signatures with; `0` turns the
+/// check off. Passed only for a mirror, which does not carry npm's signatures (the
+/// `packageManager` hash, when given, is still checked).
+pub const COREPACK_KEYS_ARG: &str = "COREPACK_INTEGRITY_KEYS";
+
 /// npm's own registry: where builds install from unless the agent names a mirror. No
 /// final slash: corepack appends `/<name>/<version>` to the URL as it is.
 const PUBLIC_REGISTRY: &str = "https://registry.npmjs.org";
@@ -49,7 +54,14 @@ pub fn dockerfile(plan: &Plan, base: &str, present: &[&str]) -> String {
     let mut image = Vec::new();
     if let Some(manager) = &plan.manager {
         stage(&mut out, base, "deps", manager, present);
-        line(&mut out, &format!("RUN {}", install(manager, true)));
+        // An app with dev dependencies only gets no node_modules; the image copies one.
+        line(
+            &mut out,
+            &format!(
+                "RUN {} && mkdir -p /app/node_modules",
+                install(manager, true)
+            ),
+        );
         image.push("COPY --from=deps /app/node_modules /app/node_modules".to_string());
     }
     match (&plan.build, &plan.manager) {
@@ -116,6 +128,8 @@ pub fn dockerfile(plan: &Plan, base: &str, present: &[&str]) -> String {
 fn stage(out: &mut String, base: &str, name: &str, manager: &Manager, present: &[&str]) {
     line(out, &format!("\nFROM {base} AS {name}\nWORKDIR /app"));
     line(out, &format!("ARG {REGISTRY_ARG}={PUBLIC_REGISTRY}"));
+    // No default: unset unless the agent passes it, so corepack keeps its own keys.
+    line(out, &format!("ARG {COREPACK_KEYS_ARG}"));
     line(
         out,
         &format!(

@@ -20,7 +20,7 @@ mod package;
 
 use std::collections::BTreeSet;
 
-pub use dockerfile::{PACKAGE_FILES, REGISTRY_ARG, dockerfile};
+pub use dockerfile::{COREPACK_KEYS_ARG, PACKAGE_FILES, REGISTRY_ARG, dockerfile};
 pub use engines::{DEFAULT_NODE_MAJOR, NODE_MAJORS, node_major};
 pub use package::{Manager, PackageJson};
 

@@ -223,7 +223,10 @@ fn the_dockerfile_installs_before_the_code_and_ships_production_dependencies_onl
         "{deps_stage}"
     );
     assert!(deps_stage.contains("COPY .npmrc /app/"), "{deps_stage}");
-    assert!(deps_stage.contains("RUN npm ci --omit=dev"), "{deps_stage}");
+    assert!(
+        deps_stage.contains("RUN npm ci --omit=dev &&"),
+        "{deps_stage}"
+    );
     assert!(
         !deps_stage.contains("COPY . "),
         "no code before the install: {deps_stage}"

@@ -1,0 +1,277 @@
+//! Host tier: real Node apps as they sit in a git checkout (a lockfile, no node_modules),
+//! deployed with a service.yml of ports, host names and a health check, built by the agent
+//! against a real npm registry (Verdaccio with the storage setup seeded, on the test
+//! network: the server has no route anywhere else).
+//!
+//! - an Express app: `npm ci`, started by `npm start` under Docker's init, served through
+//!   the ingress by host name; a second deploy that changes only app.js reuses the
+//!   dependency layer (compared on the images' layers); SIGTERM during a request reaches
+//!   node through npm, which finishes the request and exits 0;
+//! - a TypeScript app: its `build` script runs `tsc` from devDependencies, and the image
+//!   holds no `typescript`;
+//! - a pnpm app through corepack, at the version `packageManager` names;
+//! - an app that listens on 127.0.0.1 only: the deploy fails with a message that says so.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, ensure};
+use bollard::query_parameters::{LogsOptionsBuilder, StopContainerOptionsBuilder};
+use ferry_agent::containers::{Engine, FerryContainer};
+use ferry_tests::{
+    central::Central,
+    cluster::{Member, Operator},
+    http::Conn,
+    inside::exec,
+    netns::Network,
+    registry::Registry,
+    unique,
+};
+use futures_util::StreamExt as _;
+
+const SUBNET: u8 = 101;
+
+fn app(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("apps")
+        .join(name)
+}
+
+async fn running(member: &Member, stack: &str, generation: u64) -> Result<FerryContainer> {
+    member
+        .containers()
+        .await?
+        .into_iter()
+        .find(|c| c.stack == stack && c.generation == generation && c.running)
+        .with_context(|| format!("no running container of {stack} generation {generation}"))
+}
+
+/// `GET path` on the container's port 3000, from the server's namespace.
+fn get(member: &Member, c: &FerryContainer, path: &str) -> Result<String> {
+    let ip = c.address.context("no address")?;
+    let path = path.to_string();
+    Ok(member
+        .server
+        .run(move || ferry_tests::inside::http_get(SocketAddrV4::new(ip, 3000), &path))??)
+}
+
+async fn layers(engine: &Engine, image: &str) -> Result<Vec<String>> {
+    Ok(engine
+        .docker()
+        .inspect_image(image)
+        .await
+        .with_context(|| format!("inspecting {image}"))?
+        .root_fs
+        .and_then(|r| r.layers)
+        .unwrap_or_default())
+}
+
+async fn logs(engine: &Engine, id: &str) -> Result<String> {
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
+    let mut stream = engine.docker().logs(id, Some(options));
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(&chunk?.to_string());
+    }
+    Ok(text)
+}
+
+/// A copy of `from` with `change` applied to the file `name`.
+fn copy_with(from: &Path, to: &Path, name: &str, change: impl Fn(&str) -> String) -> Result<()> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let text = std::fs::read_to_string(entry.path())?;
+        let text = if entry.file_name() == name {
+            change(&text)
+        } else {
+            text
+        };
+        std::fs::write(to.join(entry.file_name()), text)?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect() -> Result<()> {
+    let tag = unique("");
+    let mut network = Network::new(&format!("fbn{tag}"), SUBNET)?;
+    let registry = Registry::serve(format!("10.250.{SUBNET}.1:4873").parse()?)?;
+    let central = Central::start(
+        &std::env::temp_dir().join(format!("ferry-test-node-apps{tag}")),
+        &format!("10.250.{SUBNET}.1"),
+    )?;
+    let one = Member::join_with(
+        &mut network,
+        &central,
+        "one",
+        &tag,
+        &["--npm-registry".into(), registry.url().into()],
+    )
+    .await?;
+    let operator = Operator::login(&central, &tag)?;
+    let engine = one.docker.engine().clone();
+    let deploy = |stack: &str, dir: &Path| {
+        operator.run(&["deploy", "--stack", stack, &dir.to_string_lossy()])
+    };
+
+    // Express: npm ci, npm start, served by host name through the ingress.
+    let (ok, out, err) = deploy("express", &app("express"))?;
+    assert!(ok, "{out}{err}");
+    let web = running(&one, "express", 1).await?;
+    let server: SocketAddr = (one.server.addr().context("no address")?, 80).into();
+    let answer = one
+        .server
+        .run(|| Conn::open(server)?.get("express.example.test", "/"))??;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(
+        answer.text().starts_with("hello from express 4.")
+            && answer.text().contains("generation 1"),
+        "{}",
+        answer.text()
+    );
+    let inspect = engine.docker().inspect_container(&web.id, None).await?;
+    let command = inspect
+        .config
+        .and_then(|c| c.cmd)
+        .unwrap_or_default()
+        .join(" ");
+    assert!(
+        command.contains("exec npm start"),
+        "started by npm start: {command}"
+    );
+    let host = inspect.host_config.context("no host config")?;
+    assert_eq!(host.init, Some(true), "Docker's init is PID 1");
+    let log = host.log_config.and_then(|l| l.config).unwrap_or_default();
+    assert_eq!(
+        log.get("max-size").map(String::as_str),
+        Some("10m"),
+        "{log:?}"
+    );
+    assert_eq!(
+        inspect.name.as_deref(),
+        Some("/express-web-1-1"),
+        "a readable name"
+    );
+    let modules = exec(&engine, &web.id, &["ls", "/app/node_modules"]).await?;
+    assert!(modules.contains("express"), "{modules}");
+
+    // A deploy that changes only app.js: the dependency layer is the same layer.
+    let changed = std::env::temp_dir().join(format!("ferry-express-changed{tag}"));
+    copy_with(&app("express"), &changed, "app.js", |text| {
+        text.replace("hello from express", "hello again from express")
+    })?;
+    let (ok, out, err) = deploy("express", &changed)?;
+    assert!(ok, "{out}{err}");
+    let (first, second) = (
+        layers(&engine, "ferry/express-web:1").await?,
+        layers(&engine, "ferry/express-web:2").await?,
+    );
+    let base = layers(&engine, &ferry_tests::node_image::reference()).await?;
+    // The base's layers, /app, node_modules, then the code.
+    ensure!(
+        first.len() == base.len() + 3
+            && second.len() == first.len()
+            && first[..base.len()] == base[..],
+        "base {} layers, then /app, node_modules and the code: {first:?} / {second:?}",
+        base.len()
+    );
+    assert_eq!(
+        first[..first.len() - 1],
+        second[..second.len() - 1],
+        "the base and node_modules layers are reused"
+    );
+    assert_ne!(first.last(), second.last(), "the code layer is new");
+    let web2 = running(&one, "express", 2).await?;
+    assert!(get(&one, &web2, "/")?.contains("hello again from express"));
+
+    // SIGTERM during a request, as a stop sends it: npm passes it to node, which finishes
+    // the request and exits 0.
+    let ip = web2.address.context("no address")?;
+    let mut slow = one.server.run(|| -> std::io::Result<TcpStream> {
+        let mut s = TcpStream::connect(SocketAddrV4::new(ip, 3000))?;
+        s.write_all(b"GET /slow?ms=2000 HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        Ok(s)
+    })??;
+    ferry_tests::cluster::eventually(
+        Duration::from_secs(10),
+        "the slow request reaches the app",
+        || async {
+            Ok(logs(&engine, &web2.id)
+                .await?
+                .contains("slow request of 2000 ms started"))
+        },
+    )
+    .await?;
+    engine
+        .docker()
+        .stop_container(
+            &web2.id,
+            Some(StopContainerOptionsBuilder::new().t(20).build()),
+        )
+        .await?;
+    let mut answer = String::new();
+    slow.read_to_string(&mut answer)?;
+    assert!(
+        answer.ends_with("slow answer after 2000 ms\n"),
+        "the request in flight finished: {answer:?}"
+    );
+    let state = engine
+        .docker()
+        .inspect_container(&web2.id, None)
+        .await?
+        .state
+        .context("no state")?;
+    assert_eq!(
+        state.exit_code,
+        Some(0),
+        "node exited on its own after SIGTERM"
+    );
+    let log = logs(&engine, &web2.id).await?;
+    assert!(
+        log.contains("express: SIGTERM") && log.contains("express: closed"),
+        "{log}"
+    );
+
+    // TypeScript: built by its build script with tsc, which the image does not carry.
+    let (ok, out, err) = deploy("typescript", &app("typescript"))?;
+    assert!(ok, "{out}{err}");
+    let api = running(&one, "typescript", 1).await?;
+    let answer = get(&one, &api, "/")?;
+    assert!(
+        answer.contains("compiled from TypeScript, running on Node v24."),
+        "{answer}"
+    );
+    let listing = exec(&engine, &api.id, &["ls", "-a", "/app", "/app/dist"]).await?;
+    assert!(listing.contains("server.js"), "{listing}");
+    let typescript = exec(&engine, &api.id, &["ls", "/app/node_modules/typescript"]).await;
+    assert!(
+        typescript.is_err(),
+        "typescript is in the image: {typescript:?}"
+    );
+
+    // pnpm through corepack.
+    let (ok, out, err) = deploy("pnpm", &app("pnpm"))?;
+    assert!(ok, "{out}{err}");
+    let pnpm = running(&one, "pnpm", 1).await?;
+    let answer = get(&one, &pnpm, "/")?;
+    assert!(answer.ends_with("\r\n\r\ninstalled by pnpm: ms says 2m\n"), "{answer}");
+
+    // Listening on 127.0.0.1 only: the deploy fails and says why.
+    let (ok, out, err) = deploy("loopback", &app("loopback"))?;
+    assert!(!ok, "a deploy whose app cannot be reached succeeded: {out}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("listens on 127.0.0.1:3000 only") && said.contains("0.0.0.0"),
+        "{said}"
+    );
+
+    let _ = std::fs::remove_dir_all(changed);
+    one.clean_up().await;
+    Ok(())
+}
