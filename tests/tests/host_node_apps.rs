@@ -260,7 +260,10 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
     assert!(ok, "{out}{err}");
     let pnpm = running(&one, "pnpm", 1).await?;
     let answer = get(&one, &pnpm, "/")?;
-    assert!(answer.ends_with("\r\n\r\ninstalled by pnpm: ms says 2m\n"), "{answer}");
+    assert!(
+        answer.ends_with("\r\n\r\ninstalled by pnpm: ms says 2m\n"),
+        "{answer}"
+    );
 
     // Listening on 127.0.0.1 only: the deploy fails and says why.
     let (ok, out, err) = deploy("loopback", &app("loopback"))?;

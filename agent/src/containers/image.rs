@@ -76,6 +76,9 @@ pub async fn ensure_image(
     Ok(())
 }
 
+/// How many of a failed build's last lines its error carries.
+const BUILD_TAIL: usize = 20;
+
 /// Builds `context` (an uncompressed tar) as `tag`, with `dockerfile` inside the context.
 /// `progress` sees each line the build prints; a failed build's error carries its last
 /// lines.
@@ -176,5 +179,3 @@ mod tests {
     }
 }
 
-/// How many of a failed build's last lines its error carries.
-const BUILD_TAIL: usize = 20;

@@ -2,29 +2,38 @@
 //! generation.
 //!
 //! The archive is a gzip-compressed tar with service.yml as its first entry (central reads
-//! it without unpacking anything); `.git` is left out.
-
-use std::path::Path;
+//! it without unpacking anything); `node_modules/`, `.git/` and what `.dockerignore` names
+//! are left out (see `dockerignore`).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
+
+use crate::dockerignore::Ignore;
 use ferry_api::{
     client::{Client, ClientError},
     servicefile,
     types::{MAX_SOURCE_BYTES, Phase, StatusReport},
 };
 
-/// Packs `dir` into a source archive.
+/// Packed archives above this size get a list of their largest parts.
+const BIG: usize = 10 << 20;
+
+/// Packs `dir` into a source archive, leaving out what [`Ignore`] says. Says how big it
+/// is, and when it is big, what takes the room.
 pub fn pack(dir: &Path) -> Result<Vec<u8>> {
+    let ignore = Ignore::of(dir)?;
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(encoder);
     tar.follow_symlinks(false);
     tar.append_path_with_name(dir.join("service.yml"), "service.yml")
         .with_context(|| format!("adding {}", dir.join("service.yml").display()))?;
+    // Bytes by the first two levels of their path, to name the largest parts.
+    let mut sizes: BTreeMap<PathBuf, u64> = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(current) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&current)
@@ -35,7 +44,7 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
         for entry in entries {
             let path = entry.path();
             let relative = path.strip_prefix(dir).context("walking the source")?;
-            if relative == Path::new("service.yml") || relative == Path::new(".git") {
+            if relative == Path::new("service.yml") || ignore.excludes(relative) {
                 continue;
             }
             let kind = entry
@@ -48,6 +57,8 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
             } else {
                 tar.append_path_with_name(&path, relative)
                     .with_context(|| format!("adding {}", path.display()))?;
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                *sizes.entry(relative.iter().take(2).collect()).or_default() += size;
             }
         }
     }
@@ -56,15 +67,38 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
         .context("finishing the archive")?
         .finish()
         .context("compressing the archive")?;
+    let largest = || {
+        let mut parts: Vec<_> = sizes.iter().collect();
+        parts.sort_by(|a, b| b.1.cmp(a.1));
+        parts
+            .iter()
+            .take(5)
+            .map(|(p, s)| format!("{} ({})", p.display(), megabytes(**s)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if archive.len() as u64 > MAX_SOURCE_BYTES {
         bail!(
-            "the source is {} bytes packed; the limit is {MAX_SOURCE_BYTES}; leave build output \
-             and dependencies out of {}",
-            archive.len(),
+            "the source is {} packed; the limit is {}. The largest parts: {}. Leave build \
+             output and data out with a .dockerignore in {}",
+            megabytes(archive.len() as u64),
+            megabytes(MAX_SOURCE_BYTES),
+            largest(),
             dir.display()
         );
     }
+    if archive.len() > BIG {
+        eprintln!(
+            "the source is {} packed; the largest parts: {} (a .dockerignore leaves parts out)",
+            megabytes(archive.len() as u64),
+            largest()
+        );
+    }
     Ok(archive)
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
 }
 
 /// Reads and checks `dir/service.yml`; prints its warnings; fails on errors.
@@ -76,6 +110,10 @@ pub fn check(dir: &Path) -> Result<()> {
         Ok(parsed) => {
             for warning in &parsed.warnings {
                 eprintln!("{warning}");
+            }
+            let (plans, warnings) = crate::apps::check(dir, &parsed.stack)?;
+            for line in warnings.iter().chain(&plans) {
+                eprintln!("{line}");
             }
             Ok(())
         }

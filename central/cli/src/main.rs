@@ -9,10 +9,12 @@
 //! - `services`: `ferry services ...`, over the serving generation.
 //! - `table`: plain aligned tables, the default output (`--json` everywhere else).
 
+mod apps;
 mod certificates;
 mod containers;
 mod datasources;
 mod deploy;
+mod dockerignore;
 mod login;
 mod services;
 mod table;
@@ -431,9 +433,20 @@ fn validate(path: &std::path::Path, output: Output) -> Result<()> {
     let Some(stack) = stack else {
         anyhow::bail!("{name} is not valid; fix the errors above");
     };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let (plans, warnings) = apps::check(dir, &stack)?;
     if !output.json {
+        for warning in &warnings {
+            eprintln!("{warning}");
+        }
         let names: Vec<&str> = stack.services.keys().map(String::as_str).collect();
         println!("{name}: {} service(s): {}", names.len(), names.join(", "));
+        for line in &plans {
+            println!("  {line}");
+        }
     }
     Ok(())
 }

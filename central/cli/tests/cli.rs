@@ -167,6 +167,8 @@ fn validate_reports_located_problems_and_fails_only_on_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = dir.path().join("service.yml");
     std::fs::write(&good, "services:\n  web:\n    ports: [\"3000:80\"]\n    comand: node s.js\n  api:\n    image: node:20\n").expect("write");
+    // The source beside it: with the command misspelt, web starts from server.js.
+    std::fs::write(dir.path().join("server.js"), "").expect("write");
     let out = ferry(dir.path(), &["validate", &good.to_string_lossy()]);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
@@ -311,5 +313,160 @@ async fn deploy_checks_packs_and_records_generations() {
         admin.generations("shop").await.expect("generations").len(),
         2,
         "nothing changed"
+    );
+}
+
+/// Writes `files` (path, text) under `dir`.
+fn write_tree(dir: &std::path::Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_plans_node_apps_and_uploads_only_their_source() {
+    let setup = setup().await;
+    let (data, url, config, done) = (
+        setup.data.clone(),
+        setup.url.clone(),
+        setup.config.clone(),
+        &setup.done,
+    );
+    assert!(setup.login().status.success());
+    Client::new(
+        &url,
+        &done.join_token,
+        Trust::Fingerprint(done.ca_fingerprint.clone()),
+    )
+    .expect("client")
+    .join(&web_1())
+    .await
+    .expect("join");
+    let service = "services:\n  web:\n    ports: [\"3000:80\"]\n";
+
+    // A checkout with dependencies installed, history, logs and a secret the
+    // .dockerignore names: only the source goes up.
+    let app = setup.dir.path().join("app");
+    write_tree(
+        &app,
+        &[
+            ("service.yml", service),
+            ("package.json", r#"{"scripts":{"start":"node app.js"}}"#),
+            ("package-lock.json", "{}"),
+            ("app.js", "require('http')"),
+            ("lib/util.js", "module.exports = 1"),
+            ("node_modules/express/index.js", "x"),
+            ("lib/node_modules/x/index.js", "x"),
+            (".git/HEAD", "ref: refs/heads/main"),
+            ("debug.log", "x"),
+            ("config/secrets.json", "{}"),
+            (".dockerignore", "*.log\nconfig/secrets.json\n"),
+        ],
+    );
+    let out = ferry(
+        &config,
+        &["validate", &app.join("service.yml").to_string_lossy()],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("web: npm ci, then npm start on node:24-bookworm-slim"),
+        "{stdout}"
+    );
+    let out = ferry(
+        &config,
+        &[
+            "deploy",
+            "--no-wait",
+            "--stack",
+            "app",
+            &app.to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    let admin = Client::new(
+        &url,
+        &done.admin_token,
+        Trust::Fingerprint(done.ca_fingerprint.clone()),
+    )
+    .expect("client");
+    let generation = &admin.generations("app").await.expect("generations")[0];
+    let digest = generation.source_digest.trim_start_matches("sha256:");
+    let stored = std::fs::read_dir(data.join("sources"))
+        .expect("sources")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.to_string_lossy().contains(digest))
+        .expect("the uploaded source on central's disk");
+    let archive = std::fs::read(stored).expect("read");
+    let mut names: Vec<String> = tar::Archive::new(flate2::read::GzDecoder::new(&archive[..]))
+        .entries()
+        .expect("entries")
+        .map(|e| e.expect("entry"))
+        .filter(|e| !e.header().entry_type().is_dir())
+        .map(|e| e.path().expect("path").to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            ".dockerignore",
+            "app.js",
+            "lib/util.js",
+            "package-lock.json",
+            "package.json",
+            "service.yml"
+        ]
+    );
+
+    // An app with nothing to start, or no Node ferry has, is refused before the upload.
+    let broken = setup.dir.path().join("broken");
+    write_tree(
+        &broken,
+        &[
+            ("service.yml", service),
+            ("package.json", r#"{"scripts":{"test":"x"}}"#),
+        ],
+    );
+    let out = ferry(
+        &config,
+        &[
+            "deploy",
+            "--no-wait",
+            "--stack",
+            "app",
+            &broken.to_string_lossy(),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out).1;
+    assert!(
+        stderr.contains("web")
+            && stderr.contains("nothing to start")
+            && stderr.contains("`start` script"),
+        "{stderr}"
+    );
+    write_tree(
+        &broken,
+        &[(
+            "package.json",
+            r#"{"main":"a.js","engines":{"node":"^16"}}"#,
+        )],
+    );
+    let out = ferry(
+        &config,
+        &["validate", &broken.join("service.yml").to_string_lossy()],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("engines.node \"^16\""),
+        "{}",
+        text(&out).1
+    );
+    assert_eq!(
+        admin.generations("app").await.expect("generations").len(),
+        1,
+        "nothing was uploaded"
     );
 }
