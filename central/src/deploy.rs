@@ -32,6 +32,11 @@ pub fn assignment_key(server: &str, stack: &str, generation: u64) -> String {
     format!("desired/{server}/{stack}/{generation:010}")
 }
 
+/// `progress/<server>/<stack>/<N>`: what the server's agent shows of its work.
+pub fn progress_key(server: &str, stack: &str, generation: u64) -> String {
+    format!("progress/{server}/{stack}/{generation:010}")
+}
+
 /// `status/<server>/<stack>/<N>`.
 pub fn status_key(server: &str, stack: &str, generation: u64) -> String {
     format!("status/{server}/{stack}/{generation:010}")
@@ -101,6 +106,17 @@ pub fn assignment_ops(
     placement: &BTreeMap<String, BTreeMap<String, Service>>,
     carried: &BTreeMap<String, BTreeMap<String, u64>>,
 ) -> Result<Vec<Op>, StackError> {
+    // Each deploy_command runs on one server: the first, by name, that starts the service
+    // anew (a kept container's service was deployed before).
+    let mut runs_deploy: BTreeMap<&str, &str> = BTreeMap::new();
+    for (server, services) in placement {
+        for (name, spec) in services {
+            let kept = carried.get(server).is_some_and(|c| c.contains_key(name));
+            if spec.deploy_command.is_some() && !kept {
+                runs_deploy.entry(name.as_str()).or_insert(server.as_str());
+            }
+        }
+    }
     placement
         .iter()
         .map(|(server, services)| {
@@ -112,6 +128,11 @@ pub fn assignment_ops(
                 services: services.clone(),
                 state: Desired::Run,
                 carried: carried.get(server).cloned().unwrap_or_default(),
+                deploy_commands: runs_deploy
+                    .iter()
+                    .filter(|(_, s)| **s == server.as_str())
+                    .map(|(name, _)| name.to_string())
+                    .collect(),
             };
             Ok(Op::Put(
                 key.clone(),

@@ -274,6 +274,58 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
         "{said}"
     );
 
+    // deploy_command: run once before the new generation starts, its output shown by the
+    // CLI; it leaves a marker the new containers read. A failing one fails the generation
+    // and the old one goes on serving.
+    // The volume may hold an earlier run's marker: start without one.
+    let _ = engine
+        .docker()
+        .remove_volume(
+            "ferry-test-migrations",
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
+        .await;
+    let (ok, out, err) = deploy("migrate", &app("migrate"))?;
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("one: app: deploy_command: node migrate.js")
+            && out.contains("one: app: migration done"),
+        "the CLI shows the deploy_command's output: {out}"
+    );
+    let migrated = running(&one, "migrate", 1).await?;
+    let answer = get(&one, &migrated, "/")?;
+    assert!(
+        answer.ends_with("generation 1 sees: migrated for generation 1\n"),
+        "{answer}"
+    );
+    let failing = std::env::temp_dir().join(format!("ferry-migrate-failing{tag}"));
+    copy_with(&app("migrate"), &failing, "service.yml", |text| {
+        text.replace("node migrate.js", "node migrate.js --fail")
+    })?;
+    let (ok, out, err) = deploy("migrate", &failing)?;
+    assert!(
+        !ok,
+        "a failed deploy_command let the generation serve: {out}"
+    );
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("exited with code 2") && said.contains("column \"email\" already exists"),
+        "{said}"
+    );
+    assert!(
+        one.containers()
+            .await?
+            .iter()
+            .all(|c| !(c.stack == "migrate" && c.generation == 2 && c.running)),
+        "nothing of the failed generation runs"
+    );
+    let answer = get(&one, &migrated, "/")?;
+    assert!(
+        answer.contains("generation 1 sees"),
+        "generation 1 still serves: {answer}"
+    );
+    let _ = std::fs::remove_dir_all(failing);
+
     let _ = std::fs::remove_dir_all(changed);
     one.clean_up().await;
     Ok(())

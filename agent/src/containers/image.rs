@@ -178,4 +178,3 @@ mod tests {
         assert_eq!(super::plain("\u{1b}[91mError: no\u{1b}[0m"), "Error: no");
     }
 }
-

@@ -10,6 +10,7 @@ mod engine;
 mod image;
 pub mod listening;
 mod network;
+pub mod oneoff;
 pub mod operate;
 mod running;
 mod stopping;

@@ -86,24 +86,18 @@ pub enum ContainerError {
 
 /// Creates and starts a container for `spec`; returns its id.
 pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, ContainerError> {
-    let what = format!(
-        "{}/{} generation {}",
-        spec.stack, spec.service, spec.generation
-    );
-    let fail = |action| {
-        let what = what.clone();
-        move |source| ContainerError::Engine {
-            action,
-            what,
-            source,
-        }
-    };
     let labels = HashMap::from([
         (LABEL_STACK.to_string(), spec.stack.clone()),
         (LABEL_SERVICE.to_string(), spec.service.clone()),
         (LABEL_GENERATION.to_string(), spec.generation.to_string()),
     ]);
-    let body = ContainerCreateBody {
+    let name = format!("{}-{}-{}", spec.stack, spec.service, spec.generation);
+    create_and_start(engine, spec, labels, &name).await
+}
+
+/// What a container of `spec` is to the engine (`labels`: how ferry finds it again).
+pub(super) fn body(spec: &ContainerSpec, labels: HashMap<String, String>) -> ContainerCreateBody {
+    ContainerCreateBody {
         image: Some(spec.image.clone()),
         env: Some(spec.env.clone()),
         labels: Some(labels),
@@ -135,15 +129,37 @@ pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, Cont
             )])),
         }),
         ..Default::default()
+    }
+}
+
+/// Creates a container of `spec` named `<name>-<n>` (a readable name, so `docker ps` on a
+/// server means something; a taken one, of a container not yet removed, gets the next
+/// free `n`), and starts it; returns its id.
+pub(super) async fn create_and_start(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    labels: HashMap<String, String>,
+    name: &str,
+) -> Result<String, ContainerError> {
+    let what = format!(
+        "{}/{} generation {}",
+        spec.stack, spec.service, spec.generation
+    );
+    let fail = |action| {
+        let what = what.clone();
+        move |source| ContainerError::Engine {
+            action,
+            what,
+            source,
+        }
     };
+    let body = body(spec, labels);
     let docker = engine.docker();
-    // A readable name (`docker ps` on a server means something); a taken one (a container
-    // of the same generation not yet removed) gets the next free suffix.
-    let base = format!("{}-{}-{}", spec.stack, spec.service, spec.generation);
     let mut attempt = 1;
     let created = loop {
-        let name = format!("{base}-{attempt}");
-        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let options = CreateContainerOptionsBuilder::new()
+            .name(&format!("{name}-{attempt}"))
+            .build();
         match docker.create_container(Some(options), body.clone()).await {
             Ok(created) => break created,
             Err(bollard::errors::Error::DockerResponseServerError {

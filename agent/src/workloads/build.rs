@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::{
     WorkloadOptions,
     context::{ContextError, build_context},
+    progress::Progress,
 };
 use crate::containers::{BuildOptions, Engine, ImageError, build_image, ensure_image};
 
@@ -37,6 +38,7 @@ pub async fn image_for(
     name: &str,
     service: &Service,
     archive: &[u8],
+    progress: &Progress,
 ) -> Result<String, BuildError> {
     if let Some(image) = &service.image {
         return Ok(image.clone());
@@ -53,7 +55,10 @@ pub async fn image_for(
         "ferry/{}-{name}:{}",
         assignment.stack, assignment.generation
     );
-    let log = |line: &str| info!(service = name, "build: {line}");
+    let log = |line: &str| {
+        info!(service = name, "build: {line}");
+        progress.line(&format!("{name}: {line}"));
+    };
     let mut build = BuildOptions {
         args: HashMap::new(),
         network: options.build_network.clone(),
@@ -70,6 +75,7 @@ pub async fn image_for(
             )?;
             for warning in &plan.warnings {
                 warn!(service = name, "{warning}");
+                progress.line(&format!("{name}: warning: {warning}"));
             }
             let base = options
                 .base_image

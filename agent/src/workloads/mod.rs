@@ -10,6 +10,7 @@ mod build;
 mod context;
 mod health;
 mod liveness;
+mod progress;
 mod reconcile;
 
 pub use build::{BuildError, image_for};

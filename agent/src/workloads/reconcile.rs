@@ -20,7 +20,7 @@ use ferry_api::{
 use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
-use super::health;
+use super::{health, progress::Progress};
 use crate::{
     containers::{self, ContainerSpec, Engine, cgroup::CgroupError, ensure_network},
     discovery::{Callers, LocalCaller},
@@ -372,6 +372,7 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
                 services: BTreeMap::new(),
                 state: Desired::Stop { drain_ms: 0 },
                 carried: BTreeMap::new(),
+                deploy_commands: BTreeSet::new(),
             },
         )
         .await;
@@ -479,9 +480,34 @@ async fn try_settle(
     options: &WorkloadOptions,
     assignment: &Assignment,
 ) -> Result<(), Setback> {
-    let (engine, client) = (&reach.engine, &reach.client);
-    let running = containers::list(engine).await.map_err(retry)?;
+    let running = containers::list(&reach.engine).await.map_err(retry)?;
     let mut source: Option<Vec<u8>> = None;
+    let mut progress: Option<Progress> = None;
+    let result = settle_each(
+        reach,
+        options,
+        assignment,
+        &running,
+        &mut source,
+        &mut progress,
+    )
+    .await;
+    if let Some(progress) = progress {
+        progress.finish();
+    }
+    result
+}
+
+/// [`try_settle`]'s work on each service.
+async fn settle_each(
+    reach: &Reach,
+    options: &WorkloadOptions,
+    assignment: &Assignment,
+    running: &[containers::FerryContainer],
+    source: &mut Option<Vec<u8>>,
+    progress: &mut Option<Progress>,
+) -> Result<(), Setback> {
+    let (engine, client) = (&reach.engine, &reach.client);
     for (name, service) in &assignment.services {
         // A kept container (restart_on_deploy: false) is checked like a new one; if it is
         // gone, this generation starts its own.
@@ -511,7 +537,7 @@ async fn try_settle(
                         .map_err(retry)?;
                 }
                 if source.is_none() {
-                    source = Some(
+                    *source = Some(
                         client
                             .source(&assignment.source_digest)
                             .await
@@ -519,10 +545,19 @@ async fn try_settle(
                     );
                 }
                 let archive = source.as_deref().unwrap_or_default();
-                let id =
-                    build_and_start(engine, options, reach, assignment, name, service, archive)
-                        .await
-                        .map_err(Setback::Unhealthy)?;
+                let progress = progress.get_or_insert_with(|| {
+                    Progress::start(
+                        client.clone(),
+                        reach.server.clone(),
+                        assignment.stack.clone(),
+                        assignment.generation,
+                    )
+                });
+                let id = build_and_start(
+                    engine, options, reach, assignment, name, service, archive, progress,
+                )
+                .await
+                .map_err(Setback::Unhealthy)?;
                 let address = containers::list(engine)
                     .await
                     .map_err(retry)?
@@ -583,6 +618,7 @@ async fn try_settle(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn build_and_start(
     engine: &Engine,
     options: &WorkloadOptions,
@@ -591,10 +627,13 @@ async fn build_and_start(
     name: &str,
     service: &Service,
     archive: &[u8],
+    progress: &Progress,
 ) -> Result<String, String> {
-    let image = super::build::image_for(engine, options, assignment, name, service, archive)
-        .await
-        .map_err(|e| format!("{name}: {e}"))?;
+    let image = super::build::image_for(
+        engine, options, assignment, name, service, archive, progress,
+    )
+    .await
+    .map_err(|e| format!("{name}: {e}"))?;
     let mut env = vec![
         format!("FERRY_STACK={}", assignment.stack),
         format!("FERRY_SERVICE={name}"),
@@ -615,30 +654,73 @@ async fn build_and_start(
     if let Some(port) = service.ports.first() {
         env.push(format!("PORT={}", port.container));
     }
-    containers::start(
+    let spec = ContainerSpec {
+        stack: assignment.stack.clone(),
+        service: name.into(),
+        generation: assignment.generation,
+        image,
+        env,
+        network: options.network.clone(),
+        // A built image runs the command already; an `image:` service gets it here.
+        command: service.image.as_ref().and(service.command.clone()),
+        binds: service
+            .volumes
+            .iter()
+            .map(|v| {
+                let mode = if v.read_only { ":ro" } else { "" };
+                format!("{}:{}{mode}", v.source, v.target)
+            })
+            .collect(),
+        memory: service.constraints.memory,
+        cpu_millis: service.constraints.cpu_millis,
+        cgroup_parent: reach.cgroup_parent.clone(),
+    };
+    if let Some(command) = service
+        .deploy_command
+        .as_ref()
+        .filter(|_| assignment.deploy_commands.contains(name))
+    {
+        deploy_command(engine, &spec, command, progress).await?;
+    }
+    containers::start(engine, &spec)
+        .await
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// Runs service `spec`'s `deploy_command` to its end in a one-off container of its image,
+/// showing its output; a failure says how it ended and its last lines.
+async fn deploy_command(
+    engine: &Engine,
+    spec: &ContainerSpec,
+    command: &str,
+    progress: &Progress,
+) -> Result<(), String> {
+    let name = &spec.service;
+    progress.line(&format!("{name}: deploy_command: {command}"));
+    let mut tail = std::collections::VecDeque::new();
+    let code = containers::oneoff::run(
         engine,
         &ContainerSpec {
-            stack: assignment.stack.clone(),
-            service: name.into(),
-            generation: assignment.generation,
-            image,
-            env,
-            network: options.network.clone(),
-            // A built image runs the command already; an `image:` service gets it here.
-            command: service.image.as_ref().and(service.command.clone()),
-            binds: service
-                .volumes
-                .iter()
-                .map(|v| {
-                    let mode = if v.read_only { ":ro" } else { "" };
-                    format!("{}:{}{mode}", v.source, v.target)
-                })
-                .collect(),
-            memory: service.constraints.memory,
-            cpu_millis: service.constraints.cpu_millis,
-            cgroup_parent: reach.cgroup_parent.clone(),
+            command: Some(command.into()),
+            ..spec.clone()
+        },
+        |line| {
+            info!(service = %name, "deploy_command: {line}");
+            progress.line(&format!("{name}: {line}"));
+            if tail.len() == 20 {
+                tail.pop_front();
+            }
+            tail.push_back(line.to_string());
         },
     )
     .await
-    .map_err(|e| format!("{name}: {e}"))
+    .map_err(|e| format!("{name}: deploy_command: {e}"))?;
+    if code != 0 {
+        return Err(format!(
+            "{name}: deploy_command `{command}` exited with code {code}, so nothing of this \
+             generation serves; its last lines:\n{}",
+            Vec::from(tail).join("\n")
+        ));
+    }
+    Ok(())
 }

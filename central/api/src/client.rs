@@ -23,8 +23,8 @@ use crate::{
     Revision, fingerprint,
     types::{
         ActionKind, ActionResult, ContainerReport, DatasourcesChange, DeployResponse, Generation,
-        JoinRequest, JoinResponse, ListResponse, ScaleRequest, Server, Stack, StatusReport,
-        VariablesChange, WatchLine,
+        JoinRequest, JoinResponse, ListResponse, ProgressReport, ScaleRequest, Server, Stack,
+        StatusReport, VariablesChange, WatchLine,
     },
 };
 
@@ -322,6 +322,18 @@ impl Client {
         report: &StatusReport,
     ) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/status/{server}/{stack}/{generation}", self.base);
+        self.send(self.http.put(&url).json(report), &url).await
+    }
+
+    /// An agent's progress on its server's share of a generation.
+    pub async fn report_progress(
+        &self,
+        server: &str,
+        stack: &str,
+        generation: u64,
+        report: &ProgressReport,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/progress/{server}/{stack}/{generation}", self.base);
         self.send(self.http.put(&url).json(report), &url).await
     }
 

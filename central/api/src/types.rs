@@ -167,6 +167,10 @@ pub struct Assignment {
     /// container is kept instead of replaced: the generation that started it.
     #[serde(default)]
     pub carried: std::collections::BTreeMap<String, u64>,
+    /// Services whose `deploy_command` this server runs for the generation: each on one
+    /// server only (the first, by name, of those that run it), so it runs once per deploy.
+    #[serde(default)]
+    pub deploy_commands: std::collections::BTreeSet<String>,
 }
 
 /// What a server does with a generation's containers.
@@ -219,6 +223,34 @@ pub struct StatusReport {
     pub healthy: bool,
     /// What failed, with the container and the tail of its log; empty when healthy.
     pub detail: String,
+}
+
+/// What a server's agent has to show of its work on one generation (build output, a
+/// deploy_command's output), as `ferry deploy` prints it: `PUT /v1/progress/<server>/
+/// <stack>/<N>`, kept at `progress/<server>/<stack>/<N>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    /// The newest lines, oldest first: at most [`ProgressReport::MAX_LINES`], each at most
+    /// [`ProgressReport::MAX_LINE`] bytes.
+    pub lines: Vec<String>,
+    /// How many lines there have been in all; the first of `lines` is line
+    /// `total - lines.len()`, so a reader knows which it has printed.
+    pub total: u64,
+}
+
+impl ProgressReport {
+    /// Most lines one report keeps.
+    pub const MAX_LINES: usize = 100;
+    /// Longest line kept, in bytes.
+    pub const MAX_LINE: usize = 1000;
+
+    /// Whether the report keeps its bounds, and its count is consistent.
+    pub fn is_bounded(&self) -> bool {
+        self.lines.len() <= Self::MAX_LINES
+            && self.lines.iter().all(|l| l.len() <= Self::MAX_LINE)
+            && self.total >= self.lines.len() as u64
+    }
 }
 
 /// A change to a stack's variables: `PUT /v1/stacks/<stack>/variables`.

@@ -17,7 +17,7 @@ use crate::dockerignore::Ignore;
 use ferry_api::{
     client::{Client, ClientError},
     servicefile,
-    types::{MAX_SOURCE_BYTES, Phase, StatusReport},
+    types::{MAX_SOURCE_BYTES, Phase, ProgressReport, StatusReport},
 };
 
 /// Packed archives above this size get a list of their largest parts.
@@ -139,7 +139,7 @@ pub fn stack_name(given: Option<String>, dir: &Path) -> Result<String> {
 /// printing each server's progress as its containers start and its report arrives.
 pub async fn wait(client: &Client, stack: &str, number: u64, progress: bool) -> Result<Phase> {
     let deadline = Instant::now() + Duration::from_secs(15 * 60);
-    let mut seen = BTreeSet::new();
+    let mut seen = Seen::default();
     let mut unreachable_since: Option<Instant> = None;
     loop {
         // Central restarting is no reason to give up on a deploy that goes on without us.
@@ -202,24 +202,55 @@ fn is_transport(e: &anyhow::Error) -> bool {
 }
 
 /// What happened since the last call: containers started, servers reported.
+/// What `ferry deploy` has printed already.
+#[derive(Default)]
+struct Seen {
+    /// Containers and reports shown once.
+    once: BTreeSet<String>,
+    /// Progress lines shown, by record.
+    lines: BTreeMap<String, u64>,
+}
+
 async fn progress_lines(
     client: &Client,
     stack: &str,
     number: u64,
-    seen: &mut BTreeSet<String>,
+    seen: &mut Seen,
 ) -> Result<Vec<String>> {
     let mut lines = Vec::new();
+    let suffix = format!("/{stack}/{number:010}");
+    // What each server's agent shows of its build and deploy_command, each line once.
+    for item in client.list("progress/").await?.items {
+        if !item.key.ends_with(&suffix) {
+            continue;
+        }
+        let server = item.key.split('/').nth(1).unwrap_or("?").to_string();
+        let report: ProgressReport = serde_json::from_value(item.value)
+            .with_context(|| format!("central's record at {}", item.key))?;
+        let printed = seen.lines.entry(item.key.clone()).or_default();
+        let first = report.total - report.lines.len() as u64;
+        if *printed < first {
+            lines.push(format!(
+                "{server}: ... {} lines not shown",
+                first - *printed
+            ));
+            *printed = first;
+        }
+        for line in report.lines.iter().skip((*printed - first) as usize) {
+            lines.push(format!("{server}: {line}"));
+        }
+        *printed = report.total;
+    }
     for (server, containers) in client.containers().await? {
         for c in containers {
-            if c.stack == stack && c.generation == number && seen.insert(c.id.clone()) {
+            if c.stack == stack && c.generation == number && seen.once.insert(c.id.clone()) {
                 let address = c.address.map_or("no address".into(), |a| a.to_string());
                 lines.push(format!("{server}: {} {} ({address})", c.service, c.state));
             }
         }
     }
-    let suffix = format!("/{stack}/{number:010}");
     for item in client.list("status/").await?.items {
-        if !item.key.ends_with(&suffix) || !seen.insert(item.key.clone()) {
+        if !item.key.ends_with(&suffix) || !seen.once.insert(item.key.clone()) {
             continue;
         }
         let server = item.key.split('/').nth(1).unwrap_or("?").to_string();

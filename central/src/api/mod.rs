@@ -24,6 +24,8 @@
 //!   certificates for the stack's HTTPS ports.
 //! - `GET /v1/sources/{digest}`: a source archive, for the agents assigned it.
 //! - `PUT /v1/status/{server}/{stack}/{N}`: an agent's report; settles the generation.
+//! - `PUT /v1/progress/{server}/{stack}/{N}`: an agent's build and deploy_command output,
+//!   for the CLI to show.
 //! - `PUT /v1/containers/{server}`: an agent's list of its containers; `GET /v1/containers`
 //!   every server's.
 //! - `POST /v1/containers/{server}/{container}/actions`: logs, exec, stop or restart,
@@ -142,6 +144,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/status/{server}/{stack}/{generation}",
             put(routes::report_status),
+        )
+        .route(
+            "/v1/progress/{server}/{stack}/{generation}",
+            put(routes::report_progress),
         )
         .route("/v1/containers", get(containers::list))
         .route(

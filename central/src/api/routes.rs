@@ -18,8 +18,8 @@ use super::{
     ApiError, AppState,
     auth::{Caller, agent_token_key, forbidden},
     types::{
-        Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, ScaleRequest,
-        StatusReport,
+        Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, ProgressReport,
+        ScaleRequest, StatusReport,
     },
 };
 use crate::{
@@ -385,6 +385,37 @@ pub async fn report_status(
     }
     tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
     Ok(Json(json!({ "phase": phase })))
+}
+
+/// `PUT /v1/progress/{server}/{stack}/{generation}`: an agent shows its work on its own
+/// server's share of a generation (replacing what it showed before).
+pub async fn report_progress(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path((server, stack, generation)): Path<(String, String, u64)>,
+    Json(report): Json<ProgressReport>,
+) -> Result<Json<Value>, ApiError> {
+    caller.agent_of(&server, "report progress")?;
+    if !report.is_bounded() {
+        return Err(ApiError::BadRequest(format!(
+            "a progress report holds at most {} lines of {} bytes, and total counts them all",
+            ProgressReport::MAX_LINES,
+            ProgressReport::MAX_LINE
+        )));
+    }
+    if state
+        .store
+        .get(&deploy::assignment_key(&server, &stack, generation))?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "server {server:?} is not assigned generation {generation} of {stack:?}"
+        )));
+    }
+    let key = deploy::progress_key(&server, &stack, generation);
+    let value = crate::state::encode(&key, &report)?;
+    state.store.put(&key, &value)?;
+    Ok(Json(json!({})))
 }
 
 /// `POST /v1/stacks/{stack}/rollback`: deploy the generation that served before again;

@@ -28,6 +28,11 @@ pub struct Service {
     /// `build` script of package.json when absent.
     #[serde(default)]
     pub build_command: Option<String>,
+    /// Run once per deploy, in a container of the new image with the service's
+    /// environment, before the new generation takes traffic (Cloud 66's `deploy_command`;
+    /// database migrations are the use). Its failure fails the generation.
+    #[serde(default)]
+    pub deploy_command: Option<String>,
     /// Published ports.
     pub ports: Vec<Port>,
     /// Host names this service answers on its HTTP ports (exact or `*.` wildcard).

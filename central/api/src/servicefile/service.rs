@@ -9,7 +9,7 @@ use super::{
 };
 
 /// The directives ferry reads for a service.
-pub const DIRECTIVES: [&str; 19] = [
+pub const DIRECTIVES: [&str; 20] = [
     "build_root",
     "dockerfile_path",
     "image",
@@ -30,13 +30,13 @@ pub const DIRECTIVES: [&str; 19] = [
     // Cloud 66 spells the command both ways.
     "cmd",
     "build_command",
+    "deploy_command",
 ];
 
 /// Cloud 66 directives ferry knows but does not act on (yet): accepted with a warning.
-const IGNORED: [&str; 10] = [
+const IGNORED: [&str; 9] = [
     "git_url",
     "git_branch",
-    "deploy_command",
     "pre_start_command",
     "pre_stop_command",
     "pre_start_signal",
@@ -61,6 +61,10 @@ pub fn read(node: &Node<'_, '_>, report: &mut Report) -> Service {
             "dockerfile_path" => service.dockerfile_path = path(value, report),
             "image" => service.image = value.string(report, "an image reference"),
             "command" | "cmd" => service.command = value.string(report, "a command line"),
+            "deploy_command" => {
+                service.deploy_command =
+                    value.string(report, "a command line such as \"npm run migrate\"")
+            }
             "build_command" => {
                 service.build_command =
                     value.string(report, "a command line such as \"npm run build\"")
