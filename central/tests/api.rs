@@ -558,7 +558,15 @@ async fn container_actions_are_for_the_admin_and_reach_only_their_own_server() {
 
     // The admin's bad requests are refused with what to do.
     let err = admin
-        .container_action("one", "abcd", &ActionKind::Logs { lines: 20_000 })
+        .container_action(
+            "one",
+            "abcd",
+            &ActionKind::Logs {
+                lines: 20_000,
+                since: None,
+                timestamps: false,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(status(&err), 400);

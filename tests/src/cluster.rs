@@ -214,6 +214,13 @@ impl Operator {
         Ok(operator)
     }
 
+    /// `ferry` as this operator, ready for arguments (for a command the test watches).
+    pub fn command(&self) -> Result<std::process::Command> {
+        let mut cmd = std::process::Command::new(workspace_binary("ferry", "FERRY_CLI_BIN")?);
+        cmd.env("FERRY_CONFIG", &self.config);
+        Ok(cmd)
+    }
+
     /// Runs `ferry ARGS`: (success, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> Result<(bool, String, String)> {
         run_ferry(&self.config, args)

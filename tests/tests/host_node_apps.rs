@@ -190,6 +190,43 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
     let web2 = running(&one, "express", 2).await?;
     assert!(get(&one, &web2, "/")?.contains("hello again from express"));
 
+    // The service's logs, followed as the operator would: each line after its server and
+    // container, what the app writes next included.
+    let mut follower = operator
+        .command()?
+        .args([
+            "services", "logs", "--stack", "express", "web", "--follow", "--lines", "5",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .context("ferry services logs --follow")?;
+    let followed = follower.stdout.take().context("its output")?;
+    let (tx, followed_lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(followed)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let seen_in_logs = |wanted: String| -> Result<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = followed_lines
+                .recv_timeout(left)
+                .with_context(|| format!("the followed logs never showed {wanted:?}"))?;
+            if line.contains(&wanted) {
+                return Ok(line);
+            }
+        }
+    };
+    let listening = seen_in_logs(format!("{}] express listening on 3000", &web2.id[..12]))?;
+    assert!(listening.starts_with("[one "), "{listening}");
+
     // SIGTERM during a request, as a stop sends it: npm passes it to node, which finishes
     // the request and exits 0.
     let ip = web2.address.context("no address")?;
@@ -237,6 +274,11 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
         log.contains("express: SIGTERM") && log.contains("express: closed"),
         "{log}"
     );
+    // The follower saw the request and the stop as they happened.
+    seen_in_logs("slow request of 2000 ms started".into())?;
+    seen_in_logs("express: closed".into())?;
+    let _ = follower.kill();
+    let _ = follower.wait();
 
     // TypeScript: built by its build script with tsc, which the image does not carry.
     let (ok, out, err) = deploy("typescript", &app("typescript"))?;

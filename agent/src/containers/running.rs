@@ -214,13 +214,28 @@ pub async fn list(engine: &Engine) -> Result<Vec<FerryContainer>, ContainerError
 
 /// The last `lines` lines the container printed, for reports.
 pub async fn log_tail(engine: &Engine, id: &str, lines: usize) -> String {
+    logs(engine, id, lines, None, false).await
+}
+
+/// The last `lines` lines of container `id`'s log written at or after `since` (Unix
+/// seconds), each after its RFC 3339 timestamp when `timestamps`.
+pub async fn logs(
+    engine: &Engine,
+    id: &str,
+    lines: usize,
+    since: Option<i64>,
+    timestamps: bool,
+) -> String {
     use futures_util::StreamExt as _;
-    let options = LogsOptionsBuilder::new()
+    let mut options = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
-        .tail(&lines.to_string())
-        .build();
-    let mut stream = engine.docker().logs(id, Some(options));
+        .timestamps(timestamps)
+        .tail(&lines.to_string());
+    if let Some(since) = since.and_then(|s| i32::try_from(s).ok()) {
+        options = options.since(since);
+    }
+    let mut stream = engine.docker().logs(id, Some(options.build()));
     let mut out = String::new();
     while let Some(Ok(chunk)) = stream.next().await {
         out.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));

@@ -101,9 +101,13 @@ async fn carry_out(engine: &Engine, action: &Action) -> ActionResult {
     }
     let id = &action.container;
     match &action.kind {
-        ActionKind::Logs { lines } => ActionResult {
+        ActionKind::Logs {
+            lines,
+            since,
+            timestamps,
+        } => ActionResult {
             ok: true,
-            output: containers::log_tail(engine, id, *lines as usize).await,
+            output: containers::logs(engine, id, *lines as usize, *since, *timestamps).await,
         },
         ActionKind::Exec { command } => {
             match operate::exec(engine, id, command, MAX_ACTION_OUTPUT).await {

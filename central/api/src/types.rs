@@ -285,6 +285,12 @@ pub enum ActionKind {
     Logs {
         /// How many.
         lines: u32,
+        /// Only lines written at or after this Unix time, in seconds (to follow a log).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
+        /// Each line starts with Docker's RFC 3339 timestamp and a space.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timestamps: bool,
     },
     /// Run a command in it, without a terminal; its output and exit code come back.
     Exec {

@@ -20,13 +20,16 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// The last lines of a container's log.
+    /// The last lines of a container's log; with --follow, then what it writes next.
     Logs {
         /// The container id, or a unique prefix of it.
         container: String,
         /// How many lines.
         #[arg(long, default_value_t = 100)]
         lines: u32,
+        /// Keep printing what it writes, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Run a command in a container (no terminal): `ferry containers exec ID -- ls /app`.
     Exec {
@@ -54,7 +57,20 @@ pub async fn run(command: Command) -> Result<()> {
     let client = login::client()?;
     let (target, kind) = match command {
         Command::List { stack, output } => return list(&client, stack.as_deref(), output).await,
-        Command::Logs { container, lines } => (container, ActionKind::Logs { lines }),
+        Command::Logs {
+            container,
+            lines,
+            follow,
+        } => {
+            let (server, found) = find(&client, &container).await?;
+            return crate::logs::show(
+                &client,
+                crate::logs::Select::One(server, found),
+                lines,
+                follow,
+            )
+            .await;
+        }
         Command::Exec { container, command } => (container, ActionKind::Exec { command }),
         Command::Stop { container } => (container, ActionKind::Stop),
         Command::Restart { container } => (container, ActionKind::Restart),

@@ -16,6 +16,7 @@ mod datasources;
 mod deploy;
 mod dockerignore;
 mod login;
+mod logs;
 mod services;
 mod table;
 

@@ -42,6 +42,21 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// The last lines of every container of the service, each line after its server and
+    /// container; with --follow, then what they write next (new containers included).
+    Logs {
+        /// The stack.
+        #[arg(long)]
+        stack: String,
+        /// The service.
+        service: String,
+        /// How many lines of each container.
+        #[arg(long, default_value_t = 100)]
+        lines: u32,
+        /// Keep printing what they write, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Restart each of the service's serving containers in place.
     Restart {
         /// The stack.
@@ -70,6 +85,20 @@ pub async fn run(command: Command) -> Result<()> {
             service,
             output,
         } => info(&client, &stack, &service, output).await,
+        Command::Logs {
+            stack,
+            service,
+            lines,
+            follow,
+        } => {
+            crate::logs::show(
+                &client,
+                crate::logs::Select::Service { stack, service },
+                lines,
+                follow,
+            )
+            .await
+        }
         Command::Scale {
             stack,
             service,

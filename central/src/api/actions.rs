@@ -42,7 +42,7 @@ pub async fn request(
 ) -> Result<Json<ActionResult>, ApiError> {
     caller.admin("act on containers")?;
     match &kind {
-        ActionKind::Logs { lines } if *lines > MAX_LOG_LINES => {
+        ActionKind::Logs { lines, .. } if *lines > MAX_LOG_LINES => {
             return Err(ApiError::BadRequest(format!(
                 "{lines} log lines asked; at most {MAX_LOG_LINES}"
             )));
