@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use ferry_api::{
     servicefile::Service,
-    types::{Assignment, Desired, Generation, Phase, Server, StatusReport},
+    types::{Assignment, Desired, Generation, NpmRegistry, Phase, Server, StatusReport},
 };
 
 use crate::{
@@ -105,6 +105,7 @@ pub fn assignment_ops(
     generation: &Generation,
     placement: &BTreeMap<String, BTreeMap<String, Service>>,
     carried: &BTreeMap<String, BTreeMap<String, u64>>,
+    npm: &NpmRegistry,
 ) -> Result<Vec<Op>, StackError> {
     // Each deploy_command runs on one server: the first, by name, that starts the service
     // anew (a kept container's service was deployed before).
@@ -133,6 +134,7 @@ pub fn assignment_ops(
                     .filter(|(_, s)| **s == server.as_str())
                     .map(|(name, _)| name.to_string())
                     .collect(),
+                npm: npm.clone(),
             };
             Ok(Op::Put(
                 key.clone(),

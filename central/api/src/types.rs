@@ -171,6 +171,45 @@ pub struct Assignment {
     /// server only (the first, by name, of those that run it), so it runs once per deploy.
     #[serde(default)]
     pub deploy_commands: std::collections::BTreeSet<String>,
+    /// The npm registry this stack's builds use, from its variables.
+    #[serde(default, skip_serializing_if = "NpmRegistry::is_empty")]
+    pub npm: NpmRegistry,
+}
+
+/// The npm registry a stack's builds install from: the stack variables `NPM_REGISTRY` (a
+/// mirror or a private registry; npm's own without it) and `NPM_TOKEN` (for private
+/// packages), as Heroku's Node builds read them. Reaches only the agents that build the
+/// stack; the token never enters an image (see the agent's build).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NpmRegistry {
+    /// The registry's URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The token that reads its private packages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl NpmRegistry {
+    /// The stack variable naming the registry.
+    pub const REGISTRY_VARIABLE: &str = "NPM_REGISTRY";
+    /// The stack variable holding the token.
+    pub const TOKEN_VARIABLE: &str = "NPM_TOKEN";
+
+    /// Whether neither is set.
+    pub fn is_empty(&self) -> bool {
+        self.registry.is_none() && self.token.is_none()
+    }
+}
+
+impl std::fmt::Debug for NpmRegistry {
+    // The token stays out of every log line an assignment is printed in.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NpmRegistry")
+            .field("registry", &self.registry)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// What a server does with a generation's containers.

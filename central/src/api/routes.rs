@@ -261,6 +261,7 @@ fn record_generation(
     digest: &str,
 ) -> Result<Generation, ApiError> {
     let resolved = state.variables.resolve(stack, &services)?;
+    let npm = state.variables.npm(stack)?;
     let servers = state.servers.list()?;
     let placement = deploy::place(&servers, &resolved);
     let serving = match state.stacks.stack(stack) {
@@ -273,7 +274,7 @@ fn record_generation(
         state
             .stacks
             .create_generation_with(stack, services, digest, |generation| {
-                deploy::assignment_ops(generation, &placement, &carried)
+                deploy::assignment_ops(generation, &placement, &carried, &npm)
             })?;
     tracing::info!(%stack, generation = generation.number, source = %digest, "generation created");
     Ok(generation)

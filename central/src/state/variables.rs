@@ -48,6 +48,16 @@ impl<S: Store> Variables<S> {
         Self { store }
     }
 
+    /// The npm registry and token a stack's builds use (its `NPM_REGISTRY` and `NPM_TOKEN`).
+    pub fn npm(&self, stack: &str) -> Result<ferry_api::types::NpmRegistry, StackError> {
+        use ferry_api::types::NpmRegistry;
+        let vars = self.get(stack)?;
+        Ok(NpmRegistry {
+            registry: vars.get(NpmRegistry::REGISTRY_VARIABLE).cloned(),
+            token: vars.get(NpmRegistry::TOKEN_VARIABLE).cloned(),
+        })
+    }
+
     /// A stack's variables.
     pub fn get(&self, stack: &str) -> Result<BTreeMap<String, String>, StackError> {
         Ok(read_json(self.store.as_ref(), &key(stack))?.0)

@@ -20,7 +20,10 @@ mod package;
 
 use std::collections::BTreeSet;
 
-pub use dockerfile::{COREPACK_KEYS_ARG, PACKAGE_FILES, REGISTRY_ARG, dockerfile};
+pub use dockerfile::{
+    COREPACK_KEYS_ARG, PACKAGE_FILES, PUBLIC_REGISTRY, REGISTRY_ARG, dockerfile, install_script,
+    prebuilt_dockerfile,
+};
 pub use engines::{DEFAULT_NODE_MAJOR, NODE_MAJORS, node_major};
 pub use package::{Manager, PackageJson};
 

@@ -1,0 +1,1 @@
+module.exports = (who) => `hello ${who}, from a private package`;
