@@ -110,6 +110,14 @@ impl Member {
                 UPSTREAM.into(),
             ]
             .into_iter()
+            // Builds install from the network's registry when it serves one.
+            .chain(
+                network
+                    .registry_url()
+                    .map(|url| ["--npm-registry".to_string(), url.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .chain(more.iter().cloned())
             .collect(),
         };

@@ -31,6 +31,7 @@ pub struct Network {
     bridge: String,
     subnet: u8,
     next_host: u8,
+    registry: Option<crate::registry::Registry>,
 }
 
 impl Network {
@@ -42,10 +43,30 @@ impl Network {
             bridge: name.into(),
             subnet,
             next_host: 2,
+            registry: None,
         };
         ip(&["addr", "add", &format!("10.250.{subnet}.1/24"), "dev", name])?;
         ip(&["link", "set", name, "up"])?;
         Ok(network)
+    }
+
+    /// Serves the npm registry (the seeded Verdaccio) on the bridge's address, port 4873,
+    /// for the servers' builds; [`registry_url`](Self::registry_url) names it.
+    pub fn serve_registry(&mut self) -> Result<&crate::registry::Registry> {
+        let listen = std::net::SocketAddrV4::new(Ipv4Addr::new(10, 250, self.subnet, 1), 4873);
+        Ok(self
+            .registry
+            .insert(crate::registry::Registry::serve(listen)?))
+    }
+
+    /// The npm registry this network serves, if it serves one.
+    pub fn registry(&self) -> Option<&crate::registry::Registry> {
+        self.registry.as_ref()
+    }
+
+    /// Its URL.
+    pub fn registry_url(&self) -> Option<&str> {
+        self.registry().map(crate::registry::Registry::url)
     }
 
     /// Creates a server namespace attached to this bridge, with the next free address.

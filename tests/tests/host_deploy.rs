@@ -47,6 +47,8 @@ async fn eventually_address(admin: &Client, service: &str) -> Result<SocketAddrV
 async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_stops() -> Result<()> {
     let tag = unique("");
     let mut network = Network::new(&format!("fbe{tag}"), 51)?;
+    // The example stack's web installs Express: from the registry on the test network.
+    network.serve_registry()?;
     let central_dir = std::env::temp_dir().join(format!("ferry-test-deploy{tag}"));
     let central = Central::start(&central_dir, "10.250.51.1")?;
     let one = Member::join(&mut network, &central, "one", &tag).await?;
@@ -232,10 +234,10 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
     let kept_dir = std::env::temp_dir().join(format!("ferry-test-kept{tag}"));
     for service in ["api", "web"] {
         std::fs::create_dir_all(kept_dir.join(service))?;
-        std::fs::copy(
-            shop.join(service).join("server.js"),
-            kept_dir.join(service).join("server.js"),
-        )?;
+        for file in std::fs::read_dir(shop.join(service))? {
+            let file = file?;
+            std::fs::copy(file.path(), kept_dir.join(service).join(file.file_name()))?;
+        }
     }
     std::fs::write(
         kept_dir.join("service.yml"),

@@ -218,6 +218,8 @@ impl Drop for HeldConnection {
 async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<()> {
     let tag = unique("");
     let mut network = Network::new(&format!("fbs{tag}"), 71)?;
+    // The example stack's web installs Express: from the registry on the test network.
+    network.serve_registry()?;
     let central_dir = std::env::temp_dir().join(format!("ferry-test-discovery{tag}"));
     // Long enough to look at both generations side by side after the flip.
     let central = Central::start_with_drain(&central_dir, "10.250.71.1", "15s")?;

@@ -28,7 +28,6 @@ use ferry_tests::{
     http::Conn,
     inside::exec,
     netns::Network,
-    registry::Registry,
     unique,
 };
 use futures_util::StreamExt as _;
@@ -97,23 +96,24 @@ fn copy_with(from: &Path, to: &Path, name: &str, change: impl Fn(&str) -> String
     Ok(())
 }
 
+async fn network_registry_login(network: &Network) -> Result<String> {
+    network
+        .registry()
+        .context("the network serves no registry")?
+        .login()
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect() -> Result<()> {
     let tag = unique("");
     let mut network = Network::new(&format!("fbn{tag}"), SUBNET)?;
-    let registry = Registry::serve(format!("10.250.{SUBNET}.1:4873").parse()?)?;
+    network.serve_registry()?;
     let central = Central::start(
         &std::env::temp_dir().join(format!("ferry-test-node-apps{tag}")),
         &format!("10.250.{SUBNET}.1"),
     )?;
-    let one = Member::join_with(
-        &mut network,
-        &central,
-        "one",
-        &tag,
-        &["--npm-registry".into(), registry.url().into()],
-    )
-    .await?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
     let engine = one.docker.engine().clone();
     let deploy = |stack: &str, dir: &Path| {
@@ -377,7 +377,7 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
         said.contains("E401") && said.contains("ferry env set --stack private NPM_TOKEN="),
         "{said}"
     );
-    let token = registry.login().await?;
+    let token = network_registry_login(&network).await?;
     let (ok, out, err) = operator.run(&[
         "env",
         "set",

@@ -3,7 +3,8 @@
 //! `--state-dir`): central in a namespace of its own, one server namespace with its Docker
 //! Engine, the operator on the host. Only what cannot exist here is replaced: the host
 //! name and addresses (the namespaces'), the tokens and fingerprint (what `init` printed),
-//! the Docker socket (the test's dockerd) and central's data directory (a temporary one).
+//! the Docker socket (the test's dockerd), central's data directory (a temporary one) and
+//! the npm mirror (the test network's registry).
 //!
 //! Then, as a user would see it: the server and its containers resolve an outside name
 //! through the server's own resolver (a dnsmasq the test runs, named in the resolv.conf
@@ -310,6 +311,8 @@ async fn the_readme_commands_leave_every_name_resolvable() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let mut network = Network::new(&format!("fbr{tag}"), 91)?;
+    // The README's NPM_REGISTRY line names a mirror: the test network's registry.
+    network.serve_registry()?;
     let central_ns = network.server(&format!("frc{tag}"))?;
     let server = network.server(&format!("frs{tag}"))?;
     let central_ip = central_ns.addr().context("central has no address")?;
@@ -328,6 +331,10 @@ async fn the_readme_commands_leave_every_name_resolvable() -> Result<()> {
     let _resolver = Running(resolver.spawn().context("starting dnsmasq")?);
 
     let mut fill = Fill(vec![
+        (
+            "https://npm.example.com".into(),
+            network.registry_url().context("no registry")?.to_string(),
+        ),
         ("central.example.com".into(), central_ip.to_string()),
         ("203.0.113.10".into(), server_ip.to_string()),
         (
