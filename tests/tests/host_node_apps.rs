@@ -297,6 +297,36 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
         "typescript is in the image: {typescript:?}"
     );
 
+    // A failing build fails the generation with the build's last lines, before any of its
+    // containers starts (a's image was fine, and a never started either).
+    let (ok, out, err) = deploy("buildfail", &app("buildfail"))?;
+    assert!(!ok, "a failed build let the generation serve: {out}");
+    let said = format!("{out}{err}");
+    assert!(
+        said.contains("b: ") && said.contains("error TS2322: Type string is not assignable"),
+        "{said}"
+    );
+    let started = engine
+        .docker()
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .build(),
+        ))
+        .await?
+        .into_iter()
+        .filter(|c| {
+            c.names
+                .iter()
+                .flatten()
+                .any(|n| n.starts_with("/buildfail-"))
+        })
+        .count();
+    assert_eq!(
+        started, 0,
+        "a container of the failed generation was created"
+    );
+
     // pnpm through corepack.
     let (ok, out, err) = deploy("pnpm", &app("pnpm"))?;
     assert!(ok, "{out}{err}");

@@ -509,43 +509,49 @@ async fn settle_each(
     progress: &mut Option<Progress>,
 ) -> Result<(), Setback> {
     let (engine, client) = (&reach.engine, &reach.client);
+    // Every image first: a build that fails fails the generation before any of its
+    // containers starts.
+    let mut images = BTreeMap::new();
     for (name, service) in &assignment.services {
-        // A kept container (restart_on_deploy: false) is checked like a new one; if it is
-        // gone, this generation starts its own.
-        let kept = assignment.carried.get(name).and_then(|origin| {
-            running.iter().find(|c| {
-                c.stack == assignment.stack
-                    && c.service == *name
-                    && c.generation == *origin
-                    && c.running
-            })
+        if existing(assignment, running, name).is_some_and(|c| c.running) {
+            continue;
+        }
+        if source.is_none() {
+            *source = Some(
+                client
+                    .source(&assignment.source_digest)
+                    .await
+                    .map_err(retry)?,
+            );
+        }
+        let archive = source.as_deref().unwrap_or_default();
+        let progress = progress.get_or_insert_with(|| {
+            Progress::start(
+                client.clone(),
+                reach.server.clone(),
+                assignment.stack.clone(),
+                assignment.generation,
+            )
         });
-        let existing = kept.or_else(|| {
-            running.iter().find(|c| {
-                c.stack == assignment.stack
-                    && c.service == *name
-                    && c.generation == assignment.generation
-            })
-        });
-        let (id, address) = match existing {
+        let image = super::build::image_for(
+            engine, options, assignment, name, service, archive, progress,
+        )
+        .await
+        .map_err(|e| Setback::Unhealthy(format!("{name}: {e}")))?;
+        images.insert(name.clone(), image);
+    }
+    for (name, service) in &assignment.services {
+        let existing = existing(assignment, running, name);
+        let (id, address) = match (existing, images.remove(name)) {
             // Started by an earlier agent: adopt it, check it again.
-            Some(c) if c.running => (c.id.clone(), c.address),
-            _ => {
+            (Some(c), _) if c.running => (c.id.clone(), c.address),
+            (_, Some(image)) => {
                 if let Some(dead) = existing {
                     // Exited before it was checked: replace it rather than keep two.
                     containers::stop_and_remove(engine, &dead.id, &[], Duration::ZERO)
                         .await
                         .map_err(retry)?;
                 }
-                if source.is_none() {
-                    *source = Some(
-                        client
-                            .source(&assignment.source_digest)
-                            .await
-                            .map_err(retry)?,
-                    );
-                }
-                let archive = source.as_deref().unwrap_or_default();
                 let progress = progress.get_or_insert_with(|| {
                     Progress::start(
                         client.clone(),
@@ -554,11 +560,9 @@ async fn settle_each(
                         assignment.generation,
                     )
                 });
-                let id = build_and_start(
-                    engine, options, reach, assignment, name, service, archive, progress,
-                )
-                .await
-                .map_err(Setback::Unhealthy)?;
+                let id = start_service(reach, options, assignment, name, service, image, progress)
+                    .await
+                    .map_err(Setback::Unhealthy)?;
                 let address = containers::list(engine)
                     .await
                     .map_err(retry)?
@@ -566,6 +570,12 @@ async fn settle_each(
                     .find(|c| c.id == id)
                     .and_then(|c| c.address);
                 (id, address)
+            }
+            // It was running when the images were made, and has stopped since: next time.
+            (_, None) => {
+                return Err(Setback::Retry(format!(
+                    "{name}: its container stopped while the others were being built"
+                )));
             }
         };
         // Its own cgroup before its check, so the data plane knows it as a caller from
@@ -619,22 +629,39 @@ async fn settle_each(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
-async fn build_and_start(
-    engine: &Engine,
-    options: &WorkloadOptions,
+/// The container of service `name` this generation uses, if one exists here: a kept one
+/// (`restart_on_deploy: false`, checked like a new one), else its own (perhaps left by an
+/// earlier agent).
+fn existing<'a>(
+    assignment: &Assignment,
+    running: &'a [containers::FerryContainer],
+    name: &str,
+) -> Option<&'a containers::FerryContainer> {
+    let kept = assignment.carried.get(name).and_then(|origin| {
+        running.iter().find(|c| {
+            c.stack == assignment.stack && c.service == name && c.generation == *origin && c.running
+        })
+    });
+    kept.or_else(|| {
+        running.iter().find(|c| {
+            c.stack == assignment.stack
+                && c.service == name
+                && c.generation == assignment.generation
+        })
+    })
+}
+
+/// Starts service `name` on `image`, after its `deploy_command` when this server runs it.
+async fn start_service(
     reach: &Reach,
+    options: &WorkloadOptions,
     assignment: &Assignment,
     name: &str,
     service: &Service,
-    archive: &[u8],
+    image: String,
     progress: &Progress,
 ) -> Result<String, String> {
-    let image = super::build::image_for(
-        engine, options, assignment, name, service, archive, progress,
-    )
-    .await
-    .map_err(|e| format!("{name}: {e}"))?;
+    let engine = &reach.engine;
     let mut env = vec![
         format!("FERRY_STACK={}", assignment.stack),
         format!("FERRY_SERVICE={name}"),
