@@ -69,6 +69,18 @@ async fn layers(engine: &Engine, image: &str) -> Result<Vec<String>> {
         .unwrap_or_default())
 }
 
+/// Every container the server's engine has, of ferry's or not, running or not.
+async fn every_container(engine: &Engine) -> Result<Vec<bollard::models::ContainerSummary>> {
+    Ok(engine
+        .docker()
+        .list_containers(Some(
+            bollard::query_parameters::ListContainersOptionsBuilder::new()
+                .all(true)
+                .build(),
+        ))
+        .await?)
+}
+
 async fn logs(engine: &Engine, id: &str) -> Result<String> {
     let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
     let mut stream = engine.docker().logs(id, Some(options));
@@ -306,13 +318,7 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
         said.contains("b: ") && said.contains("error TS2322: Type string is not assignable"),
         "{said}"
     );
-    let started = engine
-        .docker()
-        .list_containers(Some(
-            bollard::query_parameters::ListContainersOptionsBuilder::new()
-                .all(true)
-                .build(),
-        ))
+    let started = every_container(&engine)
         .await?
         .into_iter()
         .filter(|c| {
@@ -443,16 +449,7 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
             image.repo_tags
         );
     }
-    let containers = serde_json::to_string(
-        &engine
-            .docker()
-            .list_containers(Some(
-                bollard::query_parameters::ListContainersOptionsBuilder::new()
-                    .all(true)
-                    .build(),
-            ))
-            .await?,
-    )?;
+    let containers = serde_json::to_string(&every_container(&engine).await?)?;
     ensure!(
         !containers.contains(&token),
         "the npm token is in a container's config"

@@ -525,14 +525,7 @@ async fn settle_each(
             );
         }
         let archive = source.as_deref().unwrap_or_default();
-        let progress = progress.get_or_insert_with(|| {
-            Progress::start(
-                client.clone(),
-                reach.server.clone(),
-                assignment.stack.clone(),
-                assignment.generation,
-            )
-        });
+        let progress = progress_of(progress, reach, assignment);
         let image = super::build::image_for(
             engine, options, assignment, name, service, archive, progress,
         )
@@ -552,14 +545,7 @@ async fn settle_each(
                         .await
                         .map_err(retry)?;
                 }
-                let progress = progress.get_or_insert_with(|| {
-                    Progress::start(
-                        client.clone(),
-                        reach.server.clone(),
-                        assignment.stack.clone(),
-                        assignment.generation,
-                    )
-                });
+                let progress = progress_of(progress, reach, assignment);
                 let id = start_service(reach, options, assignment, name, service, image, progress)
                     .await
                     .map_err(Setback::Unhealthy)?;
@@ -627,6 +613,22 @@ async fn settle_each(
         }
     }
     Ok(())
+}
+
+/// The generation's progress lines, started on first use.
+fn progress_of<'p>(
+    progress: &'p mut Option<Progress>,
+    reach: &Reach,
+    assignment: &Assignment,
+) -> &'p Progress {
+    progress.get_or_insert_with(|| {
+        Progress::start(
+            reach.client.clone(),
+            reach.server.clone(),
+            assignment.stack.clone(),
+            assignment.generation,
+        )
+    })
 }
 
 /// The container of service `name` this generation uses, if one exists here: a kept one

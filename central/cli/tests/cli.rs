@@ -68,6 +68,19 @@ async fn setup() -> Setup {
 }
 
 impl Setup {
+    /// Registers server web-1 with the join token.
+    async fn join_web_1(&self) {
+        Client::new(
+            &self.url,
+            &self.done.join_token,
+            Trust::Fingerprint(self.done.ca_fingerprint.clone()),
+        )
+        .expect("client")
+        .join(&web_1())
+        .await
+        .expect("join");
+    }
+
     fn login(&self) -> Output {
         ferry(
             &self.config,
@@ -221,15 +234,7 @@ async fn deploy_checks_packs_and_records_generations() {
         "{}",
         text(&out).1
     );
-    Client::new(
-        &url,
-        &done.join_token,
-        Trust::Fingerprint(done.ca_fingerprint.clone()),
-    )
-    .expect("client")
-    .join(&web_1())
-    .await
-    .expect("join");
+    setup.join_web_1().await;
     for expected in [1, 2] {
         // No agent runs containers here, so don't wait for one (tests/tests/host_deploy.rs
         // waits for a real one).
@@ -335,15 +340,7 @@ async fn deploy_plans_node_apps_and_uploads_only_their_source() {
         &setup.done,
     );
     assert!(setup.login().status.success());
-    Client::new(
-        &url,
-        &done.join_token,
-        Trust::Fingerprint(done.ca_fingerprint.clone()),
-    )
-    .expect("client")
-    .join(&web_1())
-    .await
-    .expect("join");
+    setup.join_web_1().await;
     let service = "services:\n  web:\n    ports: [\"3000:80\"]\n";
 
     // A checkout with dependencies installed, history, logs and a secret the

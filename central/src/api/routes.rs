@@ -364,15 +364,7 @@ pub async fn report_status(
     Json(report): Json<StatusReport>,
 ) -> Result<Json<Value>, ApiError> {
     caller.agent_of(&server, "report")?;
-    if state
-        .store
-        .get(&deploy::assignment_key(&server, &stack, generation))?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "server {server:?} is not assigned generation {generation} of {stack:?}"
-        )));
-    }
+    assigned(&state, &server, &stack, generation)?;
     let phase = deploy::record_status(
         state.store.as_ref(),
         &state.stacks,
@@ -386,6 +378,20 @@ pub async fn report_status(
     }
     tracing::info!(%server, %stack, generation, healthy = report.healthy, ?phase, "status reported");
     Ok(Json(json!({ "phase": phase })))
+}
+
+/// Refuses a report on a generation `server` is not assigned.
+fn assigned(state: &AppState, server: &str, stack: &str, generation: u64) -> Result<(), ApiError> {
+    if state
+        .store
+        .get(&deploy::assignment_key(server, stack, generation))?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "server {server:?} is not assigned generation {generation} of {stack:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// `PUT /v1/progress/{server}/{stack}/{generation}`: an agent shows its work on its own
@@ -404,15 +410,7 @@ pub async fn report_progress(
             ProgressReport::MAX_LINE
         )));
     }
-    if state
-        .store
-        .get(&deploy::assignment_key(&server, &stack, generation))?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "server {server:?} is not assigned generation {generation} of {stack:?}"
-        )));
-    }
+    assigned(&state, &server, &stack, generation)?;
     let key = deploy::progress_key(&server, &stack, generation);
     let value = crate::state::encode(&key, &report)?;
     state.store.put(&key, &value)?;
