@@ -308,3 +308,20 @@ fn error_severity_is_kept_apart_from_warnings() {
     let kinds: Vec<Severity> = err.diagnostics.iter().map(|d| d.severity).collect();
     assert_eq!(kinds, vec![Severity::Warning, Severity::Error]);
 }
+
+#[test]
+fn commands_are_read_and_empty_ones_refused() {
+    let parsed = parse(
+        "service.yml",
+        "services:\n  web:\n    build_command: npm run compile\n    deploy_command: npm run migrate\n",
+    )
+    .expect("valid");
+    let web = &parsed.stack.services["web"];
+    assert_eq!(web.build_command.as_deref(), Some("npm run compile"));
+    assert_eq!(web.deploy_command.as_deref(), Some("npm run migrate"));
+    let text = "services:\n  web:\n    build_command: \"\"\n    deploy_command: \"  \"\n    command: \"\"\n";
+    let all = errors(&parse("service.yml", text).unwrap_err()).join("\n");
+    for key in ["build_command", "deploy_command", "command"] {
+        assert!(all.contains(&format!("{key} is empty")), "{all}");
+    }
+}

@@ -3,29 +3,59 @@
 //! `engines.node` no base image satisfies) is refused here, naming what to change, with
 //! the same planner the agents build with (`ferry_api::buildpack`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use crate::dockerignore::Ignore;
 use anyhow::{Context as _, Result, bail};
 use ferry_api::{
     buildpack::{self, AppFiles, Build, Directives, Manager, Start},
     servicefile::StackFile,
 };
 
-/// Checks every service of `stack` (whose source is `dir`) that ferry builds without a
-/// Dockerfile; returns one line per service saying how it will be built, and the
-/// planner's warnings.
-pub fn check(dir: &Path, stack: &StackFile) -> Result<(Vec<String>, Vec<String>)> {
+/// Checks every service of `stack` (whose source is `dir`) that ferry builds; returns one
+/// line per service saying how it will be built, and the planner's warnings. The plan is
+/// made from what the upload will hold (`ignore` applied), as the agent will see it.
+pub fn check(dir: &Path, stack: &StackFile, ignore: &Ignore) -> Result<(Vec<String>, Vec<String>)> {
     let (mut lines, mut warnings, mut problems) = (Vec::new(), Vec::new(), Vec::new());
     for (name, service) in &stack.services {
         if service.image.is_some() {
             continue;
         }
-        let root = dir.join(service.build_root.as_deref().unwrap_or("."));
-        if service.dockerfile_path.is_some() || root.join("Dockerfile").exists() {
+        let at = format!("services.{name}.build_root");
+        let root = match build_root(dir, service.build_root.as_deref()) {
+            Ok(root) => root,
+            Err(e) => {
+                problems.push(format!("{at}: {e}"));
+                continue;
+            }
+        };
+        let relative = root
+            .strip_prefix(dir)
+            .unwrap_or(Path::new(""))
+            .to_path_buf();
+        if let Some(path) = &service.dockerfile_path {
+            if !root.join(path).is_file() {
+                problems.push(format!(
+                    "services.{name}.dockerfile_path: {} is not a file; fix dockerfile_path \
+                     (it is relative to the build root)",
+                    root.join(path).display()
+                ));
+            } else {
+                lines.push(format!("{name}: built with its own Dockerfile, {path}"));
+            }
+            continue;
+        }
+        let files = match read(&root, &relative, ignore) {
+            Ok(files) => files,
+            Err(e) => {
+                problems.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        if files.names.contains("Dockerfile") {
             lines.push(format!("{name}: built with its own Dockerfile"));
             continue;
         }
-        let files = read(&root)?;
         match buildpack::plan(
             &files,
             Directives {
@@ -35,7 +65,11 @@ pub fn check(dir: &Path, stack: &StackFile) -> Result<(Vec<String>, Vec<String>)
         ) {
             Ok(plan) => {
                 warnings.extend(plan.warnings.iter().map(|w| format!("{name}: {w}")));
-                lines.push(format!("{name}: {}", describe(&plan)));
+                let mut line = format!("{name}: {}", describe(&plan));
+                if let Some(command) = &service.deploy_command {
+                    line.push_str(&format!("; `{command}` once per deploy, before it starts"));
+                }
+                lines.push(line);
             }
             Err(e) => problems.push(format!("{name} ({}): {e}", root.display())),
         }
@@ -46,20 +80,52 @@ pub fn check(dir: &Path, stack: &StackFile) -> Result<(Vec<String>, Vec<String>)
     Ok((lines, warnings))
 }
 
-/// The top of `root` as the planner reads it.
-fn read(root: &Path) -> Result<AppFiles> {
+/// The service's build root: a directory inside the stack's `dir`.
+fn build_root(dir: &Path, build_root: Option<&str>) -> Result<PathBuf, String> {
+    let named = dir.join(build_root.unwrap_or("."));
+    let (Ok(root), Ok(stack)) = (named.canonicalize(), dir.canonicalize()) else {
+        return Err(format!(
+            "{} does not exist; fix build_root (it is relative to the stack's directory)",
+            named.display()
+        ));
+    };
+    if !root.is_dir() {
+        return Err(format!(
+            "{} is not a directory; fix build_root",
+            named.display()
+        ));
+    }
+    if !root.starts_with(&stack) {
+        return Err(format!(
+            "{} leads outside the stack's directory {} (a link?); the upload holds only what \
+             is inside it",
+            named.display(),
+            stack.display()
+        ));
+    }
+    Ok(dir.join(root.strip_prefix(&stack).unwrap_or(Path::new(""))))
+}
+
+/// The top of `root` (at `relative` in the stack) as the upload will hold it.
+fn read(root: &Path, relative: &Path, ignore: &Ignore) -> Result<AppFiles> {
     let mut files = AppFiles::default();
     let entries = std::fs::read_dir(root)
         .with_context(|| format!("reading {}, a service's build root", root.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("reading {}", root.display()))?;
+        if ignore.excludes(&relative.join(entry.file_name())) {
+            continue;
+        }
         let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            format!("{name}/")
-        } else {
-            name
-        };
-        files.note(&path, || std::fs::read_to_string(entry.path()).ok());
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if name == "package.json" {
+            let text = std::fs::read_to_string(entry.path())
+                .with_context(|| format!("reading {}", entry.path().display()))?;
+            files.note(&name, || Some(text));
+            continue;
+        }
+        let path = if is_dir { format!("{name}/") } else { name };
+        files.note(&path, || None);
     }
     Ok(files)
 }

@@ -68,7 +68,8 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
         .finish()
         .context("compressing the archive")?;
     let largest = || {
-        let mut parts: Vec<_> = sizes.iter().collect();
+        let total: u64 = sizes.values().sum();
+        let mut parts: Vec<_> = sizes.iter().filter(|(_, s)| **s * 100 >= total).collect();
         parts.sort_by(|a, b| b.1.cmp(a.1));
         parts
             .iter()
@@ -89,7 +90,8 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
     }
     if archive.len() > BIG {
         eprintln!(
-            "the source is {} packed; the largest parts: {} (a .dockerignore leaves parts out)",
+            "the source is {} packed; the largest parts: {}. Leave out what the app does not \
+             need with a .dockerignore",
             megabytes(archive.len() as u64),
             largest()
         );
@@ -98,7 +100,7 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
 }
 
 fn megabytes(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1_000_000.0)
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
 /// Reads and checks `dir/service.yml`; prints its warnings; fails on errors.
@@ -111,7 +113,7 @@ pub fn check(dir: &Path) -> Result<()> {
             for warning in &parsed.warnings {
                 eprintln!("{warning}");
             }
-            let (plans, warnings) = crate::apps::check(dir, &parsed.stack)?;
+            let (plans, warnings) = crate::apps::check(dir, &parsed.stack, &Ignore::of(dir)?)?;
             for line in warnings.iter().chain(&plans) {
                 eprintln!("{line}");
             }

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use globset::{GlobBuilder, GlobMatcher};
 
 /// Directories never uploaded, at any depth.
@@ -42,7 +42,23 @@ impl Ignore {
                 Some(rest) => (true, rest.trim()),
                 None => (false, line),
             };
-            let pattern = pattern.trim_start_matches('/').trim_end_matches('/');
+            // Cleaned as Docker cleans it: "./a/" is "a".
+            let cleaned: Vec<&str> = pattern
+                .split('/')
+                .filter(|part| !part.is_empty() && *part != ".")
+                .collect();
+            if cleaned.is_empty() {
+                bail!("line {}: {line:?} names no path", number + 1);
+            }
+            if cleaned.contains(&"..") {
+                bail!(
+                    "line {}: {line:?} reaches above the stack's directory, where nothing is \
+                     uploaded anyway; remove it",
+                    number + 1
+                );
+            }
+            let pattern = cleaned.join("/");
+            let pattern = pattern.as_str();
             let glob = GlobBuilder::new(pattern)
                 .literal_separator(true)
                 .build()
@@ -98,5 +114,11 @@ mod tests {
         assert!(!out("secrets/public.txt"), "! takes a path back");
         assert!(!out("src/app.js"));
         assert!(Ignore::parse("[unclosed\n").is_err());
+        // Cleaned as Docker cleans patterns; what names nothing, or leaves the root, is refused.
+        let cleaned = Ignore::parse("./assets/\n").unwrap();
+        assert!(cleaned.excludes(Path::new("assets/big.bin")));
+        assert!(Ignore::parse("!\n").is_err());
+        assert!(Ignore::parse("/\n").is_err());
+        assert!(Ignore::parse("../assets\n").is_err());
     }
 }

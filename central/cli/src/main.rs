@@ -270,6 +270,14 @@ async fn deploy(
     deploy::check(dir)?;
     let stack = deploy::stack_name(stack, dir)?;
     let client = login::client()?;
+    // Asked first, so a big upload is not sent to be refused (central refuses it unread,
+    // which the client would only see as a broken pipe).
+    if client.servers().await?.is_empty() {
+        anyhow::bail!(
+            "no server has joined central, so nothing could run {stack}; run `ferry-agent \
+             join` on a server first (`ferry servers list` shows them)"
+        );
+    }
     let archive = deploy::pack(dir)?;
     if !output.json {
         eprintln!(
@@ -395,6 +403,14 @@ async fn stacks_list(output: Output) -> Result<()> {
 }
 
 fn validate(path: &std::path::Path, output: Output) -> Result<()> {
+    // A stack's directory means its service.yml, as `ferry deploy` takes it.
+    let with_file;
+    let path = if path.is_dir() {
+        with_file = path.join("service.yml");
+        with_file.as_path()
+    } else {
+        path
+    };
     let size = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
@@ -412,8 +428,16 @@ fn validate(path: &std::path::Path, output: Output) -> Result<()> {
         Ok(parsed) => (parsed.warnings, Some(parsed.stack)),
         Err(err) => (err.diagnostics, None),
     };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    // How each service will be built, once the file itself is valid.
+    let planned = stack
+        .as_ref()
+        .map(|stack| apps::check(dir, stack, &dockerignore::Ignore::of(dir)?));
     if output.json {
-        let problems: Vec<serde_json::Value> = diagnostics
+        let mut problems: Vec<serde_json::Value> = diagnostics
             .iter()
             .map(|d| {
                 serde_json::json!({
@@ -422,9 +446,24 @@ fn validate(path: &std::path::Path, output: Output) -> Result<()> {
                 })
             })
             .collect();
+        let mut plans = Vec::new();
+        match &planned {
+            Some(Ok((lines, warnings))) => {
+                plans.clone_from(lines);
+                problems.extend(
+                    warnings
+                        .iter()
+                        .map(|w| serde_json::json!({ "severity": "warning", "message": w })),
+                );
+            }
+            Some(Err(e)) => problems
+                .push(serde_json::json!({ "severity": "error", "message": format!("{e:#}") })),
+            None => {}
+        }
+        let valid = matches!(planned, Some(Ok(_)));
         println!(
             "{}",
-            serde_json::json!({ "valid": stack.is_some(), "problems": problems })
+            serde_json::json!({ "valid": valid, "problems": problems, "plans": plans })
         );
     } else {
         for d in &diagnostics {
@@ -434,11 +473,7 @@ fn validate(path: &std::path::Path, output: Output) -> Result<()> {
     let Some(stack) = stack else {
         anyhow::bail!("{name} is not valid; fix the errors above");
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let (plans, warnings) = apps::check(dir, &stack)?;
+    let (plans, warnings) = planned.unwrap_or_else(|| Ok(Default::default()))?;
     if !output.json {
         for warning in &warnings {
             eprintln!("{warning}");

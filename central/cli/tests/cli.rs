@@ -461,6 +461,37 @@ async fn deploy_plans_node_apps_and_uploads_only_their_source() {
         "{}",
         text(&out).1
     );
+    // A build root that is not there, or leads out of the stack, is named where it is set.
+    write_tree(
+        &broken,
+        &[(
+            "service.yml",
+            "services:\n  web:\n    build_root: nothere\n    ports: [\"3000\"]\n",
+        )],
+    );
+    let out = ferry(&config, &["validate", &broken.to_string_lossy()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("services.web.build_root: ")
+            && text(&out).1.contains("does not exist"),
+        "{}",
+        text(&out).1
+    );
+    std::os::unix::fs::symlink(&app, broken.join("elsewhere")).expect("symlink");
+    write_tree(
+        &broken,
+        &[(
+            "service.yml",
+            "services:\n  web:\n    build_root: elsewhere\n    ports: [\"3000\"]\n",
+        )],
+    );
+    let out = ferry(&config, &["validate", &broken.to_string_lossy()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("outside the stack's directory"),
+        "{}",
+        text(&out).1
+    );
     assert_eq!(
         admin.generations("app").await.expect("generations").len(),
         1,

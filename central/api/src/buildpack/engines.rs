@@ -32,11 +32,31 @@ pub enum EnginesError {
 /// as a newer supported line beats a "current" one that ends within months. Majors are
 /// those of [`NODE_MAJORS`].
 pub fn node_major(range: &str) -> Result<u32, EnginesError> {
-    let parsed = Range::parse(range).map_err(|_| EnginesError::Unreadable {
+    let unreadable = || EnginesError::Unreadable {
         range: range.to_string(),
-    })?;
-    let allows =
-        |major: u32| Range::parse(format!("{major}.x")).is_ok_and(|line| parsed.allows_any(&line));
+    };
+    // Each `||` alternative is the intersection of its comparators. Read one comparator
+    // at a time: nodejs-semver takes ">=22 <20" for ">=22 || <20", where npm finds nothing.
+    let alternatives: Vec<Vec<Range>> = range
+        .split("||")
+        .map(|alternative| {
+            comparators(alternative)
+                .iter()
+                .map(|c| Range::parse(c).map_err(|_| unreadable()))
+                .collect()
+        })
+        .collect::<Result<_, _>>()?;
+    let allows = |major: u32| {
+        let Ok(line) = Range::parse(format!("{major}.x")) else {
+            return false;
+        };
+        alternatives.iter().any(|all| {
+            // The least version of the line that every comparator takes, if there is one.
+            let both = all.iter().try_fold(line.clone(), |acc, c| acc.intersect(c));
+            both.and_then(|b| b.min_version())
+                .is_some_and(|v| line.satisfies(&v) && all.iter().all(|c| c.satisfies(&v)))
+        })
+    };
     let newest = |even: bool| {
         NODE_MAJORS
             .rev()
@@ -48,4 +68,31 @@ pub fn node_major(range: &str) -> Result<u32, EnginesError> {
         .ok_or_else(|| EnginesError::Unsatisfiable {
             range: range.to_string(),
         })
+}
+
+/// The comparators of one alternative: ">= 18 <20" is [">=18", "<20"], a hyphen range
+/// "18 - 20" one comparator, an empty alternative "*".
+fn comparators(alternative: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut tokens = alternative.split_whitespace().peekable();
+    while let Some(token) = tokens.next() {
+        if token == "-" {
+            if let (Some(last), Some(next)) = (out.last_mut(), tokens.next()) {
+                *last = format!("{last} - {next}");
+            }
+            continue;
+        }
+        // An operator on its own (">= 18") belongs to the version after it.
+        if token.chars().all(|c| "<>=~^".contains(c))
+            && let Some(next) = tokens.next()
+        {
+            out.push(format!("{token}{next}"));
+            continue;
+        }
+        out.push(token.to_string());
+    }
+    if out.is_empty() {
+        out.push("*".into());
+    }
+    out
 }

@@ -122,11 +122,8 @@ pub struct Plan {
 /// Why an app cannot be built or started as it is. Each message names what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
-    #[error("package.json is not valid JSON ({source}); fix it, or give the service a Dockerfile")]
-    PackageJson {
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("{0}")]
+    PackageJson(#[from] package::ReadError),
     #[error("{0}")]
     Package(#[from] package::PackageError),
     #[error("{0}")]
@@ -136,6 +133,13 @@ pub enum PlanError {
          `main` in package.json, and no server.js or index.js; add one of these"
     )]
     NoStart,
+    #[error(
+        "package.json's main is {main:?}, which is not in the app, and nothing else says how \
+         to start it; fix main, or add a `start` script or a `command`"
+    )]
+    MissingMain { main: String },
+    #[error("package.json's main {main:?} points outside the app; give a path inside it")]
+    MainOutside { main: String },
 }
 
 /// Makes the plan for an app with `files`, as service.yml's `directives` ask.
@@ -144,8 +148,7 @@ pub fn plan(files: &AppFiles, directives: Directives<'_>) -> Result<Plan, PlanEr
         .package_json
         .as_deref()
         .map(PackageJson::parse)
-        .transpose()
-        .map_err(|source| PlanError::PackageJson { source })?;
+        .transpose()?;
     let mut warnings = Vec::new();
     let manager = match &package {
         Some(package) => Some(package.manager(&files.names, &mut warnings)?),
@@ -168,7 +171,7 @@ pub fn plan(files: &AppFiles, directives: Directives<'_>) -> Result<Plan, PlanEr
             Some(PackageJson {
                 main: Some(main), ..
             }),
-        ) => Start::Node(main.clone()),
+        ) => Start::Node(checked_main(files, main)?),
         _ => ["server.js", "index.js"]
             .into_iter()
             .find(|f| files.has(f))
@@ -182,6 +185,27 @@ pub fn plan(files: &AppFiles, directives: Directives<'_>) -> Result<Plan, PlanEr
         start,
         warnings,
     })
+}
+
+/// `main` as node runs it, when it is in the app: a path inside it whose first part the
+/// files show (a top-level file, with or without `.js`, or a directory).
+fn checked_main(files: &AppFiles, main: &str) -> Result<String, PlanError> {
+    let relative = main.trim_start_matches("./");
+    if relative.starts_with('/') || relative.split('/').any(|part| part == "..") {
+        return Err(PlanError::MainOutside { main: main.into() });
+    }
+    let present = match relative.split_once('/') {
+        Some((dir, _)) => files.has(&format!("{dir}/")),
+        None => {
+            files.has(relative)
+                || files.has(&format!("{relative}.js"))
+                || files.has(&format!("{relative}/"))
+        }
+    };
+    if !present {
+        return Err(PlanError::MissingMain { main: main.into() });
+    }
+    Ok(relative.to_string())
 }
 
 #[cfg(test)]

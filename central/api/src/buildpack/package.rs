@@ -2,8 +2,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Deserialize;
-
 /// The lockfiles ferry knows, and whose they are (npm's two, yarn's, pnpm's).
 const LOCKFILES: [(&str, Tool); 4] = [
     ("package-lock.json", Tool::Npm),
@@ -108,6 +106,11 @@ pub enum PackageError {
          (e.g. \"pnpm@9.15.0\"); fix it or remove it"
     )]
     UnknownManager { declared: String },
+    #[error(
+        "{lockfile} is bun's lockfile, and ferry builds with npm, yarn or pnpm; commit one of \
+         their lockfiles, or give the service a Dockerfile that uses bun"
+    )]
+    Bun { lockfile: &'static str },
 }
 
 /// The parts of package.json a build reads.
@@ -123,39 +126,100 @@ pub struct PackageJson {
     pub package_manager: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Raw {
-    #[serde(default)]
-    scripts: BTreeMap<String, serde_json::Value>,
-    main: Option<serde_json::Value>,
-    #[serde(default)]
-    engines: BTreeMap<String, serde_json::Value>,
-    package_manager: Option<serde_json::Value>,
+/// Why package.json cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("package.json is not valid JSON ({0}); fix it, or give the service a Dockerfile")]
+    Json(#[source] serde_json::Error),
+    #[error("package.json's {field} must be {expected}, as npm reads it; fix it")]
+    Shape {
+        field: String,
+        expected: &'static str,
+    },
 }
 
-/// A string field, or None when it is absent or not a string (npm ignores those too).
-fn text(value: Option<&serde_json::Value>) -> Option<String> {
-    value
-        .and_then(serde_json::Value::as_str)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+fn shape(field: impl Into<String>, expected: &'static str) -> ReadError {
+    ReadError::Shape {
+        field: field.into(),
+        expected,
+    }
+}
+
+/// A string field: None when absent, an error when of another type.
+fn text(
+    object: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    field: &str,
+    expected: &'static str,
+) -> Result<Option<String>, ReadError> {
+    match object.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => {
+            Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty()))
+        }
+        Some(_) => Err(shape(field, expected)),
+    }
 }
 
 impl PackageJson {
-    /// Reads package.json's text.
-    pub fn parse(text_of_file: &str) -> Result<Self, serde_json::Error> {
-        let raw: Raw = serde_json::from_str(text_of_file)?;
+    /// Reads package.json's text (a leading byte-order mark allowed, a repeated key's last
+    /// value winning, as npm reads it).
+    pub fn parse(text_of_file: &str) -> Result<Self, ReadError> {
+        let text_of_file = text_of_file.trim_start_matches('\u{feff}');
+        let value: serde_json::Value =
+            serde_json::from_str(text_of_file).map_err(ReadError::Json)?;
+        let serde_json::Value::Object(top) = value else {
+            return Err(shape("top level", "an object such as {\"name\": ...}"));
+        };
+        let scripts = match top.get("scripts") {
+            None | Some(serde_json::Value::Null) => BTreeMap::new(),
+            Some(serde_json::Value::Object(scripts)) => scripts
+                .keys()
+                .map(|name| {
+                    let line = text(
+                        scripts,
+                        name,
+                        &format!("scripts.{name}"),
+                        "a command line (a string)",
+                    )?;
+                    Ok(line.map(|line| (name.clone(), line)))
+                })
+                .filter_map(Result::transpose)
+                .collect::<Result<_, ReadError>>()?,
+            Some(_) => {
+                return Err(shape(
+                    "scripts",
+                    "an object of script names to command lines",
+                ));
+            }
+        };
+        let engines_node = match top.get("engines") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::Object(engines)) => text(
+                engines,
+                "node",
+                "engines.node",
+                "a version range as a string, such as \"20.x\"",
+            )?,
+            Some(_) => {
+                return Err(shape("engines", "an object such as {\"node\": \"20.x\"}"));
+            }
+        };
         Ok(Self {
-            scripts: raw
-                .scripts
-                .iter()
-                .filter_map(|(k, v)| Some((k.clone(), text(Some(v))?)))
-                .collect(),
-            main: text(raw.main.as_ref()),
-            engines_node: text(raw.engines.get("node")),
-            package_manager: text(raw.package_manager.as_ref()),
+            scripts,
+            main: text(
+                &top,
+                "main",
+                "main",
+                "a path (a string), such as \"server.js\"",
+            )?,
+            engines_node,
+            package_manager: text(
+                &top,
+                "packageManager",
+                "packageManager",
+                "a string such as \"pnpm@9.15.0\"",
+            )?,
         })
     }
 
@@ -170,6 +234,13 @@ impl PackageJson {
         names: &BTreeSet<String>,
         warnings: &mut Vec<String>,
     ) -> Result<Manager, PackageError> {
+        if let Some(lockfile) = ["bun.lockb", "bun.lock"]
+            .into_iter()
+            .find(|f| names.contains(*f))
+            && !LOCKFILES.iter().any(|(f, _)| names.contains(*f))
+        {
+            return Err(PackageError::Bun { lockfile });
+        }
         let found: Vec<(&'static str, Tool)> = LOCKFILES
             .into_iter()
             .filter(|(file, _)| names.contains(*file))

@@ -7,8 +7,11 @@ fn files(package_json: Option<&str>, names: &[&str]) -> AppFiles {
     }
 }
 
+/// The plan of an app with `package_json` and `names`, and an `a.js` for the tests' mains.
 fn plan_of(package_json: &str, names: &[&str]) -> Result<Plan, PlanError> {
-    plan(&files(Some(package_json), names), Directives::default())
+    let mut app = files(Some(package_json), names);
+    app.names.insert("a.js".into());
+    plan(&app, Directives::default())
 }
 
 #[test]
@@ -82,10 +85,51 @@ fn conflicting_lockfiles_and_managers_name_the_fix() {
             && mismatch.contains("yarn's"),
         "{mismatch}"
     );
+    let bun = plan_of(r#"{"main":"index.js"}"#, &["bun.lockb", "index.js"]).unwrap_err();
+    assert!(
+        bun.to_string().contains("bun.lockb is bun's lockfile"),
+        "{bun}"
+    );
     let unknown = plan_of(r#"{"packageManager":"bun@1.1"}"#, &["index.js"]).unwrap_err();
     assert!(unknown.to_string().contains("bun@1.1"), "{unknown}");
     let broken = plan_of("{\"scripts\": ", &[]).unwrap_err();
     assert!(broken.to_string().contains("not valid JSON"), "{broken}");
+    // Valid JSON of the wrong shape: the field and its shape are named.
+    for (text, field) in [
+        ("42", "top level"),
+        (
+            r#"{"scripts":"node server.js"}"#,
+            "scripts must be an object",
+        ),
+        (
+            r#"{"scripts":{"start":5}}"#,
+            "scripts.start must be a command line",
+        ),
+        (
+            r#"{"engines":{"node":20},"main":"a.js"}"#,
+            "engines.node must be a version range",
+        ),
+        (
+            r#"{"engines":"20","main":"a.js"}"#,
+            "engines must be an object",
+        ),
+        (r#"{"main":5}"#, "main must be a path"),
+        (
+            r#"{"packageManager":9,"main":"a.js"}"#,
+            "packageManager must be a string",
+        ),
+    ] {
+        let e = plan_of(text, &["index.js"]).unwrap_err().to_string();
+        assert!(e.contains(field) && !e.contains("Raw"), "{text}: {e}");
+    }
+    // What npm reads, ferry reads: a byte-order mark, a repeated key (the last wins).
+    assert!(plan_of("\u{feff}{\"main\":\"a.js\"}", &[]).is_ok());
+    let twice = plan_of(
+        r#"{"scripts":{"start":"x"},"scripts":{"test":"y"},"main":"a.js"}"#,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(twice.start, Start::Node("a.js".into()));
 }
 
 #[test]
@@ -119,9 +163,26 @@ fn the_start_command_comes_from_what_the_app_declares() {
         Start::Script
     );
     assert_eq!(
-        with(None, Some(r#"{"main":"lib/main.js"}"#), &["server.js"]).unwrap(),
+        with(
+            None,
+            Some(r#"{"main":"lib/main.js"}"#),
+            &["server.js", "lib/"]
+        )
+        .unwrap(),
         Start::Node("lib/main.js".into())
     );
+    // npm init's default main, with no index.js: refused, not a container that crashes.
+    let missing = with(None, Some(r#"{"main":"index.js"}"#), &["server.js"]).unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("\"index.js\", which is not in the app"),
+        "{missing}"
+    );
+    for outside in ["/etc/passwd", "../../x.js", "lib/../../x.js"] {
+        let e = with(None, Some(&format!(r#"{{"main":"{outside}"}}"#)), &["lib/"]).unwrap_err();
+        assert!(e.to_string().contains("outside the app"), "{outside}: {e}");
+    }
     assert_eq!(
         with(None, Some("{}"), &["index.js"]).unwrap(),
         Start::Node("index.js".into())
@@ -172,6 +233,22 @@ fn engines_pick_the_newest_lts_major_they_allow() {
     // Only an odd line allowed: that one.
     assert_eq!(node_major("23.x").unwrap(), 23);
     assert_eq!(node_major(">=20.5.0 <20.6").unwrap(), 20);
+    for empty in [
+        ">=22 <20",
+        "<20 >22",
+        ">18 <18",
+        ">=18.0.0 <18.0.0",
+        ">20 <21",
+    ] {
+        assert!(
+            matches!(
+                node_major(empty),
+                Err(engines::EnginesError::Unsatisfiable { .. })
+            ),
+            "{empty} allows nothing: {:?}",
+            node_major(empty)
+        );
+    }
     let old = node_major("^16").unwrap_err().to_string();
     assert!(old.contains("^16") && old.contains("18 to 26"), "{old}");
     assert!(matches!(
@@ -279,7 +356,7 @@ fn pnpm_and_yarn_go_through_corepack_and_plain_apps_are_copied() {
     );
     let berry = files(
         Some(r#"{"packageManager":"yarn@4.5.0","main":"a.js"}"#),
-        &["yarn.lock"],
+        &["yarn.lock", "a.js"],
     );
     let file = dockerfile(
         &super::plan(&berry, Directives::default()).unwrap(),

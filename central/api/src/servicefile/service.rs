@@ -60,14 +60,22 @@ pub fn read(node: &Node<'_, '_>, report: &mut Report) -> Service {
             "build_root" => service.build_root = path(value, report),
             "dockerfile_path" => service.dockerfile_path = path(value, report),
             "image" => service.image = value.string(report, "an image reference"),
-            "command" | "cmd" => service.command = value.string(report, "a command line"),
+            "command" | "cmd" => service.command = command(value, report, key, "a command line"),
             "deploy_command" => {
-                service.deploy_command =
-                    value.string(report, "a command line such as \"npm run migrate\"")
+                service.deploy_command = command(
+                    value,
+                    report,
+                    key,
+                    "a command line such as \"npm run migrate\"",
+                )
             }
             "build_command" => {
-                service.build_command =
-                    value.string(report, "a command line such as \"npm run build\"")
+                service.build_command = command(
+                    value,
+                    report,
+                    key,
+                    "a command line such as \"npm run build\"",
+                )
             }
             "ports" => service.ports = ports(value, report),
             "traffic_matches" => service.traffic_matches = hosts(value, report),
@@ -112,6 +120,20 @@ pub fn read(node: &Node<'_, '_>, report: &mut Report) -> Service {
         );
     }
     service
+}
+
+/// A command line: a string with something in it (an empty one would run nothing, or
+/// replace the app's own build script with nothing).
+fn command(value: &Node<'_, '_>, report: &mut Report, key: &str, what: &str) -> Option<String> {
+    let text = value.string(report, what)?;
+    if text.trim().is_empty() {
+        report.error(
+            value,
+            format!("{key} is empty; give {what}, or remove {key} to use the default"),
+        );
+        return None;
+    }
+    Some(text)
 }
 
 /// "unknown directive", with the closest known one when it is probably a typo.
