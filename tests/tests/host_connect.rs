@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddrV4, process::Command};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use ferry_agent::dataplane::{Callers, ServiceTable};
 use ferry_tests::{
     agent::{Agent, AgentPaths, Pins, agent_command},
@@ -260,5 +260,96 @@ fn bad_paths_are_refused_with_the_fix_and_nothing_is_pinned() -> Result<()> {
     let (ok, _, err) = agent_command(&["service", "list", "--bpffs", &bpffs])?;
     assert!(!ok);
     assert!(err.contains("is the agent running"), "{err}");
+    Ok(())
+}
+
+/// A child process killed on drop, so a failing test does not leave it holding the test's
+/// output open.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `ferry-probe udp-listen ADDR` in `server`; its lines arrive on the receiver.
+fn udp_listener(
+    server: &Server,
+    addr: SocketAddrV4,
+) -> Result<(Killed, std::sync::mpsc::Receiver<String>)> {
+    use std::io::BufRead as _;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-probe"));
+    cmd.args(["udp-listen", &addr.to_string()])
+        .stdout(std::process::Stdio::piped());
+    server.enter(&mut cmd);
+    let mut child = Killed(cmd.spawn()?);
+    let stdout = child.0.stdout.take().context("its output")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(std::time::Duration::from_secs(5))?;
+    anyhow::ensure!(first.starts_with("listening"), "{first}");
+    Ok((child, rx))
+}
+
+#[test]
+fn dns_goes_to_the_listener_only_from_containers_and_never_from_the_agents_sockets() -> Result<()> {
+    let setup = Setup::new(14)?;
+    let _agent = Agent::start(&setup.paths())?;
+    let ip = setup.server.addr().context("no address")?;
+    // The server's resolver, and the agent's listener (here a plain socket).
+    let resolver = SocketAddrV4::new(ip, 53);
+    let listener = SocketAddrV4::new(ip, 5353);
+    let (_resolver, at_resolver) = udp_listener(&setup.server, resolver)?;
+    let (_listener, at_listener) = udp_listener(&setup.server, listener)?;
+    let maps = ferry_agent::dataplane::map_dir(setup.pins.path());
+    ferry_agent::dataplane::DnsMaps::open(&maps)?.set_listener(Some(listener))?;
+    let counters = ferry_agent::dataplane::Counters::open(&maps)?;
+    let redirected = || counters.get(ferry_ebpf_abi::Counter::DnsRedirected);
+    let send = |text: &str, mark: Option<&str>| -> Result<()> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-probe"));
+        cmd.args(["udp-send", &resolver.to_string(), text]);
+        cmd.args(mark);
+        setup.server.enter(&mut cmd);
+        setup.cgroup.place(&mut cmd)?;
+        anyhow::ensure!(cmd.status()?.success(), "ferry-probe udp-send failed");
+        Ok(())
+    };
+    let wait = std::time::Duration::from_secs(5);
+
+    // A process in the attach root that is no container: its query goes where it was sent.
+    let before = redirected()?;
+    send("host", None)?;
+    let arrived = |at: &std::sync::mpsc::Receiver<String>, what: &str| {
+        at.recv_timeout(wait)
+            .with_context(|| format!("the {what} datagram did not arrive where it should"))
+    };
+    assert_eq!(arrived(&at_resolver, "host's")?, "host");
+    // The cgroup registered as a container's: its query goes to the listener.
+    let cgroup = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(setup.cgroup.path())?);
+    ferry_agent::dataplane::CallerTable::open(&maps)?.set(cgroup, 1, 1)?;
+    send("container", None)?;
+    assert_eq!(arrived(&at_listener, "container's")?, "container");
+    // A socket with the agent's mark, even in a container's cgroup: never redirected.
+    let mark = format!("0x{:x}", ferry_ebpf_abi::AGENT_SOCKET_MARK);
+    send("marked", Some(&mark))?;
+    assert_eq!(arrived(&at_resolver, "marked")?, "marked");
+    assert_eq!(
+        redirected()? - before,
+        1,
+        "only the container's query was redirected"
+    );
+    assert!(
+        at_listener.try_recv().is_err(),
+        "nothing else reached the listener"
+    );
     Ok(())
 }

@@ -4,6 +4,9 @@
 //!   Prints `listening` once bound.
 //! - `connect ADDR COUNT`: connect COUNT times, one after another; print each answer, or
 //!   `error: <kind> (errno N)` when the connect fails.
+//! - `udp-listen ADDR`: print `listening`, then each datagram received, a line each.
+//! - `udp-send ADDR TEXT [MARK]`: send TEXT in one datagram from an unconnected socket,
+//!   with SO_MARK set to MARK when given (as the agent marks its own DNS sockets).
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
@@ -22,7 +25,14 @@ fn main() -> ExitCode {
     {
         ["serve", addr, name] => serve(addr, name),
         ["connect", addr, count] => connect(addr, count),
-        _ => Err("usage: ferry-probe serve ADDR NAME | connect ADDR COUNT".into()),
+        ["udp-listen", addr] => udp_listen(addr),
+        ["udp-send", addr, text] => udp_send(addr, text, None),
+        ["udp-send", addr, text, mark] => udp_send(addr, text, Some(mark)),
+        _ => Err(
+            "usage: ferry-probe serve ADDR NAME | connect ADDR COUNT | udp-listen ADDR | \
+                  udp-send ADDR TEXT [MARK]"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,6 +46,52 @@ fn main() -> ExitCode {
 fn parse(addr: &str) -> Result<SocketAddr, String> {
     addr.parse()
         .map_err(|e| format!("bad address {addr:?}: {e}"))
+}
+
+fn udp_listen(addr: &str) -> Result<(), String> {
+    let socket =
+        std::net::UdpSocket::bind(parse(addr)?).map_err(|e| format!("bind {addr}: {e}"))?;
+    println!("listening on {addr}");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).map_err(|e| e.to_string())?;
+        println!("{}", String::from_utf8_lossy(&buf[..n]));
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+    }
+}
+
+fn udp_send(addr: &str, text: &str, mark: Option<&str>) -> Result<(), String> {
+    use std::os::fd::AsRawFd as _;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    if let Some(mark) = mark {
+        let mark: u32 = parse_mark(mark)?;
+        // SAFETY: a valid socket, and a pointer to a u32 of the length given.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_MARK,
+                (&raw const mark).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("SO_MARK: {}", std::io::Error::last_os_error()));
+        }
+    }
+    socket
+        .send_to(text.as_bytes(), parse(addr)?)
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    Ok(())
+}
+
+fn parse_mark(mark: &str) -> Result<u32, String> {
+    match mark.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => mark.parse(),
+    }
+    .map_err(|e| format!("bad mark {mark:?}: {e}"))
 }
 
 fn serve(addr: &str, name: &str) -> Result<(), String> {
