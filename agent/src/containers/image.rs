@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
 use futures_util::StreamExt as _;
 
-use super::Engine;
+use super::{Engine, last_lines::LastLines};
 
 /// A failed build, with the engine's last words.
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +76,6 @@ pub async fn ensure_image(
     Ok(())
 }
 
-/// How many of a failed build's last lines its error carries.
-const BUILD_TAIL: usize = 20;
-
 /// Builds `context` (an uncompressed tar) as `tag`, with `dockerfile` inside the context.
 /// `progress` sees each line the build prints; a failed build's error carries its last
 /// lines.
@@ -105,12 +102,12 @@ pub async fn build_image(
             .docker()
             .build_image(options, None, Some(bollard::body_full(context.into())));
     // The build's last lines: what a developer needs to see when it fails.
-    let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    let failed = |message: String, last: std::collections::VecDeque<String>| {
+    let mut last = LastLines::default();
+    let failed = |message: String, last: &LastLines| {
         let mut message = message;
         if !last.is_empty() {
             message.push_str("; the build's last lines:\n");
-            message.push_str(&Vec::from(last).join("\n"));
+            message.push_str(&last.joined());
         }
         ImageError::Build {
             tag: tag.into(),
@@ -122,7 +119,7 @@ pub async fn build_image(
             Ok(info) => info,
             // A failed step arrives as a stream error: the build's output says why.
             Err(bollard::errors::Error::DockerStreamError { error }) => {
-                return Err(failed(error, last));
+                return Err(failed(error, &last));
             }
             Err(source) => {
                 return Err(ImageError::Engine {
@@ -132,7 +129,7 @@ pub async fn build_image(
             }
         };
         if let Some(detail) = info.error_detail {
-            return Err(failed(detail.message.unwrap_or_default(), last));
+            return Err(failed(detail.message.unwrap_or_default(), &last));
         }
         if let Some(text) = info.stream {
             for line in text.lines().map(plain) {
@@ -141,10 +138,7 @@ pub async fn build_image(
                     continue;
                 }
                 progress(line);
-                if last.len() == BUILD_TAIL {
-                    last.pop_front();
-                }
-                last.push_back(line.to_string());
+                last.push(line);
             }
         }
     }

@@ -8,6 +8,7 @@
 pub mod cgroup;
 mod engine;
 mod image;
+pub mod last_lines;
 pub mod listening;
 mod network;
 pub mod oneoff;

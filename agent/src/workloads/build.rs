@@ -18,7 +18,8 @@ use super::{
     progress::Progress,
 };
 use crate::containers::{
-    BuildOptions, ContainerSpec, Engine, ImageError, build_image, ensure_image, oneoff,
+    BuildOptions, ContainerSpec, Engine, ImageError, build_image, ensure_image,
+    last_lines::LastLines, oneoff,
 };
 
 /// Why a service's image could not be made.
@@ -98,16 +99,16 @@ pub async fn image_for(
                 .clone()
                 .unwrap_or_else(|| buildpack::base_image(plan.node_major));
             ensure_image(engine, &base, log).await?;
+            // The stack's registry, else the agent's; without a final slash, which corepack
+            // would double when it appends "/<name>/<version>".
             let registry = assignment
                 .npm
                 .registry
-                .clone()
-                .or_else(|| options.npm_registry.clone());
+                .as_deref()
+                .or(options.npm_registry.as_deref())
+                .map(|r| r.trim_end_matches('/').to_string());
             if let Some(registry) = &registry {
-                // corepack appends "/<name>/<version>" to the URL as it is.
-                build
-                    .args
-                    .insert(REGISTRY_ARG.into(), registry.trim_end_matches('/').into());
+                build.args.insert(REGISTRY_ARG.into(), registry.clone());
                 build.args.insert(COREPACK_KEYS_ARG.into(), "0".into());
             }
             match (&assignment.npm.token, &plan.manager) {
@@ -200,10 +201,7 @@ impl<F: Fn(&str)> Prebuilt<'_, F> {
         tar::Archive::new(tar.as_slice())
             .unpack(&app)
             .map_err(io("unpacking the source into", &app))?;
-        let registry = self
-            .registry
-            .unwrap_or(buildpack::PUBLIC_REGISTRY)
-            .trim_end_matches('/');
+        let registry = self.registry.unwrap_or(buildpack::PUBLIC_REGISTRY);
         // npm's "nerf dart": the registry's URL without its scheme, ending in a slash.
         let nerf = registry
             .split_once("://")
@@ -218,16 +216,12 @@ impl<F: Fn(&str)> Prebuilt<'_, F> {
         )
         .map_err(io("writing", &npmrc))?;
         let (assignment, name) = self.spec_of;
-        let mut env = vec![
-            format!("npm_config_registry={registry}"),
-            format!("COREPACK_NPM_REGISTRY={registry}"),
-            "COREPACK_ENABLE_DOWNLOAD_PROMPT=0".into(),
-            "YARN_NODE_LINKER=node-modules".into(),
-            format!("YARN_NPM_REGISTRY_SERVER={registry}"),
-            "npm_config_update_notifier=false".into(),
-        ];
+        let mut env: Vec<String> = buildpack::install_env(registry)
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
         if self.registry.is_some() {
-            env.push("COREPACK_INTEGRITY_KEYS=0".into());
+            env.push(format!("{COREPACK_KEYS_ARG}=0"));
         }
         let spec = ContainerSpec {
             stack: assignment.stack.clone(),
@@ -245,20 +239,17 @@ impl<F: Fn(&str)> Prebuilt<'_, F> {
             cpu_millis: None,
             cgroup_parent: None,
         };
-        let mut tail = std::collections::VecDeque::new();
+        let mut tail = LastLines::default();
         let code = oneoff::run(self.engine, &spec, |line| {
             (self.log)(line);
-            if tail.len() == 20 {
-                tail.pop_front();
-            }
-            tail.push_back(line.to_string());
+            tail.push(line);
         })
         .await?;
         std::fs::remove_file(&npmrc).map_err(io("removing", &npmrc))?;
         if code != 0 {
             return Err(BuildError::InstallFailed {
                 code,
-                tail: Vec::from(tail).join("\n"),
+                tail: tail.joined(),
             });
         }
         let deps = work.path().join("deps");

@@ -727,7 +727,7 @@ async fn deploy_command(
 ) -> Result<(), String> {
     let name = &spec.service;
     progress.line(&format!("{name}: deploy_command: {command}"));
-    let mut tail = std::collections::VecDeque::new();
+    let mut tail = containers::last_lines::LastLines::default();
     let code = containers::oneoff::run(
         engine,
         &ContainerSpec {
@@ -737,10 +737,7 @@ async fn deploy_command(
         |line| {
             info!(service = %name, "deploy_command: {line}");
             progress.line(&format!("{name}: {line}"));
-            if tail.len() == 20 {
-                tail.pop_front();
-            }
-            tail.push_back(line.to_string());
+            tail.push(line);
         },
     )
     .await
@@ -749,7 +746,7 @@ async fn deploy_command(
         return Err(format!(
             "{name}: deploy_command `{command}` exited with code {code}, so nothing of this \
              generation serves; its last lines:\n{}",
-            Vec::from(tail).join("\n")
+            tail.joined()
         ));
     }
     Ok(())

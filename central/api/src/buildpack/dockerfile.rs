@@ -169,20 +169,34 @@ pub fn prebuilt_dockerfile(plan: &Plan, base: &str) -> String {
     out
 }
 
+/// The environment of an install from `registry` (a URL without its final slash, which
+/// corepack would double): npm, corepack and yarn all pointed at it, yarn laying out
+/// `node_modules`, and no prompts or notices.
+pub fn install_env(registry: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("npm_config_registry", registry.into()),
+        ("COREPACK_NPM_REGISTRY", registry.into()),
+        ("YARN_NPM_REGISTRY_SERVER", registry.into()),
+        ("YARN_NODE_LINKER", "node-modules".into()),
+        ("COREPACK_ENABLE_DOWNLOAD_PROMPT", "0".into()),
+        ("npm_config_update_notifier", "false".into()),
+        ("npm_config_fund", "false".into()),
+    ]
+}
+
 /// Starts a stage that has the package files and the manager ready.
 fn stage(out: &mut String, base: &str, name: &str, manager: &Manager, present: &[&str]) {
     line(out, &format!("\nFROM {base} AS {name}\nWORKDIR /app"));
     line(out, &format!("ARG {REGISTRY_ARG}={PUBLIC_REGISTRY}"));
     // No default: unset unless the agent passes it, so corepack keeps its own keys.
     line(out, &format!("ARG {COREPACK_KEYS_ARG}"));
+    let env: Vec<String> = install_env(&format!("${REGISTRY_ARG}"))
+        .into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
     line(
         out,
-        &format!(
-            "ENV npm_config_registry=${REGISTRY_ARG} COREPACK_NPM_REGISTRY=${REGISTRY_ARG} \
-             YARN_NPM_REGISTRY_SERVER=${REGISTRY_ARG} YARN_NODE_LINKER=node-modules \
-             COREPACK_ENABLE_DOWNLOAD_PROMPT=0 npm_config_update_notifier=false \
-             npm_config_fund=false PATH=/app/node_modules/.bin:$PATH"
-        ),
+        &format!("ENV {} PATH=/app/node_modules/.bin:$PATH", env.join(" ")),
     );
     for file in present {
         let target = if file.ends_with('/') {

@@ -21,8 +21,8 @@ mod package;
 use std::collections::BTreeSet;
 
 pub use dockerfile::{
-    COREPACK_KEYS_ARG, PACKAGE_FILES, PUBLIC_REGISTRY, REGISTRY_ARG, dockerfile, install_script,
-    prebuilt_dockerfile,
+    COREPACK_KEYS_ARG, PACKAGE_FILES, PUBLIC_REGISTRY, REGISTRY_ARG, dockerfile, install_env,
+    install_script, prebuilt_dockerfile,
 };
 pub use engines::{DEFAULT_NODE_MAJOR, NODE_MAJORS, node_major};
 pub use package::{Manager, PackageJson};
