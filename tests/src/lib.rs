@@ -36,6 +36,17 @@ pub mod resolvers;
 pub mod sniff;
 pub mod tunnel;
 
+/// A child process killed and reaped on drop, so a failing test leaves nothing holding its
+/// output open.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A name unique to this process and call, short enough for an interface name suffix.
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

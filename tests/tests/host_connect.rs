@@ -10,6 +10,7 @@ use std::{net::SocketAddrV4, process::Command};
 use anyhow::{Context as _, Result};
 use ferry_agent::dataplane::{Callers, ServiceTable};
 use ferry_tests::{
+    Running,
     agent::{Agent, AgentPaths, Pins, agent_command},
     cgroup::TestCgroup,
     netns::{Network, Server},
@@ -263,28 +264,17 @@ fn bad_paths_are_refused_with_the_fix_and_nothing_is_pinned() -> Result<()> {
     Ok(())
 }
 
-/// A child process killed on drop, so a failing test does not leave it holding the test's
-/// output open.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `ferry-probe udp-listen ADDR` in `server`; its lines arrive on the receiver.
 fn udp_listener(
     server: &Server,
     addr: SocketAddrV4,
-) -> Result<(Killed, std::sync::mpsc::Receiver<String>)> {
+) -> Result<(Running, std::sync::mpsc::Receiver<String>)> {
     use std::io::BufRead as _;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-probe"));
     cmd.args(["udp-listen", &addr.to_string()])
         .stdout(std::process::Stdio::piped());
     server.enter(&mut cmd);
-    let mut child = Killed(cmd.spawn()?);
+    let mut child = Running(cmd.spawn()?);
     let stdout = child.0.stdout.take().context("its output")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, ensure};
-use bollard::query_parameters::{LogsOptionsBuilder, StopContainerOptionsBuilder};
+use bollard::query_parameters::StopContainerOptionsBuilder;
 use ferry_agent::containers::{Engine, FerryContainer};
 use ferry_tests::{
     central::Central,
@@ -30,7 +30,6 @@ use ferry_tests::{
     netns::Network,
     unique,
 };
-use futures_util::StreamExt as _;
 
 const SUBNET: u8 = 101;
 
@@ -81,14 +80,9 @@ async fn every_container(engine: &Engine) -> Result<Vec<bollard::models::Contain
         .await?)
 }
 
+/// Container `id`'s whole log (as the agent reads logs).
 async fn logs(engine: &Engine, id: &str) -> Result<String> {
-    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).build();
-    let mut stream = engine.docker().logs(id, Some(options));
-    let mut text = String::new();
-    while let Some(chunk) = stream.next().await {
-        text.push_str(&chunk?.to_string());
-    }
-    Ok(text)
+    Ok(ferry_agent::containers::log_tail(engine, id, 100_000).await)
 }
 
 /// A copy of `from` with `change` applied to the file `name`.

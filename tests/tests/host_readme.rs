@@ -20,7 +20,7 @@
 use std::{
     net::SocketAddrV4,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -28,6 +28,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use bollard::query_parameters::RemoveContainerOptionsBuilder;
 use ferry_agent::containers::{FerryContainer, list};
 use ferry_tests::{
+    Running,
     agent::{Agent, agent_binary, agent_command_in, workspace_binary},
     central::{Printed, spawn_serve},
     cgroup::cgroup2_root,
@@ -171,16 +172,6 @@ impl Drop for Claim {
     fn drop(&mut self) {
         self.clean();
         let _ = std::fs::remove_file(MARKER);
-    }
-}
-
-/// A child process killed and reaped on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
