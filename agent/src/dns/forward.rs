@@ -132,14 +132,16 @@ impl Forwarder {
             wire::error_response(&mut out, query, rcode::FORMERR)?;
             return Some(out);
         };
+        if let Some(response) = self.cached(&key, message.metadata.id) {
+            return fit(response, query, limit);
+        }
+        // Only a miss can be a probe (nothing stores a probe's answer), so a cache hit
+        // never takes the probes' lock.
         if self.probe_arrived(&key.0) {
             // One of our own probes came back through an upstream: never send it out
             // again, or it would go round until the in-flight bound stopped it.
             wire::error_response(&mut out, query, rcode::SERVFAIL)?;
             return Some(out);
-        }
-        if let Some(response) = self.cached(&key, message.metadata.id) {
-            return fit(response, query, limit);
         }
         let Ok(_permit) = self.in_flight.try_acquire() else {
             wire::error_response(&mut out, query, rcode::SERVFAIL)?;
