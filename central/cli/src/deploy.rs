@@ -23,10 +23,9 @@ use ferry_api::{
 /// Packed archives above this size get a list of their largest parts.
 const BIG: usize = 10 << 20;
 
-/// Packs `dir` into a source archive, leaving out what [`Ignore`] says. Says how big it
-/// is, and when it is big, what takes the room.
-pub fn pack(dir: &Path) -> Result<Vec<u8>> {
-    let ignore = Ignore::of(dir)?;
+/// Packs `dir` into a source archive, leaving out what `ignore` says. Says how big it is,
+/// and when it is big, what takes the room.
+pub fn pack(dir: &Path, ignore: &Ignore) -> Result<Vec<u8>> {
     let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut tar = tar::Builder::new(encoder);
     tar.follow_symlinks(false);
@@ -103,8 +102,9 @@ fn megabytes(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-/// Reads and checks `dir/service.yml`; prints its warnings; fails on errors.
-pub fn check(dir: &Path) -> Result<()> {
+/// Reads and checks `dir/service.yml` and plans its services from what the upload will
+/// hold (`ignore`); prints warnings and plans; fails on errors.
+pub fn check(dir: &Path, ignore: &Ignore) -> Result<()> {
     let path = dir.join("service.yml");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading {}; a stack needs a service.yml", path.display()))?;
@@ -113,7 +113,7 @@ pub fn check(dir: &Path) -> Result<()> {
             for warning in &parsed.warnings {
                 eprintln!("{warning}");
             }
-            let (plans, warnings) = crate::apps::check(dir, &parsed.stack, &Ignore::of(dir)?)?;
+            let (plans, warnings) = crate::apps::check(dir, &parsed.stack, ignore)?;
             for line in warnings.iter().chain(&plans) {
                 eprintln!("{line}");
             }

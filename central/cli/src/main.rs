@@ -267,7 +267,9 @@ async fn deploy(
     no_wait: bool,
     output: Output,
 ) -> Result<()> {
-    deploy::check(dir)?;
+    // One reading of .dockerignore: what is planned is what is uploaded.
+    let ignore = dockerignore::Ignore::of(dir)?;
+    deploy::check(dir, &ignore)?;
     let stack = deploy::stack_name(stack, dir)?;
     let client = login::client()?;
     // Asked first, so a big upload is not sent to be refused (central refuses it unread,
@@ -278,7 +280,7 @@ async fn deploy(
              join` on a server first (`ferry servers list` shows them)"
         );
     }
-    let archive = deploy::pack(dir)?;
+    let archive = deploy::pack(dir, &ignore)?;
     if !output.json {
         eprintln!(
             "uploading {} ({} bytes packed) as the next generation of {stack}",

@@ -321,6 +321,15 @@ async fn deploy_checks_packs_and_records_generations() {
     );
 }
 
+/// Writes `file` (path, text) in the stack `dir`, runs `ferry validate` on it, which must
+/// refuse it; what it said.
+fn refusal(config: &std::path::Path, dir: &std::path::Path, file: (&str, &str)) -> String {
+    write_tree(dir, &[file]);
+    let out = ferry(config, &["validate", &dir.to_string_lossy()]);
+    assert!(!out.status.success(), "{}", text(&out).0);
+    text(&out).1
+}
+
 /// Writes `files` (path, text) under `dir`.
 fn write_tree(dir: &std::path::Path, files: &[(&str, &str)]) {
     for (path, text) in files {
@@ -444,54 +453,38 @@ async fn deploy_plans_node_apps_and_uploads_only_their_source() {
             && stderr.contains("`start` script"),
         "{stderr}"
     );
-    write_tree(
+    let said = refusal(
+        &config,
         &broken,
-        &[(
+        (
             "package.json",
             r#"{"main":"a.js","engines":{"node":"^16"}}"#,
-        )],
+        ),
     );
-    let out = ferry(
-        &config,
-        &["validate", &broken.join("service.yml").to_string_lossy()],
-    );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).1.contains("engines.node \"^16\""),
-        "{}",
-        text(&out).1
-    );
+    assert!(said.contains("engines.node \"^16\""), "{said}");
     // A build root that is not there, or leads out of the stack, is named where it is set.
-    write_tree(
+    let said = refusal(
+        &config,
         &broken,
-        &[(
+        (
             "service.yml",
             "services:\n  web:\n    build_root: nothere\n    ports: [\"3000\"]\n",
-        )],
+        ),
     );
-    let out = ferry(&config, &["validate", &broken.to_string_lossy()]);
-    assert!(!out.status.success());
     assert!(
-        text(&out).1.contains("services.web.build_root: ")
-            && text(&out).1.contains("does not exist"),
-        "{}",
-        text(&out).1
+        said.contains("services.web.build_root: ") && said.contains("does not exist"),
+        "{said}"
     );
     std::os::unix::fs::symlink(&app, broken.join("elsewhere")).expect("symlink");
-    write_tree(
+    let said = refusal(
+        &config,
         &broken,
-        &[(
+        (
             "service.yml",
             "services:\n  web:\n    build_root: elsewhere\n    ports: [\"3000\"]\n",
-        )],
+        ),
     );
-    let out = ferry(&config, &["validate", &broken.to_string_lossy()]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).1.contains("outside the stack's directory"),
-        "{}",
-        text(&out).1
-    );
+    assert!(said.contains("outside the stack's directory"), "{said}");
     assert_eq!(
         admin.generations("app").await.expect("generations").len(),
         1,
