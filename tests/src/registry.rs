@@ -225,7 +225,7 @@ pub fn seed(workspace: &Path) -> Result<()> {
         .iter()
         .chain([&workspace.join(PRIVATE_SOURCE)])
         .map(|app| package_files(app))
-        .collect::<Result<Vec<_>>>()?
+        .collect::<Vec<_>>()
         .join("\n");
     let marker = home.join("storage/.seeded");
     if std::fs::read_to_string(&marker).is_ok_and(|m| m == fingerprint) {
@@ -279,19 +279,16 @@ fn apps(workspace: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// package.json and the lockfile, as one text: what decides what is installed.
-fn package_files(app: &Path) -> Result<String> {
-    let mut text = String::new();
-    for name in [
+fn package_files(app: &Path) -> String {
+    [
         "package.json",
         "package-lock.json",
         "pnpm-lock.yaml",
         "yarn.lock",
-    ] {
-        if let Ok(file) = std::fs::read_to_string(app.join(name)) {
-            text.push_str(&file);
-        }
-    }
-    Ok(text)
+    ]
+    .iter()
+    .filter_map(|name| std::fs::read_to_string(app.join(name)).ok())
+    .collect()
 }
 
 /// Installs `app`'s dependencies in a scratch copy, through the registry at `url` (as the
