@@ -269,22 +269,13 @@ fn udp_listener(
     server: &Server,
     addr: SocketAddrV4,
 ) -> Result<(Running, std::sync::mpsc::Receiver<String>)> {
-    use std::io::BufRead as _;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry-probe"));
     cmd.args(["udp-listen", &addr.to_string()])
         .stdout(std::process::Stdio::piped());
     server.enter(&mut cmd);
     let mut child = Running(cmd.spawn()?);
     let stdout = child.0.stdout.take().context("its output")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = ferry_tests::lines_of(stdout);
     let first = rx.recv_timeout(std::time::Duration::from_secs(5))?;
     anyhow::ensure!(first.starts_with("listening"), "{first}");
     Ok((child, rx))

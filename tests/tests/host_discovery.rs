@@ -161,16 +161,7 @@ require('readline').createInterface({{ input: process.stdin }}).on('line', () =>
         member.server.enter(&mut cmd);
         let mut child = cmd.spawn().context("starting node")?;
         let stdout = child.stdout.take().context("node's stdout")?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                let _ = tx.send(line);
-            }
-        });
+        let lines = ferry_tests::lines_of(stdout);
         Ok(Self {
             child,
             lines,

@@ -208,16 +208,7 @@ async fn node_apps_build_from_their_checkout_and_run_as_node_developers_expect()
         .spawn()
         .context("ferry services logs --follow")?;
     let followed = follower.stdout.take().context("its output")?;
-    let (tx, followed_lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead as _;
-        for line in std::io::BufReader::new(followed)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let followed_lines = ferry_tests::lines_of(followed);
     let seen_in_logs = |wanted: String| -> Result<String> {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
