@@ -16,6 +16,7 @@ pub mod config;
 pub mod deploy;
 pub mod init;
 pub mod pki;
+pub mod placement;
 pub mod records;
 pub mod serve;
 pub mod sources;

@@ -62,11 +62,12 @@ impl Central {
 
     /// Joins server `name` (key made from `n`) and returns a client with its agent token.
     async fn agent(&self, name: &str, n: u8) -> Client {
-        let joined = self
-            .client(&self.join)
-            .join(&join_request(name, n))
-            .await
-            .expect("join");
+        self.agent_with(join_request(name, n)).await
+    }
+
+    /// Joins with `request`, returning a client with the agent's token.
+    async fn agent_with(&self, request: JoinRequest) -> Client {
+        let joined = self.client(&self.join).join(&request).await.expect("join");
         self.client(&joined.agent_token)
     }
 }
@@ -77,6 +78,7 @@ fn join_request(name: &str, n: u8) -> JoinRequest {
         name: name.into(),
         wireguard_public_key: wg_key(n),
         wireguard_endpoint: ep(),
+        memory_bytes: None,
     }
 }
 
@@ -185,6 +187,7 @@ async fn every_token_can_do_only_its_own_job() {
             name: "bravo".into(),
             wireguard_public_key: "not-a-key".into(),
             wireguard_endpoint: ep(),
+            memory_bytes: None,
         })
         .await
         .unwrap_err();
@@ -407,6 +410,152 @@ async fn server_reports_settle_a_generation() {
         .await
         .unwrap_err();
     assert_eq!(status(&err), 404);
+}
+
+/// Containers of `service` per server in generation `generation`, from the assignments.
+async fn counts(admin: &Client, service: &str, generation: u64) -> Vec<(String, u32)> {
+    let suffix = format!("/shop/{generation:010}");
+    let listed = admin.list("desired/").await.expect("assignments");
+    listed
+        .items
+        .into_iter()
+        .filter(|i| i.key.ends_with(&suffix))
+        .filter_map(|i| {
+            let server = i.key.split('/').nth(1)?.to_string();
+            let a: ferry_api::types::Assignment = serde_json::from_value(i.value).ok()?;
+            Some((server, a.count(service)))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_scale_changes_the_serving_generation_in_place_within_bounds_and_memory() {
+    let central = Central::start().await;
+    // One GiB each: room for two 512 MiB containers per server.
+    let mut request = join_request("one", 1);
+    request.memory_bytes = Some(1 << 30);
+    let one = central.agent_with(request).await;
+    let mut request = join_request("two", 2);
+    request.memory_bytes = Some(1 << 30);
+    let two = central.agent_with(request).await;
+    let admin = central.client(&central.admin);
+    let yml = "services:\n  web:\n    ports: [\"3000\"]\n    constraints:\n      max_count: 8\n  big:\n    constraints:\n      max_count: 1\n      resources:\n        memory: 512M\n";
+    admin.deploy("shop", archive(yml)).await.expect("deploy");
+    let healthy = ferry_api::types::StatusReport {
+        healthy: true,
+        detail: String::new(),
+    };
+
+    // Nothing serves yet: there is nothing to scale in place.
+    let err = admin.scale("shop", "web", 3).await.unwrap_err();
+    assert_eq!(status(&err), 409);
+    assert!(err.to_string().contains("no serving generation"), "{err}");
+    one.report_status("one", "shop", 1, &healthy)
+        .await
+        .expect("report");
+    two.report_status("two", "shop", 1, &healthy)
+        .await
+        .expect("report");
+    assert_eq!(admin.stacks().await.expect("stacks")[0].serving, Some(1));
+    assert_eq!(
+        counts(&admin, "web", 1).await,
+        [("one".into(), 1), ("two".into(), 1)]
+    );
+
+    // Five containers over two servers: 3 and 2, in generation 1, no new generation.
+    let done = admin.scale("shop", "web", 5).await.expect("scale");
+    assert_eq!(done.generation, 1);
+    assert_eq!(
+        done.placement.into_iter().collect::<Vec<_>>(),
+        [("one".into(), 3), ("two".into(), 2)]
+    );
+    assert_eq!(
+        counts(&admin, "web", 1).await,
+        [("one".into(), 3), ("two".into(), 2)]
+    );
+    assert_eq!(admin.stacks().await.expect("stacks")[0].latest, 1);
+    // Down to two: one each, the removed ones told to drain for central's drain period.
+    admin.scale("shop", "web", 2).await.expect("scale");
+    assert_eq!(
+        counts(&admin, "web", 1).await,
+        [("one".into(), 1), ("two".into(), 1)]
+    );
+    let mine: ferry_api::types::Assignment = serde_json::from_value(
+        one.list("desired/one/").await.expect("list").items[0]
+            .value
+            .clone(),
+    )
+    .expect("assignment");
+    assert!(mine.drain_ms > 0, "{mine:?}");
+
+    // Refused with the reason, changing nothing: past max_count, an unknown service, and
+    // more 512 MiB containers than two 1 GiB servers hold (big runs 1 already, on one).
+    for (service, count, code, says) in [
+        (
+            "web",
+            9,
+            400,
+            "web: 9 containers asked, but its service.yml allows at most 8",
+        ),
+        (
+            "nope",
+            1,
+            404,
+            "stack \"shop\" has no service \"nope\"; it has big, web",
+        ),
+    ] {
+        let err = admin.scale("shop", service, count).await.unwrap_err();
+        assert_eq!(status(&err), code);
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    let err = admin.scale("shop", "big", 5).await.unwrap_err();
+    assert_eq!(status(&err), 400);
+    assert!(
+        err.to_string()
+            .contains("big: 5 containers asked, but its service.yml allows at most 1"),
+        "{err}"
+    );
+    assert_eq!(
+        counts(&admin, "web", 1).await,
+        [("one".into(), 1), ("two".into(), 1)]
+    );
+
+    // A deploy keeps the scaled count; a count past the servers' memory refuses the deploy.
+    admin.scale("shop", "web", 3).await.expect("scale");
+    admin.deploy("shop", archive(yml)).await.expect("deploy");
+    assert_eq!(
+        counts(&admin, "web", 2).await,
+        [("one".into(), 2), ("two".into(), 1)]
+    );
+    // While generation 2 deploys, a scale is refused.
+    let err = admin.scale("shop", "web", 4).await.unwrap_err();
+    assert_eq!(status(&err), 409);
+    assert!(
+        err.to_string()
+            .contains("generation 2 of shop is deploying"),
+        "{err}"
+    );
+    one.report_status("one", "shop", 2, &healthy)
+        .await
+        .expect("report");
+    two.report_status("two", "shop", 2, &healthy)
+        .await
+        .expect("report");
+    let heavy = yml.replace("max_count: 1\n", "min_count: 5\n");
+    let err = admin.deploy("shop", archive(&heavy)).await.unwrap_err();
+    assert_eq!(status(&err), 400);
+    assert!(
+        err.to_string()
+            .contains("big: 5 containers with a memory limit of 512 MiB each do not fit: 4 fit"),
+        "{err}"
+    );
+    let stack = &admin.stacks().await.expect("stacks")[0];
+    assert_eq!(
+        (stack.latest, stack.serving),
+        (2, Some(2)),
+        "nothing recorded"
+    );
 }
 
 #[tokio::test]

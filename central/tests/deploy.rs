@@ -37,6 +37,7 @@ fn server(name: &str, index: u8) -> Server {
         subnet_index: index,
         wireguard_public_key: String::new(),
         wireguard_endpoint: "192.0.2.1:51820".parse().expect("addr"),
+        memory_bytes: None,
     }
 }
 
@@ -62,13 +63,17 @@ impl Cluster {
 
     /// Records a generation as central's deploy does, carrying kept containers along.
     fn deploy_services(&self, services: BTreeMap<String, Service>) -> u64 {
-        let placement = deploy::place(&[server("a", 1), server("b", 2)], &services);
-        let serving = self.stacks.stack("shop").ok().and_then(|s| s.serving);
-        let carried =
-            deploy::carried(self.store.as_ref(), "shop", serving, &placement).expect("carried");
+        let servers = [server("a", 1), server("b", 2)];
         self.stacks
-            .create_generation_with("shop", services, "d1gest", |g| {
-                deploy::assignment_ops(g, &placement, &carried, &Default::default())
+            .create_generation_with("shop", services.clone(), "d1gest", |g| {
+                deploy::generation_ops(
+                    self.store.as_ref(),
+                    &self.stacks,
+                    &servers,
+                    g,
+                    &services,
+                    &Default::default(),
+                )
             })
             .expect("deploy")
             .number

@@ -20,7 +20,7 @@ pub use engine::{Engine, EngineError};
 pub use image::{BuildOptions, ImageError, build_image, ensure_image};
 pub use network::{NetworkError, ensure_network};
 pub use running::{
-    ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_SERVICE, LABEL_STACK,
-    describe_state, list, log_tail, logs, start, until_stopped,
+    ContainerError, ContainerSpec, FerryContainer, LABEL_GENERATION, LABEL_INDEX, LABEL_SERVICE,
+    LABEL_STACK, describe_state, list, log_tail, logs, start, until_stopped,
 };
 pub use stopping::{DEFAULT_STOP_GRACE, stop_and_remove};

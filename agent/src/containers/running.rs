@@ -20,6 +20,8 @@ pub const LABEL_STACK: &str = "ferry.stack";
 pub const LABEL_SERVICE: &str = "ferry.service";
 /// Label holding the generation.
 pub const LABEL_GENERATION: &str = "ferry.generation";
+/// Label numbering a service's containers of one generation on one server: `0..count`.
+pub const LABEL_INDEX: &str = "ferry.index";
 
 /// Largest json-file log of one container before Docker rotates it.
 pub const LOG_MAX_SIZE: &str = "10m";
@@ -37,6 +39,8 @@ pub struct ContainerSpec {
     pub service: String,
     /// Generation.
     pub generation: u64,
+    /// Which of the service's containers on this server it is, from 0.
+    pub index: u32,
     /// Image reference.
     pub image: String,
     /// Environment, `NAME=value`.
@@ -66,6 +70,8 @@ pub struct FerryContainer {
     pub service: String,
     /// Generation label.
     pub generation: u64,
+    /// Index label (0 for containers started before there were several).
+    pub index: u32,
     /// Its address on the ferry network, if it has one.
     pub address: Option<Ipv4Addr>,
     /// Whether it runs.
@@ -90,8 +96,15 @@ pub async fn start(engine: &Engine, spec: &ContainerSpec) -> Result<String, Cont
         (LABEL_STACK.to_string(), spec.stack.clone()),
         (LABEL_SERVICE.to_string(), spec.service.clone()),
         (LABEL_GENERATION.to_string(), spec.generation.to_string()),
+        (LABEL_INDEX.to_string(), spec.index.to_string()),
     ]);
-    let name = format!("{}-{}-{}", spec.stack, spec.service, spec.generation);
+    let name = format!(
+        "{}-{}-{}-{}",
+        spec.stack,
+        spec.service,
+        spec.generation,
+        spec.index + 1
+    );
     create_and_start(engine, spec, labels, &name).await
 }
 
@@ -132,9 +145,9 @@ pub(super) fn body(spec: &ContainerSpec, labels: HashMap<String, String>) -> Con
     }
 }
 
-/// Creates a container of `spec` named `<name>-<n>` (a readable name, so `docker ps` on a
-/// server means something; a taken one, of a container not yet removed, gets the next
-/// free `n`), and starts it; returns its id.
+/// Creates a container of `spec` named `name` (a readable name, so `docker ps` on a
+/// server means something; when a container not yet removed holds it, `<name>.<n>` with
+/// the first free `n` from 2), and starts it; returns its id.
 pub(super) async fn create_and_start(
     engine: &Engine,
     spec: &ContainerSpec,
@@ -158,7 +171,10 @@ pub(super) async fn create_and_start(
     let mut attempt = 1;
     let created = loop {
         let options = CreateContainerOptionsBuilder::new()
-            .name(&format!("{name}-{attempt}"))
+            .name(&match attempt {
+                1 => name.to_string(),
+                n => format!("{name}.{n}"),
+            })
             .build();
         match docker.create_container(Some(options), body.clone()).await {
             Ok(created) => break created,
@@ -205,6 +221,10 @@ pub async fn list(engine: &Engine) -> Result<Vec<FerryContainer>, ContainerError
                 stack: labels.get(LABEL_STACK)?.clone(),
                 service: labels.get(LABEL_SERVICE)?.clone(),
                 generation: labels.get(LABEL_GENERATION)?.parse().ok()?,
+                index: labels
+                    .get(LABEL_INDEX)
+                    .and_then(|i| i.parse().ok())
+                    .unwrap_or(0),
                 address,
                 running: matches!(c.state, Some(ContainerSummaryStateEnum::RUNNING)),
             })

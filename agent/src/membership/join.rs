@@ -81,6 +81,7 @@ pub async fn join(options: &JoinOptions) -> Result<Membership, JoinError> {
             name: options.name.clone(),
             wireguard_public_key: public_key.to_base64(),
             wireguard_endpoint: options.endpoint,
+            memory_bytes: memory_bytes(),
         })
         .await?;
     let ca = client.pinned_ca_pem().ok_or(JoinError::NoCa)?;
@@ -100,4 +101,19 @@ pub async fn join(options: &JoinOptions) -> Result<Membership, JoinError> {
     })?;
     state::write_private(dir, MEMBERSHIP, &record)?;
     Ok(membership)
+}
+
+/// This server's memory (`MemTotal` in /proc/meminfo), for placement to keep containers'
+/// memory limits within; None when it cannot be read, and placement then refuses nothing.
+fn memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    kib.checked_mul(1024)
 }

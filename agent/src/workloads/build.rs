@@ -227,6 +227,7 @@ impl<F: Fn(&str)> Prebuilt<'_, F> {
             stack: assignment.stack.clone(),
             service: format!("{name}-install"),
             generation: assignment.generation,
+            index: 0,
             image: self.base.to_string(),
             env,
             network: self.network.unwrap_or("bridge").to_string(),

@@ -97,7 +97,7 @@ async fn probe_all(reach: &Reach, intent: &Shared, failures: &mut HashMap<String
             .filter_map(|c| {
                 let key = (c.stack.clone(), c.generation);
                 let assignment = intent.desired.get(&key)?;
-                if assignment.state != Desired::Run || !intent.settled.contains(&key) {
+                if assignment.state != Desired::Run || !intent.settled.contains_key(&key) {
                     return None;
                 }
                 let service = assignment.services.get(&c.service)?.clone();
@@ -113,10 +113,14 @@ async fn probe_all(reach: &Reach, intent: &Shared, failures: &mut HashMap<String
     }))
     .await;
     let mut unhealthy = BTreeSet::new();
+    let mut passed = Vec::new();
     for (c, outcome) in results {
         let count = failures.entry(c.id.clone()).or_default();
         match outcome {
-            Ok(()) => *count = 0,
+            Ok(()) => {
+                *count = 0;
+                passed.push((c.stack.clone(), c.service.clone(), c.generation, c.index));
+            }
             Err(e) => {
                 *count += 1;
                 if *count == FAILURES {
@@ -130,8 +134,10 @@ async fn probe_all(reach: &Reach, intent: &Shared, failures: &mut HashMap<String
     }
     failures.retain(|id, _| checks.iter().any(|(c, _)| &c.id == id));
     let mut intent = lock(intent);
+    // One that failed its first check after a scale-up joins rotation once it passes.
+    let joined = passed.iter().any(|slot| intent.starting.remove(slot));
     if intent.unhealthy == unhealthy {
-        return false;
+        return joined;
     }
     for back in intent.unhealthy.difference(&unhealthy) {
         info!(container = %back, "passing its health check again, back in rotation");

@@ -3,6 +3,12 @@
 //! or failed one drains for the period central gave, then each container stops as its
 //! service asks and is removed. After every change the server's container list goes to
 //! central.
+//!
+//! A service runs `count` containers here, numbered `0..count` by their `ferry.index`
+//! label. A changed count in a wanted generation (a scale) starts the missing ones, which
+//! join rotation once they pass their check, and drains the ones numbered past it: they
+//! are reported `draining` (out of rotation everywhere) and stop after the assignment's
+//! `drain_ms`.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -54,8 +60,14 @@ pub struct WorkloadOptions {
 pub(super) struct Intent {
     /// The current assignment of every (stack, generation) for this server.
     pub(super) desired: BTreeMap<(String, u64), Assignment>,
-    /// Runs that were built, started, checked and reported.
-    pub(super) settled: BTreeSet<(String, u64)>,
+    /// Runs that were built, started, checked and reported, as they were assigned then.
+    pub(super) settled: BTreeMap<(String, u64), Assignment>,
+    /// Containers started (or being started) that have not passed a health check yet:
+    /// reported `starting`, so nothing leads to them. By slot: (stack, service,
+    /// generation, index).
+    pub(super) starting: BTreeSet<Slot>,
+    /// Containers a scale-down took out whose drain is under way.
+    draining: BTreeSet<String>,
     /// Generations whose containers a stop task is draining or stopping.
     stopping: BTreeSet<(String, u64)>,
     /// Running containers that fail their service's health check (see `liveness`):
@@ -63,20 +75,37 @@ pub(super) struct Intent {
     pub(super) unhealthy: BTreeSet<String>,
 }
 
+/// One container's place: (stack, service, generation it was started for, index).
+pub(super) type Slot = (String, String, u64, u32);
+
 impl Intent {
-    /// The generations that run the container of `service` started for `generation`: its
-    /// own while wanted, and later ones it was carried into.
-    fn serves(&self, stack: &str, service: &str, generation: u64) -> Vec<u64> {
+    /// The generations that run container `index` of `service` started for `generation`:
+    /// its own while wanted and counted, and later ones it was carried into.
+    fn serves(&self, stack: &str, service: &str, generation: u64, index: u32) -> Vec<u64> {
         self.desired
             .values()
             .filter(|a| a.stack == stack && a.state == Desired::Run)
-            .filter(|a| a.services.contains_key(service))
+            .filter(|a| index < a.count(service))
             .filter(|a| match a.carried.get(service) {
                 Some(origin) => *origin == generation,
                 None => a.generation == generation,
             })
             .map(|a| a.generation)
             .collect()
+    }
+
+    /// Whether `c` runs past its service's count in a generation still wanted (a
+    /// scale-down took it out): it drains, then stops.
+    fn surplus(&self, c: &containers::FerryContainer) -> bool {
+        let wanted = self
+            .desired
+            .get(&(c.stack.clone(), c.generation))
+            .is_some_and(|a| a.state == Desired::Run);
+        c.running
+            && wanted
+            && self
+                .serves(&c.stack, &c.service, c.generation, c.index)
+                .is_empty()
     }
 }
 
@@ -251,7 +280,8 @@ async fn apply(
         let mut intent = lock(intent);
         intent.desired.insert(id.clone(), assignment.clone());
         match state {
-            Desired::Run => intent.settled.contains(&id),
+            // The same assignment again; a changed one (a scale) is settled anew.
+            Desired::Run => intent.settled.get(&id) == Some(&assignment),
             Desired::Stop { .. } => {
                 intent.settled.remove(&id);
                 !intent.stopping.insert(id.clone())
@@ -265,7 +295,7 @@ async fn apply(
         Desired::Run => {
             // A setback that is not the generation's fault (central or Docker out of
             // reach) is retried, never reported as unhealthy.
-            let report = settle(reach, options, &assignment).await?;
+            let report = settle(reach, options, intent, &assignment).await?;
             info!(stack = %assignment.stack, generation = assignment.generation, healthy = report.healthy, "reporting");
             report_containers(reach, intent).await;
             reach
@@ -278,7 +308,8 @@ async fn apply(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            lock(intent).settled.insert(id);
+            lock(intent).settled.insert(id, assignment.clone());
+            drain_surplus(reach, intent, &assignment).await;
         }
         Desired::Stop { drain_ms } => {
             tokio::spawn(retire(
@@ -308,8 +339,66 @@ async fn retire(reach: Reach, intent: Shared, assignment: Assignment, drain: Dur
     if still_wanted_stopped {
         stop_generation(&reach, &intent, &assignment).await;
     }
-    lock(&intent).stopping.remove(&id);
+    {
+        let mut intent = lock(&intent);
+        intent.stopping.remove(&id);
+        if still_wanted_stopped {
+            intent.starting.retain(|s| (&s.0, s.2) != (&id.0, id.1));
+        }
+    }
     report_containers(&reach, &intent).await;
+}
+
+/// Takes the containers of `assignment`'s stack that run past their count (a
+/// scale-down) out of rotation at once, and stops each after the assignment's drain.
+async fn drain_surplus(reach: &Reach, intent: &Shared, assignment: &Assignment) {
+    let Ok(running) = containers::list(&reach.engine).await else {
+        return;
+    };
+    let surplus: Vec<containers::FerryContainer> = {
+        let mut intent = lock(intent);
+        let found: Vec<_> = running
+            .into_iter()
+            .filter(|c| c.stack == assignment.stack && intent.surplus(c))
+            .collect();
+        found
+            .into_iter()
+            .filter(|c| intent.draining.insert(c.id.clone()))
+            .collect()
+    };
+    if surplus.is_empty() {
+        return;
+    }
+    // Reported `draining` now: central's records drop them, and with them every path.
+    report_containers(reach, intent).await;
+    let drain = Duration::from_millis(assignment.drain_ms);
+    for c in surplus {
+        info!(stack = %c.stack, service = %c.service, generation = c.generation, index = c.index, ?drain, "scaled down; draining");
+        let (reach, intent) = (reach.clone(), intent.clone());
+        let service = assignment.services.get(&c.service).cloned();
+        tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            // Wanted again meanwhile (scaled back up): it stays.
+            let still = lock(&intent).surplus(&c);
+            if still {
+                let steps = service
+                    .as_ref()
+                    .map(|s| s.pre_stop_sequence.clone())
+                    .unwrap_or_default();
+                let grace = service
+                    .and_then(|s| s.stop_grace)
+                    .unwrap_or(containers::DEFAULT_STOP_GRACE);
+                match containers::stop_and_remove(&reach.engine, &c.id, &steps, grace).await {
+                    Ok(()) => {
+                        info!(stack = %c.stack, service = %c.service, index = c.index, "scaled down; stopped and removed")
+                    }
+                    Err(e) => warn!("stopping {}/{} #{}: {e}", c.stack, c.service, c.index),
+                }
+            }
+            lock(&intent).draining.remove(&c.id);
+            report_containers(&reach, &intent).await;
+        });
+    }
 }
 
 /// Stops every container of the assignment's generation, each as its service asks, but
@@ -327,7 +416,11 @@ async fn stop_generation(reach: &Reach, intent: &Shared, assignment: &Assignment
         running
             .into_iter()
             .filter(|c| c.stack == assignment.stack && c.generation == assignment.generation)
-            .filter(|c| intent.serves(&c.stack, &c.service, c.generation).is_empty())
+            .filter(|c| {
+                intent
+                    .serves(&c.stack, &c.service, c.generation, c.index)
+                    .is_empty()
+            })
             .collect()
     };
     let stops = mine.into_iter().map(|c| {
@@ -370,6 +463,8 @@ async fn stop_orphans(reach: &Reach, intent: &Shared) -> Result<(), String> {
                 generation,
                 source_digest: String::new(),
                 services: BTreeMap::new(),
+                counts: BTreeMap::new(),
+                drain_ms: 0,
                 state: Desired::Stop { drain_ms: 0 },
                 carried: BTreeMap::new(),
                 deploy_commands: BTreeSet::new(),
@@ -404,17 +499,25 @@ async fn local_containers(reach: &Reach, intent: &Shared) -> Option<Vec<Containe
     let ids: Vec<String> = running.iter().map(|c| c.id.clone()).collect();
     containers::cgroup::sweep(&reach.cgroup_root, &ids);
     let mut report = Vec::with_capacity(running.len());
-    let unhealthy = lock(intent).unhealthy.clone();
     for c in running {
         let cgroup_id = match c.running {
             true => containers::cgroup::current_id(&reach.engine, &c.id, &reach.cgroup2).await,
             false => None,
         };
-        let serves = lock(intent).serves(&c.stack, &c.service, c.generation);
-        let state = match (c.running, unhealthy.contains(&c.id)) {
-            (false, _) => "stopped",
-            (true, true) => "unhealthy",
-            (true, false) => "running",
+        let (serves, state) = {
+            let intent = lock(intent);
+            let slot = (c.stack.clone(), c.service.clone(), c.generation, c.index);
+            let state = match (c.running, intent.unhealthy.contains(&c.id)) {
+                (false, _) => "stopped",
+                (true, true) => "unhealthy",
+                (true, false) if intent.starting.contains(&slot) => "starting",
+                (true, false) if intent.surplus(&c) => "draining",
+                (true, false) => "running",
+            };
+            (
+                intent.serves(&c.stack, &c.service, c.generation, c.index),
+                state,
+            )
         };
         report.push(ContainerReport {
             serves,
@@ -461,9 +564,10 @@ fn retry(e: impl std::fmt::Display) -> Setback {
 async fn settle(
     reach: &Reach,
     options: &WorkloadOptions,
+    intent: &Shared,
     assignment: &Assignment,
 ) -> Result<StatusReport, String> {
-    match try_settle(reach, options, assignment).await {
+    match try_settle(reach, options, intent, assignment).await {
         Ok(()) => Ok(StatusReport {
             healthy: true,
             detail: String::new(),
@@ -479,6 +583,7 @@ async fn settle(
 async fn try_settle(
     reach: &Reach,
     options: &WorkloadOptions,
+    intent: &Shared,
     assignment: &Assignment,
 ) -> Result<(), Setback> {
     let running = containers::list(&reach.engine).await.map_err(retry)?;
@@ -487,6 +592,7 @@ async fn try_settle(
     let result = settle_each(
         reach,
         options,
+        intent,
         assignment,
         &running,
         &mut source,
@@ -503,6 +609,7 @@ async fn try_settle(
 async fn settle_each(
     reach: &Reach,
     options: &WorkloadOptions,
+    intent: &Shared,
     assignment: &Assignment,
     running: &[containers::FerryContainer],
     source: &mut Option<Vec<u8>>,
@@ -513,7 +620,9 @@ async fn settle_each(
     // containers starts.
     let mut images = BTreeMap::new();
     for (name, service) in &assignment.services {
-        if existing(assignment, running, name).is_some_and(|c| c.running) {
+        let all_run = (0..assignment.count(name))
+            .all(|i| existing(assignment, running, name, i).is_some_and(|c| c.running));
+        if all_run {
             continue;
         }
         if source.is_none() {
@@ -534,85 +643,142 @@ async fn settle_each(
         images.insert(name.clone(), image);
     }
     for (name, service) in &assignment.services {
-        let existing = existing(assignment, running, name);
-        let (id, address) = match (existing, images.remove(name)) {
-            // Started by an earlier agent: adopt it, check it again.
-            (Some(c), _) if c.running => (c.id.clone(), c.address),
-            (_, Some(image)) => {
-                if let Some(dead) = existing {
-                    // Exited before it was checked: replace it rather than keep two.
-                    containers::stop_and_remove(engine, &dead.id, &[], Duration::ZERO)
-                        .await
-                        .map_err(retry)?;
-                }
-                let progress = progress_of(progress, reach, assignment);
-                let id = start_service(reach, options, assignment, name, service, image, progress)
+        let count = assignment.count(name);
+        let mut started = Vec::with_capacity(count as usize);
+        let mut deploy_command_due = assignment.deploy_commands.contains(name);
+        for index in 0..count {
+            let slot = (
+                assignment.stack.clone(),
+                name.clone(),
+                assignment.generation,
+                index,
+            );
+            let existing = existing(assignment, running, name, index);
+            let (id, address) = match (existing, images.get(name)) {
+                // Started by an earlier agent: adopt it, check it again.
+                (Some(c), _) if c.running => (c.id.clone(), c.address),
+                (_, Some(image)) => {
+                    if let Some(dead) = existing {
+                        // Exited before it was checked: replace it rather than keep two.
+                        containers::stop_and_remove(engine, &dead.id, &[], Duration::ZERO)
+                            .await
+                            .map_err(retry)?;
+                    }
+                    // Out of rotation until its check passes (a scale-up of a serving
+                    // generation must not send it traffic before).
+                    lock(intent).starting.insert(slot.clone());
+                    let progress = progress_of(progress, reach, assignment);
+                    let id = start_service(
+                        reach,
+                        options,
+                        assignment,
+                        (name, index),
+                        service,
+                        image.clone(),
+                        std::mem::take(&mut deploy_command_due),
+                        progress,
+                    )
                     .await
                     .map_err(Setback::Unhealthy)?;
-                let address = containers::list(engine)
-                    .await
-                    .map_err(retry)?
-                    .into_iter()
-                    .find(|c| c.id == id)
-                    .and_then(|c| c.address);
-                (id, address)
+                    let address = containers::list(engine)
+                        .await
+                        .map_err(retry)?
+                        .into_iter()
+                        .find(|c| c.id == id)
+                        .and_then(|c| c.address);
+                    (id, address)
+                }
+                // It was running when the images were made, and has stopped since: next time.
+                (_, None) => {
+                    return Err(Setback::Retry(format!(
+                        "{name}: its container {} stopped while the others were being built",
+                        index + 1
+                    )));
+                }
+            };
+            // Its own cgroup before its check, so the data plane knows it as a caller from
+            // its first connection on.
+            match containers::cgroup::place(engine, &id, &options.cgroup_root, &options.cgroup2)
+                .await
+            {
+                Ok(cgroup) => reach.callers.register(
+                    cgroup,
+                    LocalCaller {
+                        stack: assignment.stack.clone(),
+                        service: name.clone(),
+                        generation: assignment.generation,
+                    },
+                ),
+                // One that already exited fails its check below, with its log.
+                Err(CgroupError::NotRunning { .. }) => {}
+                Err(e) => {
+                    let state = containers::describe_state(engine, &id).await;
+                    return Err(Setback::Unhealthy(format!(
+                        "{name}: placing it in its cgroup: {e}; the container is {state}"
+                    )));
+                }
             }
-            // It was running when the images were made, and has stopped since: next time.
-            (_, None) => {
-                return Err(Setback::Retry(format!(
-                    "{name}: its container stopped while the others were being built"
-                )));
-            }
-        };
-        // Its own cgroup before its check, so the data plane knows it as a caller from
-        // its first connection on.
-        match containers::cgroup::place(engine, &id, &options.cgroup_root, &options.cgroup2).await {
-            Ok(cgroup) => reach.callers.register(
-                cgroup,
-                LocalCaller {
-                    stack: assignment.stack.clone(),
-                    service: name.clone(),
-                    generation: assignment.generation,
-                },
-            ),
-            // One that already exited fails its check below, with its log.
-            Err(CgroupError::NotRunning { .. }) => {}
-            Err(e) => {
-                let state = containers::describe_state(engine, &id).await;
-                return Err(Setback::Unhealthy(format!(
-                    "{name}: placing it in its cgroup: {e}; the container is {state}"
-                )));
+            started.push((slot, id, address));
+        }
+        // Checked together: forty containers take as long as the slowest, not the sum.
+        let checks = started.iter().map(|(slot, id, address)| async move {
+            let outcome = check_one(engine, name, service, id, *address).await;
+            (slot, outcome)
+        });
+        let mut failed = None;
+        for (slot, outcome) in futures_util::future::join_all(checks).await {
+            match outcome {
+                Ok(()) => {
+                    lock(intent).starting.remove(slot);
+                }
+                Err(why) => {
+                    failed.get_or_insert(why);
+                }
             }
         }
-        // A container that dies fails its check at once, not when the check's time is up.
-        let checked = tokio::select! {
-            checked = health::check(service, address) => checked,
-            () = containers::until_stopped(engine, &id) => {
-                Err("it stopped before passing its health check".to_string())
-            }
-        };
-        if let Err(mut why) = checked {
-            if let Some(port) = service.ports.first().map(|p| p.container)
-                && let Some(loopback) =
-                    containers::listening::loopback_only(engine, &id, port).await
-            {
-                let at: Vec<String> = loopback.iter().map(ToString::to_string).collect();
-                why = format!(
-                    "{why}: the app listens on {} only, inside its container, where neither \
-                     the health check nor any traffic can reach it; listen on all addresses \
-                     (Node: server.listen({port}) with no host, or host '0.0.0.0'; since Node \
-                     17 'localhost' means ::1)",
-                    at.join(" and ")
-                );
-            }
-            let state = containers::describe_state(engine, &id).await;
-            let log = containers::log_tail(engine, &id, 20).await;
-            return Err(Setback::Unhealthy(format!(
-                "{name}: {why}; the container is {state}; last log lines:\n{log}"
-            )));
+        if let Some(why) = failed {
+            return Err(Setback::Unhealthy(why));
         }
     }
     Ok(())
+}
+
+/// Container `id` of service `name` passing its first health check; Err says why not,
+/// with its state and last log lines.
+async fn check_one(
+    engine: &Engine,
+    name: &str,
+    service: &Service,
+    id: &str,
+    address: Option<Ipv4Addr>,
+) -> Result<(), String> {
+    // A container that dies fails its check at once, not when the check's time is up.
+    let checked = tokio::select! {
+        checked = health::check(service, address) => checked,
+        () = containers::until_stopped(engine, id) => {
+            Err("it stopped before passing its health check".to_string())
+        }
+    };
+    let Err(mut why) = checked else {
+        return Ok(());
+    };
+    if let Some(port) = service.ports.first().map(|p| p.container)
+        && let Some(loopback) = containers::listening::loopback_only(engine, id, port).await
+    {
+        let at: Vec<String> = loopback.iter().map(ToString::to_string).collect();
+        why = format!(
+            "{why}: the app listens on {} only, inside its container, where neither \
+             the health check nor any traffic can reach it; listen on all addresses \
+             (Node: server.listen({port}) with no host, or host '0.0.0.0'; since Node \
+             17 'localhost' means ::1)",
+            at.join(" and ")
+        );
+    }
+    let state = containers::describe_state(engine, id).await;
+    let log = containers::log_tail(engine, id, 20).await;
+    Err(format!(
+        "{name}: {why}; the container is {state}; last log lines:\n{log}"
+    ))
 }
 
 /// The generation's progress lines, started on first use.
@@ -631,36 +797,46 @@ fn progress_of<'p>(
     })
 }
 
-/// The container of service `name` this generation uses, if one exists here: a kept one
-/// (`restart_on_deploy: false`, checked like a new one), else its own (perhaps left by an
-/// earlier agent).
+/// Container `index` of service `name` this generation uses, if one exists here: a kept
+/// one (`restart_on_deploy: false`, checked like a new one), else its own (perhaps left by
+/// an earlier agent), a running one first.
 fn existing<'a>(
     assignment: &Assignment,
     running: &'a [containers::FerryContainer],
     name: &str,
+    index: u32,
 ) -> Option<&'a containers::FerryContainer> {
-    let kept = assignment.carried.get(name).and_then(|origin| {
-        running.iter().find(|c| {
-            c.stack == assignment.stack && c.service == name && c.generation == *origin && c.running
-        })
-    });
-    kept.or_else(|| {
-        running.iter().find(|c| {
+    let of = |generation: u64| {
+        move |c: &&containers::FerryContainer| {
             c.stack == assignment.stack
                 && c.service == name
-                && c.generation == assignment.generation
-        })
-    })
+                && c.generation == generation
+                && c.index == index
+        }
+    };
+    let kept = assignment
+        .carried
+        .get(name)
+        .and_then(|origin| running.iter().filter(of(*origin)).find(|c| c.running));
+    let own = || {
+        let mut own = running.iter().filter(of(assignment.generation));
+        let first = own.clone().next();
+        own.find(|c| c.running).or(first)
+    };
+    kept.or_else(own)
 }
 
-/// Starts service `name` on `image`, after its `deploy_command` when this server runs it.
+/// Starts container `index` of service `name` on `image`, after the service's
+/// `deploy_command` when `deploy_command` is set (once per deploy, on one server).
+#[allow(clippy::too_many_arguments)]
 async fn start_service(
     reach: &Reach,
     options: &WorkloadOptions,
     assignment: &Assignment,
-    name: &str,
+    (name, index): (&str, u32),
     service: &Service,
     image: String,
+    deploy_command: bool,
     progress: &Progress,
 ) -> Result<String, String> {
     let engine = &reach.engine;
@@ -688,6 +864,7 @@ async fn start_service(
         stack: assignment.stack.clone(),
         service: name.into(),
         generation: assignment.generation,
+        index,
         image,
         env,
         network: options.network.clone(),
@@ -705,12 +882,8 @@ async fn start_service(
         cpu_millis: service.constraints.cpu_millis,
         cgroup_parent: reach.cgroup_parent.clone(),
     };
-    if let Some(command) = service
-        .deploy_command
-        .as_ref()
-        .filter(|_| assignment.deploy_commands.contains(name))
-    {
-        deploy_command(engine, &spec, command, progress).await?;
+    if let Some(command) = service.deploy_command.as_ref().filter(|_| deploy_command) {
+        deploy_command_run(engine, &spec, command, progress).await?;
     }
     containers::start(engine, &spec)
         .await
@@ -719,7 +892,7 @@ async fn start_service(
 
 /// Runs service `spec`'s `deploy_command` to its end in a one-off container of its image,
 /// showing its output; a failure says how it ended and its last lines.
-async fn deploy_command(
+async fn deploy_command_run(
     engine: &Engine,
     spec: &ContainerSpec,
     command: &str,

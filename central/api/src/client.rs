@@ -23,8 +23,8 @@ use crate::{
     Revision, fingerprint,
     types::{
         ActionKind, ActionResult, ContainerReport, DatasourcesChange, DeployResponse, Generation,
-        JoinRequest, JoinResponse, ListResponse, ProgressReport, ScaleRequest, Server, Stack,
-        StatusReport, VariablesChange, WatchLine,
+        JoinRequest, JoinResponse, ListResponse, ProgressReport, ScaleRequest, ScaleResponse,
+        Server, Stack, StatusReport, VariablesChange, WatchLine,
     },
 };
 
@@ -275,13 +275,13 @@ impl Client {
         self.send(self.http.delete(&url), &url).await
     }
 
-    /// Scales a service of the serving generation: a new generation (admin).
+    /// Runs `count` containers of a service of the serving generation, in place (admin).
     pub async fn scale(
         &self,
         stack: &str,
         service: &str,
         count: u32,
-    ) -> Result<DeployResponse, ClientError> {
+    ) -> Result<ScaleResponse, ClientError> {
         let url = format!("{}/v1/stacks/{stack}/services/{service}/scale", self.base);
         self.send(self.http.post(&url).json(&ScaleRequest { count }), &url)
             .await

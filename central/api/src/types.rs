@@ -15,6 +15,10 @@ pub struct JoinRequest {
     pub wireguard_public_key: String,
     /// Where its WireGuard listens, as the other servers reach it.
     pub wireguard_endpoint: std::net::SocketAddr,
+    /// Its memory in bytes (`MemTotal`), which placement keeps containers' memory limits
+    /// within; None: unknown, no limit enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// What a joined server gets back.
@@ -84,6 +88,9 @@ pub struct Server {
     pub wireguard_public_key: String,
     /// Where its WireGuard listens.
     pub wireguard_endpoint: std::net::SocketAddr,
+    /// Its memory in bytes, as it said when it joined; None: unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// What `POST /v1/stacks/{stack}/deploy` made.
@@ -158,8 +165,16 @@ pub struct Assignment {
     pub generation: u64,
     /// `GET /v1/sources/<digest>` fetches the source.
     pub source_digest: String,
-    /// The services this server runs one container of, with their specs.
+    /// The services this server runs containers of, with their specs.
     pub services: std::collections::BTreeMap<String, crate::servicefile::Service>,
+    /// How many containers of each service run here, numbered `0..count` (their
+    /// `ferry.index` label); see [`Assignment::count`].
+    #[serde(default)]
+    pub counts: std::collections::BTreeMap<String, u32>,
+    /// How long, in milliseconds, a container that a scale-down removed keeps answering
+    /// what it was sent before it leaves rotation and stops.
+    #[serde(default)]
+    pub drain_ms: u64,
     /// Whether the containers should run, or be drained and stopped.
     #[serde(default)]
     pub state: Desired,
@@ -174,6 +189,17 @@ pub struct Assignment {
     /// The npm registry this stack's builds use, from its variables.
     #[serde(default, skip_serializing_if = "NpmRegistry::is_empty")]
     pub npm: NpmRegistry,
+}
+
+impl Assignment {
+    /// How many containers of `service` run here: its count, else one if the service is
+    /// assigned at all (assignments written before counts ran one per server).
+    pub fn count(&self, service: &str) -> u32 {
+        match self.counts.get(service) {
+            Some(n) => *n,
+            None => u32::from(self.services.contains_key(service)),
+        }
+    }
 }
 
 /// The npm registry a stack's builds install from: the stack variables `NPM_REGISTRY` (a
@@ -372,8 +398,24 @@ pub struct ActionResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
-    /// On how many servers the service runs (one container each); 0 stops it.
+    /// How many containers of the service run in all, spread over the servers (within
+    /// service.yml's `constraints.min_count` and `max_count`); 0 stops it.
     pub count: u32,
+}
+
+/// What a scale changed: the serving generation, in place.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleResponse {
+    /// The stack.
+    pub stack: String,
+    /// The serving generation, now running `count` containers of the service.
+    pub generation: u64,
+    /// The service.
+    pub service: String,
+    /// Its containers in all.
+    pub count: u32,
+    /// Its containers per server (servers with none are left out).
+    pub placement: std::collections::BTreeMap<String, u32>,
 }
 
 /// A TLS certificate the stack's HTTPS ports serve for the host names it lists (the

@@ -30,6 +30,7 @@ services:
     restart_on_deploy: false
     load_balancing: sticky
     constraints:
+      min_count: 2
       max_count: 4
       resources:
         memory: 512m
@@ -98,6 +99,7 @@ fn a_full_file_reads_into_typed_services() {
     assert!(!web.restart_on_deploy);
     assert_eq!(web.load_balancing, LoadBalancing::Sticky);
     assert_eq!(web.constraints.max_count, Some(4));
+    assert_eq!(web.constraints.min_count, Some(2));
     assert_eq!(web.constraints.memory, Some(512 << 20));
     assert_eq!(web.constraints.cpu_millis, Some(500));
     assert_eq!(web.tags["team"], "storefront");
@@ -120,7 +122,7 @@ fn a_full_file_reads_into_typed_services() {
     let warnings: Vec<String> = parsed.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(warnings.len(), 2, "{warnings:#?}");
     assert!(
-        warnings[0].starts_with("service.yml:30:14: warning: services.web.git_url:"),
+        warnings[0].starts_with("service.yml:31:14: warning: services.web.git_url:"),
         "{}",
         warnings[0]
     );
@@ -209,6 +211,8 @@ services:
     volumes: ["data"]
     health: sometimes
     constraints:
+      min_count: 5
+      max_count: 2
       resources:
         memory: lots
 databases: [oracle]
@@ -223,6 +227,7 @@ databases: [oracle]
         "expected \"SOURCE:/container/path[:ro]\"",
         "expected default, none, or a mapping",
         "expected a memory size",
+        "min_count 5 is above max_count 2; lower min_count or raise max_count",
         "unknown database \"oracle\"",
     ] {
         assert!(all.contains(expected), "missing {expected:?} in\n{all}");

@@ -4,10 +4,10 @@ use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 use ferry_api::{
     client::Client,
-    types::{ActionKind, ContainerReport, Generation},
+    types::{ActionKind, ContainerReport, Generation, ScaleResponse, StatusReport},
 };
 
-use crate::{Output, follow, login, table};
+use crate::{Output, login, table};
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -29,15 +29,16 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Run a service on COUNT servers (one container each; 0 stops it): a new generation,
-    /// serving once healthy.
+    /// Run COUNT containers of a service, spread over the servers (0 stops it), in the
+    /// serving generation: no new build. New containers join rotation once they pass their
+    /// health check; removed ones leave it at once, drain, then stop. Waits until done.
     Scale {
         /// The stack.
         #[arg(long)]
         stack: String,
         /// The service.
         service: String,
-        /// How many servers run it.
+        /// How many containers run it, over all servers.
         count: u32,
         #[command(flatten)]
         output: Output,
@@ -108,11 +109,18 @@ pub async fn run(command: Command) -> Result<()> {
             let done = client.scale(&stack, &service, count).await?;
             if !output.json {
                 println!(
-                    "generation {} of {stack}: {service} on {count} servers; deploying",
-                    done.generation
+                    "{stack}/{service}: {count} containers in generation {} ({})",
+                    done.generation,
+                    spread(&done.placement)
                 );
             }
-            follow(&client, &stack, done.generation, output).await
+            wait_scaled(&client, &done, !output.json).await?;
+            if output.json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                println!("{stack}/{service}: {count} containers serve");
+            }
+            Ok(())
         }
         Command::Restart { stack, service } => {
             act(&client, &stack, &service, ActionKind::Restart).await
@@ -140,6 +148,77 @@ async fn serving(client: &Client, stack: &str) -> Result<Generation> {
         .with_context(|| format!("generation {number} of {stack} is missing"))
 }
 
+/// `one: 3, two: 2`.
+fn spread(placement: &std::collections::BTreeMap<String, u32>) -> String {
+    if placement.is_empty() {
+        return "none".into();
+    }
+    placement
+        .iter()
+        .map(|(server, n)| format!("{server}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Waits until the scaled service has its count in rotation for its generation and no
+/// container it removed runs, printing each change; a server that reports a container
+/// failing its first check ends the wait with the reason.
+async fn wait_scaled(client: &Client, done: &ScaleResponse, progress: bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15 * 60);
+    let (stack, service, generation) = (&done.stack, &done.service, done.generation);
+    let mut last = String::new();
+    loop {
+        let reports = client.containers().await?;
+        let mut states: std::collections::BTreeMap<&str, u32> = Default::default();
+        for c in reports.values().flatten() {
+            let ours = c.stack == *stack
+                && c.service == *service
+                && (c.generation == generation || c.serves.contains(&generation));
+            if ours && c.state != "stopped" {
+                *states.entry(c.state.as_str()).or_default() += 1;
+            }
+        }
+        let now = states
+            .iter()
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if progress && now != last {
+            println!(
+                "  {service}: {}",
+                if now.is_empty() { "none" } else { &now }
+            );
+            last = now;
+        }
+        if states.get("running").copied().unwrap_or(0) == done.count
+            && states.keys().all(|s| *s == "running")
+        {
+            return Ok(());
+        }
+        let suffix = format!("/{stack}/{generation:010}");
+        for item in client.list("status/").await?.items {
+            let report = serde_json::from_value::<StatusReport>(item.value).ok();
+            if item.key.ends_with(&suffix)
+                && let Some(report) = report.filter(|r| !r.healthy)
+            {
+                let server = item.key.split('/').nth(1).unwrap_or("?");
+                bail!(
+                    "{stack}/{service}: {server}: {}\nthe containers that passed keep serving; \
+                     see `ferry services info --stack {stack} {service}`",
+                    report.detail
+                );
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "{stack}/{service} has not reached {} containers after 15 minutes; see `ferry services info --stack {stack} {service}`",
+                done.count
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 /// (server, container) of the serving generation's `service`, or of all its services.
 async fn containers_of(
     client: &Client,
@@ -153,7 +232,7 @@ async fn containers_of(
         .flat_map(|(server, cs)| cs.into_iter().map(move |c| (server.clone(), c)))
         .filter(|(_, c)| {
             c.stack == generation.stack
-                && c.generation == generation.number
+                && (c.generation == generation.number || c.serves.contains(&generation.number))
                 && service.is_none_or(|s| c.service == s)
         })
         .collect())
@@ -188,14 +267,25 @@ async fn list(client: &Client, stack: &str, output: Output) -> Result<()> {
         .iter()
         .map(|s| {
             let containers = s["containers"].as_array().cloned().unwrap_or_default();
-            let on: Vec<String> = containers
+            // `one: 2 running, two: 1 running, 1 draining`.
+            let mut by_server: std::collections::BTreeMap<
+                &str,
+                std::collections::BTreeMap<&str, u32>,
+            > = Default::default();
+            for c in &containers {
+                let (server, state) = (c["server"].as_str(), c["state"].as_str());
+                *by_server
+                    .entry(server.unwrap_or("?"))
+                    .or_default()
+                    .entry(state.unwrap_or("?"))
+                    .or_default() += 1;
+            }
+            let on: Vec<String> = by_server
                 .iter()
-                .map(|c| {
-                    format!(
-                        "{} ({})",
-                        c["server"].as_str().unwrap_or("?"),
-                        c["state"].as_str().unwrap_or("?")
-                    )
+                .map(|(server, states)| {
+                    let states: Vec<String> =
+                        states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                    format!("{server}: {}", states.join(", "))
                 })
                 .collect();
             vec![
@@ -206,7 +296,7 @@ async fn list(client: &Client, stack: &str, output: Output) -> Result<()> {
                 if on.is_empty() {
                     "-".into()
                 } else {
-                    on.join(", ")
+                    on.join("; ")
                 },
             ]
         })

@@ -30,6 +30,7 @@ fn web_1() -> JoinRequest {
         name: "web-1".into(),
         wireguard_public_key: base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
         wireguard_endpoint: "192.0.2.10:51820".parse().expect("addr"),
+        memory_bytes: None,
     }
 }
 

@@ -43,6 +43,16 @@ pub enum ApiError {
     Variable(VariableError),
 }
 
+impl From<crate::deploy::PlaceError> for ApiError {
+    fn from(e: crate::deploy::PlaceError) -> Self {
+        match e {
+            crate::deploy::PlaceError::Stack(e) => Self::Stack(e),
+            // The count or the limits ask for what the servers cannot hold.
+            crate::deploy::PlaceError::Placement(e) => Self::BadRequest(e.to_string()),
+        }
+    }
+}
+
 impl From<DatasourceError> for ApiError {
     fn from(e: DatasourceError) -> Self {
         match e {

@@ -19,12 +19,12 @@ use super::{
     auth::{Caller, agent_token_key, forbidden},
     types::{
         Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, ProgressReport,
-        ScaleRequest, StatusReport,
+        ScaleRequest, ScaleResponse, StatusReport,
     },
 };
 use crate::{
     deploy, records, servicefile, sources,
-    state::{Generation, Server, Stack},
+    state::{Generation, Phase, Server, Stack},
     store::{Event, Op, Revision, Store as _, Watch},
     tokens::{self, Role},
 };
@@ -67,6 +67,7 @@ pub async fn join(
         &request.name,
         &request.wireguard_public_key,
         request.wireguard_endpoint,
+        request.memory_bytes,
         extra,
     )?;
     let (subnet, prefix) = state.servers.subnet_of(&server);
@@ -254,6 +255,7 @@ pub async fn deploy(
 /// Records the next generation of `stack` with `services` from source `digest`, placed on
 /// the servers that joined. `_env(NAME)` references are resolved now, so a missing
 /// variable refuses it before anything is recorded; the generation keeps the references.
+/// A count that cannot be placed refuses it too, with the reason.
 fn record_generation(
     state: &AppState,
     stack: &str,
@@ -263,65 +265,78 @@ fn record_generation(
     let resolved = state.variables.resolve(stack, &services)?;
     let npm = state.variables.npm(stack)?;
     let servers = state.servers.list()?;
-    let placement = deploy::place(&servers, &resolved);
-    let serving = match state.stacks.stack(stack) {
-        Ok(record) => record.serving,
-        Err(crate::state::StackError::UnknownStack { .. }) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let carried = deploy::carried(state.store.as_ref(), stack, serving, &placement)?;
+    let store = state.store.as_ref();
+    // Placed in the transaction's own attempt: a scale that lands meanwhile changes the
+    // stack record, so the attempt is made again from the counts it left.
     let generation =
         state
             .stacks
             .create_generation_with(stack, services, digest, |generation| {
-                deploy::assignment_ops(generation, &placement, &carried, &npm)
+                deploy::generation_ops(store, &state.stacks, &servers, generation, &resolved, &npm)
+                    .map_err(ApiError::from)
             })?;
     tracing::info!(%stack, generation = generation.number, source = %digest, "generation created");
     Ok(generation)
 }
 
-/// `POST /v1/stacks/{stack}/services/{service}/scale`: the serving generation again, with
-/// the service on `count` servers; it serves once healthy, like any deploy.
+/// `POST /v1/stacks/{stack}/services/{service}/scale`: the serving generation runs
+/// `count` containers of the service from now on, with no new build or generation: the
+/// servers that gain some start and check them (they join rotation once healthy); those
+/// that lose some take them out of rotation, let them drain, and stop them.
 pub async fn scale(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path((stack, service)): Path<(String, String)>,
     Json(request): Json<ScaleRequest>,
-) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
+) -> Result<Json<ScaleResponse>, ApiError> {
     caller.admin("scale services")?;
-    let serving = state.stacks.stack(&stack)?.serving.ok_or_else(|| {
-        ApiError::Conflict(format!(
-            "{stack:?} has no serving generation to scale; deploy it first"
-        ))
+    let servers = state.servers.list()?;
+    let store = state.store.as_ref();
+    let (_, (generation, spread)) = state.stacks.change_with(&stack, |record| {
+        let serving = record.serving.ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "{stack:?} has no serving generation to scale; deploy it first"
+            ))
+        })?;
+        if record.latest != serving
+            && state.stacks.generation(&stack, record.latest)?.phase == Phase::Deploying
+        {
+            return Err(ApiError::Conflict(format!(
+                "generation {} of {stack} is deploying; scale once it serves or fails \
+                 (`ferry stacks list`)",
+                record.latest
+            )));
+        }
+        let current = state.stacks.generation(&stack, serving)?;
+        let spec = current.services.get(&service).ok_or_else(|| {
+            let names: Vec<&str> = current.services.keys().map(String::as_str).collect();
+            ApiError::NotFound(format!(
+                "stack {stack:?} has no service {service:?}; it has {}",
+                names.join(", ")
+            ))
+        })?;
+        let bad = |e: crate::placement::PlacementError| ApiError::BadRequest(e.to_string());
+        crate::placement::check_bounds(&service, spec, request.count).map_err(bad)?;
+        let mut rooms = deploy::rooms(store, &servers, &stack, &[serving])?;
+        let scaled = deploy::scale_ops(
+            store,
+            &mut rooms,
+            &current,
+            &service,
+            request.count,
+            state.drain,
+        )?
+        .map_err(bad)?;
+        Ok((scaled.ops, (serving, scaled.spread)))
     })?;
-    let current = state.stacks.generation(&stack, serving)?;
-    let mut services = current.services.clone();
-    let names: Vec<String> = services.keys().cloned().collect();
-    let spec = services.get_mut(&service).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "stack {stack:?} has no service {service:?}; it has {}",
-            names.join(", ")
-        ))
-    })?;
-    let servers = state.servers.list()?.len();
-    if request.count as usize > servers {
-        return Err(ApiError::BadRequest(format!(
-            "{} containers of {service} asked; ferry runs at most one per server, and {servers} \
-             servers have joined",
-            request.count
-        )));
-    }
-    spec.constraints.max_count = Some(request.count);
-    let generation = record_generation(&state, &stack, services, &current.source_digest)?;
-    Ok((
-        StatusCode::CREATED,
-        Json(DeployResponse {
-            stack,
-            generation: generation.number,
-            source: format!("sha256:{}", current.source_digest),
-            warnings: Vec::new(),
-        }),
-    ))
+    tracing::info!(%stack, %service, generation, count = request.count, ?spread, "scaled");
+    Ok(Json(ScaleResponse {
+        stack,
+        generation,
+        service,
+        count: request.count,
+        placement: spread,
+    }))
 }
 
 /// `GET /v1/sources/{digest}`: the admin, or an agent whose server is assigned that source.

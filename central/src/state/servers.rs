@@ -85,16 +85,17 @@ impl<S: Store> Servers<S> {
         wireguard_public_key: &str,
         endpoint: SocketAddr,
     ) -> Result<Server, ServerError> {
-        self.register_with(name, wireguard_public_key, endpoint, Vec::new())
+        self.register_with(name, wireguard_public_key, endpoint, None, Vec::new())
     }
 
-    /// [`register`](Self::register), with `extra` writes committed in the same transaction
-    /// (the server's credential, for one).
+    /// [`register`](Self::register), with the server's memory (bytes, as it said) and
+    /// `extra` writes committed in the same transaction (the server's credential, for one).
     pub fn register_with(
         &self,
         name: &str,
         wireguard_public_key: &str,
         endpoint: SocketAddr,
+        memory_bytes: Option<u64>,
         extra: Vec<Op>,
     ) -> Result<Server, ServerError> {
         check_name(name)?;
@@ -120,6 +121,7 @@ impl<S: Store> Servers<S> {
                 subnet_index: index,
                 wireguard_public_key: wireguard_public_key.into(),
                 wireguard_endpoint: endpoint,
+                memory_bytes,
             };
             let subnet_key = format!("subnets/{index}");
             let record = serde_json::to_vec(&server).map_err(|source| ServerError::Corrupt {

@@ -131,18 +131,20 @@ impl<S: Store> Stacks<S> {
         services: BTreeMap<String, Service>,
         source_digest: &str,
     ) -> Result<Generation, StackError> {
-        self.create_generation_with(stack, services, source_digest, |_| Ok(Vec::new()))
+        self.create_generation_with(stack, services, source_digest, |_| {
+            Ok::<_, StackError>(Vec::new())
+        })
     }
 
     /// [`create_generation`](Self::create_generation), with the writes `extra` makes for the
     /// new generation committed in the same transaction (its placement, for one).
-    pub fn create_generation_with(
+    pub fn create_generation_with<E: From<StackError>>(
         &self,
         stack: &str,
         services: BTreeMap<String, Service>,
         source_digest: &str,
-        extra: impl Fn(&Generation) -> Result<Vec<Op>, StackError>,
-    ) -> Result<Generation, StackError> {
+        extra: impl Fn(&Generation) -> Result<Vec<Op>, E>,
+    ) -> Result<Generation, E> {
         check_name(stack)?;
         for _ in 0..ATTEMPTS {
             let (mut record, revision) = match self.read_stack(stack)? {
@@ -173,12 +175,13 @@ impl<S: Store> Stacks<S> {
             ops.extend(extra(&generation)?);
             let outcome = self
                 .store
-                .txn(&[Compare::ModRevision(sk.clone(), revision)], &ops)?;
+                .txn(&[Compare::ModRevision(sk.clone(), revision)], &ops)
+                .map_err(StackError::from)?;
             if let TxnOutcome::Committed(_) = outcome {
                 return Ok(generation);
             }
         }
-        Err(contended())
+        Err(contended().into())
     }
 
     /// Records the outcome of a generation's health checks: Healthy, or Failed with why.
@@ -215,6 +218,34 @@ impl<S: Store> Stacks<S> {
         extra: &[Op],
     ) -> Result<Generation, StackError> {
         self.change_phase(stack, number, "be deployed again", Phase::Deploying, extra)
+    }
+
+    /// Commits the writes `change` makes for the stack as it is (a scale of its serving
+    /// generation), provided the stack record did not change meanwhile: a deploy, flip,
+    /// rollback or another change racing it makes it look again. Returns the stack it saw and `change`'s value.
+    pub fn change_with<T, E: From<StackError>>(
+        &self,
+        stack: &str,
+        change: impl Fn(&Stack) -> Result<(Vec<Op>, T), E>,
+    ) -> Result<(Stack, T), E> {
+        for _ in 0..ATTEMPTS {
+            let (record, revision) = self
+                .read_stack(stack)?
+                .ok_or_else(|| StackError::UnknownStack { name: stack.into() })?;
+            let (mut ops, value) = change(&record)?;
+            // Written back unchanged: its new revision makes a second change that read the
+            // same state (another scale) look again, so neither overwrites the other.
+            let key = stack_key(stack);
+            ops.push(Op::Put(key.clone(), encode(&key, &record)?));
+            let outcome = self
+                .store
+                .txn(&[Compare::ModRevision(stack_key(stack), revision)], &ops)
+                .map_err(StackError::from)?;
+            if let TxnOutcome::Committed(_) = outcome {
+                return Ok((record, value));
+            }
+        }
+        Err(contended().into())
     }
 
     fn change_phase(

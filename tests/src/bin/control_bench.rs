@@ -267,6 +267,7 @@ impl CentralBench {
                 name: "bench".into(),
                 wireguard_public_key: B64.encode([7u8; 32]),
                 wireguard_endpoint: "127.0.0.1:51820".parse()?,
+                memory_bytes: None,
             })
             .await?;
         let agent = Client::new(&central.url, &joined.agent_token, trust)?;

@@ -158,6 +158,9 @@ pub enum LoadBalancing {
 /// Placement and resource limits.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Constraints {
+    /// At least this many containers of the service (Cloud 66's `min_count`); also how
+    /// many a new service starts with when it is more than one per server.
+    pub min_count: Option<u32>,
     /// At most this many containers of the service.
     pub max_count: Option<u32>,
     /// Memory limit in bytes.

@@ -399,8 +399,15 @@ fn load_balancing(node: &Node<'_, '_>, report: &mut Report) -> LoadBalancing {
 
 fn constraints(node: &Node<'_, '_>, report: &mut Report) -> Constraints {
     let mut constraints = Constraints::default();
+    let mut min_at = None;
     for (key, value) in node.mapping(report).unwrap_or_default() {
         match key.as_str() {
+            "min_count" => {
+                constraints.min_count = value
+                    .integer(report, 10_000, "a container count from 0 to 10000")
+                    .map(|n| n as u32);
+                min_at = Some(value);
+            }
             "max_count" => {
                 constraints.max_count = value
                     .integer(report, 10_000, "a container count from 0 to 10000")
@@ -426,9 +433,17 @@ fn constraints(node: &Node<'_, '_>, report: &mut Report) -> Constraints {
             ),
             other => report.warn(
                 &value,
-                unknown(other, &["max_count", "resources", "servers"]),
+                unknown(other, &["min_count", "max_count", "resources", "servers"]),
             ),
         }
+    }
+    if let (Some(min), Some(max), Some(at)) = (constraints.min_count, constraints.max_count, min_at)
+        && min > max
+    {
+        report.error(
+            &at,
+            format!("min_count {min} is above max_count {max}; lower min_count or raise max_count"),
+        );
     }
     constraints
 }
