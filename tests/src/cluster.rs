@@ -280,3 +280,32 @@ where
     }
     Ok(())
 }
+
+/// The service address central gave `service` of `stack`, with `port`, once its record
+/// has one (within 10 s).
+pub async fn service_address(
+    admin: &ferry_api::client::Client,
+    stack: &str,
+    service: &str,
+    port: u16,
+) -> Result<std::net::SocketAddrV4> {
+    let key = format!("records/{stack}/{service}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let items = admin.list(&key).await?.items;
+        let found = items
+            .first()
+            .and_then(|i| {
+                serde_json::from_value::<ferry_api::records::ServiceRecord>(i.value.clone()).ok()
+            })
+            .and_then(|r| r.address);
+        if let Some(address) = found {
+            return Ok(std::net::SocketAddrV4::new(address, port));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{stack}/{service} got no service address"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

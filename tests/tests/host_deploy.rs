@@ -9,39 +9,15 @@ use std::{net::SocketAddrV4, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 use ferry_agent::containers::list;
-use ferry_api::{
-    client::{Client, Trust},
-    records::ServiceRecord,
-};
+use ferry_api::client::{Client, Trust};
 use ferry_tests::{
     central::Central,
     cgroup::cgroup2_root,
-    cluster::{Member, Operator, eventually},
+    cluster::{Member, Operator, eventually, service_address},
     inside::{get_from, http_get},
     netns::Network,
     unique,
 };
-
-/// The service address central gave `service` of shop, once its record has one.
-async fn eventually_address(admin: &Client, service: &str) -> Result<SocketAddrV4> {
-    let key = format!("records/shop/{service}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let items = admin.list(&key).await?.items;
-        let found = items
-            .first()
-            .and_then(|i| serde_json::from_value::<ServiceRecord>(i.value.clone()).ok())
-            .and_then(|r| r.address);
-        if let Some(address) = found {
-            return Ok(SocketAddrV4::new(address, 4000));
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "{service} got no service address"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_stops() -> Result<()> {
@@ -120,7 +96,7 @@ async fn a_deploy_serves_a_broken_one_never_does_and_the_old_one_drains_then_sto
 
     // The api's service address, from inside the web container: connect4 steers it to
     // the serving generation's api.
-    let service_address = eventually_address(&admin, "api").await?;
+    let service_address = service_address(&admin, "shop", "api", 4000).await?;
     let web = running
         .iter()
         .find(|c| c.service == "web")

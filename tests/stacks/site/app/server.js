@@ -28,6 +28,11 @@ const server = http.createServer((req, res) => {
     case '/fail':
       failing = true;
       return res.end(`${who} now fails its health check\n`);
+    case '/slow': {
+      // Answers after ?ms= milliseconds (at most 30 s): a request held open.
+      const ms = Math.min(Number(url.searchParams.get('ms')) || 1000, 30000);
+      return setTimeout(() => res.end(`${who}\n`), ms);
+    }
     case '/headers':
       return res.end(JSON.stringify(req.headers) + '\n');
     case '/seen':
