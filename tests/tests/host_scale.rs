@@ -1,7 +1,8 @@
 //! Host tier: a service as several containers. On one server, `web` scaled to 3 spreads
 //! 30 requests through the ingress 10/10/10 and 30 connects to its service address
-//! 10/10/10, and `web.cloud66.local` names all three; a deploy and a rollback under wrk
-//! fail no request and keep the count; at 40 containers the name's answer over UDP is
+//! 10/10/10, and `web.cloud66.local` names all three; a deploy (keeping the count), a scale
+//! up, a scale down and a rollback (restoring the old generation's count) under wrk fail
+//! no request; at 40 containers the name's answer over UDP is
 //! truncated at a record boundary with TC set, and over TCP lists all 40. On two servers,
 //! 5 containers are 3 and 2, and a scale to 2 takes the removed ones out of rotation,
 //! lets a request held open on one finish, and stops them.
@@ -239,16 +240,30 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
         "dig: {short_answer}, containers {addresses:?}"
     );
 
-    // A deploy and a rollback under load: no request fails, and each keeps 3 containers.
+    // Under load, no request fails: a deploy (3 containers, as before), a scale up and a
+    // scale down of the new generation, and a rollback to generation 1 (its 3 again).
     let load = Load::start(front, &tag)?;
-    let (ok, out, err) = operator.run(&["deploy", "--stack", "scaled", &stack_arg])?;
-    let deployed = running(&one, "web", 2).await?.len();
+    let mut steps = Vec::new();
+    let mut counts = Vec::new();
+    for args in [
+        vec!["deploy", "--stack", "scaled", stack_arg.as_str()],
+        vec!["services", "scale", "--stack", "scaled", "web", "4"],
+        vec!["services", "scale", "--stack", "scaled", "web", "2"],
+    ] {
+        steps.push(operator.run(&args)?);
+        counts.push(running(&one, "web", 2).await?.len());
+    }
     let (rolled_ok, rolled, rolled_err) = operator.run(&["rollback", "--stack", "scaled"])?;
     let summary = load.stop()?;
-    println!("wrk across a deploy and a rollback:\n{summary}");
-    ensure!(ok, "deploy: {out}{err}");
+    println!("wrk across a deploy, two scales and a rollback:\n{summary}");
+    for (ok, out, err) in &steps {
+        ensure!(ok, "{out}{err}");
+    }
     ensure!(rolled_ok, "rollback: {rolled}{rolled_err}");
-    ensure!(deployed == 3, "generation 2 runs {deployed} webs, not 3");
+    ensure!(
+        counts == [3, 4, 2],
+        "generation 2 ran {counts:?} webs: the deploy keeps 3, then 4, then 2"
+    );
     ensure!(
         rolled.contains("generation 1 of scaled is serving")
             && rolled.contains("generation 2 of scaled stopped"),
@@ -256,7 +271,7 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
     );
     ensure!(
         running(&one, "web", 1).await?.len() == 3,
-        "rollback: 3 webs again"
+        "rollback restores generation 1's 3 webs"
     );
     let requests: u64 = summary
         .lines()

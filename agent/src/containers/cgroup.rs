@@ -108,7 +108,7 @@ pub async fn place(
     cgroup2: &Path,
 ) -> Result<u64, CgroupError> {
     let pid = init_pid(engine, id).await?;
-    let current = v2_path(pid, cgroup2)?;
+    let current = v2_path(id, pid, cgroup2)?;
     if current.to_string_lossy().contains(id) {
         if !current.starts_with(root) {
             tracing::warn!(
@@ -159,7 +159,7 @@ pub async fn place(
 /// The cgroup id of container `id` as it is now, if it runs.
 pub async fn current_id(engine: &Engine, id: &str, cgroup2: &Path) -> Option<u64> {
     let pid = init_pid(engine, id).await.ok()?;
-    inode(&v2_path(pid, cgroup2).ok()?).ok()
+    inode(&v2_path(id, pid, cgroup2).ok()?).ok()
 }
 
 /// Removes the leaves under `root` whose containers are not in `live` (ids).
@@ -194,10 +194,18 @@ async fn init_pid(engine: &Engine, id: &str) -> Result<i64, CgroupError> {
     }
 }
 
-/// The v2 cgroup directory of `pid`, from the `0::` line of /proc/<pid>/cgroup.
-fn v2_path(pid: i64, cgroup2: &Path) -> Result<PathBuf, CgroupError> {
+/// The v2 cgroup directory of `pid`, container `id`'s first process, from the `0::` line
+/// of /proc/<pid>/cgroup; NotRunning when that process is gone already.
+fn v2_path(id: &str, pid: i64, cgroup2: &Path) -> Result<PathBuf, CgroupError> {
     let file = PathBuf::from(format!("/proc/{pid}/cgroup"));
-    let text = std::fs::read_to_string(&file).map_err(io_error(&file))?;
+    let text = match std::fs::read_to_string(&file) {
+        Ok(text) => text,
+        // Exited between Docker's answer and the read (a command that fails at once).
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => {
+            return Err(CgroupError::NotRunning { id: id.into() });
+        }
+        Err(e) => return Err(io_error(&file)(e)),
+    };
     let relative = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))

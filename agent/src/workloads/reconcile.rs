@@ -739,6 +739,11 @@ async fn settle_each(
         if let Some(why) = failed {
             return Err(Setback::Unhealthy(why));
         }
+        if !started.is_empty() {
+            // In the records now, not after the last service: a service that requires
+            // this one finds it while it starts.
+            report_containers(reach, intent).await;
+        }
     }
     Ok(())
 }

@@ -245,7 +245,9 @@ async fn progress_lines(
     }
     for (server, containers) in client.containers().await? {
         for c in containers {
-            if c.stack == stack && c.generation == number && seen.once.insert(c.id.clone()) {
+            // Once per state: `starting`, then `running` once its check passed.
+            let state_seen = format!("{} {}", c.id, c.state);
+            if c.stack == stack && c.generation == number && seen.once.insert(state_seen) {
                 let address = c.address.map_or("no address".into(), |a| a.to_string());
                 lines.push(format!("{server}: {} {} ({address})", c.service, c.state));
             }
