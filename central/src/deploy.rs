@@ -387,21 +387,14 @@ pub fn set_state_ops<S: Store>(
     generation: u64,
     state: Desired,
 ) -> Result<Vec<Op>, StackError> {
-    let suffix = format!("/{stack}/{generation:010}");
-    let (assigned, _) = store.list("desired/")?;
-    assigned
-        .iter()
-        .filter(|kv| kv.key.ends_with(&suffix))
-        .map(|kv| {
-            let mut assignment: Assignment =
-                serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
-                    key: kv.key.clone(),
-                    source,
-                })?;
+    assignments(store, stack, generation)?
+        .into_iter()
+        .map(|(server, mut assignment)| {
             assignment.state = state;
+            let key = assignment_key(&server, stack, generation);
             Ok(Op::Put(
-                kv.key.clone(),
-                crate::state::encode(&kv.key, &assignment)?,
+                key.clone(),
+                crate::state::encode(&key, &assignment)?,
             ))
         })
         .collect()

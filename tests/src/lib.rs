@@ -28,6 +28,7 @@ pub mod docker;
 pub mod figures;
 pub mod http;
 pub mod inside;
+pub mod load;
 pub mod netns;
 pub mod node_image;
 pub mod probe;

@@ -25,6 +25,7 @@ use ferry_tests::{
     central::Central,
     cluster::{Member, Operator, eventually},
     http::Conn,
+    load::{self, Wrk},
     netns::Network,
     unique,
 };
@@ -523,51 +524,13 @@ async fn containers_that_fail_or_die_leave_rotation(
 /// connection is accepted (the kept socket queues them while no agent accepts), every
 /// request answered, none reset.
 fn restarted_under_load(front: SocketAddr, one: &mut Member) -> Result<()> {
-    // Any answer but a 2xx is printed with its body, so a failure says what went wrong.
-    let script = std::env::temp_dir().join(format!("ferry-wrk-{}.lua", std::process::id()));
-    std::fs::write(
-        &script,
-        "response = function(status, headers, body)\n  if status >= 300 then io.write(\"status \" .. status .. \": \" .. body) end\nend\n",
-    )?;
-    let load = std::thread::spawn(move || {
-        std::process::Command::new("wrk")
-            .args([
-                "-t2",
-                "-c20",
-                "-d10s",
-                "--timeout",
-                "5s",
-                "-H",
-                "Host: shop.example.com",
-                "-s",
-            ])
-            .arg(&script)
-            .arg(format!("http://{front}/"))
-            .output()
-    });
+    let load = Wrk::start(front, "shop.example.com", 20, "10s")?;
     std::thread::sleep(Duration::from_secs(3));
     let status = one.restart_agent()?;
     ensure!(status.success(), "the old agent exited with {status}");
-    let out = load
-        .join()
-        .map_err(|_| anyhow::anyhow!("wrk panicked"))?
-        .context("running wrk; `./x setup` installs it")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("wrk across an agent restart:\n{text}");
-    ensure!(out.status.success(), "wrk failed: {text}");
-    let requests: u64 = text
-        .lines()
-        .find_map(|l| {
-            l.split_once(" requests in ")
-                .map(|(n, _)| n.trim().to_string())
-        })
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("wrk printed no request count:\n{text}"))?;
-    ensure!(requests > 1000, "only {requests} requests:\n{text}");
-    ensure!(
-        !text.contains("Socket errors") && !text.contains("Non-2xx"),
-        "connections refused, reset or timed out, or requests failed, across the restart:\n{text}"
-    );
+    let summary = load.wait()?;
+    println!("wrk across an agent restart:\n{summary}");
+    load::check(&summary, 1000).context("across the agent restart")?;
     Ok(())
 }
 

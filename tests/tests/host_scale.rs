@@ -26,6 +26,7 @@ use ferry_tests::{
     cluster::{Member, Operator, eventually, service_address},
     http::Conn,
     inside::{exec, http_get, node},
+    load::{self, Wrk},
     netns::Network,
     unique,
 };
@@ -108,45 +109,6 @@ fn answers(dig: &str) -> BTreeSet<Ipv4Addr> {
             }
         })
         .collect()
-}
-
-/// wrk on `front` until stopped: the load a deploy and a rollback run under.
-struct Load {
-    child: std::process::Child,
-    script: PathBuf,
-}
-
-impl Load {
-    fn start(front: SocketAddr, tag: &str) -> Result<Self> {
-        // Any answer but a 2xx is printed with its body, so a failure says what it was.
-        let script = std::env::temp_dir().join(format!("ferry-wrk-scale{tag}.lua"));
-        std::fs::write(
-            &script,
-            "response = function(status, headers, body)\n  if status >= 300 then io.write(\"status \" .. status .. \": \" .. body) end\nend\n",
-        )?;
-        let child = std::process::Command::new("wrk")
-            .args(["-t1", "-c8", "-d600s", "--timeout", "5s"])
-            .args(["-H", "Host: web.example.test", "-s"])
-            .arg(&script)
-            .arg(format!("http://{front}/"))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .context("running wrk; `./x setup` installs it")?;
-        Ok(Self { child, script })
-    }
-
-    /// Stops wrk (SIGINT: it prints its summary) and returns the summary.
-    fn stop(mut self) -> Result<String> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT)?;
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
-            std::io::Read::read_to_string(&mut stdout, &mut out)?;
-        }
-        self.child.wait()?;
-        let _ = std::fs::remove_file(&self.script);
-        Ok(out)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,7 +204,7 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
 
     // Under load, no request fails: a deploy (3 containers, as before), a scale up and a
     // scale down of the new generation, and a rollback to generation 1 (its 3 again).
-    let load = Load::start(front, &tag)?;
+    let load = Wrk::start(front, "web.example.test", 8, "600s")?;
     let mut steps = Vec::new();
     let mut counts = Vec::new();
     for args in [
@@ -273,19 +235,7 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
         running(&one, "web", 1).await?.len() == 3,
         "rollback restores generation 1's 3 webs"
     );
-    let requests: u64 = summary
-        .lines()
-        .find_map(|l| {
-            l.split_once(" requests in ")
-                .map(|(n, _)| n.trim().to_string())
-        })
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("wrk printed no request count:\n{summary}"))?;
-    ensure!(requests > 100, "only {requests} requests:\n{summary}");
-    ensure!(
-        !summary.contains("Socket errors") && !summary.contains("Non-2xx"),
-        "requests failed across the deploy and the rollback:\n{summary}"
-    );
+    load::check(&summary, 100).context("across the deploy, the scales and the rollback")?;
 
     // Forty containers: over UDP the answer is cut at a record boundary with TC set; over
     // TCP (redirected to the agent like UDP) it holds all forty.
