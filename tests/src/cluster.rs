@@ -87,7 +87,7 @@ impl Member {
             }
         }
         // The base image the agent asks for, made here since nothing can be pulled.
-        node_image::ensure(&docker).await?;
+        node_image::ensure(docker.engine()).await?;
         let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
         let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
         let _ = std::fs::remove_dir_all(&state_dir);

@@ -39,6 +39,23 @@ pub struct Finished {
     pub output: String,
 }
 
+/// The distribution's dockerd with everything of its own: the socket `<run>/docker.sock`,
+/// exec root and pidfile under `run`, data root `data`. No default bridge and no iptables
+/// rules: ferry makes its own network, and the host's firewall stays as it was.
+pub fn dockerd(run: &Path, data: &Path) -> Command {
+    let mut cmd = Command::new("dockerd");
+    cmd.arg("--host")
+        .arg(format!("unix://{}", run.join("docker.sock").display()))
+        .arg("--data-root")
+        .arg(data)
+        .arg("--exec-root")
+        .arg(run.join("exec"))
+        .arg("--pidfile")
+        .arg(run.join("docker.pid"))
+        .args(["--bridge=none", "--iptables=false"]);
+    cmd
+}
+
 impl DockerEngine {
     /// Starts dockerd `name`, in `server`'s namespace if given, and waits until it answers.
     pub async fn start(name: &str, server: Option<&Server>) -> Result<Self> {
@@ -61,19 +78,8 @@ impl DockerEngine {
         let log = run.join("dockerd.log");
         let log_file =
             fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = Command::new("dockerd");
-        cmd.arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--data-root")
-            .arg(&data)
-            .arg("--exec-root")
-            .arg(run.join("exec"))
-            .arg("--pidfile")
-            .arg(run.join("docker.pid"))
-            .arg(format!("--cgroup-parent={cgroup_parent}"))
-            // The tests make their own networks; the default bridge and its iptables rules
-            // would touch the host's namespace for nothing.
-            .args(["--bridge=none", "--iptables=false"])
+        let mut cmd = dockerd(&run, &data);
+        cmd.arg(format!("--cgroup-parent={cgroup_parent}"))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("dup dockerd log")?)
             .stderr(log_file);

@@ -6,6 +6,8 @@
 //! - [`agent`]: the real `ferry-agent` binary, started, killed and restarted.
 //! - [`central`]: the real `ferry-central`, initialised and serving, killed and restarted.
 //! - [`cluster`]: servers joined to central, each with its Docker Engine and agent; the CLI.
+//! - [`demo`]: `./x demo`, made of these fixtures: the main job on this machine, left running.
+//! - [`load`]: wrk in the background, and its summary checked.
 //! - [`figures`]: flags, medians and per-run ratios for the benchmark binaries.
 //! - [`inside`]: commands, Node scripts and HTTP requests from inside containers.
 //! - [`http`]: a plain HTTP/1.1 client over one connection, as exact as the ingress tests need.
@@ -24,6 +26,7 @@ pub mod agent;
 pub mod central;
 pub mod cgroup;
 pub mod cluster;
+pub mod demo;
 pub mod docker;
 pub mod figures;
 pub mod http;

@@ -78,3 +78,43 @@ pub fn check(summary: &str, at_least: u64) -> Result<u64> {
     );
     Ok(requests)
 }
+
+/// How many requests of wrk's `summary` failed: answers that were not a 2xx, and
+/// connections refused, reset or timed out (wrk's `Non-2xx or 3xx responses: N` and
+/// `Socket errors: connect A, read B, write C, timeout D`).
+pub fn failures(summary: &str) -> u64 {
+    let numbers = |text: &str| -> u64 {
+        text.split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u64>().ok())
+            .sum()
+    };
+    summary
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            l.strip_prefix("Non-2xx or 3xx responses:")
+                .or_else(|| l.strip_prefix("Socket errors:"))
+        })
+        .map(numbers)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_add_up_non_2xx_answers_and_socket_errors() {
+        let summary = "  1200 requests in 10.00s, 1.00MB read\n  Socket errors: connect 0, read 3, write 0, timeout 2\n  Non-2xx or 3xx responses: 4\n";
+        assert_eq!(failures(summary), 9);
+        assert_eq!(
+            check(summary, 1)
+                .map_err(|e| e.to_string())
+                .unwrap_err()
+                .lines()
+                .next(),
+            Some("connections refused, reset or timed out, or requests failed:")
+        );
+        assert_eq!(failures("  10 requests in 1.00s, 1KB read\n"), 0);
+    }
+}

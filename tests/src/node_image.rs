@@ -20,7 +20,9 @@ use bollard::query_parameters::CreateImageOptionsBuilder;
 use flate2::read::GzDecoder;
 use futures_util::StreamExt as _;
 
-use crate::{docker::DockerEngine, registry};
+use ferry_agent::containers::Engine;
+
+use crate::registry;
 
 /// The Node major of the image: the agent's default.
 pub const MAJOR: u32 = ferry_api::buildpack::DEFAULT_NODE_MAJOR;
@@ -48,9 +50,9 @@ pub fn reference() -> String {
 
 /// Ensures the base image exists in `engine` under [`reference`]; returns the reference.
 /// Imports it only when missing or of an older revision.
-pub async fn ensure(engine: &DockerEngine) -> Result<String> {
+pub async fn ensure(engine: &Engine) -> Result<String> {
     let reference = reference();
-    let docker = engine.engine().docker();
+    let docker = engine.docker();
     if let Ok(image) = docker.inspect_image(&reference).await
         && image
             .config

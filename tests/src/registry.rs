@@ -55,9 +55,11 @@ pub fn dist_dir() -> PathBuf {
 
 /// A running Verdaccio; stopped on drop.
 pub struct Registry {
-    child: Child,
+    /// None once [`detach`](Self::detach)ed.
+    child: Option<Child>,
     url: String,
-    _config: tempfile::TempDir,
+    /// Where its config is: a temporary directory, removed with it, or one kept.
+    _config: Option<tempfile::TempDir>,
 }
 
 impl Registry {
@@ -68,19 +70,45 @@ impl Registry {
             home().join("storage/.seeded").exists(),
             "the npm registry's storage is not seeded; run `./x setup`"
         );
-        Self::start(listen, false)
+        Self::start(listen, false, None)
     }
 
-    fn start(listen: SocketAddrV4, uplink: bool) -> Result<Self> {
+    /// [`serve`](Self::serve) for a registry that outlives this process (the demo's):
+    /// its config is kept in `dir`, and it runs in a process group of its own, so the
+    /// terminal's signals do not reach it; see [`detach`](Self::detach).
+    pub fn serve_kept(listen: SocketAddrV4, dir: &Path) -> Result<Self> {
+        ensure!(
+            home().join("storage/.seeded").exists(),
+            "the npm registry's storage is not seeded; run `./x setup`"
+        );
+        Self::start(listen, false, Some(dir))
+    }
+
+    /// Leaves Verdaccio running when this value goes; returns its process id.
+    pub fn detach(mut self) -> Option<u32> {
+        self.child.take().map(|c| c.id())
+    }
+
+    fn start(listen: SocketAddrV4, uplink: bool, kept: Option<&Path>) -> Result<Self> {
         let bin = verdaccio_bin();
         ensure!(
             bin.exists() && node_bin().exists(),
             "Verdaccio is not installed at {}; run `./x setup`",
             bin.display()
         );
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-verdaccio")
-            .tempdir()?;
+        let temporary = match kept {
+            Some(_) => None,
+            None => Some(
+                tempfile::Builder::new()
+                    .prefix("ferry-verdaccio")
+                    .tempdir()?,
+            ),
+        };
+        let config_dir = match (kept, &temporary) {
+            (Some(dir), _) => dir.to_path_buf(),
+            (None, Some(t)) => t.path().to_path_buf(),
+            (None, None) => bail!("a registry needs a config directory"),
+        };
         let storage = home().join("storage");
         std::fs::create_dir_all(&storage)?;
         let (uplinks, proxy) = if uplink {
@@ -102,40 +130,52 @@ impl Registry {
             storage = storage.display(),
             htpasswd = home().join("htpasswd").display(),
         );
-        let path = dir.path().join("config.yaml");
+        std::fs::create_dir_all(&config_dir)?;
+        let path = config_dir.join("config.yaml");
         std::fs::write(&path, config)?;
-        let child = Command::new(node_bin())
+        let mut command = Command::new(node_bin());
+        command
             .arg(&bin)
             .arg("--config")
             .arg(&path)
             .arg("--listen")
             .arg(format!("http://{listen}"))
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(Stdio::null());
+        match kept {
+            Some(dir) => {
+                let log = std::fs::File::create(dir.join("verdaccio.log"))?;
+                std::os::unix::process::CommandExt::process_group(&mut command, 0);
+                command.stderr(log);
+            }
+            None => {
+                command.stderr(Stdio::inherit());
+            }
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let registry = Self {
-            child,
-            // No final slash: corepack appends "/<name>/<version>" to it as it is.
-            url: format!("http://{listen}"),
-            _config: dir,
-        };
-        let mut registry = registry;
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&listen.into(), Duration::from_millis(200)).is_err() {
-            if let Some(status) = registry.child.try_wait()? {
+            if let Some(status) = child.try_wait()? {
                 bail!(
-                    "Verdaccio exited ({status}) before listening on {listen}; see its output above"
+                    "Verdaccio exited ({status}) before listening on {listen}; see its output \
+                     (above, or verdaccio.log beside its kept config)"
                 );
             }
-            ensure!(
-                Instant::now() < deadline,
-                "Verdaccio did not listen on {listen} within 30 s"
-            );
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("Verdaccio did not listen on {listen} within 30 s");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(registry)
+        Ok(Self {
+            child: Some(child),
+            // No final slash: corepack appends "/<name>/<version>" to it as it is.
+            url: format!("http://{listen}"),
+            _config: temporary,
+        })
     }
 
     /// The registry's URL, e.g. `http://10.250.5.1:4873`.
@@ -173,8 +213,10 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -233,7 +275,7 @@ pub fn seed(workspace: &Path) -> Result<()> {
         return Ok(());
     }
     let listen: SocketAddrV4 = "127.0.0.1:48730".parse()?;
-    let registry = Registry::start(listen, true)?;
+    let registry = Registry::start(listen, true, None)?;
     let token = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -38,7 +38,7 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
     let server = network.server(&format!("fd{tag}"))?;
     let docker = DockerEngine::start("ferry-host-containers", Some(&server)).await?;
     let engine = docker.engine();
-    let base = node_image::ensure(&docker).await?;
+    let base = node_image::ensure(docker.engine()).await?;
 
     let net = format!("ferry-{tag}");
     ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0)).await?;

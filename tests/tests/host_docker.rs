@@ -8,7 +8,7 @@ use ferry_tests::{docker::DockerEngine, node_image};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_runs_node_and_its_output_comes_back() -> Result<()> {
     let engine = DockerEngine::start("ferry-host-tier", None).await?;
-    let image = node_image::ensure(&engine).await?;
+    let image = node_image::ensure(engine.engine()).await?;
     let done = engine
         .run_to_completion(
             &image,

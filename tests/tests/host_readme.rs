@@ -312,7 +312,7 @@ async fn the_readme_commands_leave_every_name_resolvable() -> Result<()> {
     // The server: its Docker Engine, the base image the README names, its resolver.
     let docker = DockerEngine::start(&format!("ferry-readme{tag}"), Some(&server)).await?;
     // The official Node image the agent asks for, made here since nothing can be pulled.
-    node_image::ensure(&docker).await?;
+    node_image::ensure(docker.engine()).await?;
     let resolv_conf = work.join("resolv.conf");
     std::fs::write(&resolv_conf, format!("nameserver {RESOLVER}\n"))?;
     let names = [(OUTSIDE_NAME.to_string(), OUTSIDE_ADDRESS.to_string())];

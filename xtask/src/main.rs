@@ -6,7 +6,7 @@
 //! - `build_ebpf`: build the kernel programs the agent embeds.
 //! - `test`: the tiers (lint, unit, host, vm), alone or in order.
 //! - `vm`: the VM tier: a distribution kernel booted under QEMU.
-//! - `demo`: build, start the agent here, and show connect steering.
+//! - `demo`: ferry's main job on this machine, left running; `demo down` removes it.
 //! - `mounts`: reading the mount table.
 //! - `process`: running external commands with their command line in every error.
 //! - `workspace`: paths of the workspace.
@@ -42,7 +42,8 @@ enum Command {
     Test(test::Options),
     /// Run the VM tier alone: kernel WireGuard inside a QEMU guest.
     Vm(vm::Options),
-    /// Build everything, start the agent on this machine and show connect steering.
+    /// Run the main job here (central, an agent, the example stack deployed, redeployed
+    /// under load, rolled back) and leave it running; `demo down` removes it.
     Demo(demo::Options),
     /// Run a benchmark; it ends with `ratio NAME = X.XX` and `metric NAME = V UNIT` lines.
     Bench(bench::Options),

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
-use crate::{build_ebpf, process, vm, workspace};
+use crate::{build_ebpf, process, setup, vm, workspace};
 
 /// Options of `test`.
 #[derive(Args)]
@@ -33,6 +33,16 @@ const ALL: [Tier; 4] = [Tier::Lint, Tier::Unit, Tier::Host, Tier::Vm];
 
 /// Runs the chosen tier, or all of them.
 pub fn run(options: Options) -> Result<()> {
+    // A fresh machine needs only `./x test`: setup first (idempotent, quick when done).
+    // It needs root, as the host and VM tiers do; lint and unit alone run without.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        setup::run(setup::Options::default())?;
+    } else {
+        eprintln!(
+            "test: not root, so setup is not run; `sudo ./x setup` installs what the tiers need"
+        );
+    }
     // Every tier compiles the agent, which embeds the kernel programs.
     build_ebpf::run(build_ebpf::Options::default())?;
     let tiers = match options.tier {

@@ -4,6 +4,7 @@ const express = require('express');
 
 const port = Number(process.env.PORT || 3000);
 const apiUrl = process.env.API_URL || 'http://api.cloud66.local:4000';
+const generation = process.env.FERRY_GENERATION || 'unknown';
 
 const app = express();
 app.get('/healthz', (req, res) => res.send('ok\n'));
@@ -13,7 +14,7 @@ app.use((req, res) => {
     .get(`${apiUrl}/`, (api) => {
       let body = '';
       api.on('data', (c) => (body += c));
-      api.on('end', () => res.type('text/plain').send(`web says hi; api says: ${body.trim()}\n`));
+      api.on('end', () => res.type('text/plain').send(`web of generation ${generation}; api says: ${body.trim()}\n`));
     })
     .on('error', (e) => {
       res.status(502).type('text/plain').send(`web could not reach the api: ${e.code || e.message}\n`);
