@@ -12,12 +12,14 @@
 //! - [`mesh`]: the WireGuard network between servers (rtnetlink and WireGuard verbs).
 //! - [`workloads`]: this server's share of each generation: build, start, check, report.
 //! - [`daemon`]: the long-running process: start the data plane, then wait for a signal.
+//! - [`down`]: a stop meant as a stop: the keepers and wireguard-go a restart keeps, ended.
 
 pub mod containers;
 pub mod daemon;
 pub mod dataplane;
 pub mod discovery;
 pub mod dns;
+pub mod down;
 pub mod handoff;
 pub mod ingress;
 pub mod membership;

@@ -4,6 +4,7 @@ use std::{
     net::SocketAddrV4,
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -44,6 +45,9 @@ enum Command {
         /// How many sockets, from descriptor 3 on.
         #[arg(long)]
         count: usize,
+        /// Exit after this many milliseconds with no agent holding a lease.
+        #[arg(long, default_value_t = ferry_agent::handoff::ORPHAN_LIMIT.as_millis() as u64)]
+        orphan_limit_ms: u64,
     },
     /// Check that this machine can run the data plane, and say what is missing.
     Check(CheckArgs),
@@ -54,6 +58,26 @@ enum Command {
     Counters(Pins),
     /// Remove ferry's pinned programs and maps: steering stops.
     Unpin(Pins),
+    /// After the agent stopped, end what it keeps for its next start: close the published
+    /// ports and the DNS listener (their socket keepers end) and remove the WireGuard link
+    /// (wireguard-go ends); say what is left. A restart keeps all of it.
+    Down(DownArgs),
+}
+
+#[derive(Args)]
+struct DownArgs {
+    #[command(flatten)]
+    state: StateDir,
+    /// Name of the WireGuard interface of the container network.
+    #[arg(long, default_value = "ferry0")]
+    wg_interface: String,
+    #[command(flatten)]
+    pins: Pins,
+    /// Do nothing while ferry-agent.service is enabled (a restart, or a stop it comes back
+    /// from): what the unit's ExecStopPost runs, so `systemctl stop` of a disabled unit
+    /// is a full stop.
+    #[arg(long)]
+    if_disabled: bool,
 }
 
 #[derive(Subcommand)]
@@ -145,6 +169,11 @@ struct RunArgs {
     /// Where the Prometheus metrics are served (`GET /metrics`).
     #[arg(long, default_value_t = ferry_agent::ingress::METRICS_LISTEN)]
     metrics_listen: std::net::SocketAddr,
+    /// How long, in seconds, the published ports and the DNS listener stay open while no
+    /// agent runs: long enough for a restart; after a crash that is not restarted, clients
+    /// are refused once it has passed instead of waiting on a port nobody serves.
+    #[arg(long, default_value_t = ferry_agent::handoff::ORPHAN_LIMIT.as_secs())]
+    keeper_orphan_limit_secs: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -158,7 +187,7 @@ enum WgBackend {
 #[derive(Args)]
 struct StateDir {
     /// Where the agent keeps its membership, credential and WireGuard key.
-    #[arg(long, default_value = "/var/lib/ferry-agent")]
+    #[arg(long, default_value = ferry_agent::membership::state::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
 }
 
@@ -269,16 +298,70 @@ fn dispatch(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run(args),
         Command::Join(args) => join(args),
-        Command::KeepSockets { path, count } => ferry_agent::handoff::keep(&path, count)
+        Command::KeepSockets {
+            path,
+            count,
+            orphan_limit_ms,
+        } => ferry_agent::handoff::keep(&path, count, Duration::from_millis(orphan_limit_ms))
             .with_context(|| format!("keeping sockets at {}", path.display())),
         Command::Check(paths) => check(paths),
         Command::Service(command) => service(command),
         Command::Counters(pins) => counters(pins),
         Command::Unpin(pins) => unpin(pins),
+        Command::Down(args) => down(args),
     }
 }
 
+fn down(args: DownArgs) -> Result<()> {
+    if args.if_disabled {
+        // No systemctl, or it cannot tell: keep everything, as for a restart.
+        let disabled = std::process::Command::new("systemctl")
+            .args(["is-enabled", "--quiet", "ferry-agent.service"])
+            .status()
+            .is_ok_and(|s| s.code() == Some(1));
+        if !disabled {
+            println!(
+                "ferry-agent.service is enabled (or systemd cannot tell): the agent comes back,                  so its listeners and WireGuard link stay"
+            );
+            return Ok(());
+        }
+    }
+    let options = ferry_agent::down::DownOptions {
+        state_dir: args.state.state_dir,
+        wg_interface: args.wg_interface,
+        bpffs: args.pins.bpffs,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let report = runtime.block_on(ferry_agent::down::down(&options))?;
+    match report.closed.as_slice() {
+        [] => println!("no listener was kept open"),
+        closed => println!(
+            "closed the listeners kept for a restart: {} (their keepers ended)",
+            closed.join(", ")
+        ),
+    }
+    match &report.link {
+        Some(link) => println!("removed the WireGuard link {link}"),
+        None => println!("no WireGuard link {} was up", options.wg_interface),
+    }
+    if let Some(pins) = &report.pins_left {
+        println!(
+            "left: the pinned data plane in {} (it keeps steering service addresses;              `ferry-agent unpin --bpffs {}` removes it)",
+            pins.display(),
+            pins.display()
+        );
+    }
+    println!(
+        "left: ferry's containers, which run on (`docker ps --filter label=ferry.stack`          lists them; `docker rm -f` removes them)"
+    );
+    Ok(())
+}
+
 fn run(args: RunArgs) -> Result<()> {
+    ferry_agent::handoff::set_orphan_limit(Duration::from_secs(args.keeper_orphan_limit_secs));
     let config = args.paths.config(true)?;
     let joined = match membership::load(&args.state.state_dir) {
         Ok(loaded) => Some(loaded),

@@ -151,6 +151,14 @@ impl Member {
         old.wait_exit(Duration::from_secs(40))
     }
 
+    /// Stops the agent as `systemctl stop` does (SIGTERM, nothing started after it), and
+    /// waits until it has exited.
+    pub fn stop_agent(&mut self) -> Result<std::process::ExitStatus> {
+        let agent = self.agent.take().context("no agent runs")?;
+        agent.terminate()?;
+        agent.wait_exit(Duration::from_secs(40))
+    }
+
     /// Starts the agent again from its state directory.
     pub fn start_agent(&mut self) -> Result<()> {
         self.agent = Some(Agent::start_in(&self.paths, Some(&self.server))?);

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::mesh::wireguard::Key;
 
 /// Name of the membership record.
+/// The state directory a packaged agent uses, and `--state-dir`'s default.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry-agent";
+
 pub const MEMBERSHIP: &str = "membership.json";
 /// Name of the agent's credential.
 pub const TOKEN: &str = "agent.token";

@@ -31,24 +31,33 @@ pub async fn down() -> Result<()> {
     for name in ["central", "registry", "dockerd"] {
         stop(&state, name, &mut removed);
     }
-    if Path::new("/sys/class/net").join(WG_INTERFACE).exists() {
-        // wireguard-go notices its link is gone and exits.
-        let deleted = Command::new("ip")
-            .args(["link", "del", WG_INTERFACE])
-            .status()
-            .is_ok_and(|s| s.success());
-        if deleted {
-            removed.push(format!("the WireGuard link {WG_INTERFACE}"));
+    // What a stopped agent keeps for its next start (socket keepers, the WireGuard link
+    // and wireguard-go), ended as an operator would; then its pins.
+    if let Ok(agent) = workspace_binary("ferry-agent", "FERRY_AGENT_BIN") {
+        let state_dir = Path::new(DIR).join("agent");
+        let ended = Command::new(&agent)
+            .args(["down", "--wg-interface", WG_INTERFACE, "--bpffs", BPFFS])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .output();
+        if let Ok(out) = ended
+            && out.status.success()
+        {
+            let said = String::from_utf8_lossy(&out.stdout);
+            for line in said
+                .lines()
+                .filter(|l| l.starts_with("closed") || l.starts_with("removed"))
+            {
+                removed.push(format!("(ferry-agent down) {line}"));
+            }
         }
-    }
-    if Path::new(BPFFS).exists() {
-        if let Ok(agent) = workspace_binary("ferry-agent", "FERRY_AGENT_BIN") {
-            let _ = Command::new(agent)
+        if Path::new(BPFFS).exists() {
+            let _ = Command::new(&agent)
                 .args(["unpin", "--bpffs", BPFFS])
                 .output();
+            let _ = std::fs::remove_dir_all(BPFFS);
+            removed.push(format!("the pinned programs and maps in {BPFFS}"));
         }
-        let _ = std::fs::remove_dir_all(BPFFS);
-        removed.push(format!("the pinned programs and maps in {BPFFS}"));
     }
     if let Ok(root) = cgroup2_root().map(|r| r.join(CGROUP))
         && root.exists()
@@ -68,23 +77,12 @@ pub async fn down() -> Result<()> {
         let _ = Command::new("umount").arg("-l").arg(&mount).status();
     }
     for (dir, what) in [
-        (DIR, "state, logs, data, the socket keepers' sockets"),
+        (DIR, "state, logs, data"),
         (RUN, "the demo dockerd's socket and exec root"),
     ] {
         if Path::new(dir).exists() && std::fs::remove_dir_all(dir).is_ok() {
             removed.push(format!("{dir} ({what})"));
         }
-    }
-    // The keepers notice their socket is gone within a second and exit.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !keepers().is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    for pid in keepers() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
     }
     if removed.is_empty() {
         println!("no demo here: nothing to remove");
@@ -161,24 +159,6 @@ async fn docker_leftovers(engine: &Engine, state: &State, removed: &mut Vec<Stri
     if docker.remove_network(NETWORK).await.is_ok() {
         removed.push(format!("the Docker network {NETWORK}"));
     }
-}
-
-/// Socket keepers of the demo's agent still running.
-fn keepers() -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("keep-sockets") && c.contains(DIR)
-            })
-        })
-        .filter(|pid| alive(*pid))
-        .collect()
 }
 
 /// Mount points below any of `dirs`, deepest first.
