@@ -6,6 +6,7 @@
 //! - [`discovery`]: central's service records and this server's callers: service addresses
 //!   steered per caller generation.
 //! - [`dns`]: the DNS server for `cloud66.local` and the forwarder for other names.
+//! - [`flags_file`]: the agent's flags from `/etc/ferry/agent.toml`.
 //! - [`handoff`]: listening sockets held by a keeper process across agent restarts.
 //! - [`ingress`]: external traffic to the containers (so far: the request-head reader).
 //! - [`membership`]: joining central; the credentials in the state directory.
@@ -20,6 +21,7 @@ pub mod dataplane;
 pub mod discovery;
 pub mod dns;
 pub mod down;
+pub mod flags_file;
 pub mod handoff;
 pub mod ingress;
 pub mod membership;

@@ -33,6 +33,7 @@ struct Cli {
 enum Command {
     /// Load and attach the data plane and, once joined, keep the WireGuard mesh in step
     /// with central; run until SIGINT or SIGTERM.
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Join a cluster: make this server's WireGuard key and register it with central.
     Join(JoinArgs),
@@ -61,11 +62,16 @@ enum Command {
     /// After the agent stopped, end what it keeps for its next start: close the published
     /// ports and the DNS listener (their socket keepers end) and remove the WireGuard link
     /// (wireguard-go ends); say what is left. A restart keeps all of it.
+    #[command(args_override_self = true)]
     Down(DownArgs),
 }
 
 #[derive(Args)]
 struct DownArgs {
+    /// Read flags from this TOML file first, as `run --config` does (keys `run` takes that
+    /// `down` does not are skipped).
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     state: StateDir,
     /// Name of the WireGuard interface of the container network.
@@ -126,6 +132,11 @@ impl CallersArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Read flags from this TOML file first, one key per long flag
+    /// (`docker-socket = "/run/docker.sock"`, a list for a repeated flag); flags on the
+    /// command line win. The package's unit runs `run --config /etc/ferry/agent.toml`.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     paths: Paths,
     #[command(flatten)]
@@ -285,13 +296,38 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match dispatch(Cli::parse().command) {
+    let argv = match with_flags_files(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => {
+            eprintln!("ferry-agent: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match dispatch(Cli::parse_from(argv).command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-agent: error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// `argv` with the flags of `run --config FILE` and `down --config FILE` read in.
+fn with_flags_files(
+    argv: Vec<std::ffi::OsString>,
+) -> Result<Vec<std::ffi::OsString>, ferry_agent::flags_file::FlagsFileError> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let flags_of = |name: &str| -> Vec<String> {
+        cli.find_subcommand(name)
+            .map(|c| {
+                c.get_arguments()
+                    .filter_map(|a| a.get_long().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let argv = ferry_agent::flags_file::expand(argv, "run", &flags_of("run"), true)?;
+    ferry_agent::flags_file::expand(argv, "down", &flags_of("down"), false)
 }
 
 fn dispatch(command: Command) -> Result<()> {
@@ -321,7 +357,8 @@ fn down(args: DownArgs) -> Result<()> {
             .is_ok_and(|s| s.code() == Some(1));
         if !disabled {
             println!(
-                "ferry-agent.service is enabled (or systemd cannot tell): the agent comes back,                  so its listeners and WireGuard link stay"
+                "ferry-agent.service is enabled (or systemd cannot tell): the agent comes back, \
+                 so its listeners and WireGuard link stay"
             );
             return Ok(());
         }
@@ -349,13 +386,15 @@ fn down(args: DownArgs) -> Result<()> {
     }
     if let Some(pins) = &report.pins_left {
         println!(
-            "left: the pinned data plane in {} (it keeps steering service addresses;              `ferry-agent unpin --bpffs {}` removes it)",
+            "left: the pinned data plane in {} (it keeps steering service addresses; \
+             `ferry-agent unpin --bpffs {}` removes it)",
             pins.display(),
             pins.display()
         );
     }
     println!(
-        "left: ferry's containers, which run on (`docker ps --filter label=ferry.stack`          lists them; `docker rm -f` removes them)"
+        "left: ferry's containers, which run on (`docker ps --filter label=ferry.stack` \
+         lists them; `docker rm -f` removes them)"
     );
     Ok(())
 }
