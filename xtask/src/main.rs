@@ -7,6 +7,7 @@
 //! - `test`: the tiers (lint, unit, host, vm), alone or in order.
 //! - `vm`: the VM tier: a distribution kernel booted under QEMU.
 //! - `demo`: ferry's main job on this machine, left running; `demo down` removes it.
+//! - `package`: the Debian packages (cargo-deb).
 //! - `mounts`: reading the mount table.
 //! - `process`: running external commands with their command line in every error.
 //! - `workspace`: paths of the workspace.
@@ -15,6 +16,7 @@ mod bench;
 mod build_ebpf;
 mod demo;
 mod mounts;
+mod package;
 mod process;
 mod setup;
 mod test;
@@ -45,6 +47,8 @@ enum Command {
     /// Run the main job here (central, an agent, the example stack deployed, redeployed
     /// under load, rolled back) and leave it running; `demo down` removes it.
     Demo(demo::Options),
+    /// Build the Debian packages of ferry-agent, ferry-central and ferry into target/debian.
+    Package(package::Options),
     /// Run a benchmark; it ends with `ratio NAME = X.XX` and `metric NAME = V UNIT` lines.
     Bench(bench::Options),
 }
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Command::Vm(options) => vm::run(options),
         Command::Demo(options) => demo::run(options),
         Command::Bench(options) => bench::run(options),
+        Command::Package(options) => package::run(options).map(drop),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

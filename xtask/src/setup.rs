@@ -43,6 +43,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
         &["wireguard-go", "wireguard-tools"],
     ),
     (
+        "the host tier installs the Debian packages with dpkg into a scratch root and checks their units with systemd-analyze",
+        &["systemd", "dpkg"],
+    ),
+    (
         "the host tier's DNS tests ask with dig inside containers and start a local upstream resolver",
         &["bind9-dnsutils", "dnsmasq-base"],
     ),
@@ -61,6 +65,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+/// cargo-deb, which `./x package` and the host tier's package tests make the .debs with.
+const CARGO_DEB_VERSION: &str = "2.12.1";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Runs every setup step.
@@ -68,6 +74,7 @@ pub fn run(_options: Options) -> Result<()> {
     require_root()?;
     install_packages()?;
     install_bpf_linker()?;
+    install_cargo_deb()?;
     mount_bpffs()?;
     check_cgroup2()?;
     check_kernel()?;
@@ -143,6 +150,26 @@ fn install_bpf_linker() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("building bpf-linker failed; is llvm-22-dev installed?")
+}
+
+fn install_cargo_deb() -> Result<()> {
+    let current = process::output(Command::new(workspace::cargo()).args(["deb", "--version"]))
+        .unwrap_or_default();
+    if current.trim() == format!("cargo-deb {CARGO_DEB_VERSION}") {
+        eprintln!("setup: {} present", current.trim());
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building cargo-deb {CARGO_DEB_VERSION} (makes the Debian packages; a few minutes)"
+    );
+    process::run(Command::new(workspace::cargo()).args([
+        "install",
+        "cargo-deb",
+        "--locked",
+        "--version",
+        CARGO_DEB_VERSION,
+    ]))
+    .context("building cargo-deb failed; the crate registry must be reachable")
 }
 
 fn mount_bpffs() -> Result<()> {

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
-use crate::{build_ebpf, process, setup, vm, workspace};
+use crate::{build_ebpf, package, process, setup, vm, workspace};
 
 /// Options of `test`.
 #[derive(Args)]
@@ -124,6 +124,8 @@ fn host() -> Result<usize> {
         "--package",
         "ferry-central",
     ]))?;
+    // host_packages installs these into a scratch root.
+    package::run(package::Options::default())?;
     let debug = workspace::target_dir().join("debug");
     let lines = process::run_tee(
         cargo()
