@@ -13,7 +13,7 @@ use crate::{
     discovery::{self, Callers, Records},
     dns::DnsOptions,
     ingress::{Ingress, IngressOptions},
-    membership::state::Loaded,
+    membership::{heartbeat::HeartbeatOptions, state::Loaded},
     mesh::sync::{self, MeshOptions},
     workloads::{self, WorkloadOptions},
 };
@@ -28,7 +28,7 @@ const INGRESS_FINISH: std::time::Duration = std::time::Duration::from_secs(30);
 /// Starts the data plane (and the mesh, given a membership) and runs until `shutdown`.
 pub async fn run(
     config: DataplaneConfig,
-    mesh: Option<(Loaded, MeshOptions)>,
+    mesh: Option<(Loaded, MeshOptions, HeartbeatOptions)>,
     workloads: Option<(Loaded, WorkloadOptions)>,
     dns: Option<DnsOptions>,
     ingress: Option<(IngressOptions, std::net::SocketAddr)>,
@@ -47,7 +47,7 @@ pub async fn run(
     let snapshot = state_dir.join("records.json");
     let records = Records::from_snapshot(&snapshot);
     let callers = Callers::new(Some(crate::dataplane::map_dir(&config.bpffs)));
-    let discovery_task = mesh.as_ref().map(|(loaded, _)| {
+    let discovery_task = mesh.as_ref().map(|(loaded, _, _)| {
         tokio::spawn(discovery::run(
             loaded.clone(),
             crate::dataplane::map_dir(&config.bpffs),
@@ -57,7 +57,7 @@ pub async fn run(
     });
     // Followed whenever this server has joined; HTTPS ports serve what arrives.
     let certificates = crate::ingress::Certificates::default();
-    let certificates_task = mesh.as_ref().map(|(loaded, _)| {
+    let certificates_task = mesh.as_ref().map(|(loaded, _, _)| {
         tokio::spawn(crate::ingress::follow_certificates(
             loaded.clone(),
             certificates.clone(),
@@ -92,7 +92,13 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let mesh_task = mesh.map(|(loaded, options)| {
+    let heartbeat_task = mesh.as_ref().map(|(loaded, _, options)| {
+        tokio::spawn(crate::membership::heartbeat::run(
+            loaded.clone(),
+            options.clone(),
+        ))
+    });
+    let mesh_task = mesh.map(|(loaded, options, _)| {
         info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
         tokio::spawn(async move {
             if let Err(e) = sync::run(loaded, options).await {
@@ -112,6 +118,7 @@ pub async fn run(
     });
     shutdown.await;
     for task in [
+        heartbeat_task,
         mesh_task,
         workload_task,
         action_task,

@@ -185,6 +185,11 @@ struct RunArgs {
     /// are refused once it has passed instead of waiting on a port nobody serves.
     #[arg(long, default_value_t = ferry_agent::handoff::ORPHAN_LIMIT.as_secs())]
     keeper_orphan_limit_secs: u64,
+    /// Seconds between the heartbeats that tell central how this server is (its agent's
+    /// version, WireGuard peers, containers); three missed ones and `ferry servers list`
+    /// calls it unreachable.
+    #[arg(long, default_value_t = ferry_agent::membership::heartbeat::INTERVAL.as_secs())]
+    heartbeat_interval_secs: u64,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -407,7 +412,7 @@ fn run(args: RunArgs) -> Result<()> {
         Err(StateError::NotJoined { .. }) => None,
         Err(e) => return Err(e).context("reading the agent's state directory"),
     };
-    let workloads = match (&joined, args.docker_socket) {
+    let workloads = match (&joined, args.docker_socket.clone()) {
         (Some(loaded), Some(docker_socket)) => Some((
             loaded.clone(),
             WorkloadOptions {
@@ -456,10 +461,18 @@ fn run(args: RunArgs) -> Result<()> {
             args.metrics_listen,
         )
     });
+    let chosen = std::sync::Arc::new(std::sync::OnceLock::new());
+    let heartbeat = ferry_agent::membership::heartbeat::HeartbeatOptions {
+        interval: Duration::from_secs(args.heartbeat_interval_secs.max(1)),
+        wg_interface: args.wg_interface.clone(),
+        backend: chosen.clone(),
+        docker_socket: args.docker_socket.clone(),
+    };
     let mesh = joined.map(|loaded| {
         (
             loaded,
             MeshOptions {
+                chosen: chosen.clone(),
                 interface: args.wg_interface,
                 container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
                 backend: args.wg_backend.map(|b| match b {
@@ -467,6 +480,7 @@ fn run(args: RunArgs) -> Result<()> {
                     WgBackend::Userspace => Backend::Userspace,
                 }),
             },
+            heartbeat.clone(),
         )
     });
     let state_dir = args.state.state_dir.clone();

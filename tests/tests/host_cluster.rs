@@ -62,8 +62,10 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
     network.serve_registry()?;
     let central_dir = std::env::temp_dir().join(format!("ferry-test-cluster{tag}"));
     let mut central = Central::start(&central_dir, "10.250.61.1")?;
-    let one = Member::join(&mut network, &central, "one", &tag).await?;
-    let mut two = Member::join(&mut network, &central, "two", &tag).await?;
+    // Heartbeats every second, so a silent server is called unreachable within seconds.
+    let beats = ["--heartbeat-interval-secs".to_string(), "1".to_string()];
+    let one = Member::join_with(&mut network, &central, "one", &tag, &beats).await?;
+    let mut two = Member::join_with(&mut network, &central, "two", &tag, &beats).await?;
     let operator = Operator::login(&central, &tag)?;
     let admin = Client::new(
         &central.url,
@@ -279,6 +281,50 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
         .map(|g| (g.number, g.phase))
         .collect();
     assert_eq!(phases, [(1, Phase::Retired), (2, Phase::Serving)]);
+
+    // `ferry servers list`: each server's agent version, its WireGuard backend (wireguard-go
+    // here) and its peer by name, its running containers; a server whose agent is gone
+    // is unreachable since its last heartbeat.
+    let row = |out: &str, name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let on_one = one.containers().await?.iter().filter(|c| c.running).count();
+    let on_two = two.containers().await?.iter().filter(|c| c.running).count();
+    let wanted = [("one", "two: ", on_one), ("two", "one: ", on_two)];
+    let shows = |out: &str| {
+        wanted.iter().all(|(name, peer, containers)| {
+            let line = row(out, name);
+            line.contains("s ago")
+                && line.contains(" userspace ")
+                && line.contains(ferry_agent::membership::heartbeat::VERSION)
+                && line.contains(peer)
+                && line.trim_end().ends_with(&format!(" {containers}"))
+        })
+    };
+    let mut listed = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !shows(&listed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "servers list does not show version, wireguard-go, the peer and {on_one}/{on_two} \
+             containers:\n{listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        listed = operator.run(&["servers", "list"])?.1;
+    }
+    two.kill_agent()?;
+    eventually(Duration::from_secs(20), "two called unreachable", || {
+        let (_, out, _) =
+            operator
+                .run(&["servers", "list"])
+                .unwrap_or((false, String::new(), String::new()));
+        let (one_row, two_row) = (row(&out, "one"), row(&out, "two"));
+        async move { Ok(two_row.contains("unreachable since") && !one_row.contains("unreachable")) }
+    })
+    .await?;
 
     one.clean_up().await;
     two.clean_up().await;

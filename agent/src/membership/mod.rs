@@ -6,7 +6,10 @@
 //! - `agent.token`: its credential;
 //! - `wireguard.key`: its WireGuard private key, made here and never sent anywhere;
 //! - `central-ca.pem`: central's CA, pinned at join by its fingerprint.
+//!
+//! Once joined, the agent's [`heartbeat`] tells central how the server is.
 
+pub mod heartbeat;
 mod join;
 pub mod reconnect;
 pub mod state;

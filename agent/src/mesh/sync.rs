@@ -29,6 +29,8 @@ pub struct MeshOptions {
     pub container_net: Ipv4Addr,
     /// Force a backend instead of detecting one.
     pub backend: Option<Backend>,
+    /// Where the backend in use is told, once chosen (the heartbeat reports it).
+    pub chosen: std::sync::Arc<std::sync::OnceLock<Backend>>,
 }
 
 /// Why the mesh could not start at all (later failures are retried, not returned).
@@ -50,6 +52,7 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
         None => interface::detect_backend(&netlink).await,
     };
     info!(?backend, interface = %options.interface, "mesh backend");
+    let _ = options.chosen.set(backend);
     println!(
         "ferry-agent mesh: {backend:?} WireGuard on {}",
         options.interface

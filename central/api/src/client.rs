@@ -347,6 +347,23 @@ impl Client {
         self.send(self.http.put(&url).json(containers), &url).await
     }
 
+    /// This server's heartbeat (an agent, for its own server).
+    pub async fn heartbeat(
+        &self,
+        server: &str,
+        heartbeat: &crate::heartbeat::Heartbeat,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/heartbeat/{server}", self.base);
+        let _: serde_json::Value = self.send(self.http.put(&url).json(heartbeat), &url).await?;
+        Ok(())
+    }
+
+    /// Every server with its last contact and heartbeat (admin).
+    pub async fn servers_status(&self) -> Result<Vec<crate::heartbeat::ServerStatus>, ClientError> {
+        let url = format!("{}/v1/servers/status", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
     /// Every server's last container report (admin).
     pub async fn containers(
         &self,

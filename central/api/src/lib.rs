@@ -7,10 +7,12 @@
 //!   errors; the CLI checks it before upload, central again on receipt.
 //! - [`client`]: the HTTPS client, which pins central's CA.
 //! - [`records`]: service discovery records and the versioned lookup rule.
+//! - [`heartbeat`]: what agents say of their servers every few seconds.
 //! - [`fingerprint`]: how a CA certificate is named in `--ca-fingerprint`.
 
 pub mod buildpack;
 pub mod client;
+pub mod heartbeat;
 pub mod records;
 pub mod servicefile;
 pub mod types;

@@ -17,6 +17,7 @@ mod deploy;
 mod dockerignore;
 mod login;
 mod logs;
+mod servers;
 mod services;
 mod table;
 
@@ -26,7 +27,7 @@ use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use ferry_api::{
     servicefile,
-    types::{Phase, Server, VariablesChange},
+    types::{Phase, VariablesChange},
 };
 
 /// ferry: run Node apps on your own servers.
@@ -43,7 +44,7 @@ enum Command {
     Login(login::LoginArgs),
     /// Servers that joined central.
     #[command(subcommand)]
-    Servers(ServersCommand),
+    Servers(servers::Command),
     /// Upload a stack's source as its next generation (service.yml is checked here first).
     Deploy {
         /// The stack (default: the directory's name).
@@ -89,19 +90,6 @@ enum Command {
         /// The file (default: service.yml in this directory).
         #[arg(default_value = "service.yml")]
         path: std::path::PathBuf,
-        #[command(flatten)]
-        output: Output,
-    },
-}
-
-#[derive(Subcommand)]
-enum ServersCommand {
-    /// List servers with their container subnets and WireGuard endpoints.
-    List(Output),
-    /// Remove a server: its subnet is released and its agent's token revoked.
-    Remove {
-        /// The server's name.
-        name: String,
         #[command(flatten)]
         output: Output,
     },
@@ -168,10 +156,7 @@ fn run(command: Command) -> Result<()> {
     runtime.block_on(async {
         match command {
             Command::Login(args) => login::login(args).await,
-            Command::Servers(ServersCommand::List(output)) => servers_list(output).await,
-            Command::Servers(ServersCommand::Remove { name, output }) => {
-                servers_remove(&name, output).await
-            }
+            Command::Servers(command) => servers::run(command).await,
             Command::Validate { path, output } => validate(&path, output),
             Command::Deploy {
                 stack,
@@ -232,31 +217,6 @@ async fn env(command: EnvCommand) -> Result<()> {
                 vars.len()
             );
         }
-    }
-    Ok(())
-}
-
-async fn servers_list(output: Output) -> Result<()> {
-    let client = login::client()?;
-    let servers = client.servers().await?;
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&servers)?);
-        return Ok(());
-    }
-    print_servers(&servers);
-    Ok(())
-}
-
-async fn servers_remove(name: &str, output: Output) -> Result<()> {
-    let client = login::client()?;
-    let removed = client.remove_server(name).await?;
-    if output.json {
-        println!("{}", serde_json::to_string_pretty(&removed)?);
-    } else {
-        println!(
-            "removed {}: subnet 10.66.{}.0/24 released, its agent token revoked",
-            removed.name, removed.subnet_index
-        );
     }
     Ok(())
 }
@@ -487,22 +447,4 @@ fn validate(path: &std::path::Path, output: Output) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn print_servers(servers: &[Server]) {
-    let rows: Vec<Vec<String>> = servers
-        .iter()
-        .map(|s| {
-            vec![
-                s.name.clone(),
-                format!("10.66.{}.0/24", s.subnet_index),
-                s.wireguard_endpoint.to_string(),
-                s.wireguard_public_key.clone(),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table::render(&["NAME", "SUBNET", "WIREGUARD", "PUBLIC KEY"], &rows)
-    );
 }

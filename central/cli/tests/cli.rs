@@ -143,7 +143,7 @@ async fn login_then_list_and_remove_servers() {
         Trust::Fingerprint(done.ca_fingerprint.clone()),
     )
     .expect("client");
-    joiner.join(&web_1()).await.expect("join");
+    let joined = joiner.join(&web_1()).await.expect("join");
 
     let out = ferry(&config, &["servers", "list"]);
     let (stdout, stderr) = text(&out);
@@ -156,13 +156,44 @@ async fn login_then_list_and_remove_servers() {
     assert!(
         lines[1].starts_with("web-1")
             && lines[1].contains("10.66.1.0/24")
-            && lines[1].contains("192.0.2.10:51820"),
+            && lines[1].contains("192.0.2.10:51820")
+            && lines[1].contains("not since central started"),
         "{stdout}"
     );
 
+    // The agent's heartbeat shows in the list: its version, backend, peers, containers.
+    let agent = Client::new(
+        &url,
+        &joined.agent_token,
+        Trust::Fingerprint(done.ca_fingerprint.clone()),
+    )
+    .expect("client");
+    let beat = ferry_api::heartbeat::Heartbeat {
+        version: "0.1.0".into(),
+        interval_secs: 10,
+        wireguard: Some(ferry_api::heartbeat::WireguardStatus {
+            backend: "kernel".into(),
+            peers: Vec::new(),
+        }),
+        containers_running: Some(2),
+    };
+    agent.heartbeat("web-1", &beat).await.expect("heartbeat");
+    let err = agent.heartbeat("web-2", &beat).await.unwrap_err();
+    assert!(
+        err.to_string().contains("403"),
+        "another server's heartbeat: {err}"
+    );
+    let out = ferry(&config, &["servers", "list"]);
+    let (stdout, _) = text(&out);
+    let row = stdout.lines().nth(1).unwrap_or_default();
+    for shown in ["s ago", "0.1.0", "kernel", "none", " 2"] {
+        assert!(row.contains(shown), "{shown:?} not in {row}");
+    }
+
     let out = ferry(&config, &["servers", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(listed[0]["name"], "web-1");
+    assert_eq!(listed[0]["server"]["name"], "web-1");
+    assert_eq!(listed[0]["heartbeat"]["containers_running"], 2);
 
     let out = ferry(&config, &["servers", "remove", "web-1"]);
     assert!(out.status.success(), "{}", text(&out).1);

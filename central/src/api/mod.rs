@@ -8,6 +8,8 @@
 //! - `GET /v1/health`: the store's revision.
 //! - `POST /v1/join`: register a server; returns its subnet and its agent token.
 //! - `GET /v1/servers`, `DELETE /v1/servers/{name}`: the operator's view.
+//! - `PUT /v1/heartbeat/{server}`: an agent's word on its server every few seconds;
+//!   `GET /v1/servers/status`: every server with its last contact and heartbeat.
 //! - `GET /v1/list?prefix=`: keys under a prefix and the revision they are as of.
 //! - `GET /v1/watch?prefix=&after=`: newline-delimited JSON batches of changes after a
 //!   revision; a client resumes with the last revision it saw.
@@ -16,8 +18,8 @@
 //!   `GET /v1/stacks/{stack}/generations`. The new generation's placement is written to
 //!   `desired/<server>/...` in the same transaction (see [`crate::deploy`]).
 //! - `POST /v1/stacks/{stack}/rollback`: serve the previous generation again.
-//! - `POST /v1/stacks/{stack}/services/{service}/scale`: a new generation with the service
-//!   on that many servers.
+//! - `POST /v1/stacks/{stack}/services/{service}/scale`: the serving generation runs that
+//!   many containers of the service, spread over the servers (no new generation).
 //! - `GET|PUT /v1/stacks/{stack}/variables`: the values of `_env(NAME)` references.
 //! - `GET|PUT /v1/stacks/{stack}/datasources`: where the stack's datasources are.
 //! - `GET /v1/stacks/{stack}/certificates`, `PUT|DELETE .../certificates/{name}`: TLS
@@ -37,6 +39,7 @@ mod certificates;
 mod containers;
 mod datasources;
 mod error;
+mod heartbeats;
 mod routes;
 mod variables;
 
@@ -84,6 +87,8 @@ pub struct AppState {
     pub sources: PathBuf,
     /// How long a retired generation's containers keep running.
     pub drain: std::time::Duration,
+    /// Each server's last heartbeat (in memory: see [`heartbeats`]).
+    pub heartbeats: heartbeats::Heartbeats,
 }
 
 impl AppState {
@@ -92,6 +97,7 @@ impl AppState {
     pub fn new(store: Arc<SqliteStore>, data_dir: &Path, drain: std::time::Duration) -> Arc<Self> {
         Arc::new(Self {
             drain,
+            heartbeats: heartbeats::Heartbeats::default(),
             servers: Servers::new(store.clone(), ContainerNet::default()),
             stacks: Stacks::new(store.clone()),
             variables: Variables::new(store.clone()),
@@ -109,6 +115,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(routes::health))
         .route("/v1/join", post(routes::join))
         .route("/v1/servers", get(routes::list_servers))
+        .route("/v1/servers/status", get(heartbeats::status))
+        .route("/v1/heartbeat/{server}", put(heartbeats::beat))
         .route("/v1/servers/{name}", delete(routes::remove_server))
         .route("/v1/list", get(routes::list))
         .route("/v1/watch", get(routes::watch))

@@ -1,0 +1,120 @@
+//! The agent's heartbeat: every few seconds it tells central its version, its WireGuard
+//! link (the backend, and per peer the last handshake and the bytes each way) and how
+//! many of ferry's containers run, so `ferry servers list` shows each server as it is and
+//! says when one has gone silent.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, OnceLock},
+    time::{Duration, UNIX_EPOCH},
+};
+
+use ferry_api::heartbeat::{Heartbeat, PeerStatus, WireguardStatus};
+use tracing::{debug, warn};
+
+use crate::{
+    containers::{self, Engine},
+    membership::state::Loaded,
+    mesh::wireguard::{self, Backend},
+};
+
+/// The agent's version, as heartbeats report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// How often the agent sends one, by default.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the heartbeat looks at.
+#[derive(Clone, Debug)]
+pub struct HeartbeatOptions {
+    /// Seconds between heartbeats.
+    pub interval: Duration,
+    /// The WireGuard interface of the container network.
+    pub wg_interface: String,
+    /// The backend the mesh chose, once it has.
+    pub backend: Arc<OnceLock<Backend>>,
+    /// The Docker Engine, when this agent runs workloads.
+    pub docker_socket: Option<PathBuf>,
+}
+
+/// Sends heartbeats until the task is dropped; a failed one is logged and the next one
+/// tries again.
+pub async fn run(loaded: Loaded, options: HeartbeatOptions) {
+    let mut tick = tokio::time::interval(options.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let client = match loaded.client() {
+            Ok(client) => client,
+            Err(e) => {
+                warn!("heartbeat: {e}");
+                continue;
+            }
+        };
+        let beat = heartbeat(&options).await;
+        match client.heartbeat(&loaded.membership.name, &beat).await {
+            Ok(()) => failing = false,
+            // Once per outage, not every beat.
+            Err(e) if !failing => {
+                warn!("heartbeat to central: {e}");
+                failing = true;
+            }
+            Err(e) => debug!("heartbeat to central: {e}"),
+        }
+    }
+}
+
+/// This server as it is now.
+async fn heartbeat(options: &HeartbeatOptions) -> Heartbeat {
+    let wireguard = match options.backend.get().copied() {
+        Some(backend) => {
+            let name = options.wg_interface.clone();
+            let peers =
+                tokio::task::spawn_blocking(move || wireguard::peer_stats(&name, backend)).await;
+            match peers {
+                Ok(Ok(peers)) => Some(WireguardStatus {
+                    backend: match backend {
+                        Backend::Kernel => "kernel",
+                        Backend::Userspace => "userspace",
+                    }
+                    .into(),
+                    peers: peers
+                        .into_iter()
+                        .map(|p| PeerStatus {
+                            public_key: p.public_key.to_base64(),
+                            last_handshake_unix: p
+                                .last_handshake
+                                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                                .map(|d| d.as_secs()),
+                            rx_bytes: p.rx_bytes,
+                            tx_bytes: p.tx_bytes,
+                        })
+                        .collect(),
+                }),
+                Ok(Err(e)) => {
+                    debug!("heartbeat: reading {}: {e}", options.wg_interface);
+                    None
+                }
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    let containers_running = match &options.docker_socket {
+        Some(socket) => match Engine::connect(socket).await {
+            Ok(engine) => containers::list(&engine)
+                .await
+                .ok()
+                .map(|all| all.iter().filter(|c| c.running).count() as u32),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    Heartbeat {
+        version: VERSION.into(),
+        interval_secs: u32::try_from(options.interval.as_secs().max(1)).unwrap_or(u32::MAX),
+        wireguard,
+        containers_running,
+    }
+}
