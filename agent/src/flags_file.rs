@@ -32,21 +32,35 @@ pub enum FlagsFileError {
         command: String,
         known: String,
     },
-    #[error(
-        "{path}: {key} must be a string, a number, true/false, or a list of those (as the flag \
-         takes it on the command line)"
-    )]
-    Value { path: PathBuf, key: String },
+    #[error("{path}: {key} {why}")]
+    Value {
+        path: PathBuf,
+        key: String,
+        /// What the flag takes, e.g. "takes one value, not a list".
+        why: &'static str,
+    },
+}
+
+/// A long flag of a subcommand, as the file may set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flag {
+    /// Its name, without the dashes.
+    pub name: String,
+    /// Whether it takes a value (else it is a switch).
+    pub takes_value: bool,
+    /// Whether it may be given more than once (a list in the file).
+    pub repeatable: bool,
 }
 
 /// `argv` with the flags of the file named by `--config FILE` (or `--config=FILE`) put
-/// right after the subcommand `command`, when `argv` runs it (`argv[1]`). `known` are the long flags
-/// the subcommand takes; a key outside them is refused when `strict`, and skipped when
-/// not (`down` reads the file `run` is configured by, and needs only some of its flags).
+/// right after the subcommand `command`, when `argv` runs it (`argv[1]`), but those the
+/// command line gives itself. `known` are the long flags the subcommand takes; a key
+/// outside them is refused when `strict`, and skipped when not (`down` reads the file
+/// `run` is configured by, and needs only some of its flags).
 pub fn expand(
     argv: Vec<OsString>,
     command: &str,
-    known: &[String],
+    known: &[Flag],
     strict: bool,
 ) -> Result<Vec<OsString>, FlagsFileError> {
     // The subcommand is the first argument (the agent has no flags of its own before it).
@@ -65,7 +79,13 @@ pub fn expand(
     let Some(path) = path else {
         return Ok(argv);
     };
-    let flags = flags(&path, command, known, strict)?;
+    let given = |flag: &str| {
+        argv[at + 1..].iter().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == format!("--{flag}") || a.starts_with(&format!("--{flag}=")))
+        })
+    };
+    let flags = flags(&path, command, known, strict, given)?;
     let mut out = argv[..=at].to_vec();
     out.extend(flags.into_iter().map(OsString::from));
     out.extend_from_slice(&argv[at + 1..]);
@@ -76,8 +96,9 @@ pub fn expand(
 fn flags(
     path: &Path,
     command: &str,
-    known: &[String],
+    known: &[Flag],
     strict: bool,
+    given: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>, FlagsFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| FlagsFileError::Read {
         path: path.to_path_buf(),
@@ -89,7 +110,7 @@ fn flags(
     })?;
     let mut out = Vec::new();
     for (key, value) in table {
-        if key == "config" || !known.contains(&key) {
+        let Some(flag) = known.iter().find(|f| f.name == key && key != "config") else {
             if strict {
                 return Err(FlagsFileError::Unknown {
                     path: path.to_path_buf(),
@@ -97,32 +118,43 @@ fn flags(
                     command: command.into(),
                     known: known
                         .iter()
-                        .filter(|k| *k != "config")
-                        .cloned()
+                        .filter(|f| f.name != "config")
+                        .map(|f| f.name.clone())
                         .collect::<Vec<_>>()
                         .join(", "),
                 });
             }
             continue;
+        };
+        let bad = |why| FlagsFileError::Value {
+            path: path.to_path_buf(),
+            key: key.clone(),
+            why,
+        };
+        // The command line's own value wins, lists included.
+        if given(&key) {
+            continue;
         }
         let values = match value {
+            toml::Value::Array(_) if !flag.repeatable => {
+                return Err(bad("takes one value, not a list"));
+            }
             toml::Value::Array(items) => items,
             one => vec![one],
         };
         for value in values {
-            let flag = format!("--{key}");
-            match value {
-                toml::Value::String(s) => out.extend([flag, s]),
-                toml::Value::Integer(n) => out.extend([flag, n.to_string()]),
-                toml::Value::Float(f) => out.extend([flag, f.to_string()]),
-                toml::Value::Boolean(true) => out.push(flag),
-                toml::Value::Boolean(false) => {}
-                _ => {
-                    return Err(FlagsFileError::Value {
-                        path: path.to_path_buf(),
-                        key,
-                    });
+            let dashed = format!("--{key}");
+            match (value, flag.takes_value) {
+                (toml::Value::Boolean(true), false) => out.push(dashed),
+                (toml::Value::Boolean(false), false) => {}
+                (_, false) => return Err(bad("is a switch: true or false")),
+                (toml::Value::String(s), true) => out.extend([dashed, s]),
+                (toml::Value::Integer(n), true) => out.extend([dashed, n.to_string()]),
+                (toml::Value::Float(f), true) => out.extend([dashed, f.to_string()]),
+                (toml::Value::Boolean(_), true) => {
+                    return Err(bad("takes a value (a string or a number), not true/false"));
                 }
+                _ => return Err(bad("takes a string or a number")),
             }
         }
     }
@@ -137,10 +169,18 @@ mod tests {
         line.split_whitespace().map(OsString::from).collect()
     }
 
-    fn known() -> Vec<String> {
-        ["docker-socket", "dns-upstream", "state-dir", "if-disabled"]
-            .map(String::from)
-            .to_vec()
+    fn known() -> Vec<Flag> {
+        let flag = |name: &str, takes_value, repeatable| Flag {
+            name: name.into(),
+            takes_value,
+            repeatable,
+        };
+        vec![
+            flag("docker-socket", true, false),
+            flag("dns-upstream", true, true),
+            flag("state-dir", true, false),
+            flag("if-disabled", false, false),
+        ]
     }
 
     #[test]
@@ -172,6 +212,14 @@ mod tests {
             words[8..],
             ["--config", &file.to_string_lossy(), "--state-dir", "/x"]
         );
+        // A flag the command line gives is not taken from the file, lists included.
+        let line = format!(
+            "ferry-agent run --config {} --dns-upstream 10.9.9.9",
+            file.display()
+        );
+        let expanded = expand(argv(&line), "run", &known(), true).expect("expand");
+        let upstreams = expanded.iter().filter(|a| *a == "--dns-upstream").count();
+        assert_eq!(upstreams, 1, "{expanded:?}");
         // No --config: unchanged.
         let plain = argv("ferry-agent run --state-dir /x");
         assert_eq!(
@@ -200,12 +248,26 @@ mod tests {
                 .len(),
             3
         );
-        std::fs::write(&file, "docker-socket = { path = 1 }\n").expect("write");
         let line = format!("ferry-agent run --config {}", file.display());
-        assert!(matches!(
-            expand(argv(&line), "run", &known(), true),
-            Err(FlagsFileError::Value { .. })
-        ));
+        for (text, says) in [
+            (
+                "docker-socket = { path = 1 }\n",
+                "docker-socket takes a string or a number",
+            ),
+            ("docker-socket = true\n", "docker-socket takes a value"),
+            (
+                "state-dir = [\"/a\", \"/b\"]\n",
+                "state-dir takes one value, not a list",
+            ),
+            (
+                "if-disabled = \"yes\"\n",
+                "if-disabled is a switch: true or false",
+            ),
+        ] {
+            std::fs::write(&file, text).expect("write");
+            let err = expand(argv(&line), "run", &known(), true).unwrap_err();
+            assert!(err.to_string().contains(says), "{text}: {err}");
+        }
         std::fs::write(&file, "= nonsense").expect("write");
         assert!(matches!(
             expand(argv(&line), "run", &known(), true),

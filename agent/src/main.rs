@@ -300,6 +300,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a unit's journal or a log file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let argv = match with_flags_files(std::env::args_os().collect()) {
         Ok(argv) => argv,
@@ -308,7 +310,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match dispatch(Cli::parse_from(argv).command) {
+    let from_file = std::env::args().any(|a| a == "--config" || a.starts_with("--config="));
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) if from_file && e.use_stderr() => {
+            let _ = e.print();
+            eprintln!(
+                "note: the flags of the --config file were read before the command line's; \
+                 the flag named above may come from it"
+            );
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferry-agent: error: {e:#}");
@@ -322,11 +337,17 @@ fn with_flags_files(
     argv: Vec<std::ffi::OsString>,
 ) -> Result<Vec<std::ffi::OsString>, ferry_agent::flags_file::FlagsFileError> {
     let cli = <Cli as clap::CommandFactory>::command();
-    let flags_of = |name: &str| -> Vec<String> {
+    let flags_of = |name: &str| -> Vec<ferry_agent::flags_file::Flag> {
         cli.find_subcommand(name)
             .map(|c| {
                 c.get_arguments()
-                    .filter_map(|a| a.get_long().map(str::to_string))
+                    .filter_map(|a| {
+                        Some(ferry_agent::flags_file::Flag {
+                            name: a.get_long()?.to_string(),
+                            takes_value: a.get_action().takes_values(),
+                            repeatable: matches!(a.get_action(), clap::ArgAction::Append),
+                        })
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -355,11 +376,13 @@ fn dispatch(command: Command) -> Result<()> {
 
 fn down(args: DownArgs) -> Result<()> {
     if args.if_disabled {
-        // No systemctl, or it cannot tell: keep everything, as for a restart.
+        // Only a unit systemd says is disabled is stopped for good; no systemctl, no such
+        // unit, or any other answer keeps everything, as for a restart.
         let disabled = std::process::Command::new("systemctl")
-            .args(["is-enabled", "--quiet", "ferry-agent.service"])
-            .status()
-            .is_ok_and(|s| s.code() == Some(1));
+            .args(["is-enabled", "ferry-agent.service"])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "disabled");
         if !disabled {
             println!(
                 "ferry-agent.service is enabled (or systemd cannot tell): the agent comes back, \
@@ -398,8 +421,8 @@ fn down(args: DownArgs) -> Result<()> {
         );
     }
     println!(
-        "left: ferry's containers, which run on (`docker ps --filter label=ferry.stack` \
-         lists them; `docker rm -f` removes them)"
+        "left: ferry's containers, if any, which run on (`docker ps --filter \
+         label=ferry.stack` lists them; `docker rm -f` removes them)"
     );
     Ok(())
 }

@@ -85,7 +85,8 @@ pub fn assignments<S: Store>(
 /// The servers as placement sees them: each one's memory, and what the wanted
 /// generations of other stacks (and `stack`'s own, but those of `except`) promised of
 /// it. A stack's next generation runs beside the one it replaces only while it deploys
-/// and drains, so that one's promises are not counted against it.
+/// and drains, so that one's memory is not counted against it; its addresses are, since
+/// both hold theirs during the overlap.
 pub fn rooms<S: Store>(
     store: &S,
     servers: &[Server],
@@ -98,6 +99,7 @@ pub fn rooms<S: Store>(
             name: s.name.clone(),
             memory: s.memory_bytes,
             reserved: 0,
+            containers: 0,
         })
         .collect();
     rooms.sort_by(|a, b| a.name.cmp(&b.name));
@@ -118,15 +120,21 @@ pub fn rooms<S: Store>(
                 key: kv.key.clone(),
                 source,
             })?;
-        if assignment.state != Desired::Run
-            || (assignment.stack == stack && except.contains(&assignment.generation))
-        {
+        if assignment.state != Desired::Run {
             continue;
         }
+        let replaced = assignment.stack == stack && except.contains(&assignment.generation);
         for (name, spec) in &assignment.services {
-            let each = spec.constraints.memory.unwrap_or(0);
-            let promised = each.saturating_mul(u64::from(assignment.count(name)));
-            room.reserved = room.reserved.saturating_add(promised);
+            let n = assignment.count(name);
+            // Addresses are taken while both generations run (a deploy's overlap), so the
+            // one being replaced still holds its own.
+            room.containers = room.containers.saturating_add(n);
+            if !replaced {
+                let each = spec.constraints.memory.unwrap_or(0);
+                room.reserved = room
+                    .reserved
+                    .saturating_add(each.saturating_mul(u64::from(n)));
+            }
         }
     }
     Ok(rooms)
@@ -326,6 +334,8 @@ pub fn scale_ops<S: Store>(
                 let promised = each.saturating_mul(u64::from(assignment.count(name)));
                 room.reserved = room.reserved.saturating_add(promised);
             }
+            // The service's own containers are placed again from `from` below.
+            room.containers = room.containers.saturating_sub(assignment.count(service));
         }
         let n = assignment.count(service);
         if n > 0 {
@@ -401,17 +411,20 @@ pub fn set_state_ops<S: Store>(
 }
 
 /// The writes that deploy a retired generation again: its containers wanted again, the
-/// reports of its first deploy forgotten so only fresh ones settle it.
+/// reports and progress of its first deploy forgotten so only fresh ones settle and show
+/// it.
 pub fn rerun_ops<S: Store>(store: &S, generation: &Generation) -> Result<Vec<Op>, StackError> {
     let suffix = format!("/{}/{:010}", generation.stack, generation.number);
     let mut ops = set_state_ops(store, &generation.stack, generation.number, Desired::Run)?;
-    let (reported, _) = store.list("status/")?;
-    ops.extend(
-        reported
-            .into_iter()
-            .filter(|kv| kv.key.ends_with(&suffix))
-            .map(|kv| Op::Delete(kv.key)),
-    );
+    for prefix in ["status/", "progress/"] {
+        let (reported, _) = store.list(prefix)?;
+        ops.extend(
+            reported
+                .into_iter()
+                .filter(|kv| kv.key.ends_with(&suffix))
+                .map(|kv| Op::Delete(kv.key)),
+        );
+    }
     Ok(ops)
 }
 
@@ -492,6 +505,7 @@ mod tests {
                 name: (*name).into(),
                 memory: None,
                 reserved: 0,
+                containers: 0,
             })
             .collect()
     }

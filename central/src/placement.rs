@@ -8,6 +8,10 @@
 //! of its memory (Kubernetes' scheduler does the same with requests); a server that did
 //! not say its memory takes any.
 //!
+//! A server also holds at most [`ADDRESSES_PER_SERVER`] containers: each takes an address of
+//! its `/24` (measured: a count past that started containers until Docker had no address
+//! left, then failed halfway).
+//!
 //! Placement starts from what runs: a scale adds to the servers with the fewest and
 //! removes from those with the most (the last by name first), so the containers that
 //! stay are never moved.
@@ -19,6 +23,10 @@ use ferry_api::servicefile::Service;
 /// Containers per server of one service.
 pub type Spread = BTreeMap<String, u32>;
 
+/// Most containers one server holds: its `/24` less the network, gateway and broadcast
+/// addresses, and a few kept for one-off containers (builds run on the host network).
+pub const ADDRESSES_PER_SERVER: u32 = 250;
+
 /// A server as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Room {
@@ -28,6 +36,8 @@ pub struct Room {
     pub memory: Option<u64>,
     /// Bytes already promised to containers placement does not move (other stacks').
     pub reserved: u64,
+    /// Containers it already holds that placement does not move (its addresses taken).
+    pub containers: u32,
 }
 
 /// Why a count cannot be placed.
@@ -52,6 +62,18 @@ pub enum PlacementError {
         limit: u64,
         placed: u32,
         /// Each server's memory and what was promised of it, e.g. `one: 512 of 1024 MiB`.
+        rooms: String,
+    },
+    #[error(
+        "{service}: {count} containers do not fit: a server holds at most \
+         {ADDRESSES_PER_SERVER} (one address of its /24 each) and {placed} fit ({rooms}); \
+         lower the count or add a server"
+    )]
+    NoAddresses {
+        service: String,
+        count: u32,
+        placed: u32,
+        /// Each server's containers, e.g. `one: 250 of 250`.
         rooms: String,
     },
     #[error("no server has joined; run `ferry-agent join` on a server first")]
@@ -131,13 +153,31 @@ pub fn spread(
         total -= 1;
     }
     for room in rooms.iter_mut() {
-        let kept = u64::from(placed.get(&room.name).copied().unwrap_or(0));
-        room.reserved = room.reserved.saturating_add(kept.saturating_mul(limit));
+        let kept = placed.get(&room.name).copied().unwrap_or(0);
+        room.reserved = room
+            .reserved
+            .saturating_add(u64::from(kept).saturating_mul(limit));
+        room.containers = room.containers.saturating_add(kept);
     }
     while total < count {
+        let addressed = |r: &Room| r.containers < ADDRESSES_PER_SERVER;
+        if !rooms.iter().any(addressed) {
+            let rooms = rooms
+                .iter()
+                .map(|r| format!("{}: {} of {ADDRESSES_PER_SERVER}", r.name, r.containers))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(PlacementError::NoAddresses {
+                service: service.into(),
+                count,
+                placed: total,
+                rooms,
+            });
+        }
         let fits = |r: &Room| {
-            r.memory
-                .is_none_or(|m| m.saturating_sub(r.reserved) >= limit)
+            addressed(r)
+                && r.memory
+                    .is_none_or(|m| m.saturating_sub(r.reserved) >= limit)
         };
         let free = |r: &Room| r.memory.map_or(u64::MAX, |m| m.saturating_sub(r.reserved));
         let best = rooms.iter_mut().filter(|r| fits(r)).min_by(|a, b| {
@@ -169,6 +209,7 @@ pub fn spread(
             });
         };
         room.reserved = room.reserved.saturating_add(limit);
+        room.containers += 1;
         *placed.entry(room.name.clone()).or_default() += 1;
         total += 1;
     }
@@ -190,6 +231,7 @@ mod tests {
                 name: (*name).into(),
                 memory: memory.map(|m| m << 20),
                 reserved: 0,
+                containers: 0,
             })
             .collect()
     }
@@ -243,6 +285,22 @@ mod tests {
             "web: 7 containers with a memory limit of 512 MiB each do not fit: 6 fit (a: 1024 \
              of 1024 MiB promised, b: 2048 of 2048 MiB promised); lower the count or the \
              memory limit, or add a server"
+        );
+    }
+
+    #[test]
+    fn a_server_holds_no_more_containers_than_its_subnet_has_addresses() {
+        let mut r = rooms(&[("a", None), ("b", None)]);
+        r[0].containers = 10;
+        let spec = Service::default();
+        let most = spread(&mut r.clone(), "web", &spec, 490, &Spread::new()).expect("fits");
+        assert_eq!(counts(&most), [("a", 240), ("b", 250)]);
+        let err = spread(&mut r, "web", &spec, 999_999, &Spread::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "web: 999999 containers do not fit: a server holds at most 250 (one address of \
+             its /24 each) and 490 fit (a: 250 of 250, b: 250 of 250); lower the count or \
+             add a server"
         );
     }
 

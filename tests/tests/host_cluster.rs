@@ -245,8 +245,8 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
     let (ok, out, err) = operator.run(&["services", "scale", "--stack", "shop", "api", "1"])?;
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("shop/api: 1 containers in generation 1 (one: 1)")
-            && out.contains("shop/api: 1 containers serve"),
+        out.contains("shop/api: 1 container in generation 1 (one: 1)")
+            && out.contains("shop/api: 1 container serving"),
         "{out}"
     );
     assert_eq!(

@@ -100,6 +100,17 @@ fn each_package_holds_its_files_with_their_modes() -> Result<()> {
             .arg(deb("ferry-agent")?)
             .arg("conffiles"),
     )?;
+    let prerm = output(
+        Command::new("dpkg-deb")
+            .arg("--info")
+            .arg(deb("ferry-agent")?)
+            .arg("prerm"),
+    )?;
+    ensure!(
+        prerm.contains("deb-systemd-invoke stop ferry-agent.service")
+            && prerm.contains("/usr/bin/ferry-agent down --config /etc/ferry/agent.toml"),
+        "removing the agent stops the unit, then ends its keepers and WireGuard link:\n{prerm}"
+    );
     ensure!(
         conffiles.trim() == "/etc/ferry/agent.toml",
         "the agent's flags file is a conffile (an upgrade keeps the operator's edits): {conffiles}"

@@ -131,7 +131,7 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
     ensure!(ok, "scale: {out}{err}");
     ensure!(
         out.contains("scaled/web: 3 containers in generation 1 (one: 3)")
-            && out.contains("scaled/web: 3 containers serve"),
+            && out.contains("scaled/web: 3 containers serving"),
         "{out}"
     );
     let webs = running(&one, "web", 1).await?;
@@ -241,7 +241,7 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
     // TCP (redirected to the agent like UDP) it holds all forty.
     let (ok, out, err) = operator.run(&["services", "scale", "--stack", "scaled", "web", "40"])?;
     ensure!(
-        ok && out.contains("scaled/web: 40 containers serve"),
+        ok && out.contains("scaled/web: 40 containers serving"),
         "{out}{err}"
     );
     let forty: BTreeSet<Ipv4Addr> = running(&one, "web", 1)

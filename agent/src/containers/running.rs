@@ -184,10 +184,15 @@ pub(super) async fn create_and_start(
             Err(e) => return Err(fail("create")(e)),
         }
     };
-    docker
-        .start_container(&created.id, None)
-        .await
-        .map_err(fail("start"))?;
+    if let Err(e) = docker.start_container(&created.id, None).await {
+        // Created but never started (no address left, a bad mount): not left behind
+        // to be counted as a stopped container of the service.
+        let force = bollard::query_parameters::RemoveContainerOptionsBuilder::new()
+            .force(true)
+            .build();
+        let _ = docker.remove_container(&created.id, Some(force)).await;
+        return Err(fail("start")(e));
+    }
     Ok(created.id)
 }
 

@@ -109,7 +109,8 @@ pub async fn run(command: Command) -> Result<()> {
             let done = client.scale(&stack, &service, count).await?;
             if !output.json {
                 println!(
-                    "{stack}/{service}: {count} containers in generation {} ({})",
+                    "{stack}/{service}: {} in generation {} ({})",
+                    containers(count),
                     done.generation,
                     spread(&done.placement)
                 );
@@ -118,7 +119,7 @@ pub async fn run(command: Command) -> Result<()> {
             if output.json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
-                println!("{stack}/{service}: {count} containers serve");
+                println!("{stack}/{service}: {} serving", containers(count));
             }
             Ok(())
         }
@@ -146,6 +147,14 @@ async fn serving(client: &Client, stack: &str) -> Result<Generation> {
         .into_iter()
         .find(|g| g.number == number)
         .with_context(|| format!("generation {number} of {stack} is missing"))
+}
+
+/// `1 container`, `3 containers`.
+fn containers(n: u32) -> String {
+    match n {
+        1 => "1 container".into(),
+        n => format!("{n} containers"),
+    }
 }
 
 /// `one: 3, two: 2`.

@@ -290,7 +290,7 @@ async fn story(workspace: &Path, state: &mut State) -> Result<()> {
         bail!("requests failed during the deploy:\n{summary}");
     }
 
-    say("roll back: generation 1 serves again (built before, so nothing is rebuilt)");
+    say("roll back: generation 1 serves again (its image layers are cached: the build is quick)");
     shell.run(&format!("ferry rollback --stack {STACK}"))?;
     shell.run(&ingress)?;
 
