@@ -156,8 +156,18 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Live processes (not zombies) whose arguments `matches`.
-fn processes(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
+/// Whether process `pid` runs (a zombie, which has exited but was not reaped, does not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|s| !s.trim_start().starts_with('Z'))
+    })
+}
+
+/// Live processes (not zombies) of this machine whose arguments (`/proc/<pid>/cmdline`,
+/// the program first) `matches`, this one left out.
+pub fn processes(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -167,18 +177,13 @@ fn processes(matches: impl Fn(&[String]) -> bool) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != me)
         .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('Z'));
             let args: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .unwrap_or_default()
                 .split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect();
-            !zombie && !args.is_empty() && matches(&args)
+            !args.is_empty() && matches(&args) && alive(*pid)
         })
         .collect()
 }

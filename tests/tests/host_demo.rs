@@ -37,22 +37,11 @@ fn front() -> Result<String> {
 }
 
 /// Live processes whose command line mentions the demo's names.
-fn demo_processes() -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let zombie = stat.rsplit(')').next()?.trim_start().starts_with('Z');
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let ours = cmdline.contains("ferry-demo") && !cmdline.contains("host_demo");
-            (ours && !zombie).then(|| format!("{pid}: {cmdline}"))
-        })
-        .collect()
+fn demo_processes() -> Vec<u32> {
+    ferry_agent::down::processes(|args| {
+        args.iter().any(|a| a.contains("ferry-demo"))
+            && !args.iter().any(|a| a.contains("host_demo"))
+    })
 }
 
 #[test]

@@ -38,18 +38,10 @@ fn accepts(server: &Server) -> Result<bool> {
 }
 
 fn wireguard_go_for(interface: &str) -> bool {
-    std::fs::read_dir("/proc").is_ok_and(|entries| {
-        entries.flatten().any(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('Z'));
-            let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            !zombie && args.contains("wireguard-go") && args.contains(interface)
-        })
+    !ferry_agent::down::processes(|args| {
+        args[0].ends_with("wireguard-go") && args.iter().any(|a| a == interface)
     })
+    .is_empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

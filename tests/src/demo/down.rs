@@ -14,8 +14,9 @@ use bollard::query_parameters::{
 };
 use ferry_agent::containers::{Engine, LABEL_STACK};
 
-use super::{BPFFS, CGROUP, DIR, NETWORK, RUN, State, WG_INTERFACE, alive};
+use super::{BPFFS, CGROUP, DIR, NETWORK, RUN, State, WG_INTERFACE};
 use crate::{agent::workspace_binary, cgroup::cgroup2_root, node_image};
+use ferry_agent::down::alive;
 
 /// Removes the demo. Nothing to remove is not an error.
 pub async fn down() -> Result<()> {

@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use ferry_agent::down::alive;
 use serde::{Deserialize, Serialize};
 
 /// Where the demo keeps its state, logs and data.
@@ -143,15 +144,6 @@ fn wait_for_log(name: &str, pid: u32, needle: &str, limit: Duration) -> Result<S
 fn tail(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
-/// Whether process `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|s| !s.trim_start().starts_with('Z'))
-    })
 }
 
 /// Prints a heading for the next part of the story.

@@ -338,7 +338,7 @@ async fn docker_engine(state: &mut State) -> Result<Engine> {
     loop {
         match Engine::connect(&socket).await {
             Ok(engine) => return Ok(engine),
-            Err(e) if Instant::now() > deadline || !super::alive(pid) => {
+            Err(e) if Instant::now() > deadline || !ferry_agent::down::alive(pid) => {
                 bail!(
                     "the demo's dockerd did not answer on {} ({e}); see {}",
                     socket.display(),
