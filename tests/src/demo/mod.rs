@@ -171,6 +171,16 @@ impl Shell {
 
     /// Runs `line`: whether it exited 0, and its output.
     fn try_run(&self, line: &str) -> Result<(bool, String)> {
+        self.try_run_telling(line, None)
+    }
+
+    /// [`try_run`](Self::try_run), also sending each line of output to `tell` once it is
+    /// printed (so the story can wait for what the command has shown).
+    fn try_run_telling(
+        &self,
+        line: &str,
+        tell: Option<std::sync::mpsc::Sender<String>>,
+    ) -> Result<(bool, String)> {
         println!("$ {line}");
         let mut child = Command::new("sh")
             .args(["-c", &format!("exec 2>&1; {line}")])
@@ -186,6 +196,9 @@ impl Shell {
                 println!("  {text}");
                 output.push_str(&text);
                 output.push('\n');
+                if let Some(tell) = &tell {
+                    let _ = tell.send(text);
+                }
             }
         }
         Ok((child.wait()?.success(), output))

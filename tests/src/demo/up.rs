@@ -237,25 +237,35 @@ async fn story(workspace: &Path, state: &mut State) -> Result<()> {
         "  wrk -t2 -c4 -H 'Host: {HOST}' http://{}/   (in the background)",
         FRONT.ip()
     );
+    let (tell, told) = std::sync::mpsc::channel();
     let deploying = {
         let shell = shell.clone();
         std::thread::spawn(move || {
-            shell.try_run(&format!("ferry deploy --stack {STACK} examples/shop"))
+            shell.try_run_telling(
+                &format!("ferry deploy --stack {STACK} examples/shop"),
+                Some(tell),
+            )
         })
     };
+    // Once the deploy has said that generation 1 drains, both webs run: ask each then, so
+    // the story reads in order.
     let deadline = Instant::now() + Duration::from_secs(600);
-    while admin
+    loop {
+        match told.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("draining generation 1") => break,
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => break,
+        }
+    }
+    let serving = admin
         .stacks()
         .await?
         .iter()
         .find(|s| s.name == STACK)
-        .and_then(|s| s.serving)
-        != Some(2)
-    {
-        if deploying.is_finished() || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        .and_then(|s| s.serving);
+    if serving != Some(2) {
+        eprintln!("  (generation 2 does not serve yet; the drain is not shown)");
     }
     let old = running(&engine, "web", 1).await;
     let new = running(&engine, "web", 2).await;
