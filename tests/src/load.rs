@@ -60,17 +60,19 @@ impl Wrk {
     }
 }
 
+/// The request count of wrk's `summary` (its `N requests in T` line).
+pub fn requests(summary: &str) -> Option<u64> {
+    summary
+        .lines()
+        .find_map(|l| l.split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+}
+
 /// The request count of wrk's `summary`; Err when it is below `at_least`, or when any
 /// connection was refused, reset or timed out, or any answer was not a 2xx.
 pub fn check(summary: &str, at_least: u64) -> Result<u64> {
-    let requests: u64 = summary
-        .lines()
-        .find_map(|l| {
-            l.split_once(" requests in ")
-                .map(|(n, _)| n.trim().to_string())
-        })
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("wrk printed no request count:\n{summary}"))?;
+    let requests =
+        requests(summary).with_context(|| format!("wrk printed no request count:\n{summary}"))?;
     ensure!(requests >= at_least, "only {requests} requests:\n{summary}");
     ensure!(
         !summary.contains("Socket errors") && !summary.contains("Non-2xx"),

@@ -43,16 +43,23 @@ pub async fn run(loaded: Loaded, options: HeartbeatOptions) {
     let mut tick = tokio::time::interval(options.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
+    // Made once and kept: its connection to central, and the Docker Engine's, are reused
+    // from beat to beat rather than opened anew every few seconds.
+    let mut client = None;
+    let mut engine = None;
     loop {
         tick.tick().await;
-        let client = match loaded.client() {
-            Ok(client) => client,
-            Err(e) => {
-                warn!("heartbeat: {e}");
-                continue;
+        if client.is_none() {
+            match loaded.client() {
+                Ok(made) => client = Some(made),
+                Err(e) => {
+                    warn!("heartbeat: {e}");
+                    continue;
+                }
             }
-        };
-        let beat = heartbeat(&options).await;
+        }
+        let Some(client) = &client else { continue };
+        let beat = heartbeat(&options, &mut engine).await;
         match client.heartbeat(&loaded.membership.name, &beat).await {
             Ok(()) => failing = false,
             // Once per outage, not every beat.
@@ -65,8 +72,9 @@ pub async fn run(loaded: Loaded, options: HeartbeatOptions) {
     }
 }
 
-/// This server as it is now.
-async fn heartbeat(options: &HeartbeatOptions) -> Heartbeat {
+/// This server as it is now; `engine` is connected on first use, and again after a
+/// failed call.
+async fn heartbeat(options: &HeartbeatOptions, engine: &mut Option<Engine>) -> Heartbeat {
     let wireguard = match options.backend.get().copied() {
         Some(backend) => {
             let name = options.wg_interface.clone();
@@ -101,13 +109,18 @@ async fn heartbeat(options: &HeartbeatOptions) -> Heartbeat {
         }
         None => None,
     };
-    let containers_running = match &options.docker_socket {
-        Some(socket) => match Engine::connect(socket).await {
-            Ok(engine) => containers::list(&engine)
-                .await
-                .ok()
-                .map(|all| all.iter().filter(|c| c.running).count() as u32),
-            Err(_) => None,
+    if engine.is_none()
+        && let Some(socket) = &options.docker_socket
+    {
+        *engine = Engine::connect(socket).await.ok();
+    }
+    let containers_running = match engine.as_ref() {
+        Some(connected) => match containers::list(connected).await {
+            Ok(all) => Some(all.iter().filter(|c| c.running).count() as u32),
+            Err(_) => {
+                *engine = None;
+                None
+            }
         },
         None => None,
     };

@@ -286,13 +286,7 @@ async fn story(workspace: &Path, state: &mut State) -> Result<()> {
     old?;
     new?;
     let failed = load::failures(&summary);
-    let requests = summary
-        .lines()
-        .find_map(|l| {
-            l.split_once(" requests in ")
-                .map(|(n, _)| n.trim().to_string())
-        })
-        .unwrap_or_else(|| "?".into());
+    let requests = load::requests(&summary).map_or("?".into(), |n| n.to_string());
     say(&format!(
         "wrk during the deploy: {requests} requests, {failed} failed"
     ));
