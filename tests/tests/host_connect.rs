@@ -334,3 +334,186 @@ fn dns_goes_to_the_listener_only_from_containers_and_never_from_the_agents_socke
     );
     Ok(())
 }
+
+/// Creates a map of the given shape and pins it at `path`, with raw `bpf(2)` calls: the shapes
+/// of an older layout are declared by no object this build has. Types: 1 hash, 6 per-CPU array.
+fn pin_raw_map(
+    path: &std::path::Path,
+    kind: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    // union bpf_attr, as BPF_MAP_CREATE reads it: type, key size, value size, max entries.
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[kind, key, value, entries]);
+    // SAFETY: attr is a zeroed bpf_attr of 128 bytes whose first fields are set.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            0,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    anyhow::ensure!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    let fd = fd as u32;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // BPF_OBJ_PIN: the path's address (64 bits), then the fd.
+    let mut attr = [0u32; 32];
+    let address = path.as_ptr() as u64;
+    attr[0] = address as u32;
+    attr[1] = (address >> 32) as u32;
+    attr[2] = fd;
+    // SAFETY: attr is a bpf_attr for BPF_OBJ_PIN pointing at `path`, alive across the call.
+    let pinned = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            6,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: fd is the map's descriptor from above; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+    anyhow::ensure!(pinned == 0, "BPF_OBJ_PIN {path:?}: {error}");
+    Ok(())
+}
+
+/// An agent upgraded in place over the pins of ferry's first release (layout 1: services
+/// keyed by address and port alone, three counters) converts them before its programs run:
+/// the first connects after it is ready are steered by the converted entries, round-robin
+/// cursor included, with no help from anyone, and the older pins are gone.
+#[test]
+fn an_agent_upgraded_over_the_first_layouts_pins_converts_them_and_steers_at_once() -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+    use ferry_ebpf_abi::{Backend, BackendKey, MAX_SERVICES, Service, legacy::ServiceKeyV1};
+
+    let setup = Setup::new(15)?;
+    let old = setup.pins.path().join("maps");
+    std::fs::create_dir_all(&old)?;
+    let services = old.join(ferry_ebpf_abi::map_names::SERVICES);
+    let backends = old.join(ferry_ebpf_abi::map_names::BACKENDS);
+    let counters = old.join(ferry_ebpf_abi::map_names::COUNTERS);
+    pin_raw_map(&services, 1, 8, 24, MAX_SERVICES)?;
+    pin_raw_map(&backends, 1, 8, 8, MAX_SERVICES * 4)?;
+    pin_raw_map(&counters, 6, 4, 8, 3)?;
+    let service = service();
+    let key = ServiceKeyV1 {
+        addr: u32::from_ne_bytes(service.ip().octets()),
+        port: service.port().to_be(),
+        _pad: 0,
+    };
+    // Two backends, and a cursor that has moved once: the next connect goes to B.
+    let entry = Service {
+        id: 7,
+        count: 2,
+        bank: 0,
+        stack: 0,
+        cursor: 1,
+    };
+    let mut table: HashMap<MapData, ServiceKeyV1, Service> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&services)?))?;
+    table.insert(&key, &entry, 0)?;
+    let mut slots: HashMap<MapData, BackendKey, Backend> =
+        HashMap::try_from(Map::HashMap(MapData::from_pin(&backends)?))?;
+    for (slot, backend) in [setup.backend_a, setup.backend_b].into_iter().enumerate() {
+        let at = BackendKey {
+            service: 7,
+            slot: slot as u32,
+        };
+        let to = Backend {
+            addr: u32::from_ne_bytes(backend.ip().octets()),
+            port: backend.port().to_be(),
+            _pad: 0,
+        };
+        slots.insert(&at, &to, 0)?;
+    }
+    let mut steered: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(&counters)?))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?.get() as usize;
+    let mut five = vec![0u64; cpus];
+    five[0] = 5;
+    steered.set(0, PerCpuValues::try_from(five)?, 0)?;
+    drop((table, slots, steered));
+
+    let agent = Agent::start(&setup.paths())?;
+    assert!(
+        agent.ready_line.contains("attached"),
+        "{}",
+        agent.ready_line
+    );
+    assert_eq!(setup.connect_inside(service, 2)?, strings(&["B", "A"]));
+    assert!(!old.exists(), "the first layout's pins are removed");
+    assert_eq!(
+        setup.table()?.get(service, Callers::Everyone)?,
+        Some(vec![setup.backend_a, setup.backend_b]),
+        "the entry is today's entry for every caller"
+    );
+    let (ok, out, err) =
+        agent_command(&["counters", "--bpffs", &setup.pins.path().to_string_lossy()])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("Steered 7"), "5 carried and 2 new: {out}");
+    Ok(())
+}
+
+/// An agent upgraded in place over pins in the unversioned directory every release before
+/// versioned layouts used (same shapes as today's) carries the very maps: connects made
+/// continuously across the start are all steered, and the counters keep counting.
+#[test]
+fn an_agent_upgraded_over_unversioned_pins_carries_them_with_no_failed_connect() -> Result<()> {
+    let setup = Setup::new(16)?;
+    let agent = Agent::start(&setup.paths())?;
+    setup.table()?.set(
+        service(),
+        0,
+        Callers::Everyone,
+        &[setup.backend_a, setup.backend_b],
+    )?;
+    assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
+    agent.kill()?;
+    // What the release before this layout left: its maps under `<bpffs>/maps`.
+    let current = ferry_agent::dataplane::map_dir(setup.pins.path());
+    let old = setup.pins.path().join("maps");
+    std::fs::rename(&current, &old)?;
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (agent, answers) = std::thread::scope(|scope| -> Result<_> {
+        let connects = scope.spawn(|| -> Result<Vec<String>> {
+            let mut answers = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.extend(setup.connect_inside(service(), 1)?);
+            }
+            Ok(answers)
+        });
+        // Connects are under way before the new agent starts, and go on after it is ready.
+        let before = setup.connect_inside(service(), 1)?;
+        let agent = Agent::start(&setup.paths());
+        let after = setup.connect_inside(service(), 1)?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut answers = connects.join().expect("the connect loop does not panic")?;
+        answers.extend(before.into_iter().chain(after));
+        Ok((agent?, answers))
+    })?;
+    assert!(agent.ready_line.contains("adopted"), "{}", agent.ready_line);
+    let failed: Vec<_> = answers.iter().filter(|a| *a != "A" && *a != "B").collect();
+    assert!(
+        failed.is_empty(),
+        "{} connects, failed: {failed:?}",
+        answers.len()
+    );
+    assert!(!old.exists(), "the unversioned pins are removed");
+    // One kernel map all along: every steered connect is counted, the first two included.
+    let (ok, out, err) =
+        agent_command(&["counters", "--bpffs", &setup.pins.path().to_string_lossy()])?;
+    assert!(ok, "{err}");
+    let expected = format!("Steered {}", answers.len() + 2);
+    assert!(out.contains(&expected), "expected {expected}: {out}");
+    Ok(())
+}

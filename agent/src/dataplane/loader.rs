@@ -9,6 +9,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
+    maps::MapError,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
         cgroup_sock_addr::CgroupSockAddrLink,
@@ -20,7 +21,10 @@ use ferry_ebpf_abi::program_names;
 use tokio::{io::unix::AsyncFd, task::JoinHandle};
 use tracing::{info, warn};
 
-use super::preflight::{self, PreflightError};
+use super::{
+    layout::{self, LayoutError, Migration, map_dir},
+    preflight::{self, PreflightError},
+};
 
 /// The kernel object built by `cargo xtask build-ebpf`, embedded at compile time.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf.o"));
@@ -44,11 +48,6 @@ impl DataplaneConfig {
     }
 }
 
-/// Directory of the pinned maps under the bpffs directory `bpffs`.
-pub fn map_dir(bpffs: &Path) -> PathBuf {
-    bpffs.join("maps")
-}
-
 fn link_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("links")
 }
@@ -67,6 +66,8 @@ pub enum Attachment {
 pub enum LoadError {
     #[error(transparent)]
     Preflight(#[from] PreflightError),
+    #[error("move the maps pinned by an agent of another layout: {0}")]
+    Layout(#[from] LayoutError),
     #[error("create pin directory {path}: {source}")]
     PinDir {
         path: PathBuf,
@@ -132,13 +133,24 @@ impl Dataplane {
             fs::create_dir_all(&dir).map_err(|source| LoadError::PinDir { path: dir, source })?;
         }
         let map_dir = config.map_dir();
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&map_dir)
-            .load(OBJECT)
-            .map_err(|source| LoadError::Object {
-                map_dir,
-                source: Box::new(source),
-            })?;
+        let mut migration = Migration::prepare(&config.bpffs)?;
+        let mut ebpf = loop {
+            match EbpfLoader::new()
+                .default_map_pin_directory(&map_dir)
+                .load(OBJECT)
+            {
+                Ok(ebpf) => break ebpf,
+                Err(EbpfError::MapError(MapError::IncompatiblePinnedMap { ref name, .. }))
+                    if migration.drop_incompatible(name)? => {}
+                Err(source) => {
+                    return Err(LoadError::Object {
+                        map_dir,
+                        source: Box::new(source),
+                    });
+                }
+            }
+        };
+        migration.convert(&mut ebpf)?;
         let logger = start_logger(&mut ebpf);
 
         let cgroup =
@@ -168,6 +180,8 @@ impl Dataplane {
             }
             info!(cgroup = %config.cgroup_root.display(), pin = %pin.display(), ?how, "{short} attached");
         }
+        // Only now does no program use the older maps' pins.
+        migration.finish()?;
         Ok(Self {
             _ebpf: ebpf,
             attachment,
@@ -319,17 +333,9 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<(), LoadError> {
 /// Removes ferry's pins under `bpffs`: the programs detach and the maps are freed once no
 /// one else holds them. This is the only way steering stops.
 pub fn unpin(bpffs: &Path) -> io::Result<()> {
-    for dir in [link_dir(bpffs), map_dir(bpffs)] {
-        match fs::read_dir(&dir) {
-            Ok(entries) => {
-                for entry in entries {
-                    fs::remove_file(entry?.path())?;
-                }
-                fs::remove_dir(&dir)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+    layout::remove_pins(&link_dir(bpffs))?;
+    for dir in layout::all_map_dirs(bpffs)? {
+        layout::remove_pins(&dir)?;
     }
     Ok(())
 }

@@ -8,13 +8,16 @@
 //!   into the pinned link (one `BPF_LINK_UPDATE`, no window without a program) and reopens
 //!   the pinned maps with their contents.
 //!
-//! Pin layout: `<bpffs>/maps/<MAP NAME>` and `<bpffs>/links/<program>-<cgroup id>`. The cgroup
-//! id in the link's name ties a pin to the cgroup it steers, so pointing the agent at another
-//! cgroup root never adopts a link attached elsewhere.
+//! Pin layout: `<bpffs>/maps-v<MAP_LAYOUT>/<MAP NAME>` and
+//! `<bpffs>/links/<program>-<cgroup id>`. The cgroup id in the link's name ties a pin to the
+//! cgroup it steers, so pointing the agent at another cgroup root never adopts a link
+//! attached elsewhere. The layout version in the maps' directory lets an upgraded agent
+//! tell older pins from its own and move them (see `layout`).
 
 mod callers;
 mod counters;
 mod dns;
+mod layout;
 mod loader;
 mod preflight;
 mod services;
@@ -22,7 +25,8 @@ mod services;
 pub use callers::CallerTable;
 pub use counters::{CounterError, Counters};
 pub use dns::{DnsMaps, Transport};
-pub use loader::{Attachment, Dataplane, DataplaneConfig, LoadError, map_dir, unpin};
+pub use layout::{LayoutError, map_dir};
+pub use loader::{Attachment, Dataplane, DataplaneConfig, LoadError, unpin};
 pub use preflight::{
     PreflightError, cgroup2_mount, check_bpffs, check_cgroup_root, check_program_types,
 };

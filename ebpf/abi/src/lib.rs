@@ -27,6 +27,49 @@ pub mod map_names {
     pub const DNS_ORIGINS: &str = "FERRY_DNS_ORIGINS";
     /// [`DnsPeer`](super::DnsPeer) to the cgroup id of the socket that sent from it.
     pub const DNS_PEERS: &str = "FERRY_DNS_PEERS";
+    /// Every map the object pins, in no particular order.
+    pub const ALL: [&str; 7] = [
+        SERVICES,
+        BACKENDS,
+        COUNTERS,
+        CALLERS,
+        DNS_LISTENER,
+        DNS_ORIGINS,
+        DNS_PEERS,
+    ];
+}
+
+/// The version of the maps' shapes (key and value sizes, capacities, which maps exist), part
+/// of every map's pin path (`<bpffs>/maps-v<MAP_LAYOUT>/<MAP NAME>`). Bump it whenever a
+/// map's shape changes, and teach the agent's migration (`dataplane::layout`) to carry the
+/// older shape's entries over, so an agent upgraded in place over older pins converts them
+/// instead of failing on a map it cannot reuse.
+///
+/// History:
+/// - 1: the first release: a service keyed by address and port alone
+///   ([`legacy::ServiceKeyV1`], 8 bytes) and three counters, pinned in `<bpffs>/maps`;
+/// - 2: versioned steering: keys carry the caller's generation (12 bytes), six counters,
+///   the callers and DNS maps; still pinned in `<bpffs>/maps`;
+/// - 3: layout 2's shapes, pinned in a directory that names the version.
+pub const MAP_LAYOUT: u32 = 3;
+
+/// Shapes of older map layouts, kept so an upgraded agent can read their pins.
+pub mod legacy {
+    /// Layout 1's key of the services map: one entry per service address, for everyone.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct ServiceKeyV1 {
+        /// IPv4 address, network byte order.
+        pub addr: u32,
+        /// Port, network byte order.
+        pub port: u16,
+        /// Explicit padding.
+        pub _pad: u16,
+    }
+
+    /// Layout 1's number of counters: `Steered`, `NoBackend`, `MissingSlot`, the first three
+    /// of today's, at the same indexes.
+    pub const COUNTERS_V1_LEN: u32 = 3;
 }
 
 /// Capacity of the callers map: containers on one server.
@@ -213,4 +256,5 @@ mod user {
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::legacy::ServiceKeyV1 {}
 }
