@@ -72,20 +72,7 @@ impl Member {
             &format!("/{}", parent.display()),
         )
         .await?;
-        // Left by an earlier run that did not finish: they would hold the subnets.
-        for c in list(docker.engine()).await? {
-            remove(&docker, &c.id).await;
-        }
-        for n in docker
-            .engine()
-            .docker()
-            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
-            .await?
-        {
-            if let Some(stale) = n.name.filter(|n| n.starts_with("ferry-")) {
-                let _ = docker.engine().docker().remove_network(&stale).await;
-            }
-        }
+        remove_leftovers(&docker).await?;
         // The base image the agent asks for, made here since nothing can be pulled.
         node_image::ensure(docker.engine()).await?;
         let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
@@ -195,6 +182,25 @@ impl Drop for Member {
         let _ = self.kill_agent();
         self.paths.forget(&self.server);
     }
+}
+
+/// Removes the containers and ferry networks an earlier run that did not finish left in
+/// `docker`: they would hold the subnets a new agent needs.
+pub async fn remove_leftovers(docker: &DockerEngine) -> Result<()> {
+    for c in list(docker.engine()).await? {
+        remove(docker, &c.id).await;
+    }
+    for n in docker
+        .engine()
+        .docker()
+        .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+        .await?
+    {
+        if let Some(stale) = n.name.filter(|n| n.starts_with("ferry-")) {
+            let _ = docker.engine().docker().remove_network(&stale).await;
+        }
+    }
+    Ok(())
 }
 
 async fn remove(docker: &DockerEngine, id: &str) {

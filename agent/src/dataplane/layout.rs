@@ -65,8 +65,9 @@ pub enum LayoutError {
     Carry {
         from: PathBuf,
         to: PathBuf,
+        // Boxed: MapError is large and this error travels up every start path.
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("drop carried pin {path}, whose shape changed: {source}")]
     Drop {
@@ -79,7 +80,7 @@ pub enum LayoutError {
         name: &'static str,
         from: PathBuf,
         #[source]
-        source: MapError,
+        source: Box<MapError>,
     },
     #[error("remove older pin {path}: {source}")]
     Remove {
@@ -114,7 +115,7 @@ impl Migration {
             .into_iter()
             .filter(|(_, dir)| *dir != current)
             .collect();
-        older.sort_by(|a, b| b.0.cmp(&a.0));
+        older.sort_by_key(|(layout, _)| std::cmp::Reverse(*layout));
         let source = older.first().cloned();
         if let Some((_, from_dir)) = &source {
             for name in map_names::ALL {
@@ -125,7 +126,7 @@ impl Migration {
                 let carry = |source| LayoutError::Carry {
                     from: from.clone(),
                     to: to.clone(),
-                    source,
+                    source: Box::new(source),
                 };
                 let map = MapData::from_pin(&from).map_err(carry)?;
                 map.pin(&to)
@@ -182,7 +183,7 @@ impl Migration {
             let failed = |source| LayoutError::Convert {
                 name,
                 from: from.clone(),
-                source,
+                source: Box::new(source),
             };
             let data = MapData::from_pin(&from).map_err(failed)?;
             match convert(name, &old, data, map).map_err(failed)? {
