@@ -517,10 +517,7 @@ chroot $S/root systemctl start ferry-agent
         "the package did not restart its unit:\n{log}"
     );
     let restarted = restarted?;
-    ensure!(
-        restarted != first,
-        "the agent was not restarted:\n{log}"
-    );
+    ensure!(restarted != first, "the agent was not restarted:\n{log}");
     ensure!(
         log.matches("ferry-agent ready").count() == 2 && log.contains("adopted"),
         "two starts, the second adopting the pins:\n{log}"
