@@ -18,7 +18,11 @@ use crate::{
     api::{self, AppState},
     config::{Config, ConfigError},
     init::STATE_DB,
-    store::{StoreError, sqlite::SqliteStore},
+    store::{
+        StoreError,
+        compaction::{self, Window},
+        sqlite::SqliteStore,
+    },
 };
 
 /// Most connections served at once; more wait in the kernel's accept queue.
@@ -59,6 +63,7 @@ pub enum ServeError {
 pub struct Running {
     local_addr: SocketAddr,
     task: JoinHandle<()>,
+    compaction: JoinHandle<()>,
 }
 
 impl Running {
@@ -71,6 +76,7 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        self.compaction.abort();
     }
 }
 
@@ -81,6 +87,10 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// Drain retired generations this long instead of the configured period.
     pub drain: Option<std::time::Duration>,
+    /// Keep this much of the change log instead of [`Window::default`].
+    pub history: Option<Window>,
+    /// Compact this often instead of [`compaction::INTERVAL`].
+    pub compaction_interval: Option<std::time::Duration>,
 }
 
 /// Starts central from `data_dir`, with the configuration's values unless overridden.
@@ -99,10 +109,21 @@ pub async fn start(data_dir: &Path, overrides: Overrides) -> Result<Running, Ser
     let local_addr = listener
         .local_addr()
         .map_err(|source| ServeError::Bind { addr, source })?;
+    let compaction = tokio::spawn(compaction::run(
+        store.clone(),
+        overrides.history.unwrap_or_default(),
+        overrides
+            .compaction_interval
+            .unwrap_or(compaction::INTERVAL),
+    ));
     let router = api::router(AppState::new(store, data_dir, drain));
     info!(%local_addr, "central listening");
     let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), router));
-    Ok(Running { local_addr, task })
+    Ok(Running {
+        local_addr,
+        task,
+        compaction,
+    })
 }
 
 fn tls_config(dir: &Path) -> Result<Arc<ServerConfig>, ServeError> {

@@ -25,6 +25,10 @@ struct Central {
 
 impl Central {
     async fn start() -> Self {
+        Self::start_with(Default::default()).await
+    }
+
+    async fn start_with(overrides: serve::Overrides) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("central");
         let done = init::init(
@@ -33,9 +37,7 @@ impl Central {
             "127.0.0.1:0".parse().expect("addr"),
         )
         .expect("init");
-        let running = serve::start(&data_dir, Default::default())
-            .await
-            .expect("serve");
+        let running = serve::start(&data_dir, overrides).await.expect("serve");
         Self {
             _dir: dir,
             data_dir,
@@ -266,7 +268,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
             &central.data_dir,
             serve::Overrides {
                 listen: Some(port),
-                drain: None,
+                ..Default::default()
             },
         )
         .await
@@ -818,4 +820,61 @@ async fn records_follow_container_reports_and_flips_per_generation() {
     let items = admin.list("records/shop/").await.expect("records").items;
     let r: ServiceRecord = serde_json::from_value(items[0].value.clone()).expect("record");
     assert!(r.pick(None).is_empty(), "{r:?}");
+}
+
+/// Central compacts its history on its own (here a window of one revision, looked at every
+/// 50 ms): a watch from a revision it no longer has is refused with the machine-readable
+/// reason, which the client turns into `Compacted`; listing again, then watching from the
+/// listed revision, misses nothing.
+#[tokio::test]
+async fn a_watch_from_a_compacted_revision_is_told_to_list_again() {
+    use ferry_central::store::compaction::Window;
+
+    let central = Central::start_with(serve::Overrides {
+        history: Some(Window {
+            revisions: 1,
+            age: Duration::ZERO,
+        }),
+        compaction_interval: Some(Duration::from_millis(50)),
+        ..Default::default()
+    })
+    .await;
+    let agent = central.agent("alpha", 1).await;
+    let joiner = central.client(&central.join);
+    for (n, name) in ["bravo", "charlie", "delta"].into_iter().enumerate() {
+        joiner
+            .join(&join_request(name, n as u8 + 2))
+            .await
+            .expect("join");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match agent.watch("servers/", 1).await {
+            Err(ferry_api::client::ClientError::Compacted { url }) => {
+                assert!(url.ends_with("/v1/watch"), "{url}");
+                break;
+            }
+            Ok(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(_) => panic!("revision 1 was never compacted"),
+            Err(e) => panic!("expected Compacted, got {e}"),
+        }
+    }
+    let list = agent.list("servers/").await.expect("list again");
+    assert_eq!(list.items.len(), 4);
+    let mut watch = Box::pin(
+        agent
+            .watch("servers/", list.revision)
+            .await
+            .expect("watch from the listed revision"),
+    );
+    joiner.join(&join_request("echo", 5)).await.expect("join");
+    let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("in time")
+        .expect("line")
+        .expect("ok");
+    assert_eq!(line.events.len(), 1);
+    assert_eq!(line.events[0].key, "servers/echo");
 }

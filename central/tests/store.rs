@@ -5,7 +5,9 @@ use std::{collections::BTreeSet, process::Command, sync::Arc, time::Duration};
 
 use ferry_central::store::{
     ANNOUNCE_BACKLOG, Compare, Event, MAX_ANNOUNCED_BYTES, Op, Store, StoreError, TxnOutcome,
-    Watch, sqlite::SqliteStore,
+    Watch,
+    compaction::{Compactor, Window},
+    sqlite::SqliteStore,
 };
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
@@ -273,5 +275,55 @@ fn an_acknowledged_write_survives_sigkill() -> Result<(), Box<dyn std::error::Er
     );
     let (keys, _) = store.list("k/")?;
     assert!(!keys.is_empty());
+    Ok(())
+}
+
+/// An hour of reports (ten servers, each every ten seconds: one revision a second) against
+/// a compactor looking once a minute, driven by revisions and a simulated clock: the log
+/// never holds much more than the window, where without compaction it would hold all 3600.
+#[test]
+fn the_log_stays_within_the_window_over_an_hour_of_reports() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir);
+    let window = Window {
+        revisions: 300,
+        age: Duration::from_secs(5 * 60),
+    };
+    let mut compactor = Compactor::new(window);
+    let mut compacted = 0;
+    let mut largest = 0;
+    for second in 1..=3600u64 {
+        let server = second % 10;
+        store.put(
+            &format!("containers/server-{server}"),
+            format!("{{\"reported_at\":{second}}}").as_bytes(),
+        )?;
+        if second % 60 == 0 {
+            let now = Duration::from_secs(second);
+            if let Some(upto) = compactor.due(now, store.revision()?) {
+                store.compact(upto)?;
+                compacted = upto;
+            }
+        }
+        if second % 60 == 59 {
+            // The log just before a compaction: at its largest.
+            largest = largest.max(store.changes("", compacted, 100_000)?.len());
+        }
+    }
+    assert_eq!(store.revision()?, 3600);
+    // The window (300 revisions, which is also five minutes' worth) and one minute of
+    // reports made since the last look.
+    assert!(
+        (300..=360).contains(&largest),
+        "the log grew to {largest} entries"
+    );
+    let kept = store.changes("", compacted, 100_000)?;
+    assert_eq!(kept.len(), 300);
+    // A follower 300 revisions behind resumes; one further behind lists again.
+    assert!(store.changes("", 3300, 1).is_ok());
+    assert!(matches!(
+        store.changes("", 3299, 1),
+        Err(StoreError::Compacted { .. })
+    ));
     Ok(())
 }

@@ -22,9 +22,9 @@ use serde::de::DeserializeOwned;
 use crate::{
     Revision, fingerprint,
     types::{
-        ActionKind, ActionResult, ContainerReport, DatasourcesChange, DeployResponse, Generation,
-        JoinRequest, JoinResponse, ListResponse, ProgressReport, ScaleRequest, ScaleResponse,
-        Server, Stack, StatusReport, VariablesChange, WatchLine,
+        ActionKind, ActionResult, ContainerReport, DatasourcesChange, DeployResponse, ErrorBody,
+        Generation, JoinRequest, JoinResponse, ListResponse, ProgressReport, Reason, ScaleRequest,
+        ScaleResponse, Server, Stack, StatusReport, VariablesChange, WatchLine,
     },
 };
 
@@ -56,6 +56,9 @@ pub enum ClientError {
     },
     #[error("{url}: the watch ended: {message}")]
     WatchEnded { url: String, message: String },
+    /// The revision asked for is no longer in central's history: list again.
+    #[error("{url}: the revision asked for has been compacted; list again")]
+    Compacted { url: String },
 }
 
 /// A client bound to one central and one token; clones share its connections.
@@ -144,11 +147,18 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
-        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let body: ErrorBody = response.json().await.unwrap_or_default();
+        if body.reason == Some(Reason::Compacted) {
+            return Err(ClientError::Compacted { url: url.into() });
+        }
         Err(ClientError::Status {
             url: url.into(),
             status: status.as_u16(),
-            message: body["error"].as_str().unwrap_or("no reason given").into(),
+            message: if body.error.is_empty() {
+                "no reason given".into()
+            } else {
+                body.error
+            },
         })
     }
 
@@ -433,6 +443,9 @@ impl Client {
                             url: url.clone(),
                             message: format!("unreadable line: {e}"),
                         })?;
+                    if parsed.reason == Some(Reason::Compacted) {
+                        return Err(ClientError::Compacted { url: url.clone() });
+                    }
                     if let Some(message) = parsed.error {
                         return Err(ClientError::WatchEnded {
                             url: url.clone(),

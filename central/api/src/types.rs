@@ -64,6 +64,34 @@ pub struct WatchLine {
     /// Set on the last line when the watch ends with an error.
     #[serde(default)]
     pub error: Option<String>,
+    /// Why, when a client should act on it: see [`Reason`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// An error body: `{"error": "...", "reason": "..."}`, the reason present only when a
+/// client should act on it rather than show the message.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    #[serde(default)]
+    pub error: String,
+    /// What went wrong, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// The machine-readable reasons central gives with an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The revision a watch asked to start after is no longer in central's history (HTTP
+    /// 410 before the stream, or the last line of one): list the prefix again and watch
+    /// from the revision the list returns.
+    Compacted,
+    /// A reason this client does not know (from a newer central).
+    #[serde(other)]
+    Unknown,
 }
 
 /// One change in a watch line.

@@ -6,7 +6,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde_json::json;
+use ferry_api::types::{ErrorBody, Reason};
 
 use crate::{
     sources::SourceError,
@@ -81,6 +81,11 @@ impl From<VariableError> for ApiError {
 }
 
 impl ApiError {
+    /// The reason a client acts on, if any.
+    pub fn reason(&self) -> Option<Reason> {
+        matches!(self, Self::Store(StoreError::Compacted { .. })).then_some(Reason::Compacted)
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             Self::NoToken | Self::BadToken => StatusCode::UNAUTHORIZED,
@@ -122,6 +127,10 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let body = ErrorBody {
+            error: self.to_string(),
+            reason: self.reason(),
+        };
+        (status, Json(body)).into_response()
     }
 }

@@ -19,13 +19,13 @@ use super::{
     auth::{Caller, agent_token_key, forbidden},
     types::{
         Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, ProgressReport,
-        ScaleRequest, ScaleResponse, StatusReport,
+        Reason, ScaleRequest, ScaleResponse, StatusReport, WatchEvent, WatchLine,
     },
 };
 use crate::{
     deploy, records, servicefile, sources,
     state::{Generation, Phase, Server, Stack},
-    store::{Event, Op, Revision, Store as _, Watch},
+    store::{Event, Op, Revision, Store as _, StoreError, Watch, WatchError},
     tokens::{self, Role},
 };
 
@@ -141,12 +141,12 @@ fn value_json(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
 }
 
-fn event_json(event: &Event) -> Value {
-    json!({
-        "revision": event.revision,
-        "key": event.key,
-        "value": event.value.as_deref().map(value_json),
-    })
+fn watch_event(event: &Event) -> WatchEvent {
+    WatchEvent {
+        revision: event.revision,
+        key: event.key.clone(),
+        value: event.value.as_deref().map(value_json),
+    }
 }
 
 pub async fn list(
@@ -178,17 +178,31 @@ pub async fn watch(
         let mut watch = watch?;
         match watch.next().await {
             Ok(events) => {
-                let line = json!({
-                    "revision": watch.revision(),
-                    "events": events.iter().map(event_json).collect::<Vec<_>>(),
-                });
+                let line = WatchLine {
+                    revision: watch.revision(),
+                    events: events.iter().map(watch_event).collect(),
+                    error: None,
+                    reason: None,
+                };
+                let line = serde_json::to_string(&line).unwrap_or_default();
                 Some((
                     Ok::<_, std::convert::Infallible>(format!("{line}\n")),
                     Some(watch),
                 ))
             }
             // Say why the stream ends, then end it; the client resumes or re-lists.
-            Err(e) => Some((Ok(format!("{}\n", json!({ "error": e.to_string() }))), None)),
+            Err(e) => {
+                let reason = matches!(e, WatchError::Store(StoreError::Compacted { .. }))
+                    .then_some(Reason::Compacted);
+                let line = WatchLine {
+                    revision: watch.revision(),
+                    events: Vec::new(),
+                    error: Some(e.to_string()),
+                    reason,
+                };
+                let line = serde_json::to_string(&line).unwrap_or_default();
+                Some((Ok(format!("{line}\n")), None))
+            }
         }
     });
     Ok((

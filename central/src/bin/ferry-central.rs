@@ -41,6 +41,16 @@ enum Command {
         /// flight, e.g. 30s (default: `drain_seconds` in central.toml, 10 s).
         #[arg(long, value_parser = parse_duration)]
         drain_period: Option<std::time::Duration>,
+        /// Keep at least this many of the latest revisions of the change log; a follower
+        /// further behind lists again.
+        #[arg(long, default_value_t = ferry_central::store::compaction::Window::default().revisions)]
+        history_revisions: u64,
+        /// Keep at least this much of the change log's history, e.g. 1h.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        history_age: std::time::Duration,
+        /// How often the change log is compacted, e.g. 1m.
+        #[arg(long, value_parser = parse_duration, default_value = "1m")]
+        compaction_interval: std::time::Duration,
     },
 }
 
@@ -87,11 +97,19 @@ fn run(command: Command) -> Result<()> {
             data_dir,
             listen,
             drain_period,
+            history_revisions,
+            history_age,
+            compaction_interval,
         } => serve(
             &data_dir,
             ferry_central::serve::Overrides {
                 listen,
                 drain: drain_period,
+                history: Some(ferry_central::store::compaction::Window {
+                    revisions: history_revisions,
+                    age: history_age,
+                }),
+                compaction_interval: Some(compaction_interval),
             },
         ),
     }

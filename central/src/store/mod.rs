@@ -6,11 +6,13 @@
 //! - each key carries the revision that created it and the one that last changed it;
 //! - every change is logged under its revision, so a watcher that saw revision R resumes
 //!   with exactly the changes after R: none lost, none repeated. Compaction drops old log
-//!   entries; a watcher asking for a compacted revision is told to list again.
+//!   entries ([`compaction`] keeps a window of revisions and age); a watcher asking for a
+//!   compacted revision is told to list again.
 //!
 //! [`Store`] is the seam for backends. [`sqlite::SqliteStore`] is the embedded one (one
 //! file, WAL, synced on every commit); an etcd backend can follow behind the same trait.
 
+pub mod compaction;
 pub mod sqlite;
 mod watch;
 
