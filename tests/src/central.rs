@@ -31,8 +31,8 @@ pub struct Central {
     pub ca_fingerprint: String,
     /// Where it listens.
     listen: SocketAddr,
-    /// How long its retired generations drain.
-    drain: String,
+    /// The flags `serve` runs with, besides the data directory and address.
+    flags: Vec<String>,
 }
 
 impl Central {
@@ -43,6 +43,16 @@ impl Central {
 
     /// As [`start`](Self::start), with retired generations draining for `drain` (e.g. "15s").
     pub fn start_with_drain(data_dir: &Path, host: &str, drain: &str) -> Result<Self> {
+        Self::start_with_flags(data_dir, host, &["--drain-period", drain])
+    }
+
+    /// As [`start`](Self::start), serving with `flags` (the test drain period unless they
+    /// give one).
+    pub fn start_with_flags(data_dir: &Path, host: &str, flags: &[&str]) -> Result<Self> {
+        let mut flags: Vec<String> = flags.iter().map(ToString::to_string).collect();
+        if !flags.iter().any(|f| f == "--drain-period") {
+            flags.extend(["--drain-period".to_string(), TEST_DRAIN.to_string()]);
+        }
         let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
         let _ = std::fs::remove_dir_all(data_dir);
         let init = Command::new(&bin)
@@ -58,7 +68,7 @@ impl Central {
             );
         }
         let printed = Printed::parse(&String::from_utf8_lossy(&init.stdout))?;
-        let (child, addr) = serve(&bin, data_dir, &format!("{host}:0"), drain)?;
+        let (child, addr) = serve(&bin, data_dir, &format!("{host}:0"), &flags)?;
         Ok(Self {
             child,
             data_dir: data_dir.to_path_buf(),
@@ -67,7 +77,7 @@ impl Central {
             join_token: printed.join_token,
             ca_fingerprint: printed.ca_fingerprint,
             listen: addr,
-            drain: drain.to_string(),
+            flags,
         })
     }
 
@@ -83,7 +93,7 @@ impl Central {
         let _ = self.child.wait();
         std::thread::sleep(down_for);
         let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
-        let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string(), &self.drain)?;
+        let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string(), &self.flags)?;
         self.child = child;
         Ok(())
     }
@@ -127,14 +137,17 @@ impl Printed {
 pub const TEST_DRAIN: &str = "4s";
 
 /// Starts `ferry-central serve` on `listen`; returns it and the address it bound.
-fn serve(bin: &Path, data_dir: &Path, listen: &str, drain: &str) -> Result<(Child, SocketAddr)> {
+fn serve(
+    bin: &Path,
+    data_dir: &Path,
+    listen: &str,
+    flags: &[String],
+) -> Result<(Child, SocketAddr)> {
     let mut cmd = Command::new(bin);
-    cmd.args(["serve", "--data-dir"]).arg(data_dir).args([
-        "--listen",
-        listen,
-        "--drain-period",
-        drain,
-    ]);
+    cmd.args(["serve", "--data-dir"])
+        .arg(data_dir)
+        .args(["--listen", listen])
+        .args(flags);
     spawn_serve(cmd)
 }
 

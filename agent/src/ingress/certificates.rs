@@ -9,14 +9,16 @@ use std::{
 };
 
 use ferry_api::types::TlsCertificate;
-use futures_util::StreamExt as _;
 use rustls::{
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
 };
 use tracing::{info, warn};
 
-use crate::membership::{reconnect::Backoff, state::Loaded};
+use crate::membership::{
+    follow::{Follower, Update},
+    state::Loaded,
+};
 
 /// Keys by host name, as the handshakes read them.
 #[derive(Debug, Default)]
@@ -104,46 +106,23 @@ impl ResolvesServerCert for Resolver {
 
 /// Follows `certificates/` on central until the task is dropped.
 pub async fn follow(loaded: Loaded, certificates: Certificates) {
-    let mut backoff = Backoff::new(Duration::from_millis(500));
-    loop {
-        backoff.attempt();
-        if let Err(e) = follow_once(&loaded, &certificates).await {
-            warn!("certificates: {e}; reconnecting");
-        }
-        tokio::time::sleep(backoff.wait()).await;
-    }
-}
-
-async fn follow_once(loaded: &Loaded, certificates: &Certificates) -> Result<(), String> {
-    let client = loaded.client().map_err(|e| e.to_string())?;
-    let list = client
-        .list("certificates/")
-        .await
-        .map_err(|e| e.to_string())?;
-    certificates.replace(list.items.into_iter().filter_map(|item| {
-        serde_json::from_value::<TlsCertificate>(item.value)
-            .inspect_err(|e| warn!(key = %item.key, "unreadable certificate: {e}"))
-            .ok()
-            .map(|c| (item.key, c))
-    }));
-    let mut watch = Box::pin(
-        client
-            .watch("certificates/", list.revision)
-            .await
-            .map_err(|e| e.to_string())?,
+    let mut follower: Follower<TlsCertificate> = Follower::new(
+        loaded.client(),
+        "certificates/",
+        "certificates",
+        Duration::from_millis(500),
     );
-    while let Some(line) = watch.next().await {
-        let line = line.map_err(|e| e.to_string())?;
-        for event in line.events {
-            match event.value.map(serde_json::from_value::<TlsCertificate>) {
-                Some(Ok(c)) => {
-                    info!(key = %event.key, hosts = ?c.hosts, "certificate changed");
-                    certificates.apply(&event.key, Some(c));
+    loop {
+        match follower.next().await {
+            Update::Snapshot { items, .. } => certificates.replace(items),
+            Update::Changes { changes, .. } => {
+                for (key, certificate) in changes {
+                    if let Some(c) = &certificate {
+                        info!(%key, hosts = ?c.hosts, "certificate changed");
+                    }
+                    certificates.apply(&key, certificate);
                 }
-                Some(Err(e)) => warn!(key = %event.key, "unreadable certificate: {e}"),
-                None => certificates.apply(&event.key, None),
             }
         }
     }
-    Err("central ended the watch".into())
 }

@@ -43,22 +43,12 @@ pub async fn run(loaded: Loaded, options: HeartbeatOptions) {
     let mut tick = tokio::time::interval(options.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
-    // Made once and kept: its connection to central, and the Docker Engine's, are reused
-    // from beat to beat rather than opened anew every few seconds.
-    let mut client = None;
+    // Kept: the connections to central (shared with the followers) and the Docker Engine
+    // are reused from beat to beat rather than opened anew every few seconds.
+    let client = loaded.client();
     let mut engine = None;
     loop {
         tick.tick().await;
-        if client.is_none() {
-            match loaded.client() {
-                Ok(made) => client = Some(made),
-                Err(e) => {
-                    warn!("heartbeat: {e}");
-                    continue;
-                }
-            }
-        }
-        let Some(client) = &client else { continue };
         let beat = heartbeat(&options, &mut engine).await;
         match client.heartbeat(&loaded.membership.name, &beat).await {
             Ok(()) => failing = false,

@@ -7,8 +7,10 @@
 //! - `wireguard.key`: its WireGuard private key, made here and never sent anywhere;
 //! - `central-ca.pem`: central's CA, pinned at join by its fingerprint.
 //!
-//! Once joined, the agent's [`heartbeat`] tells central how the server is.
+//! Once joined, the agent's [`heartbeat`] tells central how the server is, and every part
+//! that acts on central's state follows it through a [`follow::Follower`].
 
+pub mod follow;
 pub mod heartbeat;
 mod join;
 pub mod reconnect;

@@ -67,6 +67,12 @@ pub enum StateError {
     Version { path: PathBuf, found: u32 },
     #[error("{path} does not hold a WireGuard key")]
     BadKey { path: PathBuf },
+    #[error("{path} does not hold a usable CA certificate: {source}")]
+    BadCa {
+        path: PathBuf,
+        #[source]
+        source: ferry_api::client::ClientError,
+    },
     #[error(
         "this server has not joined a cluster ({path} is missing); run `ferry-agent join` first"
     )]
@@ -116,16 +122,16 @@ pub struct Loaded {
     pub private_key: Key,
     /// Central's CA in PEM.
     pub central_ca: String,
+    /// The one client of central every follower and report shares (clones share its
+    /// connections).
+    client: ferry_api::client::Client,
 }
 
 impl Loaded {
-    /// A client of central with this server's credential, trusting only the pinned CA.
-    pub fn client(&self) -> Result<ferry_api::client::Client, ferry_api::client::ClientError> {
-        ferry_api::client::Client::new(
-            &self.membership.central,
-            &self.token,
-            ferry_api::client::Trust::CaPem(self.central_ca.clone()),
-        )
+    /// The client of central with this server's credential, trusting only the pinned CA;
+    /// every clone shares one pool of connections.
+    pub fn client(&self) -> ferry_api::client::Client {
+        self.client.clone()
     }
 }
 
@@ -157,10 +163,22 @@ pub fn load(dir: &Path) -> Result<Loaded, StateError> {
     let key_path = dir.join(WIREGUARD_KEY);
     let private_key = Key::from_base64(read(WIREGUARD_KEY)?.trim())
         .map_err(|_| StateError::BadKey { path: key_path })?;
+    let token = read(TOKEN)?.trim().to_string();
+    let central_ca = read(CENTRAL_CA)?;
+    let client = ferry_api::client::Client::new(
+        &membership.central,
+        &token,
+        ferry_api::client::Trust::CaPem(central_ca.clone()),
+    )
+    .map_err(|source| StateError::BadCa {
+        path: dir.join(CENTRAL_CA),
+        source,
+    })?;
     Ok(Loaded {
         membership,
-        token: read(TOKEN)?.trim().to_string(),
+        token,
         private_key,
-        central_ca: read(CENTRAL_CA)?,
+        central_ca,
+        client,
     })
 }

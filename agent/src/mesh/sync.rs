@@ -5,12 +5,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use ferry_api::{
-    Revision,
-    client::{Client, ClientError},
-    types::Server,
-};
-use futures_util::StreamExt as _;
+use ferry_api::types::Server;
 use tracing::{info, warn};
 
 use super::{
@@ -18,7 +13,10 @@ use super::{
     link::{LinkError, Netlink},
     wireguard::{Backend, Key, Peer},
 };
-use crate::membership::{reconnect::Backoff, state::Loaded};
+use crate::membership::{
+    follow::{Follower, Update},
+    state::Loaded,
+};
 
 /// How the mesh runs on this server.
 #[derive(Clone, Debug)]
@@ -38,8 +36,6 @@ pub struct MeshOptions {
 pub enum MeshError {
     #[error(transparent)]
     Link(#[from] LinkError),
-    #[error(transparent)]
-    Central(#[from] ClientError),
 }
 
 const SERVERS: &str = "servers/";
@@ -57,90 +53,37 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
         "ferry-agent mesh: {backend:?} WireGuard on {}",
         options.interface
     );
-    let client = loaded.client()?;
+    let mut follower: Follower<Server> = Follower::new(
+        loaded.client(),
+        SERVERS,
+        "mesh sync",
+        Duration::from_millis(200),
+    );
     let mut servers: BTreeMap<String, Server> = BTreeMap::new();
-    let mut seen: Option<Revision> = None;
-    let mut backoff = Backoff::new(Duration::from_millis(200));
     loop {
-        backoff.attempt();
-        match follow(
-            &client,
-            &netlink,
-            &loaded,
-            &options,
-            backend,
-            &mut servers,
-            &mut seen,
-        )
-        .await
-        {
-            Ok(()) => warn!("central ended the watch; reconnecting"),
-            Err(e) => warn!("mesh sync: {e}; reconnecting"),
+        match follower.next().await {
+            Update::Snapshot { items, .. } => {
+                servers = items
+                    .into_iter()
+                    .map(|(_, s)| (s.name.clone(), s))
+                    .collect();
+            }
+            Update::Changes { changes, .. } => {
+                for (key, server) in changes {
+                    let name = key.trim_start_matches(SERVERS).to_string();
+                    match server {
+                        Some(server) => servers.insert(name, server),
+                        None => servers.remove(&name),
+                    };
+                }
+            }
         }
-        tokio::time::sleep(backoff.wait()).await;
+        if let Err(e) = apply(&netlink, &loaded, &options, backend, &servers).await {
+            // Listed again, and applied whole, after a wait.
+            warn!("mesh sync: {e}; starting over");
+            follower.start_over();
+        }
     }
-}
-
-/// Errors of one connection to central.
-#[derive(Debug, thiserror::Error)]
-enum FollowError {
-    #[error(transparent)]
-    Central(#[from] ClientError),
-    #[error(transparent)]
-    Interface(#[from] InterfaceError),
-}
-
-async fn follow(
-    client: &Client,
-    netlink: &Netlink,
-    loaded: &Loaded,
-    options: &MeshOptions,
-    backend: Backend,
-    servers: &mut BTreeMap<String, Server>,
-    seen: &mut Option<Revision>,
-) -> Result<(), FollowError> {
-    let after = match *seen {
-        Some(revision) => revision,
-        None => {
-            let list = client.list(SERVERS).await?;
-            servers.clear();
-            for item in list.items {
-                if let Ok(server) = serde_json::from_value::<Server>(item.value) {
-                    servers.insert(server.name.clone(), server);
-                }
-            }
-            apply(netlink, loaded, options, backend, servers).await?;
-            *seen = Some(list.revision);
-            list.revision
-        }
-    };
-    let mut watch = Box::pin(client.watch(SERVERS, after).await?);
-    while let Some(line) = watch.next().await {
-        let line = match line {
-            Ok(line) => line,
-            // A compacted revision: forget it and list again on the next connection.
-            Err(ClientError::WatchEnded { message, .. }) if message.contains("compacted") => {
-                *seen = None;
-                return Ok(());
-            }
-            Err(e) => return Err(e.into()),
-        };
-        for event in line.events {
-            let name = event.key.trim_start_matches(SERVERS).to_string();
-            match event.value.map(serde_json::from_value::<Server>) {
-                Some(Ok(server)) => {
-                    servers.insert(name, server);
-                }
-                Some(Err(e)) => warn!(key = %event.key, "unreadable server record: {e}"),
-                None => {
-                    servers.remove(&name);
-                }
-            }
-        }
-        apply(netlink, loaded, options, backend, servers).await?;
-        *seen = Some(line.revision);
-    }
-    Ok(())
 }
 
 async fn apply(

@@ -8,12 +8,15 @@ use std::{
 };
 
 use ferry_api::types::{Action, ActionKind, ActionResult, MAX_ACTION_OUTPUT};
-use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
 use crate::{
     containers::{self, DEFAULT_STOP_GRACE, Engine, operate},
-    membership::{reconnect::Backoff, state::Loaded},
+    membership::{
+        follow::{Follower, Update},
+        reconnect::Backoff,
+        state::Loaded,
+    },
 };
 
 /// How many answered ids are remembered, so a replayed watch does not act twice.
@@ -21,42 +24,24 @@ const REMEMBERED: usize = 1024;
 
 /// Runs until the task is dropped; failures are logged and retried with backoff.
 pub async fn run(loaded: Loaded, docker_socket: PathBuf) {
-    let mut done = VecDeque::new();
-    let mut backoff = Backoff::new(Duration::from_millis(500));
-    loop {
-        backoff.attempt();
-        if let Err(e) = follow(&loaded, &docker_socket, &mut done).await {
-            warn!("actions: {e}; reconnecting");
-        }
-        tokio::time::sleep(backoff.wait()).await;
-    }
-}
-
-async fn follow(
-    loaded: &Loaded,
-    docker_socket: &Path,
-    done: &mut VecDeque<String>,
-) -> Result<(), String> {
-    let engine = Engine::connect(docker_socket)
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = loaded.client().map_err(|e| e.to_string())?;
+    let engine = connect(&docker_socket).await;
+    let client = loaded.client();
     let server = loaded.membership.name.clone();
-    let prefix = format!("actions/{server}/");
-    let list = client.list(&prefix).await.map_err(|e| e.to_string())?;
-    let mut pending: Vec<Action> = list
-        .items
-        .into_iter()
-        .filter_map(|item| serde_json::from_value(item.value).ok())
-        .collect();
-    let mut watch = Box::pin(
-        client
-            .watch(&prefix, list.revision)
-            .await
-            .map_err(|e| e.to_string())?,
+    let mut follower: Follower<Action> = Follower::new(
+        client.clone(),
+        format!("actions/{server}/"),
+        "actions",
+        Duration::from_millis(500),
     );
+    let mut done = VecDeque::new();
     loop {
-        for action in pending.drain(..) {
+        // An action stays listed until central has its answer: a snapshot repeats the
+        // ones already carried out, which `done` skips.
+        let actions: Vec<Action> = match follower.next().await {
+            Update::Snapshot { items, .. } => items.into_iter().map(|(_, a)| a).collect(),
+            Update::Changes { changes, .. } => changes.into_iter().filter_map(|(_, a)| a).collect(),
+        };
+        for action in actions {
             if done.contains(&action.id) {
                 continue;
             }
@@ -73,16 +58,19 @@ async fn follow(
                 }
             });
         }
-        match watch.next().await {
-            Some(Ok(line)) => pending.extend(
-                line.events
-                    .into_iter()
-                    .filter_map(|e| e.value)
-                    .filter_map(|v| serde_json::from_value(v).ok()),
-            ),
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("central ended the watch".into()),
+    }
+}
+
+/// The Docker Engine at `socket`, waiting (with backoff) until it answers.
+async fn connect(socket: &Path) -> Engine {
+    let mut backoff = Backoff::new(Duration::from_millis(500));
+    loop {
+        backoff.attempt();
+        match Engine::connect(socket).await {
+            Ok(engine) => return engine,
+            Err(e) => warn!("actions: {e}; reconnecting"),
         }
+        tokio::time::sleep(backoff.wait()).await;
     }
 }
 

@@ -23,14 +23,17 @@ use ferry_api::{
     servicefile::{EnvValue, Service},
     types::{Assignment, ContainerReport, Desired, StatusReport},
 };
-use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
 use super::{health, progress::Progress};
 use crate::{
     containers::{self, ContainerSpec, Engine, cgroup::CgroupError, ensure_network},
     discovery::{Callers, LocalCaller},
-    membership::{reconnect::Backoff, state::Loaded},
+    membership::{
+        follow::{Follower, Update},
+        reconnect::Backoff,
+        state::Loaded,
+    },
 };
 
 /// How this server runs workloads.
@@ -121,12 +124,20 @@ pub(super) fn lock(intent: &Shared) -> std::sync::MutexGuard<'_, Intent> {
 /// Runs until the task is dropped; failures are logged and retried with backoff.
 pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
     let intent = Shared::default();
+    let mut follower: Follower<Assignment> = Follower::new(
+        loaded.client(),
+        format!("desired/{}/", loaded.membership.name),
+        "workloads",
+        Duration::from_millis(500),
+    );
     let mut backoff = Backoff::new(Duration::from_millis(500));
     loop {
         backoff.attempt();
-        if let Err(e) = follow(&loaded, &options, &intent, &callers).await {
+        if let Err(e) = follow(&loaded, &options, &intent, &callers, &mut follower).await {
             warn!("workloads: {e}; reconnecting");
         }
+        // Whatever failed, the next attempt starts from a fresh listing.
+        follower.relist();
         tokio::time::sleep(backoff.wait()).await;
     }
 }
@@ -152,6 +163,7 @@ async fn follow(
     options: &WorkloadOptions,
     intent: &Shared,
     callers: &Callers,
+    follower: &mut Follower<Assignment>,
 ) -> Result<(), String> {
     let me = &loaded.membership;
     let engine = Engine::connect(&options.docker_socket)
@@ -165,7 +177,7 @@ async fn follow(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let client = loaded.client().map_err(|e| e.to_string())?;
+    let client = loaded.client();
     let driver = engine.cgroup_driver().await.map_err(|e| e.to_string())?;
     let cgroup_parent =
         containers::cgroup::parent_for(&options.cgroup_root, &options.cgroup2, driver);
@@ -191,61 +203,36 @@ async fn follow(
     // Before central is asked anything: a restarted agent knows its callers again even
     // while central is unreachable.
     local_containers(&reach, intent).await;
-    let prefix = format!("desired/{}/", me.name);
-    let list = reach
-        .client
-        .list(&prefix)
-        .await
-        .map_err(|e| e.to_string())?;
-    let listed: Vec<Assignment> = list
-        .items
-        .into_iter()
-        .filter_map(|item| serde_json::from_value(item.value).ok())
-        .collect();
-    {
-        let mut intent = lock(intent);
-        intent.desired = listed
-            .iter()
-            .map(|a| ((a.stack.clone(), a.generation), a.clone()))
-            .collect();
-    }
-    stop_orphans(&reach, intent).await?;
-    report_containers(&reach, intent).await;
-    // Ends with this follow: the next one starts its own.
-    let liveness = tokio::spawn(super::liveness::watch(reach.clone(), intent.clone()));
-    let _liveness = AbortOnDrop(liveness);
-    let mut pending = listed;
-    let mut watch = Box::pin(
-        reach
-            .client
-            .watch(&prefix, list.revision)
-            .await
-            .map_err(|e| e.to_string())?,
-    );
+    // Ends with this follow (or the next listing): each starts its own.
+    let mut _liveness = None;
     loop {
-        for assignment in pending.drain(..) {
-            apply(&reach, options, intent, assignment).await?;
-        }
-        match watch.next().await {
-            Some(Ok(line)) => {
-                for event in line.events {
-                    match event.value.map(serde_json::from_value::<Assignment>) {
-                        Some(Ok(assignment)) => pending.push(assignment),
-                        Some(Err(e)) => warn!(key = %event.key, "unreadable assignment: {e}"),
-                        // A deleted assignment: nothing of it should run.
-                        None => {
-                            if let Some(a) = forget(intent, &event.key) {
-                                pending.push(Assignment {
-                                    state: Desired::Stop { drain_ms: 0 },
-                                    ..a
-                                });
-                            }
-                        }
-                    }
-                }
+        let pending: Vec<Assignment> = match follower.next().await {
+            Update::Snapshot { items, .. } => {
+                let listed: Vec<Assignment> = items.into_iter().map(|(_, a)| a).collect();
+                lock(intent).desired = listed
+                    .iter()
+                    .map(|a| ((a.stack.clone(), a.generation), a.clone()))
+                    .collect();
+                stop_orphans(&reach, intent).await?;
+                report_containers(&reach, intent).await;
+                let liveness = tokio::spawn(super::liveness::watch(reach.clone(), intent.clone()));
+                _liveness = Some(AbortOnDrop(liveness));
+                listed
             }
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Err("central ended the watch".into()),
+            Update::Changes { changes, .. } => changes
+                .into_iter()
+                .filter_map(|(key, assignment)| match assignment {
+                    Some(assignment) => Some(assignment),
+                    // A deleted assignment: nothing of it should run.
+                    None => forget(intent, &key).map(|a| Assignment {
+                        state: Desired::Stop { drain_ms: 0 },
+                        ..a
+                    }),
+                })
+                .collect(),
+        };
+        for assignment in pending {
+            apply(&reach, options, intent, assignment).await?;
         }
     }
 }
