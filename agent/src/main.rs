@@ -444,7 +444,7 @@ fn run(args: RunArgs) -> Result<()> {
                 npm_registry: args.npm_registry,
                 build_network: Some(args.build_network),
                 network: args.docker_network,
-                container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
+                container_net: ferry_api::keys::CONTAINER_NET,
                 cgroup_root: config.cgroup_root.clone(),
                 cgroup2: dataplane::cgroup2_mount()
                     .context("finding the cgroup2 mount in /proc/self/mounts")?
@@ -497,7 +497,7 @@ fn run(args: RunArgs) -> Result<()> {
             MeshOptions {
                 chosen: chosen.clone(),
                 interface: args.wg_interface,
-                container_net: std::net::Ipv4Addr::new(10, 66, 0, 0),
+                container_net: ferry_api::keys::CONTAINER_NET,
                 backend: args.wg_backend.map(|b| match b {
                     WgBackend::Kernel => Backend::Kernel,
                     WgBackend::Userspace => Backend::Userspace,

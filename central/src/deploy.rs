@@ -28,20 +28,10 @@ use crate::{
     store::{Op, Store},
 };
 
-/// `desired/<server>/<stack>/<N>`.
-pub fn assignment_key(server: &str, stack: &str, generation: u64) -> String {
-    format!("desired/{server}/{stack}/{generation:010}")
-}
-
-/// `progress/<server>/<stack>/<N>`: what the server's agent shows of its work.
-pub fn progress_key(server: &str, stack: &str, generation: u64) -> String {
-    format!("progress/{server}/{stack}/{generation:010}")
-}
-
-/// `status/<server>/<stack>/<N>`.
-pub fn status_key(server: &str, stack: &str, generation: u64) -> String {
-    format!("status/{server}/{stack}/{generation:010}")
-}
+use ferry_api::keys::{self, DESIRED, PROGRESS, STATUS};
+pub use ferry_api::keys::{
+    desired as assignment_key, progress as progress_key, status as status_key,
+};
 
 /// One server's share of a generation: each service it runs, with its spec and its
 /// number of containers.
@@ -62,14 +52,12 @@ pub fn assignments<S: Store>(
     stack: &str,
     generation: u64,
 ) -> Result<BTreeMap<String, Assignment>, StackError> {
-    let suffix = format!("/{stack}/{generation:010}");
-    let (assigned, _) = store.list("desired/")?;
+    let (assigned, _) = store.list(DESIRED)?;
     assigned
         .iter()
-        .filter(|kv| kv.key.ends_with(&suffix))
         .filter_map(|kv| {
-            let server = kv.key.strip_prefix("desired/")?.split('/').next()?;
-            Some((server.to_string(), kv))
+            let (server, of, number) = keys::per_server_generation(DESIRED, &kv.key)?;
+            (of == stack && number == generation).then(|| (server.to_string(), kv))
         })
         .map(|(server, kv)| {
             let assignment =
@@ -103,13 +91,9 @@ pub fn rooms<S: Store>(
         })
         .collect();
     rooms.sort_by(|a, b| a.name.cmp(&b.name));
-    let (assigned, _) = store.list("desired/")?;
+    let (assigned, _) = store.list(DESIRED)?;
     for kv in &assigned {
-        let Some(server) = kv
-            .key
-            .strip_prefix("desired/")
-            .and_then(|k| k.split('/').next())
-        else {
+        let Some((server, _, _)) = keys::per_server_generation(DESIRED, &kv.key) else {
             continue;
         };
         let Some(room) = rooms.iter_mut().find(|r| r.name == server) else {
@@ -414,9 +398,9 @@ pub fn set_state_ops<S: Store>(
 /// reports and progress of its first deploy forgotten so only fresh ones settle and show
 /// it.
 pub fn rerun_ops<S: Store>(store: &S, generation: &Generation) -> Result<Vec<Op>, StackError> {
-    let suffix = format!("/{}/{:010}", generation.stack, generation.number);
+    let suffix = keys::generation_suffix(&generation.stack, generation.number);
     let mut ops = set_state_ops(store, &generation.stack, generation.number, Desired::Run)?;
-    for prefix in ["status/", "progress/"] {
+    for prefix in [STATUS, PROGRESS] {
         let (reported, _) = store.list(prefix)?;
         ops.extend(
             reported
@@ -477,13 +461,13 @@ fn all_healthy<S: Store>(
     generation: u64,
     reporting: Option<&str>,
 ) -> Result<bool, StackError> {
-    let suffix = format!("/{stack}/{generation:010}");
-    let (assigned, _) = store.list("desired/")?;
-    let (reported, _) = store.list("status/")?;
+    let (assigned, _) = store.list(DESIRED)?;
+    let (reported, _) = store.list(STATUS)?;
     Ok(assigned
         .iter()
-        .filter(|kv| kv.key.ends_with(&suffix))
-        .filter_map(|kv| kv.key.strip_prefix("desired/")?.split('/').next())
+        .filter_map(|kv| keys::per_server_generation(DESIRED, &kv.key))
+        .filter(|(_, of, number)| *of == stack && *number == generation)
+        .map(|(server, _, _)| server)
         .all(|s| {
             reporting == Some(s)
                 || reported.iter().any(|kv| {

@@ -3,6 +3,7 @@
 //! whenever either changes, and only where something changed, so agents' watches carry
 //! real news. A stack's datasources get records too, from the addresses it set for them.
 
+use ferry_api::keys;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use ferry_api::{
@@ -18,15 +19,15 @@ use crate::{
 
 /// `records/<stack>/<service>`.
 pub fn key(stack: &str, service: &str) -> String {
-    format!("records/{stack}/{service}")
+    keys::record(stack, service)
 }
 
 /// Every server's last container report, by server.
 pub fn reports<S: Store>(store: &S) -> Result<BTreeMap<String, Vec<ContainerReport>>, StackError> {
-    let (kvs, _) = store.list("containers/")?;
+    let (kvs, _) = store.list(keys::CONTAINERS)?;
     kvs.into_iter()
         .map(|kv| {
-            let server = kv.key.trim_start_matches("containers/").to_string();
+            let server = keys::containers_of(&kv.key).unwrap_or_default().to_string();
             let containers =
                 serde_json::from_slice(&kv.value).map_err(|source| StackError::Corrupt {
                     key: kv.key.clone(),
@@ -89,8 +90,8 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
             BTreeMap::from([(0, endpoints)])
         });
     }
-    let (existing, _) = store.list(&format!("records/{stack}/"))?;
-    let (taken, _) = store.list(ADDRESSES)?;
+    let (existing, _) = store.list(&keys::records_of(stack))?;
+    let (taken, _) = store.list(keys::SERVICE_ADDRESSES)?;
     let mut fresh = free_addresses(&taken);
     let mut ops = Vec::new();
     let mut compares = Vec::new();
@@ -189,12 +190,9 @@ fn datasource_spec(name: &str) -> Service {
     }
 }
 
-/// Where taken service addresses are kept: `service-addresses/<address>`, holding the
-/// record's key.
-const ADDRESSES: &str = "service-addresses/";
-
+/// Where a taken service address is kept, holding the record's key.
 fn address_key(address: Ipv4Addr) -> String {
-    format!("{ADDRESSES}{address}")
+    keys::service_address(address)
 }
 
 /// Service addresses come from 10.96.0.0/16, away from the container network.

@@ -36,7 +36,7 @@ pub fn generate(kind: &str) -> Result<String, getrandom::Error> {
 pub fn key(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("auth/tokens/{hex}")
+    ferry_api::keys::token(&hex)
 }
 
 #[cfg(test)]

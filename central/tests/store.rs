@@ -295,7 +295,7 @@ fn the_log_stays_within_the_window_over_an_hour_of_reports() -> Result<(), Store
     for second in 1..=3600u64 {
         let server = second % 10;
         store.put(
-            &format!("containers/server-{server}"),
+            &ferry_api::keys::containers(&format!("server-{server}")),
             format!("{{\"reported_at\":{second}}}").as_bytes(),
         )?;
         if second % 60 == 0 {

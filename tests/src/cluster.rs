@@ -303,7 +303,7 @@ pub async fn service_address(
     service: &str,
     port: u16,
 ) -> Result<std::net::SocketAddrV4> {
-    let key = format!("records/{stack}/{service}");
+    let key = ferry_api::keys::record(stack, service);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let items = admin.list(&key).await?.items;

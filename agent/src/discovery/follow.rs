@@ -21,7 +21,7 @@ pub async fn run(loaded: Loaded, map_dir: PathBuf, records: Records, snapshot: P
     let mut programmed = addresses::Programmed::new();
     let mut follower: Follower<ServiceRecord> = Follower::new(
         loaded.client(),
-        "records/",
+        ferry_api::keys::RECORDS,
         "service records",
         Duration::from_millis(500),
     );

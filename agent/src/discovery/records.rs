@@ -148,8 +148,7 @@ impl Records {
         match value {
             Some(record) => directory.insert(record),
             None => {
-                let mut parts = key.trim_start_matches("records/").splitn(2, '/');
-                if let (Some(stack), Some(service)) = (parts.next(), parts.next()) {
+                if let Some((stack, service)) = ferry_api::keys::record_of(key) {
                     directory.remove(stack, service);
                 }
             }

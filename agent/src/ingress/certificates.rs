@@ -108,7 +108,7 @@ impl ResolvesServerCert for Resolver {
 pub async fn follow(loaded: Loaded, certificates: Certificates) {
     let mut follower: Follower<TlsCertificate> = Follower::new(
         loaded.client(),
-        "certificates/",
+        ferry_api::keys::CERTIFICATES,
         "certificates",
         Duration::from_millis(500),
     );

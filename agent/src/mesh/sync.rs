@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use ferry_api::types::Server;
+use ferry_api::{keys, types::Server};
 use tracing::{info, warn};
 
 use super::{
@@ -38,8 +38,6 @@ pub enum MeshError {
     Link(#[from] LinkError),
 }
 
-const SERVERS: &str = "servers/";
-
 /// Runs until the task is dropped.
 pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> {
     let netlink = Netlink::connect()?;
@@ -55,7 +53,7 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
     );
     let mut follower: Follower<Server> = Follower::new(
         loaded.client(),
-        SERVERS,
+        keys::SERVERS,
         "mesh sync",
         Duration::from_millis(200),
     );
@@ -70,7 +68,9 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
             }
             Update::Changes { changes, .. } => {
                 for (key, server) in changes {
-                    let name = key.trim_start_matches(SERVERS).to_string();
+                    let Some(name) = keys::server_of(&key).map(str::to_string) else {
+                        continue;
+                    };
                     match server {
                         Some(server) => servers.insert(name, server),
                         None => servers.remove(&name),

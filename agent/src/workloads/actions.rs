@@ -29,7 +29,7 @@ pub async fn run(loaded: Loaded, docker_socket: PathBuf) {
     let server = loaded.membership.name.clone();
     let mut follower: Follower<Action> = Follower::new(
         client.clone(),
-        format!("actions/{server}/"),
+        ferry_api::keys::actions_of(&server),
         "actions",
         Duration::from_millis(500),
     );

@@ -126,7 +126,7 @@ pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
     let intent = Shared::default();
     let mut follower: Follower<Assignment> = Follower::new(
         loaded.client(),
-        format!("desired/{}/", loaded.membership.name),
+        ferry_api::keys::desired_of(&loaded.membership.name),
         "workloads",
         Duration::from_millis(500),
     );
@@ -248,10 +248,11 @@ impl Drop for AbortOnDrop {
 
 /// Removes the assignment stored under `key` (`desired/<server>/<stack>/<N>`).
 fn forget(intent: &Shared, key: &str) -> Option<Assignment> {
-    let mut parts = key.rsplit('/');
-    let generation = parts.next()?.parse().ok()?;
-    let stack = parts.next()?.to_string();
-    lock(intent).desired.remove(&(stack, generation))
+    let (_, stack, generation) =
+        ferry_api::keys::per_server_generation(ferry_api::keys::DESIRED, key)?;
+    lock(intent)
+        .desired
+        .remove(&(stack.to_string(), generation))
 }
 
 /// Brings this server in line with one assignment.

@@ -9,10 +9,12 @@
 //! - [`records`]: service discovery records and the versioned lookup rule.
 //! - [`heartbeat`]: what agents say of their servers every few seconds.
 //! - [`fingerprint`]: how a CA certificate is named in `--ca-fingerprint`.
+//! - [`keys`]: every key of central's store, who writes and who reads it.
 
 pub mod buildpack;
 pub mod client;
 pub mod heartbeat;
+pub mod keys;
 pub mod records;
 pub mod servicefile;
 pub mod types;

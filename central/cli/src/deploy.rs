@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::dockerignore::Ignore;
 use ferry_api::{
     client::{Client, ClientError},
-    servicefile,
+    keys, servicefile,
     types::{MAX_SOURCE_BYTES, Phase, ProgressReport, StatusReport},
 };
 
@@ -220,13 +220,16 @@ async fn progress_lines(
     seen: &mut Seen,
 ) -> Result<Vec<String>> {
     let mut lines = Vec::new();
-    let suffix = format!("/{stack}/{number:010}");
+    let ours = |key: &str, prefix: &str| {
+        keys::per_server_generation(prefix, key)
+            .filter(|(_, of, n)| *of == stack && *n == number)
+            .map(|(server, _, _)| server.to_string())
+    };
     // What each server's agent shows of its build and deploy_command, each line once.
-    for item in client.list("progress/").await?.items {
-        if !item.key.ends_with(&suffix) {
+    for item in client.list(keys::PROGRESS).await?.items {
+        let Some(server) = ours(&item.key, keys::PROGRESS) else {
             continue;
-        }
-        let server = item.key.split('/').nth(1).unwrap_or("?").to_string();
+        };
         let report: ProgressReport = serde_json::from_value(item.value)
             .with_context(|| format!("central's record at {}", item.key))?;
         let printed = seen.lines.entry(item.key.clone()).or_default();
@@ -253,11 +256,13 @@ async fn progress_lines(
             }
         }
     }
-    for item in client.list("status/").await?.items {
-        if !item.key.ends_with(&suffix) || !seen.once.insert(item.key.clone()) {
+    for item in client.list(keys::STATUS).await?.items {
+        let Some(server) = ours(&item.key, keys::STATUS) else {
+            continue;
+        };
+        if !seen.once.insert(item.key.clone()) {
             continue;
         }
-        let server = item.key.split('/').nth(1).unwrap_or("?").to_string();
         let report: StatusReport = serde_json::from_value(item.value)
             .with_context(|| format!("central's record at {}", item.key))?;
         lines.push(if report.healthy {

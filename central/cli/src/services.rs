@@ -204,8 +204,8 @@ async fn wait_scaled(client: &Client, done: &ScaleResponse, progress: bool) -> R
         {
             return Ok(());
         }
-        let suffix = format!("/{stack}/{generation:010}");
-        for item in client.list("status/").await?.items {
+        let suffix = ferry_api::keys::generation_suffix(stack, generation);
+        for item in client.list(ferry_api::keys::STATUS).await?.items {
             let report = serde_json::from_value::<StatusReport>(item.value).ok();
             if item.key.ends_with(&suffix)
                 && let Some(report) = report.filter(|r| !r.healthy)

@@ -25,13 +25,7 @@ use crate::store::{Op, Store as _, Watch};
 /// How long the operator's request waits for the agent.
 const WAIT: Duration = Duration::from_secs(90);
 
-fn action_key(server: &str, id: &str) -> String {
-    format!("actions/{server}/{id}")
-}
-
-fn result_key(server: &str, id: &str) -> String {
-    format!("results/{server}/{id}")
-}
+use ferry_api::keys::{action as action_key, result as result_key};
 
 /// `POST /v1/containers/{server}/{container}/actions` (admin): waits for the agent's answer.
 pub async fn request(

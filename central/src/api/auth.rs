@@ -1,5 +1,6 @@
 //! Who is calling: the bearer token, looked up by its hash.
 
+use ferry_api::keys;
 use std::sync::Arc;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
@@ -63,12 +64,12 @@ impl Caller {
         match &self.0 {
             Role::Admin => Ok(()),
             Role::Agent { server } => {
-                let own = format!("desired/{server}/");
-                let asked = format!("actions/{server}/");
+                let own = keys::desired_of(server);
+                let asked = keys::actions_of(server);
                 // Every server's ingress terminates TLS for every stack.
-                let allowed = prefix.starts_with("servers/")
-                    || prefix.starts_with("records/")
-                    || prefix.starts_with("certificates/")
+                let allowed = prefix.starts_with(keys::SERVERS)
+                    || prefix.starts_with(keys::RECORDS)
+                    || prefix.starts_with(keys::CERTIFICATES)
                     || prefix.starts_with(&own)
                     || prefix.starts_with(&asked);
                 if allowed {
@@ -94,5 +95,5 @@ pub fn forbidden(action: &str) -> ApiError {
 
 /// Whether `token` is an agent token for some server; used to revoke on removal.
 pub fn agent_token_key(server: &str) -> String {
-    format!("auth/agents/{server}")
+    keys::agent_token(server)
 }

@@ -21,7 +21,7 @@ use crate::{records, store::Store as _};
 
 /// Where a server's report is kept.
 pub fn key(server: &str) -> String {
-    format!("containers/{server}")
+    ferry_api::keys::containers(server)
 }
 
 /// `PUT /v1/containers/{server}`: an agent, for its own server.

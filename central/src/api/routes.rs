@@ -128,7 +128,7 @@ pub struct PrefixQuery {
 }
 
 fn check_prefix(prefix: &str) -> Result<(), ApiError> {
-    if prefix.len() > 512 || prefix.starts_with("auth/") {
+    if prefix.len() > 512 || prefix.starts_with(ferry_api::keys::AUTH) {
         return Err(ApiError::BadRequest(format!(
             "{prefix:?} cannot be read through the API"
         )));
@@ -367,7 +367,7 @@ pub async fn source(
     match &caller.0 {
         Role::Admin => {}
         Role::Agent { server } => {
-            let (assigned, _) = state.store.list(&format!("desired/{server}/"))?;
+            let (assigned, _) = state.store.list(&ferry_api::keys::desired_of(server))?;
             let mine = assigned.iter().any(|kv| {
                 serde_json::from_slice::<Assignment>(&kv.value)
                     .is_ok_and(|a| a.source_digest == digest)

@@ -30,7 +30,7 @@ impl From<StoreError> for CertificateError {
 }
 
 fn prefix(stack: &str) -> String {
-    format!("certificates/{stack}/")
+    ferry_api::keys::certificates_of(stack)
 }
 
 /// Stack certificates over a store.

@@ -26,7 +26,7 @@ pub enum DatasourceError {
 pub type StackDatasources = BTreeMap<String, Vec<Ipv4Addr>>;
 
 fn key(stack: &str) -> String {
-    format!("datasources/{stack}")
+    ferry_api::keys::datasources(stack)
 }
 
 /// The datasources of `stack` in `store`.

@@ -1,6 +1,7 @@
 //! Servers and their ContainerNet subnets: one `/24` each, never handed out twice,
 //! released when the server is removed.
 
+use ferry_api::keys;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     sync::Arc,
@@ -20,7 +21,7 @@ pub struct ContainerNet {
 impl Default for ContainerNet {
     fn default() -> Self {
         Self {
-            base: Ipv4Addr::new(10, 66, 0, 0),
+            base: keys::CONTAINER_NET,
         }
     }
 }
@@ -99,15 +100,15 @@ impl<S: Store> Servers<S> {
         extra: Vec<Op>,
     ) -> Result<Server, ServerError> {
         check_name(name)?;
-        let server_key = format!("servers/{name}");
+        let server_key = keys::server(name);
         for _ in 0..ATTEMPTS {
             if self.store.get(&server_key)?.is_some() {
                 return Err(ServerError::Exists { name: name.into() });
             }
-            let (taken, _) = self.store.list("subnets/")?;
+            let (taken, _) = self.store.list(keys::SUBNETS)?;
             let taken: Vec<u8> = taken
                 .iter()
-                .filter_map(|kv| kv.key.strip_prefix("subnets/")?.parse().ok())
+                .filter_map(|kv| keys::subnet_of(&kv.key))
                 .collect();
             let index =
                 INDEXES
@@ -123,7 +124,7 @@ impl<S: Store> Servers<S> {
                 wireguard_endpoint: endpoint,
                 memory_bytes,
             };
-            let subnet_key = format!("subnets/{index}");
+            let subnet_key = keys::subnet(index);
             let record = serde_json::to_vec(&server).map_err(|source| ServerError::Corrupt {
                 key: server_key.clone(),
                 source,
@@ -164,8 +165,8 @@ impl<S: Store> Servers<S> {
         let server = self.get(name)?;
         let ops = [
             vec![
-                Op::Delete(format!("servers/{name}")),
-                Op::Delete(format!("subnets/{}", server.subnet_index)),
+                Op::Delete(keys::server(name)),
+                Op::Delete(keys::subnet(server.subnet_index)),
             ],
             extra,
         ]
@@ -176,7 +177,7 @@ impl<S: Store> Servers<S> {
 
     /// One server.
     pub fn get(&self, name: &str) -> Result<Server, ServerError> {
-        let key = format!("servers/{name}");
+        let key = keys::server(name);
         let kv = self
             .store
             .get(&key)?
@@ -186,7 +187,7 @@ impl<S: Store> Servers<S> {
 
     /// Every server, by name.
     pub fn list(&self) -> Result<Vec<Server>, ServerError> {
-        let (records, _) = self.store.list("servers/")?;
+        let (records, _) = self.store.list(keys::SERVERS)?;
         records
             .into_iter()
             .map(|kv| {

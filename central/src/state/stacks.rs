@@ -51,13 +51,7 @@ pub struct Stacks<S: Store> {
     store: Arc<S>,
 }
 
-fn stack_key(name: &str) -> String {
-    format!("stacks/{name}")
-}
-
-fn generation_key(stack: &str, number: u64) -> String {
-    format!("generations/{stack}/{number:010}")
-}
+use ferry_api::keys::{generation as generation_key, stack as stack_key};
 
 fn phase_name(phase: &Phase) -> String {
     match phase {
@@ -109,7 +103,7 @@ impl<S: Store> Stacks<S> {
 
     /// Every stack.
     pub fn list(&self) -> Result<Vec<Stack>, StackError> {
-        let (records, _) = self.store.list("stacks/")?;
+        let (records, _) = self.store.list(ferry_api::keys::STACKS)?;
         records.iter().map(decode).collect()
     }
 
@@ -120,7 +114,7 @@ impl<S: Store> Stacks<S> {
 
     /// Every generation of a stack, oldest first.
     pub fn generations(&self, stack: &str) -> Result<Vec<Generation>, StackError> {
-        let (records, _) = self.store.list(&format!("generations/{stack}/"))?;
+        let (records, _) = self.store.list(&ferry_api::keys::generations_of(stack))?;
         records.iter().map(decode).collect()
     }
 

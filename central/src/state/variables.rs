@@ -39,7 +39,7 @@ pub struct Variables<S: Store> {
 }
 
 fn key(stack: &str) -> String {
-    format!("variables/{stack}")
+    ferry_api::keys::variables(stack)
 }
 
 impl<S: Store> Variables<S> {
