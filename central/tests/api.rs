@@ -762,7 +762,7 @@ async fn records_follow_container_reports_and_flips_per_generation() {
         generation,
         serves: serves.to_vec(),
         address: Some(std::net::Ipv4Addr::new(10, 66, 1, last)),
-        state: "running".into(),
+        state: ferry_api::types::ContainerState::Running,
         cgroup_id: Some(u64::from(last)),
     };
     let record = || async {
@@ -877,4 +877,33 @@ async fn a_watch_from_a_compacted_revision_is_told_to_list_again() {
         .expect("ok");
     assert_eq!(line.events.len(), 1);
     assert_eq!(line.events[0].key, "servers/echo");
+}
+
+/// A stored value central cannot read is central's own failure: a 500 that names the key,
+/// never taken for an empty default (which here would have answered "no such container").
+#[tokio::test]
+async fn an_unreadable_stored_value_is_a_500_naming_its_key() {
+    let central = Central::start().await;
+    let _agent = central.agent("alpha", 1).await;
+    SqliteStore::open(&central.data_dir.join("state.db"))
+        .expect("store")
+        .put(&ferry_api::keys::containers("alpha"), b"not json")
+        .expect("put");
+    let admin = central.client(&central.admin);
+    let err = admin
+        .container_action("alpha", "abc", &ferry_api::types::ActionKind::Stop)
+        .await
+        .expect_err("refused");
+    match err {
+        ferry_api::client::ClientError::Status {
+            status, message, ..
+        } => {
+            assert_eq!(status, 500, "{message}");
+            assert!(
+                message.contains("containers/alpha") && message.contains("unreadable"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a 500, got {other}"),
+    }
 }

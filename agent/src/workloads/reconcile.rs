@@ -21,7 +21,7 @@ use std::{
 use ferry_api::{
     client::Client,
     servicefile::{EnvValue, Service},
-    types::{Assignment, ContainerReport, Desired, StatusReport},
+    types::{Assignment, ContainerReport, ContainerState, Desired, StatusReport},
 };
 use tracing::{info, warn};
 
@@ -496,11 +496,11 @@ async fn local_containers(reach: &Reach, intent: &Shared) -> Option<Vec<Containe
             let intent = lock(intent);
             let slot = (c.stack.clone(), c.service.clone(), c.generation, c.index);
             let state = match (c.running, intent.unhealthy.contains(&c.id)) {
-                (false, _) => "stopped",
-                (true, true) => "unhealthy",
-                (true, false) if intent.starting.contains(&slot) => "starting",
-                (true, false) if intent.surplus(&c) => "draining",
-                (true, false) => "running",
+                (false, _) => ContainerState::Stopped,
+                (true, true) => ContainerState::Unhealthy,
+                (true, false) if intent.starting.contains(&slot) => ContainerState::Starting,
+                (true, false) if intent.surplus(&c) => ContainerState::Draining,
+                (true, false) => ContainerState::Running,
             };
             (
                 intent.serves(&c.stack, &c.service, c.generation, c.index),
@@ -514,7 +514,7 @@ async fn local_containers(reach: &Reach, intent: &Shared) -> Option<Vec<Containe
             service: c.service,
             generation: c.generation,
             address: c.address,
-            state: state.into(),
+            state,
             cgroup_id,
         });
     }

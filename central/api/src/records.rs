@@ -98,7 +98,7 @@ pub fn endpoints<'a>(
     for (server, containers) in reports {
         for c in containers {
             let Some(address) = c.address else { continue };
-            if c.stack != stack || c.state != "running" {
+            if c.stack != stack || c.state != crate::types::ContainerState::Running {
                 continue;
             }
             let serves = if c.serves.is_empty() {
@@ -196,25 +196,25 @@ mod tests {
 
     #[test]
     fn reports_become_endpoints_by_the_generations_each_container_serves() {
-        let report = |id: &str, service: &str, generation: u64, serves: &[u64], state: &str| {
-            ContainerReport {
+        use crate::types::ContainerState::{Running, Stopped};
+        let report =
+            |id: &str, service: &str, generation: u64, serves: &[u64], state| ContainerReport {
                 id: id.into(),
                 stack: "shop".into(),
                 service: service.into(),
                 generation,
                 serves: serves.to_vec(),
                 address: Some(Ipv4Addr::new(10, 66, 1, id.len() as u8)),
-                state: state.into(),
+                state,
                 cgroup_id: None,
-            }
-        };
+            };
         let reports = BTreeMap::from([(
             "one".to_string(),
             vec![
-                report("a", "api", 1, &[], "running"),   // draining: under 1
-                report("bb", "api", 2, &[2], "running"), // new
-                report("ccc", "cache", 1, &[2, 3], "running"), // kept into 2 and 3
-                report("dddd", "api", 2, &[2], "stopped"), // not running: no endpoint
+                report("a", "api", 1, &[], Running),         // draining: under 1
+                report("bb", "api", 2, &[2], Running),       // new
+                report("ccc", "cache", 1, &[2, 3], Running), // kept into 2 and 3
+                report("dddd", "api", 2, &[2], Stopped),     // not running: no endpoint
             ],
         )]);
         let found = endpoints("shop", &reports);

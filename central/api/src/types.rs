@@ -298,12 +298,46 @@ pub struct ContainerReport {
     pub serves: Vec<u64>,
     /// Its address on the container network.
     pub address: Option<std::net::Ipv4Addr>,
-    /// `running`, `unhealthy` (running but failing its health check: out of rotation) or
-    /// `stopped`.
-    pub state: String,
+    /// Where it is in its life, as this server's agent sees it.
+    pub state: ContainerState,
     /// Its cgroup v2 id (the directory's inode), which the data plane keys callers by.
     #[serde(default)]
     pub cgroup_id: Option<u64>,
+}
+
+/// A container's state in a report; on the wire, its lower-case name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    /// Started, its health check not passed yet: nothing leads to it.
+    Starting,
+    /// Passed its health check: in rotation.
+    Running,
+    /// Taken out by a scale-down: out of rotation, stops after the drain.
+    Draining,
+    /// Running but failing its health check: out of rotation.
+    Unhealthy,
+    /// Not running.
+    Stopped,
+}
+
+impl ContainerState {
+    /// The name on the wire and in the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Draining => "draining",
+            Self::Unhealthy => "unhealthy",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Most containers one server reports; a longer report is refused.

@@ -127,7 +127,7 @@ async fn list(client: &Client, stack: Option<&str>, output: Output) -> Result<()
                     c.stack.clone(),
                     c.service.clone(),
                     c.generation.to_string(),
-                    c.state.clone(),
+                    c.state.to_string(),
                     c.address.map_or("-".into(), |a| a.to_string()),
                     c.id.chars().take(12).collect(),
                 ]

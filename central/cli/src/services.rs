@@ -4,7 +4,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::Subcommand;
 use ferry_api::{
     client::Client,
-    types::{ActionKind, ContainerReport, Generation, ScaleResponse, StatusReport},
+    types::{ActionKind, ContainerReport, ContainerState, Generation, ScaleResponse, StatusReport},
 };
 
 use crate::{Output, login, table};
@@ -178,13 +178,13 @@ async fn wait_scaled(client: &Client, done: &ScaleResponse, progress: bool) -> R
     let mut last = String::new();
     loop {
         let reports = client.containers().await?;
-        let mut states: std::collections::BTreeMap<&str, u32> = Default::default();
+        let mut states: std::collections::BTreeMap<ContainerState, u32> = Default::default();
         for c in reports.values().flatten() {
             let ours = c.stack == *stack
                 && c.service == *service
                 && (c.generation == generation || c.serves.contains(&generation));
-            if ours && c.state != "stopped" {
-                *states.entry(c.state.as_str()).or_default() += 1;
+            if ours && c.state != ContainerState::Stopped {
+                *states.entry(c.state).or_default() += 1;
             }
         }
         let now = states
@@ -199,8 +199,8 @@ async fn wait_scaled(client: &Client, done: &ScaleResponse, progress: bool) -> R
             );
             last = now;
         }
-        if states.get("running").copied().unwrap_or(0) == done.count
-            && states.keys().all(|s| *s == "running")
+        if states.get(&ContainerState::Running).copied().unwrap_or(0) == done.count
+            && states.keys().all(|s| *s == ContainerState::Running)
         {
             return Ok(());
         }
@@ -351,7 +351,7 @@ async fn info(client: &Client, stack: &str, service: &str, output: Output) -> Re
         .map(|(server, c)| {
             vec![
                 server.clone(),
-                c.state.clone(),
+                c.state.to_string(),
                 c.address.map_or("-".into(), |a| a.to_string()),
                 c.id.chars().take(12).collect(),
             ]

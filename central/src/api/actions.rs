@@ -49,7 +49,7 @@ pub async fn request(
         _ => {}
     }
     let reported: Vec<ContainerReport> = match state.store.get(&containers::key(&server))? {
-        Some(kv) => serde_json::from_slice(&kv.value).unwrap_or_default(),
+        Some(kv) => super::error::decode(&kv.key, &kv.value)?,
         None => Vec::new(),
     };
     if !reported.iter().any(|c| c.id == container) {
@@ -64,27 +64,29 @@ pub async fn request(
         container,
         kind,
     };
-    let value = serde_json::to_vec(&action).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let value = serde_json::to_vec(&action)
+        .map_err(|e| ApiError::internal("encode an action")(e.into()))?;
     // Watch from before the request exists, so an answer cannot slip past.
     let mut watch = Watch::new(state.store.clone(), rkey.clone(), state.store.revision()?);
     state.store.put(&akey, &value)?;
     let answer = tokio::time::timeout(WAIT, async {
         loop {
-            let events = watch.next().await.map_err(|e| e.to_string())?;
+            let events = watch
+                .next()
+                .await
+                .map_err(|e| ApiError::internal("watch for the agent's answer")(e.into()))?;
             if let Some(value) = events.into_iter().find_map(|e| e.value) {
-                return serde_json::from_slice::<ActionResult>(&value).map_err(|e| e.to_string());
+                return super::error::decode::<ActionResult>(&rkey, &value);
             }
         }
     })
     .await;
     state
         .store
-        .txn(&[], &[Op::Delete(akey), Op::Delete(rkey)])?;
+        .txn(&[], &[Op::Delete(akey), Op::Delete(rkey.clone())])?;
     match answer {
         Ok(Ok(result)) => Ok(Json(result)),
-        Ok(Err(e)) => Err(ApiError::Conflict(format!(
-            "waiting for {server}'s answer: {e}"
-        ))),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::Timeout(format!(
             "the agent on {server:?} did not answer within {}s; is it running? (`ferry servers list`)",
             WAIT.as_secs()
@@ -113,7 +115,8 @@ pub async fn answer(
         result.output.truncate(cut);
         result.output.push_str("\n[output cut at 512 KiB]");
     }
-    let value = serde_json::to_vec(&result).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let value = serde_json::to_vec(&result)
+        .map_err(|e| ApiError::internal("encode an action's result")(e.into()))?;
     let revision = state.store.put(&result_key(&server, &id), &value)?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -121,7 +124,6 @@ pub async fn answer(
 /// 16 random hex digits.
 fn new_id() -> Result<String, ApiError> {
     let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| ApiError::Conflict(format!("no randomness for an action id: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal("draw an action id")(e.into()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -39,11 +39,11 @@ pub async fn report(
         )));
     }
     let value = serde_json::to_vec(&containers)
-        .map_err(|e| ApiError::BadRequest(format!("encoding the report: {e}")))?;
+        .map_err(|e| ApiError::internal("encode a container report")(e.into()))?;
     // The stacks whose records this report may change: those it and the last one name.
     let mut touched: BTreeSet<String> = containers.iter().map(|c| c.stack.clone()).collect();
     if let Some(kv) = state.store.get(&key(&server))? {
-        let before: Vec<ContainerReport> = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let before: Vec<ContainerReport> = super::error::decode(&kv.key, &kv.value)?;
         touched.extend(before.into_iter().map(|c| c.stack));
     }
     let revision = state.store.put(&key(&server), &value)?;

@@ -41,6 +41,37 @@ pub enum ApiError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Variable(VariableError),
+    /// Central's own failure, not the request's: a 500.
+    #[error("central failed to {what}: {source}")]
+    Internal {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A stored value central cannot read: a 500 naming the key, never a default.
+    #[error("central's record at {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ApiError {
+    /// Central failed to `what`.
+    pub fn internal(
+        what: &'static str,
+    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
+        move |source| Self::Internal { what, source }
+    }
+}
+
+/// Decodes the value stored at `key`; an unreadable one is [`ApiError::Corrupt`].
+pub fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(value).map_err(|source| ApiError::Corrupt {
+        key: key.to_string(),
+        source,
+    })
 }
 
 impl From<crate::deploy::PlaceError> for ApiError {
@@ -114,9 +145,12 @@ impl ApiError {
             Self::Source(_) => StatusCode::BAD_REQUEST,
             Self::Variable(VariableError::Invalid(_)) => StatusCode::BAD_REQUEST,
             Self::Variable(VariableError::Missing { .. }) => StatusCode::CONFLICT,
-            Self::Server(_) | Self::Store(_) | Self::Stack(_) | Self::Variable(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Self::Server(_)
+            | Self::Store(_)
+            | Self::Stack(_)
+            | Self::Variable(_)
+            | Self::Internal { .. }
+            | Self::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }

@@ -18,8 +18,9 @@ use super::{
     ApiError, AppState,
     auth::{Caller, agent_token_key, forbidden},
     types::{
-        Assignment, DeployResponse, JoinRequest, JoinResponse, MAX_SOURCE_BYTES, ProgressReport,
-        Reason, ScaleRequest, ScaleResponse, StatusReport, WatchEvent, WatchLine,
+        Assignment, DeployResponse, Item, JoinRequest, JoinResponse, ListResponse,
+        MAX_SOURCE_BYTES, ProgressReport, Reason, ScaleRequest, ScaleResponse, StatusReport,
+        WatchEvent, WatchLine,
     },
 };
 use crate::{
@@ -50,8 +51,8 @@ pub async fn join(
             "wireguard_public_key must be a base64 WireGuard public key (32 bytes)".into(),
         ));
     }
-    let agent_token =
-        tokens::generate("agent").map_err(|e| ApiError::BadRequest(format!("no entropy: {e}")))?;
+    let agent_token = tokens::generate("agent")
+        .map_err(|e| ApiError::internal("draw an agent token")(e.into()))?;
     let token_key = tokens::key(&agent_token);
     let role = Role::Agent {
         server: request.name.clone(),
@@ -59,7 +60,8 @@ pub async fn join(
     let extra = vec![
         Op::Put(
             token_key.clone(),
-            serde_json::to_vec(&role).map_err(|e| ApiError::BadRequest(e.to_string()))?,
+            serde_json::to_vec(&role)
+                .map_err(|e| ApiError::internal("encode a token's role")(e.into()))?,
         ),
         Op::Put(agent_token_key(&request.name), token_key.into_bytes()),
     ];
@@ -106,7 +108,7 @@ pub async fn remove_server(
     }
     let reported: Vec<ferry_api::types::ContainerReport> =
         match state.store.get(&super::containers::key(&name))? {
-            Some(kv) => serde_json::from_slice(&kv.value).unwrap_or_default(),
+            Some(kv) => super::error::decode(&kv.key, &kv.value)?,
             None => Vec::new(),
         };
     let removed = state.servers.remove_with(&name, extra)?;
@@ -153,15 +155,19 @@ pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Query(query): Query<PrefixQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ListResponse>, ApiError> {
     check_prefix(&query.prefix)?;
     caller.may_read(&query.prefix)?;
     let (items, revision) = state.store.list(&query.prefix)?;
-    let items: Vec<Value> = items
-        .iter()
-        .map(|kv| json!({ "key": kv.key, "value": value_json(&kv.value), "mod_revision": kv.mod_revision }))
+    let items = items
+        .into_iter()
+        .map(|kv| Item {
+            value: value_json(&kv.value),
+            key: kv.key,
+            mod_revision: kv.mod_revision,
+        })
         .collect();
-    Ok(Json(json!({ "revision": revision, "items": items })))
+    Ok(Json(ListResponse { revision, items }))
 }
 
 pub async fn watch(
@@ -251,7 +257,7 @@ pub async fn deploy(
     let path = stored.path.clone();
     let text = tokio::task::spawn_blocking(move || sources::service_file(&path))
         .await
-        .map_err(|e| ApiError::BadRequest(format!("reading the archive: {e}")))??;
+        .map_err(|e| ApiError::internal("read the uploaded archive")(e.into()))??;
     let parsed = servicefile::parse("service.yml", &text)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let generation = record_generation(&state, &stack, parsed.stack.services, &stored.digest)?;
