@@ -69,7 +69,10 @@ async fn answers_are_cached_for_their_ttl_and_keep_the_clients_id() {
         first.answers[0].data,
         RData::A(A(Ipv4Addr::new(192, 0, 2, 7)))
     );
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A second passes on a paused clock; real time resumes for the next exchange.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1100)).await;
+    tokio::time::resume();
     let second = forwarder
         .forward(&query(0x2222), wire::UDP_LIMIT)
         .await

@@ -278,21 +278,58 @@ fn run_ferry(config: &Path, args: &[&str]) -> Result<(bool, String, String)> {
     ))
 }
 
-/// Polls `check` every 200 ms until it holds; fails naming `what` after `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<()>
+/// What one look of [`eventually`] found: whether the condition holds, and what was seen.
+pub trait Observation {
+    /// Whether the condition holds.
+    fn holds(&self) -> bool;
+    /// What was seen, for the failure message.
+    fn seen(&self) -> String;
+}
+
+impl Observation for bool {
+    fn holds(&self) -> bool {
+        *self
+    }
+
+    fn seen(&self) -> String {
+        "the condition false".into()
+    }
+}
+
+/// A look that says what it saw: `Saw(holds, seen)`.
+pub struct Saw<T>(pub bool, pub T);
+
+impl<T: std::fmt::Debug> Observation for Saw<T> {
+    fn holds(&self) -> bool {
+        self.0
+    }
+
+    fn seen(&self) -> String {
+        format!("{:?}", self.1)
+    }
+}
+
+/// Polls `check` every 200 ms until it holds; fails naming `what` and what the last look
+/// saw after `limit`.
+pub async fn eventually<F, Fut, O>(limit: Duration, what: &str, mut check: F) -> Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
+    Fut: std::future::Future<Output = Result<O>>,
+    O: Observation,
 {
     let deadline = Instant::now() + limit;
-    while !check().await? {
+    loop {
+        let look = check().await?;
+        if look.holds() {
+            return Ok(());
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "{what} did not happen within {limit:?}"
+            "{what} did not happen within {limit:?}; last seen: {}",
+            look.seen()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok(())
 }
 
 /// The service address central gave `service` of `stack`, with `port`, once its record

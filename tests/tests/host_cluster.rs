@@ -16,7 +16,7 @@ use ferry_api::{
 };
 use ferry_tests::{
     central::Central,
-    cluster::{Member, Operator, eventually},
+    cluster::{Member, Operator, Saw, eventually},
     inside::{exec, node},
     netns::Network,
     unique,
@@ -145,7 +145,7 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
             .await?;
             let mut named: Vec<&str> = named.lines().collect();
             named.sort();
-            Ok(named == api_ips)
+            Ok(Saw(named == api_ips, named.join(" ")))
         },
     )
     .await?;
@@ -179,9 +179,21 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
 
     // An agent crash changes nothing in what runs: the new agent adopts its containers.
     let before = start_times(&two).await?;
+    let report = ferry_api::keys::containers("two");
+    let reported_before = admin.list(&report).await?.revision;
     two.kill_agent()?;
     two.start_agent()?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The new agent has looked at what runs once it reports it: a report newer than the
+    // restart.
+    eventually(
+        Duration::from_secs(30),
+        "a container report from two's new agent",
+        || async {
+            let items = admin.list(&report).await?.items;
+            Ok(items.iter().any(|i| i.mod_revision > reported_before))
+        },
+    )
+    .await?;
     assert_eq!(
         start_times(&two).await?,
         before,

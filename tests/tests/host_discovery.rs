@@ -473,12 +473,22 @@ async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<
         get_from(&engine, &web2.id, service_address).await?,
         "api of generation 2"
     );
+    let counters =
+        ferry_agent::dataplane::Counters::open(&ferry_agent::dataplane::map_dir(&one.paths.bpffs))?;
+    let redirected = || counters.get(ferry_ebpf_abi::Counter::DnsRedirected);
+    let before = redirected()?;
     let asked = {
         let engine = engine.clone();
         let id = web2.id.clone();
         tokio::spawn(async move { dig(&engine, &id, &["api.cloud66.local"]).await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The query has left for the listener (the kernel redirected it) before any agent runs.
+    eventually(
+        Duration::from_secs(10),
+        "dig's query redirected",
+        || async { Ok(redirected()? > before) },
+    )
+    .await?;
     one.start_agent()?;
     assert_eq!(asked.await??, api2_ip);
     assert_eq!(

@@ -525,7 +525,31 @@ async fn containers_that_fail_or_die_leave_rotation(
 /// request answered, none reset.
 fn restarted_under_load(front: SocketAddr, one: &mut Member) -> Result<()> {
     let load = Wrk::start(front, "shop.example.com", 20, "10s")?;
-    std::thread::sleep(Duration::from_secs(3));
+    // The restart happens under load: wrk's 20 connections are open.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let open = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                one.server.name(),
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .arg(format!("( sport = :{} )", front.port()))
+            .output()?;
+        let open = String::from_utf8_lossy(&open.stdout).lines().count();
+        if open >= 20 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "only {open} of wrk's connections open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let status = one.restart_agent()?;
     ensure!(status.success(), "the old agent exited with {status}");
     let summary = load.wait()?;

@@ -21,7 +21,7 @@ use std::{
         Mutex, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ferry_ebpf_abi::AGENT_SOCKET_MARK;
@@ -55,7 +55,8 @@ type Key = (Name, RecordType, DNSClass);
 
 struct Cached {
     response: Message,
-    stored: Instant,
+    // tokio's clock, so a test can move it instead of sleeping through a TTL.
+    stored: tokio::time::Instant,
     ttl: u32,
 }
 
@@ -277,7 +278,7 @@ impl Forwarder {
             key,
             Cached {
                 response: response.clone(),
-                stored: Instant::now(),
+                stored: tokio::time::Instant::now(),
                 ttl,
             },
         );
