@@ -186,44 +186,59 @@ async fn a_watch_sees_every_change_once_across_a_reconnect()
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// A watch that has caught up follows announced commits; one that falls more than the
+/// backlog behind, or meets a commit too large to announce, reads the log instead: every
+/// change once, in order, either way, and the path taken is the one named.
+#[tokio::test]
 async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_change_once()
 -> Result<(), Box<dyn std::error::Error>> {
+    use futures_util::FutureExt as _;
+
     let dir = tempfile::tempdir()?;
     let store = Arc::new(open(&dir));
     let mut watch = Watch::new(store.clone(), "desired/", 0);
-    // The writer starts once the watcher waits on announced commits, then makes far more
-    // of them than the backlog while the watcher reads nothing.
+    // One poll: the log is read (nothing yet) and the watch waits on announced commits.
+    assert!(watch.next().now_or_never().is_none());
+    assert_eq!(watch.log_reads(), 1);
+
+    // Far more commits than the backlog while the watcher reads nothing: it lags, and
+    // reads the log again.
     let total = ANNOUNCE_BACKLOG * 3;
-    let writer = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            std::thread::sleep(Duration::from_millis(300));
-            for i in 0..total {
-                store.put(&format!("desired/{}", i % 5), format!("{i}").as_bytes())?;
-            }
-            Ok(())
-        })
-    };
-    let mut seen = tokio::time::timeout(Duration::from_secs(10), watch.next()).await??;
-    writer.await??;
+    for i in 0..total {
+        store.put(&format!("desired/{}", i % 5), format!("{i}").as_bytes())?;
+    }
+    let mut seen = Vec::new();
     while seen.len() < total {
         seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
     }
-    // Caught up and waiting again: a commit too large to announce comes from the log.
-    let reader = tokio::spawn(async move {
-        let events = tokio::time::timeout(Duration::from_secs(10), watch.next()).await;
-        (watch, events)
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_lag = watch.log_reads();
+    assert!(after_lag > 1, "the lag was read from the log");
+
+    // Caught up: a small commit comes announced, with no read of the log.
+    assert!(watch.next().now_or_never().is_none());
+    let waiting = watch.log_reads();
+    store.put("desired/small", b"x")?;
+    seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
+    assert_eq!(
+        watch.log_reads(),
+        waiting,
+        "announced, not read from the log"
+    );
+
+    // A commit too large to announce comes from the log.
     store.put("desired/big", &vec![b'x'; MAX_ANNOUNCED_BYTES + 1])?;
-    let (_, big) = reader.await?;
-    seen.extend(big??);
+    seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
+    assert_eq!(
+        watch.log_reads(),
+        waiting + 1,
+        "the large commit was read from the log"
+    );
+
     let revisions: Vec<u64> = seen.iter().map(|e| e.revision).collect();
-    let expected: Vec<u64> = (1..=(total as u64 + 1)).collect();
+    let expected: Vec<u64> = (1..=(total as u64 + 2)).collect();
     assert_eq!(revisions, expected, "every change, in order, once");
     assert_eq!(
-        seen[total].value.as_ref().map(Vec::len),
+        seen[total + 1].value.as_ref().map(Vec::len),
         Some(MAX_ANNOUNCED_BYTES + 1)
     );
     Ok(())

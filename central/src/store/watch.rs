@@ -30,6 +30,7 @@ pub struct Watch<S: Store> {
     after: Revision,
     commits: broadcast::Receiver<Arc<Commit>>,
     from_log: bool,
+    log_reads: u64,
 }
 
 impl<S: Store> Watch<S> {
@@ -44,6 +45,7 @@ impl<S: Store> Watch<S> {
             after,
             commits,
             from_log: true,
+            log_reads: 0,
         }
     }
 
@@ -52,10 +54,18 @@ impl<S: Store> Watch<S> {
         self.after
     }
 
+    /// How many times this watch has read the change log rather than announced commits: once
+    /// to catch up, and again each time it fell behind or met a commit too large to
+    /// announce. For logs and tests that check the path taken.
+    pub fn log_reads(&self) -> u64 {
+        self.log_reads
+    }
+
     /// The next changes, oldest first; waits until there is at least one.
     pub async fn next(&mut self) -> Result<Vec<Event>, WatchError> {
         loop {
             if self.from_log {
+                self.log_reads += 1;
                 let events = self.store.changes(&self.prefix, self.after, BATCH)?;
                 if let Some(last) = events.last() {
                     self.after = last.revision;
