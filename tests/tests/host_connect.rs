@@ -74,6 +74,19 @@ impl Setup {
         ))?)
     }
 
+    /// Steers the service address to backends A and B for everyone, and checks the first
+    /// two connects go to A, then B.
+    fn steer_to_both(&self) -> Result<()> {
+        self.table()?.set(
+            service(),
+            0,
+            Callers::Everyone,
+            &[self.backend_a, self.backend_b],
+        )?;
+        anyhow::ensure!(self.connect_inside(service(), 2)? == strings(&["A", "B"]));
+        Ok(())
+    }
+
     /// Connects `count` times from a process in the namespace and in the test cgroup.
     fn connect_inside(&self, addr: SocketAddrV4, count: usize) -> Result<Vec<String>> {
         let mut placed = Ok(());
@@ -178,13 +191,7 @@ fn round_robin_is_even_over_many_connects_and_follows_backend_changes() -> Resul
 fn steering_survives_an_agent_kill_and_the_restarted_agent_adopts_it() -> Result<()> {
     let setup = Setup::new(13)?;
     let agent = Agent::start(&setup.paths())?;
-    setup.table()?.set(
-        service(),
-        0,
-        Callers::Everyone,
-        &[setup.backend_a, setup.backend_b],
-    )?;
-    assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
+    setup.steer_to_both()?;
 
     agent.kill()?;
     // No agent at all: the pinned link and maps keep steering.
@@ -470,13 +477,7 @@ fn an_agent_upgraded_over_the_first_layouts_pins_converts_them_and_steers_at_onc
 fn an_agent_upgraded_over_unversioned_pins_carries_them_with_no_failed_connect() -> Result<()> {
     let setup = Setup::new(16)?;
     let agent = Agent::start(&setup.paths())?;
-    setup.table()?.set(
-        service(),
-        0,
-        Callers::Everyone,
-        &[setup.backend_a, setup.backend_b],
-    )?;
-    assert_eq!(setup.connect_inside(service(), 2)?, strings(&["A", "B"]));
+    setup.steer_to_both()?;
     agent.kill()?;
     // What the release before this layout left: its maps under `<bpffs>/maps`.
     let current = ferry_agent::dataplane::map_dir(setup.pins.path());
