@@ -6,6 +6,7 @@
 
 use std::{future::Future, path::Path};
 
+use tokio::task::JoinSet;
 use tracing::{error, info};
 
 use crate::{
@@ -25,13 +26,37 @@ pub const READY_PREFIX: &str = "ferry-agent ready";
 /// How long a stopping agent lets open ingress connections finish.
 const INGRESS_FINISH: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Starts the data plane (and the mesh, given a membership) and runs until `shutdown`.
+/// What the daemon runs besides the data plane, once this server has joined a cluster.
+/// Workloads come with the DNS server and the ingress that serve them, so neither can be
+/// asked for without the other, nor any of them without a membership.
+pub struct Joined {
+    /// The membership and its credentials.
+    pub loaded: Loaded,
+    /// The WireGuard mesh.
+    pub mesh: MeshOptions,
+    /// The heartbeat to central.
+    pub heartbeat: HeartbeatOptions,
+    /// This server's containers, with DNS and the ingress; None without a Docker Engine.
+    pub workloads: Option<Workloads>,
+}
+
+/// A joined server's workloads and what serves them.
+pub struct Workloads {
+    /// How containers run.
+    pub options: WorkloadOptions,
+    /// The DNS server containers ask.
+    pub dns: DnsOptions,
+    /// The published host ports.
+    pub ingress: IngressOptions,
+    /// Where the ingress's Prometheus metrics are served.
+    pub metrics_listen: std::net::SocketAddr,
+}
+
+/// Starts the data plane (and, given a membership, everything [`Joined`] names) and runs
+/// until `shutdown`.
 pub async fn run(
     config: DataplaneConfig,
-    mesh: Option<(Loaded, MeshOptions, HeartbeatOptions)>,
-    workloads: Option<(Loaded, WorkloadOptions)>,
-    dns: Option<DnsOptions>,
-    ingress: Option<(IngressOptions, std::net::SocketAddr)>,
+    joined: Option<Joined>,
     state_dir: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), LoadError> {
@@ -44,98 +69,90 @@ pub async fn run(
         "{READY_PREFIX}: connect4 {how} at {}",
         dataplane.link_pin().display()
     );
-    let snapshot = state_dir.join("records.json");
-    let records = Records::from_snapshot(&snapshot);
-    let callers = Callers::new(Some(crate::dataplane::map_dir(&config.bpffs)));
-    let discovery_task = mesh.as_ref().map(|(loaded, _, _)| {
-        tokio::spawn(discovery::run(
-            loaded.clone(),
-            crate::dataplane::map_dir(&config.bpffs),
-            records.clone(),
-            snapshot,
-        ))
-    });
-    // Followed whenever this server has joined; HTTPS ports serve what arrives.
-    let certificates = crate::ingress::Certificates::default();
-    let certificates_task = mesh.as_ref().map(|(loaded, _, _)| {
-        tokio::spawn(crate::ingress::follow_certificates(
-            loaded.clone(),
-            certificates.clone(),
-        ))
-    });
-    let dns_task = dns.map(|options| {
-        let (records, callers) = (records.clone(), callers.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::dns::run(options, records, callers).await {
-                error!("DNS server stopped: {e}");
-            }
-        })
-    });
-    let (ingress, metrics_task) = match ingress {
-        Some((options, metrics_listen)) => {
-            match Ingress::start(options, records.clone(), certificates.clone()) {
-                Ok(ingress) => {
-                    let metrics = ingress.metrics();
-                    let task = tokio::spawn(async move {
-                        if let Err(e) = crate::ingress::serve_metrics(metrics_listen, metrics).await
-                        {
-                            error!(listen = %metrics_listen, "metrics endpoint stopped: {e}");
-                        }
-                    });
-                    (Some(ingress), Some(task))
-                }
-                Err(e) => {
-                    error!("the ingress did not start: {e}");
-                    (None, None)
-                }
-            }
-        }
-        None => (None, None),
-    };
-    let heartbeat_task = mesh.as_ref().map(|(loaded, _, options)| {
-        tokio::spawn(crate::membership::heartbeat::run(
-            loaded.clone(),
-            options.clone(),
-        ))
-    });
-    let mesh_task = mesh.map(|(loaded, options, _)| {
-        info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
-        tokio::spawn(async move {
-            if let Err(e) = sync::run(loaded, options).await {
-                error!("the mesh could not start: {e}");
-            }
-        })
-    });
-    let action_task = workloads.as_ref().map(|(loaded, options)| {
-        tokio::spawn(workloads::actions::run(
-            loaded.clone(),
-            options.docker_socket.clone(),
-        ))
-    });
-    let workload_task = workloads.map(|(loaded, options)| {
-        info!(docker = %options.docker_socket.display(), "running this server's workloads");
-        tokio::spawn(workloads::run(loaded, options, callers))
-    });
-    shutdown.await;
-    for task in [
-        heartbeat_task,
-        mesh_task,
-        workload_task,
-        action_task,
-        discovery_task,
-        dns_task,
-        metrics_task,
-        certificates_task,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        task.abort();
+    // Every task ends with the daemon: dropping the set aborts them.
+    let mut tasks = JoinSet::new();
+    let mut ingress = None;
+    if let Some(joined) = joined {
+        ingress = start_joined(&config, joined, state_dir, &mut tasks);
     }
+    shutdown.await;
+    tasks.abort_all();
     if let Some(ingress) = ingress {
         // Records stay as they were: requests in flight finish where they were going.
         ingress.finish(INGRESS_FINISH).await;
     }
     info!("shutting down; pinned programs and the mesh keep working");
     Ok(())
+}
+
+/// Spawns what a joined server runs into `tasks`; returns the ingress, if it started.
+fn start_joined(
+    config: &DataplaneConfig,
+    joined: Joined,
+    state_dir: &Path,
+    tasks: &mut JoinSet<()>,
+) -> Option<Ingress> {
+    let Joined {
+        loaded,
+        mesh,
+        heartbeat,
+        workloads,
+    } = joined;
+    let map_dir = crate::dataplane::map_dir(&config.bpffs);
+    let snapshot = state_dir.join("records.json");
+    let records = Records::from_snapshot(&snapshot);
+    let callers = Callers::new(Some(map_dir.clone()));
+    tasks.spawn(discovery::run(
+        loaded.clone(),
+        map_dir,
+        records.clone(),
+        snapshot,
+    ));
+    // Followed whenever this server has joined; HTTPS ports serve what arrives.
+    let certificates = crate::ingress::Certificates::default();
+    tasks.spawn(crate::ingress::follow_certificates(
+        loaded.clone(),
+        certificates.clone(),
+    ));
+    tasks.spawn(crate::membership::heartbeat::run(loaded.clone(), heartbeat));
+    info!(server = %loaded.membership.name, central = %loaded.membership.central, "joining the mesh");
+    {
+        let loaded = loaded.clone();
+        tasks.spawn(async move {
+            if let Err(e) = sync::run(loaded, mesh).await {
+                error!("the mesh could not start: {e}");
+            }
+        });
+    }
+    let served = workloads?;
+    {
+        let (records, callers) = (records.clone(), callers.clone());
+        tasks.spawn(async move {
+            if let Err(e) = crate::dns::run(served.dns, records, callers).await {
+                error!("DNS server stopped: {e}");
+            }
+        });
+    }
+    let ingress = match Ingress::start(served.ingress, records, certificates) {
+        Ok(ingress) => {
+            let (metrics, listen) = (ingress.metrics(), served.metrics_listen);
+            tasks.spawn(async move {
+                if let Err(e) = crate::ingress::serve_metrics(listen, metrics).await {
+                    error!(%listen, "metrics endpoint stopped: {e}");
+                }
+            });
+            Some(ingress)
+        }
+        Err(e) => {
+            error!("the ingress did not start: {e}");
+            None
+        }
+    };
+    tasks.spawn(workloads::actions::run(
+        loaded.clone(),
+        served.options.docker_socket.clone(),
+    ));
+    info!(docker = %served.options.docker_socket.display(), "running this server's workloads");
+    tasks.spawn(workloads::run(loaded, served.options, callers));
+    ingress
 }

@@ -435,77 +435,69 @@ fn run(args: RunArgs) -> Result<()> {
         Err(StateError::NotJoined { .. }) => None,
         Err(e) => return Err(e).context("reading the agent's state directory"),
     };
-    let workloads = match (&joined, args.docker_socket.clone()) {
-        (Some(loaded), Some(docker_socket)) => Some((
-            loaded.clone(),
-            WorkloadOptions {
-                docker_socket,
-                base_image: args.base_image,
-                npm_registry: args.npm_registry,
-                build_network: Some(args.build_network),
-                network: args.docker_network,
-                container_net: ferry_api::keys::CONTAINER_NET,
-                cgroup_root: config.cgroup_root.clone(),
-                cgroup2: dataplane::cgroup2_mount()
-                    .context("finding the cgroup2 mount in /proc/self/mounts")?
-                    .context("no cgroup2 filesystem is mounted")?,
-            },
-        )),
-        _ => None,
-    };
-    let dns = match (&joined, &workloads) {
-        (Some(loaded), Some((_, options))) => {
-            let [a, b, _, _] = options.container_net.octets();
-            let listen = SocketAddrV4::new(
-                std::net::Ipv4Addr::new(a, b, loaded.membership.subnet_index, 1),
-                args.dns_port,
-            );
-            Some(dns::DnsOptions {
-                listen,
-                upstreams: upstreams(&args.dns_upstreams, listen)?,
-                map_dir: dataplane::map_dir(&config.bpffs),
-                server: loaded.membership.name.clone(),
-                keeper: Some(
-                    args.state
-                        .state_dir
-                        .join("sockets")
-                        .join(format!("dns-{listen}")),
-                ),
+    let chosen = std::sync::Arc::new(std::sync::OnceLock::new());
+    let joined = match joined {
+        None => None,
+        Some(loaded) => {
+            let workloads = match args.docker_socket.clone() {
+                None => None,
+                Some(docker_socket) => {
+                    let options = WorkloadOptions {
+                        docker_socket,
+                        base_image: args.base_image,
+                        npm_registry: args.npm_registry,
+                        build_network: Some(args.build_network),
+                        network: args.docker_network,
+                        container_net: ferry_api::keys::CONTAINER_NET,
+                        cgroup_root: config.cgroup_root.clone(),
+                        cgroup2: dataplane::cgroup2_mount()
+                            .context("finding the cgroup2 mount in /proc/self/mounts")?
+                            .context("no cgroup2 filesystem is mounted")?,
+                    };
+                    let [a, b, _, _] = options.container_net.octets();
+                    let listen = SocketAddrV4::new(
+                        std::net::Ipv4Addr::new(a, b, loaded.membership.subnet_index, 1),
+                        args.dns_port,
+                    );
+                    let sockets = args.state.state_dir.join("sockets");
+                    Some(daemon::Workloads {
+                        options,
+                        dns: dns::DnsOptions {
+                            listen,
+                            upstreams: upstreams(&args.dns_upstreams, listen)?,
+                            map_dir: dataplane::map_dir(&config.bpffs),
+                            server: loaded.membership.name.clone(),
+                            keeper: Some(sockets.join(format!("dns-{listen}"))),
+                        },
+                        ingress: ferry_agent::ingress::IngressOptions {
+                            address: args.ingress_address,
+                            sockets: Some(sockets),
+                        },
+                        metrics_listen: args.metrics_listen,
+                    })
+                }
+            };
+            Some(daemon::Joined {
+                heartbeat: ferry_agent::membership::heartbeat::HeartbeatOptions {
+                    interval: Duration::from_secs(args.heartbeat_interval_secs.max(1)),
+                    wg_interface: args.wg_interface.clone(),
+                    backend: chosen.clone(),
+                    docker_socket: args.docker_socket.clone(),
+                },
+                mesh: MeshOptions {
+                    chosen: chosen.clone(),
+                    interface: args.wg_interface,
+                    container_net: ferry_api::keys::CONTAINER_NET,
+                    backend: args.wg_backend.map(|b| match b {
+                        WgBackend::Kernel => Backend::Kernel,
+                        WgBackend::Userspace => Backend::Userspace,
+                    }),
+                },
+                workloads,
+                loaded,
             })
         }
-        _ => None,
     };
-    let ingress = workloads.as_ref().map(|_| {
-        (
-            ferry_agent::ingress::IngressOptions {
-                address: args.ingress_address,
-                sockets: Some(args.state.state_dir.join("sockets")),
-            },
-            args.metrics_listen,
-        )
-    });
-    let chosen = std::sync::Arc::new(std::sync::OnceLock::new());
-    let heartbeat = ferry_agent::membership::heartbeat::HeartbeatOptions {
-        interval: Duration::from_secs(args.heartbeat_interval_secs.max(1)),
-        wg_interface: args.wg_interface.clone(),
-        backend: chosen.clone(),
-        docker_socket: args.docker_socket.clone(),
-    };
-    let mesh = joined.map(|loaded| {
-        (
-            loaded,
-            MeshOptions {
-                chosen: chosen.clone(),
-                interface: args.wg_interface,
-                container_net: ferry_api::keys::CONTAINER_NET,
-                backend: args.wg_backend.map(|b| match b {
-                    WgBackend::Kernel => Backend::Kernel,
-                    WgBackend::Userspace => Backend::Userspace,
-                }),
-            },
-            heartbeat.clone(),
-        )
-    });
     let state_dir = args.state.state_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -519,7 +511,7 @@ fn run(args: RunArgs) -> Result<()> {
                 _ = term.recv() => {}
             }
         };
-        daemon::run(config, mesh, workloads, dns, ingress, &state_dir, shutdown)
+        daemon::run(config, joined, &state_dir, shutdown)
             .await
             .context("starting the data plane")
     })
