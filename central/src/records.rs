@@ -2,6 +2,9 @@
 //! derived from every server's container report and the stack's generations, rewritten
 //! whenever either changes, and only where something changed, so agents' watches carry
 //! real news. A stack's datasources get records too, from the addresses it set for them.
+//!
+//! A refresh gathers what it reads, computes the writes from it (a pure function, unit-tested
+//! without a store) and commits them in one transaction guarded by its address claims.
 
 use ferry_api::keys;
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -14,7 +17,7 @@ use ferry_api::{
 
 use crate::{
     state::{StackError, Stacks, datasources_of, encode},
-    store::{Compare, Op, Store, StoreError, TxnOutcome},
+    store::{Compare, KeyValue, Op, Store, StoreError, TxnOutcome},
 };
 
 /// `records/<stack>/<service>`.
@@ -53,31 +56,91 @@ pub fn refresh<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(
 }
 
 fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(), StackError> {
-    let reports = reports(store)?;
-    let mut found = endpoints(stack, &reports);
+    let gathered = gather(store, stacks, stack)?;
+    let (compares, ops) = compute(stack, &gathered)?;
+    if ops.is_empty() {
+        return Ok(());
+    }
+    match store.txn(&compares, &ops)? {
+        TxnOutcome::Committed(_) => Ok(()),
+        // Another stack's refresh took the same free address first: pick again.
+        TxnOutcome::Failed(_) => Err(StackError::Store(StoreError::Contended {
+            what: "a service address",
+        })),
+    }
+}
+
+/// Everything a refresh of one stack's records reads, read in one place so that
+/// [`compute`] is a pure function of it.
+#[derive(Debug, Default)]
+struct Gathered {
+    /// Every server's last container report, by server.
+    reports: BTreeMap<String, Vec<ContainerReport>>,
+    /// The serving generation, if any.
+    serving: Option<u64>,
+    /// The services of the serving generation (each has a record, running or not).
+    serving_services: Vec<String>,
+    /// Each service's spec: as the serving generation has it, else as the newest has it.
+    specs: BTreeMap<String, Service>,
+    /// The stack's datasources and their addresses.
+    datasources: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// `records/<stack>/` as stored.
+    existing: Vec<KeyValue>,
+    /// Every taken service address.
+    taken: Vec<KeyValue>,
+}
+
+fn gather<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<Gathered, StackError> {
     let record = match stacks.stack(stack) {
         Ok(record) => Some(record),
         Err(StackError::UnknownStack { .. }) => None,
         Err(e) => return Err(e),
     };
     let serving = record.as_ref().and_then(|r| r.serving);
-    // Each service's spec as the serving generation has it, else as the newest has it
-    // (two reads, however many generations the stack has had).
+    // Two reads, however many generations the stack has had.
     let mut specs: BTreeMap<String, Service> = BTreeMap::new();
     if let Some(latest) = record.as_ref().map(|r| r.latest).filter(|n| *n > 0) {
         specs.extend(stacks.generation(stack, latest)?.services);
     }
+    let mut serving_services = Vec::new();
     if let Some(serving) = serving {
         let services = stacks.generation(stack, serving)?.services;
-        // A serving service with nothing running still has a record (and answers empty).
-        for name in services.keys() {
-            found.entry(name.clone()).or_default();
-        }
+        serving_services = services.keys().cloned().collect();
         specs.extend(services);
     }
+    Ok(Gathered {
+        reports: reports(store)?,
+        serving,
+        serving_services,
+        specs,
+        datasources: datasources_of(store, stack)?,
+        existing: store.list(&keys::records_of(stack))?.0,
+        taken: store.list(keys::SERVICE_ADDRESSES)?.0,
+    })
+}
+
+/// The compares and writes that bring `records/<stack>/` in line with `gathered`: a
+/// record per service with running containers, per serving service and per datasource; a
+/// new one claims a free service address (the compare guards the claim against another
+/// refresh), a gone one frees its address; unchanged records are not written. Empty when
+/// nothing changes.
+fn compute(stack: &str, gathered: &Gathered) -> Result<(Vec<Compare>, Vec<Op>), StackError> {
+    let Gathered {
+        reports,
+        serving,
+        serving_services,
+        specs,
+        datasources,
+        existing,
+        taken,
+    } = gathered;
+    let mut found = endpoints(stack, reports);
+    // A serving service with nothing running still has a record (and answers empty).
+    for name in serving_services {
+        found.entry(name.clone()).or_default();
+    }
     // Datasources the stack points at are names too: not versioned, on their own port.
-    let datasources = datasources_of(store, stack)?;
-    for (name, addresses) in &datasources {
+    for (name, addresses) in datasources {
         found.entry(name.clone()).or_insert_with(|| {
             let endpoints = addresses
                 .iter()
@@ -90,9 +153,7 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
             BTreeMap::from([(0, endpoints)])
         });
     }
-    let (existing, _) = store.list(&keys::records_of(stack))?;
-    let (taken, _) = store.list(keys::SERVICE_ADDRESSES)?;
-    let mut fresh = free_addresses(&taken);
+    let mut fresh = free_addresses(taken);
     let mut ops = Vec::new();
     let mut compares = Vec::new();
     let wanted: BTreeMap<String, ServiceRecord> = found
@@ -121,7 +182,7 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
                 stack: stack.into(),
                 service: service.clone(),
                 address,
-                serving,
+                serving: *serving,
                 dns_behaviour: spec.dns_behaviour,
                 load_balancing: spec.load_balancing,
                 ports: spec.ports.iter().map(|p| p.container).collect(),
@@ -137,7 +198,7 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
             (key, record)
         })
         .collect();
-    for kv in &existing {
+    for kv in existing {
         if !wanted.contains_key(&kv.key) {
             ops.push(Op::Delete(kv.key.clone()));
             let gone = serde_json::from_slice::<ServiceRecord>(&kv.value).ok();
@@ -155,16 +216,7 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
             ops.push(Op::Put(key.clone(), value));
         }
     }
-    if ops.is_empty() {
-        return Ok(());
-    }
-    match store.txn(&compares, &ops)? {
-        TxnOutcome::Committed(_) => Ok(()),
-        // Another stack's refresh took the same free address first: pick again.
-        TxnOutcome::Failed(_) => Err(StackError::Store(StoreError::Contended {
-            what: "a service address",
-        })),
-    }
+    Ok((compares, ops))
 }
 
 /// How a datasource's record reads: every caller gets the same addresses, and its SRV
@@ -196,9 +248,133 @@ fn address_key(address: Ipv4Addr) -> String {
 }
 
 /// Service addresses come from 10.96.0.0/16, away from the container network.
-fn free_addresses(taken: &[crate::store::KeyValue]) -> impl Iterator<Item = Ipv4Addr> + '_ {
+fn free_addresses(taken: &[KeyValue]) -> impl Iterator<Item = Ipv4Addr> + '_ {
     (1u32..0xffff)
         .map(|i| Ipv4Addr::from(0x0a60_0000 | i))
         .filter(|a| a.octets()[3] != 0 && a.octets()[3] != 255)
         .filter(move |a| !taken.iter().any(|kv| kv.key == address_key(*a)))
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_api::types::ContainerState;
+
+    use super::*;
+
+    fn web(generation: u64, address: [u8; 4]) -> ContainerReport {
+        ContainerReport {
+            id: format!("web-{generation}"),
+            stack: "shop".into(),
+            service: "web".into(),
+            generation,
+            serves: vec![generation],
+            address: Some(Ipv4Addr::from(address)),
+            state: ContainerState::Running,
+            cgroup_id: None,
+        }
+    }
+
+    fn stored(key: &str, value: Vec<u8>) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value,
+            create_revision: 1,
+            mod_revision: 1,
+        }
+    }
+
+    fn puts(ops: &[Op]) -> Vec<&str> {
+        ops.iter()
+            .filter_map(|op| match op {
+                Op::Put(key, _) => Some(key.as_str()),
+                Op::Delete(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_service_gets_a_record_and_claims_the_first_free_address() {
+        let gathered = Gathered {
+            reports: BTreeMap::from([("one".into(), vec![web(1, [10, 66, 1, 2])])]),
+            serving: Some(1),
+            serving_services: vec!["web".into(), "worker".into()],
+            taken: vec![stored(
+                "service-addresses/10.96.0.1",
+                b"records/blog/x".to_vec(),
+            )],
+            ..Gathered::default()
+        };
+        let (compares, ops) = compute("shop", &gathered).expect("computes");
+        // 10.96.0.1 is another stack's: web takes .2, worker .3, each guarded.
+        assert_eq!(
+            compares,
+            [
+                Compare::ModRevision("service-addresses/10.96.0.2".into(), 0),
+                Compare::ModRevision("service-addresses/10.96.0.3".into(), 0),
+            ]
+        );
+        assert_eq!(
+            puts(&ops),
+            [
+                "service-addresses/10.96.0.2",
+                "service-addresses/10.96.0.3",
+                "records/shop/web",
+                "records/shop/worker",
+            ]
+        );
+        let Some(Op::Put(_, value)) = ops
+            .iter()
+            .find(|op| matches!(op, Op::Put(key, _) if key == "records/shop/web"))
+        else {
+            panic!("no web record in {ops:?}");
+        };
+        let record: ServiceRecord = serde_json::from_slice(value).expect("a record");
+        assert_eq!(record.address, Some(Ipv4Addr::new(10, 96, 0, 2)));
+        assert_eq!(record.serving, Some(1));
+        assert_eq!(
+            record.generations[&1]
+                .iter()
+                .map(|e| e.address)
+                .collect::<Vec<_>>(),
+            [Ipv4Addr::new(10, 66, 1, 2)]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_record_is_not_written_and_a_gone_one_frees_its_address() {
+        let mut gathered = Gathered {
+            reports: BTreeMap::from([("one".into(), vec![web(1, [10, 66, 1, 2])])]),
+            serving: Some(1),
+            serving_services: vec!["web".into()],
+            ..Gathered::default()
+        };
+        let (_, first) = compute("shop", &gathered).expect("computes");
+        let record = first
+            .iter()
+            .find_map(|op| match op {
+                Op::Put(key, value) if key == "records/shop/web" => Some(value.clone()),
+                _ => None,
+            })
+            .expect("a web record");
+        let old: ServiceRecord = serde_json::from_slice(&record).expect("a record");
+        let mut gone = old.clone();
+        gone.service = "cache".into();
+        gone.address = Some(Ipv4Addr::new(10, 96, 0, 9));
+        gathered.existing = vec![
+            stored("records/shop/web", record),
+            stored(
+                "records/shop/cache",
+                serde_json::to_vec(&gone).expect("encodes"),
+            ),
+        ];
+        let (compares, ops) = compute("shop", &gathered).expect("computes");
+        assert!(compares.is_empty(), "web keeps its address: {compares:?}");
+        assert_eq!(
+            ops,
+            [
+                Op::Delete("records/shop/cache".into()),
+                Op::Delete("service-addresses/10.96.0.9".into()),
+            ]
+        );
+    }
 }
