@@ -75,6 +75,20 @@ impl Central {
 }
 
 /// A join request for server `name` with a key made from `n`.
+/// The next line of a watch, within 10 s.
+async fn next_line<S>(watch: &mut S) -> ferry_api::types::WatchLine
+where
+    S: futures_util::Stream<
+            Item = Result<ferry_api::types::WatchLine, ferry_api::client::ClientError>,
+        > + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("in time")
+        .expect("line")
+        .expect("ok")
+}
+
 fn join_request(name: &str, n: u8) -> JoinRequest {
     JoinRequest {
         name: name.into(),
@@ -244,11 +258,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
 
     let joiner = central.client(&central.join);
     joiner.join(&join_request("bravo", 2)).await.expect("join");
-    let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("in time")
-        .expect("line")
-        .expect("ok");
+    let line = next_line(&mut watch).await;
     assert_eq!(line.events.len(), 1);
     assert_eq!(line.events[0].key, "servers/bravo");
     let seen = line.revision;
@@ -280,11 +290,7 @@ async fn a_watch_resumes_across_a_central_restart_without_losing_or_repeating() 
         .expect("join");
 
     let mut watch = Box::pin(agent.watch("servers/", seen).await.expect("resume"));
-    let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("in time")
-        .expect("line")
-        .expect("ok");
+    let line = next_line(&mut watch).await;
     let keys: Vec<&str> = line.events.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
@@ -870,11 +876,7 @@ async fn a_watch_from_a_compacted_revision_is_told_to_list_again() {
             .expect("watch from the listed revision"),
     );
     joiner.join(&join_request("echo", 5)).await.expect("join");
-    let line = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("in time")
-        .expect("line")
-        .expect("ok");
+    let line = next_line(&mut watch).await;
     assert_eq!(line.events.len(), 1);
     assert_eq!(line.events[0].key, "servers/echo");
 }

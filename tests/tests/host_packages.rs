@@ -94,18 +94,16 @@ fn each_package_holds_its_files_with_their_modes() -> Result<()> {
             );
         }
     }
-    let conffiles = output(
-        Command::new("dpkg-deb")
-            .arg("--info")
-            .arg(deb("ferry-agent")?)
-            .arg("conffiles"),
-    )?;
-    let prerm = output(
-        Command::new("dpkg-deb")
-            .arg("--info")
-            .arg(deb("ferry-agent")?)
-            .arg("prerm"),
-    )?;
+    let control_file = |name: &str| -> Result<String> {
+        output(
+            Command::new("dpkg-deb")
+                .arg("--info")
+                .arg(deb("ferry-agent")?)
+                .arg(name),
+        )
+    };
+    let conffiles = control_file("conffiles")?;
+    let prerm = control_file("prerm")?;
     ensure!(
         prerm.contains("deb-systemd-invoke stop ferry-agent.service")
             && prerm.contains("/usr/bin/ferry-agent down --config /etc/ferry/agent.toml"),

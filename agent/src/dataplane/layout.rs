@@ -94,10 +94,9 @@ pub enum LayoutError {
 #[derive(Debug)]
 pub(super) struct Migration {
     current: PathBuf,
-    /// The layout whose maps are carried or converted, and its directory.
-    source: Option<(u32, PathBuf)>,
-    /// Every other layout's directory, the source's included: removed at the end.
-    older: Vec<PathBuf>,
+    /// Every other layout's directory with its layout, newest first: the first is the
+    /// source whose maps are carried or converted; all are removed at the end.
+    older: Vec<(u32, PathBuf)>,
     /// Carried pins dropped because aya found their shape changed.
     dropped: Vec<String>,
 }
@@ -116,8 +115,7 @@ impl Migration {
             .filter(|(_, dir)| *dir != current)
             .collect();
         older.sort_by_key(|(layout, _)| std::cmp::Reverse(*layout));
-        let source = older.first().cloned();
-        if let Some((_, from_dir)) = &source {
+        if let Some((_, from_dir)) = older.first() {
             for name in map_names::ALL {
                 let (from, to) = (from_dir.join(name), current.join(name));
                 if !from.exists() || to.exists() {
@@ -135,10 +133,14 @@ impl Migration {
         }
         Ok(Self {
             current,
-            source,
-            older: older.into_iter().map(|(_, dir)| dir).collect(),
+            older,
             dropped: Vec::new(),
         })
+    }
+
+    /// The layout whose maps are carried or converted, and its directory.
+    fn source(&self) -> Option<&(u32, PathBuf)> {
+        self.older.first()
     }
 
     /// Step 2: the load refused the pin of map `name` as incompatible. Returns whether it
@@ -146,8 +148,7 @@ impl Migration {
     /// was not carried (or was dropped already) is a real error for the caller to report.
     pub(super) fn drop_incompatible(&mut self, name: &str) -> Result<bool, LayoutError> {
         let carried = self
-            .source
-            .as_ref()
+            .source()
             .is_some_and(|(_, dir)| dir.join(name).exists());
         if !carried || self.dropped.iter().any(|n| n == name) {
             return Ok(false);
@@ -161,7 +162,7 @@ impl Migration {
     /// Step 3: fills every map the load created afresh from its older copy. Returns the
     /// maps that could not be converted (they start empty).
     pub(super) fn convert(&self, ebpf: &mut Ebpf) -> Result<Vec<&'static str>, LayoutError> {
-        let Some((_, from_dir)) = &self.source else {
+        let Some((_, from_dir)) = self.source() else {
             return Ok(Vec::new());
         };
         let mut converted = Vec::new();
@@ -207,13 +208,13 @@ impl Migration {
 
     /// Step 4, once every program is swapped in: removes the other layouts' pins.
     pub(super) fn finish(self) -> Result<(), LayoutError> {
-        for dir in &self.older {
+        for (_, dir) in &self.older {
             remove_pins(dir).map_err(|source| LayoutError::Remove {
                 path: dir.clone(),
                 source,
             })?;
         }
-        if let Some((layout, dir)) = &self.source {
+        if let Some((layout, dir)) = self.source() {
             info!(
                 from = %dir.display(),
                 to = %self.current.display(),

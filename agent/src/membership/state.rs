@@ -116,12 +116,8 @@ pub fn write_private(dir: &Path, name: &str, contents: &[u8]) -> Result<(), Stat
 pub struct Loaded {
     /// Who this server is.
     pub membership: Membership,
-    /// Its credential.
-    pub token: String,
     /// Its WireGuard private key.
     pub private_key: Key,
-    /// Central's CA in PEM.
-    pub central_ca: String,
     /// The one client of central every follower and report shares (clones share its
     /// connections).
     client: ferry_api::client::Client,
@@ -163,12 +159,11 @@ pub fn load(dir: &Path) -> Result<Loaded, StateError> {
     let key_path = dir.join(WIREGUARD_KEY);
     let private_key = Key::from_base64(read(WIREGUARD_KEY)?.trim())
         .map_err(|_| StateError::BadKey { path: key_path })?;
-    let token = read(TOKEN)?.trim().to_string();
-    let central_ca = read(CENTRAL_CA)?;
+    // The credential and the pinned CA live on in the client alone.
     let client = ferry_api::client::Client::new(
         &membership.central,
-        &token,
-        ferry_api::client::Trust::CaPem(central_ca.clone()),
+        read(TOKEN)?.trim(),
+        ferry_api::client::Trust::CaPem(read(CENTRAL_CA)?),
     )
     .map_err(|source| StateError::BadCa {
         path: dir.join(CENTRAL_CA),
@@ -176,9 +171,7 @@ pub fn load(dir: &Path) -> Result<Loaded, StateError> {
     })?;
     Ok(Loaded {
         membership,
-        token,
         private_key,
-        central_ca,
         client,
     })
 }

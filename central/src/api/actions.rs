@@ -64,8 +64,8 @@ pub async fn request(
         container,
         kind,
     };
-    let value = serde_json::to_vec(&action)
-        .map_err(|e| ApiError::internal("encode an action")(e.into()))?;
+    let value =
+        serde_json::to_vec(&action).map_err(|e| ApiError::internal("encode an action", e))?;
     // Watch from before the request exists, so an answer cannot slip past.
     let mut watch = Watch::new(state.store.clone(), rkey.clone(), state.store.revision()?);
     state.store.put(&akey, &value)?;
@@ -74,7 +74,7 @@ pub async fn request(
             let events = watch
                 .next()
                 .await
-                .map_err(|e| ApiError::internal("watch for the agent's answer")(e.into()))?;
+                .map_err(|e| ApiError::internal("watch for the agent's answer", e))?;
             if let Some(value) = events.into_iter().find_map(|e| e.value) {
                 return super::error::decode::<ActionResult>(&rkey, &value);
             }
@@ -116,7 +116,7 @@ pub async fn answer(
         result.output.push_str("\n[output cut at 512 KiB]");
     }
     let value = serde_json::to_vec(&result)
-        .map_err(|e| ApiError::internal("encode an action's result")(e.into()))?;
+        .map_err(|e| ApiError::internal("encode an action's result", e))?;
     let revision = state.store.put(&result_key(&server, &id), &value)?;
     Ok(Json(json!({ "revision": revision })))
 }
@@ -124,6 +124,6 @@ pub async fn answer(
 /// 16 random hex digits.
 fn new_id() -> Result<String, ApiError> {
     let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal("draw an action id")(e.into()))?;
+    getrandom::fill(&mut bytes).map_err(|e| ApiError::internal("draw an action id", e))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -39,7 +39,7 @@ pub async fn report(
         )));
     }
     let value = serde_json::to_vec(&containers)
-        .map_err(|e| ApiError::internal("encode a container report")(e.into()))?;
+        .map_err(|e| ApiError::internal("encode a container report", e))?;
     // The stacks whose records this report may change: those it and the last one name.
     let mut touched: BTreeSet<String> = containers.iter().map(|c| c.stack.clone()).collect();
     if let Some(kv) = state.store.get(&key(&server))? {

@@ -58,11 +58,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Central failed to `what`.
+    /// Central failed to `what`, because of `source`.
     pub fn internal(
         what: &'static str,
-    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
-        move |source| Self::Internal { what, source }
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Internal {
+            what,
+            source: source.into(),
+        }
     }
 }
 

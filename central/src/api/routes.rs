@@ -51,8 +51,8 @@ pub async fn join(
             "wireguard_public_key must be a base64 WireGuard public key (32 bytes)".into(),
         ));
     }
-    let agent_token = tokens::generate("agent")
-        .map_err(|e| ApiError::internal("draw an agent token")(e.into()))?;
+    let agent_token =
+        tokens::generate("agent").map_err(|e| ApiError::internal("draw an agent token", e))?;
     let token_key = tokens::key(&agent_token);
     let role = Role::Agent {
         server: request.name.clone(),
@@ -61,7 +61,7 @@ pub async fn join(
         Op::Put(
             token_key.clone(),
             serde_json::to_vec(&role)
-                .map_err(|e| ApiError::internal("encode a token's role")(e.into()))?,
+                .map_err(|e| ApiError::internal("encode a token's role", e))?,
         ),
         Op::Put(agent_token_key(&request.name), token_key.into_bytes()),
     ];
@@ -257,7 +257,7 @@ pub async fn deploy(
     let path = stored.path.clone();
     let text = tokio::task::spawn_blocking(move || sources::service_file(&path))
         .await
-        .map_err(|e| ApiError::internal("read the uploaded archive")(e.into()))??;
+        .map_err(|e| ApiError::internal("read the uploaded archive", e))??;
     let parsed = servicefile::parse("service.yml", &text)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let generation = record_generation(&state, &stack, parsed.stack.services, &stored.digest)?;
