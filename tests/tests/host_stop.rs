@@ -123,10 +123,24 @@ async fn a_restart_keeps_the_listeners_a_stop_closes_them_and_a_crash_only_for_a
     // A crash nobody restarts: the listener accepts at first, and is closed once the
     // orphan limit has passed.
     one.start_agent()?;
+    // Accepting, and held by a keeper: the keeper takes the socket a moment after the
+    // agent binds it, and a crash in between would lose it with the agent.
+    let dns_keeper = one
+        .paths
+        .state_dir
+        .join("sockets")
+        .join(format!("dns-{LISTENER}"));
+    let dns_keeper = dns_keeper.to_string_lossy().into_owned();
     eventually(
         Duration::from_secs(20),
-        "the DNS listener again",
-        || async { Ok(accepts(&one.server).unwrap_or(false)) },
+        "the DNS listener again, held by a keeper",
+        || async {
+            let kept = !ferry_agent::down::processes(|args| {
+                args.iter().any(|a| a == "keep-sockets") && args.contains(&dns_keeper)
+            })
+            .is_empty();
+            Ok(kept && accepts(&one.server).unwrap_or(false))
+        },
     )
     .await?;
     one.kill_agent()?;
