@@ -7,6 +7,7 @@
 
 pub mod cgroup;
 mod engine;
+pub mod events;
 mod image;
 pub mod last_lines;
 pub mod listening;

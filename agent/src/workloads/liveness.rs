@@ -9,16 +9,16 @@ use std::{
     time::Duration,
 };
 
-use bollard::query_parameters::EventsOptionsBuilder;
 use ferry_api::types::Desired;
 use futures_util::StreamExt as _;
 use tracing::{info, warn};
 
 use super::{
     health,
-    reconcile::{Reach, Shared, lock, report_containers},
+    intent::{Shared, lock},
+    report::Reporter,
 };
-use crate::containers::{self, LABEL_STACK};
+use crate::containers;
 
 /// How often each settled container is probed.
 const PERIOD: Duration = Duration::from_millis(500);
@@ -30,18 +30,8 @@ const FAILURES: u32 = 2;
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// Watches this server's settled containers until the task is dropped.
-pub async fn watch(reach: Reach, intent: Shared) {
-    let filters = HashMap::from([
-        ("type", vec!["container"]),
-        ("label", vec![LABEL_STACK]),
-        ("event", vec!["die", "start", "stop"]),
-    ]);
-    let mut events = Box::pin(
-        reach
-            .engine
-            .docker()
-            .events(Some(EventsOptionsBuilder::new().filters(&filters).build())),
-    );
+pub(super) async fn watch(report: Reporter, intent: Shared) {
+    let mut events = Box::pin(containers::events::lifecycle(&report.engine));
     let mut events_open = true;
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,9 +49,8 @@ pub async fn watch(reach: Reach, intent: Shared) {
         tokio::select! {
             event = events.next(), if events_open => match event {
                 Some(Ok(event)) => {
-                    let id = event.actor.and_then(|a| a.id).unwrap_or_default();
-                    info!(container = %id, action = ?event.action, "container event; reporting");
-                    report_containers(&reach, &intent).await;
+                    info!(container = %event.id, action = %event.action, "container event; reporting");
+                    report.report(&intent).await;
                     settle_at = Some(tokio::time::Instant::now() + SETTLE);
                 }
                 Some(Err(e)) => {
@@ -72,11 +61,11 @@ pub async fn watch(reach: Reach, intent: Shared) {
             },
             () = settle => {
                 settle_at = None;
-                report_containers(&reach, &intent).await;
+                report.report(&intent).await;
             }
             _ = tick.tick() => {
-                if probe_all(&reach, &intent, &mut failures).await {
-                    report_containers(&reach, &intent).await;
+                if probe_all(&report, &intent, &mut failures).await {
+                    report.report(&intent).await;
                 }
             }
         }
@@ -85,8 +74,12 @@ pub async fn watch(reach: Reach, intent: Shared) {
 
 /// Probes every running container of a settled, wanted generation; true when the set of
 /// unhealthy containers changed.
-async fn probe_all(reach: &Reach, intent: &Shared, failures: &mut HashMap<String, u32>) -> bool {
-    let Ok(running) = containers::list(&reach.engine).await else {
+async fn probe_all(
+    report: &Reporter,
+    intent: &Shared,
+    failures: &mut HashMap<String, u32>,
+) -> bool {
+    let Ok(running) = containers::list(&report.engine).await else {
         return false;
     };
     let checks: Vec<_> = {
