@@ -28,6 +28,8 @@ pub struct DockerEngine {
     child: Child,
     engine: Engine,
     log: PathBuf,
+    /// Its run directory (socket, exec root, pidfile).
+    run: PathBuf,
 }
 
 /// What a container printed and how it exited.
@@ -78,6 +80,8 @@ impl DockerEngine {
         let log = run.join("dockerd.log");
         let log_file =
             fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        // A run killed before its drop left its namespace held.
+        release_netns(&run);
         let mut cmd = dockerd(&run, &data);
         cmd.arg(format!("--cgroup-parent={cgroup_parent}"))
             .stdin(Stdio::null())
@@ -109,7 +113,12 @@ impl DockerEngine {
                 }
             }
         };
-        Ok(Self { child, engine, log })
+        Ok(Self {
+            child,
+            engine,
+            log,
+            run,
+        })
     }
 
     /// The engine's socket.
@@ -183,6 +192,7 @@ impl Drop for DockerEngine {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                release_netns(&self.run);
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -193,6 +203,17 @@ impl Drop for DockerEngine {
         );
         let _ = self.child.kill();
         let _ = self.child.wait();
+        release_netns(&self.run);
+    }
+}
+
+/// Unmounts the hold dockerd keeps on its namespace (`<exec-root>/netns/default`) and
+/// does not release when it exits: left mounted, a server namespace and its veth outlive
+/// the test for good.
+fn release_netns(run: &Path) {
+    let held = run.join("exec/netns/default");
+    if held.exists() {
+        let _ = nix::mount::umount2(&held, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
