@@ -12,7 +12,7 @@ use tracing::{error, info};
 use crate::{
     dataplane::{Attachment, Dataplane, DataplaneConfig, LoadError},
     discovery::{self, Callers, Records},
-    dns::DnsOptions,
+    dns::{DnsOptions, DnsServer},
     ingress::{Ingress, IngressOptions},
     membership::{heartbeat::HeartbeatOptions, state::Loaded},
     mesh::sync::{self, MeshOptions},
@@ -71,27 +71,37 @@ pub async fn run(
     );
     // Every task ends with the daemon: dropping the set aborts them.
     let mut tasks = JoinSet::new();
-    let mut ingress = None;
-    if let Some(joined) = joined {
-        ingress = start_joined(&config, joined, state_dir, &mut tasks);
-    }
+    let served = joined.map(|joined| start_joined(&config, joined, state_dir, &mut tasks));
     shutdown.await;
     tasks.abort_all();
-    if let Some(ingress) = ingress {
-        // Records stay as they were: requests in flight finish where they were going.
-        ingress.finish(INGRESS_FINISH).await;
+    if let Some(Served { dns, ingress }) = served {
+        if let Some(ingress) = ingress {
+            // Records stay as they were: requests in flight finish where they were going.
+            ingress.finish(INGRESS_FINISH).await;
+        }
+        // Only now: containers' queries are answered while the ingress finishes.
+        drop(dns);
     }
     info!("shutting down; pinned programs and the mesh keep working");
     Ok(())
 }
 
-/// Spawns what a joined server runs into `tasks`; returns the ingress, if it started.
+/// The servers a joined server's workloads are served by; each stops when dropped.
+#[derive(Default)]
+struct Served {
+    dns: Option<DnsServer>,
+    /// None when it did not start (logged).
+    ingress: Option<Ingress>,
+}
+
+/// Spawns what a joined server runs into `tasks`; returns the servers that serve its
+/// workloads.
 fn start_joined(
     config: &DataplaneConfig,
     joined: Joined,
     state_dir: &Path,
     tasks: &mut JoinSet<()>,
-) -> Option<Ingress> {
+) -> Served {
     let Joined {
         loaded,
         mesh,
@@ -124,15 +134,10 @@ fn start_joined(
             }
         });
     }
-    let served = workloads?;
-    {
-        let (records, callers) = (records.clone(), callers.clone());
-        tasks.spawn(async move {
-            if let Err(e) = crate::dns::run(served.dns, records, callers).await {
-                error!("DNS server stopped: {e}");
-            }
-        });
-    }
+    let Some(served) = workloads else {
+        return Served::default();
+    };
+    let dns = DnsServer::start(served.dns, records.clone(), callers.clone());
     let ingress = match Ingress::start(served.ingress, records, certificates) {
         Ok(ingress) => {
             let (metrics, listen) = (ingress.metrics(), served.metrics_listen);
@@ -154,5 +159,8 @@ fn start_joined(
     ));
     info!(docker = %served.options.docker_socket.display(), "running this server's workloads");
     tasks.spawn(workloads::run(loaded, served.options, callers));
-    ingress
+    Served {
+        dns: Some(dns),
+        ingress,
+    }
 }

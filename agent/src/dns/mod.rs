@@ -20,12 +20,15 @@ use std::{
     net::{IpAddr, SocketAddr, SocketAddrV4},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tokio::{net::TcpListener, sync::watch};
+use tracing::{error, info, warn};
 
 pub use answers::{Answerer, Outcome, TTL, Who, ZONE};
 pub use forward::Forwarder;
@@ -74,9 +77,110 @@ pub enum DnsError {
     },
 }
 
-/// Runs the DNS server until the task is dropped. The listener's address appears when the
-/// container network is created, so binding is retried until it can.
-pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Result<(), DnsError> {
+/// What a [`DnsServer`] is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Binding its listener (retried until the container network has its gateway) and
+    /// learning the records and callers.
+    Starting,
+    /// Answering on its address; the kernel sends containers' queries there.
+    Answering,
+    /// Failed (logged) or stopped.
+    Stopped,
+}
+
+/// The running DNS server. Dropping it stops it: its sockets close (or stay with their
+/// keeper, for the next agent), and the kernel's interception stays pointed at the
+/// address, where the next server to bind it answers.
+pub struct DnsServer {
+    listen: SocketAddrV4,
+    state: watch::Receiver<State>,
+    task: tokio::task::JoinHandle<()>,
+    /// Tells the UDP thread, which blocks in the kernel outside the runtime, to end.
+    udp_stop: Arc<AtomicBool>,
+}
+
+/// The DNS server stopped before it answered (the reason is logged).
+#[derive(Debug, thiserror::Error)]
+#[error("the DNS server on {listen} stopped before it answered; its log says why")]
+pub struct Stopped {
+    /// Where it was to listen.
+    pub listen: SocketAddrV4,
+}
+
+impl DnsServer {
+    /// Starts the DNS server on `options.listen` in the current runtime. The listener's
+    /// address appears when the container network is created, so binding is retried
+    /// until it can; queries wait (at most 5 s) until the records and callers are known.
+    pub fn start(options: DnsOptions, records: Records, callers: Callers) -> Self {
+        let listen = options.listen;
+        let (state_tx, state) = watch::channel(State::Starting);
+        let udp_stop = Arc::new(AtomicBool::new(false));
+        let stop = udp_stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = serve(options, records, callers, &state_tx, stop).await {
+                error!(%listen, "DNS server stopped: {e}");
+            }
+            let _ = state_tx.send(State::Stopped);
+        });
+        Self {
+            listen,
+            state,
+            task,
+            udp_stop,
+        }
+    }
+
+    /// The address it listens on (port 53 of the container network's gateway).
+    pub fn address(&self) -> SocketAddrV4 {
+        self.listen
+    }
+
+    /// What it is doing now.
+    pub fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Waits until it answers on its address, and returns the address; Err if it stopped
+    /// first.
+    pub async fn answering(&mut self) -> Result<SocketAddrV4, Stopped> {
+        let stopped = Stopped {
+            listen: self.listen,
+        };
+        match self
+            .state
+            .wait_for(|s| *s != State::Starting)
+            .await
+            .map(|s| *s)
+        {
+            Ok(State::Answering) => Ok(self.listen),
+            _ => Err(stopped),
+        }
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.udp_stop.store(true, Ordering::Relaxed);
+        if self.state() == State::Answering {
+            // One datagram wakes the UDP thread from its blocking receive, to see the
+            // stop: cheaper than a timeout or a poll on every receive of the hot path.
+            let _ = std::net::UdpSocket::bind(SocketAddrV4::new(*self.listen.ip(), 0))
+                .and_then(|s| s.send_to(&[], self.listen));
+        }
+    }
+}
+
+/// Binds, waits for the records and callers, points interception at the listener and
+/// serves until dropped or failed, telling `state` as it goes.
+async fn serve(
+    options: DnsOptions,
+    records: Records,
+    callers: Callers,
+    state: &watch::Sender<State>,
+    udp_stop: Arc<AtomicBool>,
+) -> Result<(), DnsError> {
     let maps = DnsMaps::open(&options.map_dir)?;
     let (udp, tcp) = bind(options.listen, options.keeper.as_deref()).await;
     // Queries wait in the socket until the records and this server's containers are known:
@@ -103,6 +207,7 @@ pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Res
             source,
         })?;
     info!(listen = %options.listen, upstreams = ?options.upstreams, "DNS server answering");
+    let _ = state.send(State::Answering);
     let listen = options.listen;
     let io = |source| DnsError::Io { listen, source };
     // UDP on a thread of its own, blocking in batched system calls: the hot path never
@@ -112,7 +217,8 @@ pub async fn run(options: DnsOptions, records: Records, callers: Callers) -> Res
     std::thread::Builder::new()
         .name("ferry-dns-udp".into())
         .spawn(move || {
-            let _ = failed.send(server::serve_udp(udp_service, Arc::new(udp), runtime));
+            let served = server::serve_udp(udp_service, Arc::new(udp), runtime, &udp_stop);
+            let _ = failed.send(served);
         })
         .map_err(io)?;
     let probing = service.clone();

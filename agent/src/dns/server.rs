@@ -7,7 +7,10 @@ use std::{
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -81,13 +84,15 @@ impl Service {
 const BATCH: usize = 32;
 
 /// Serves UDP queries on `socket` (blocking) on the calling thread until an error that is
-/// not a single bad packet. Datagrams are read and answered in batches (recvmmsg,
+/// not a single bad packet, or until `stop` is set (seen when a receive returns, so the
+/// one who sets it sends a datagram to wake the thread). Datagrams are read and answered in batches (recvmmsg,
 /// sendmmsg): one pair of system calls for up to [`BATCH`] queries under load, and no
 /// wait at all when only one is there. Forwarded names leave the loop for `runtime`.
 pub fn serve_udp(
     service: Arc<Service>,
     socket: Arc<std::net::UdpSocket>,
     runtime: tokio::runtime::Handle,
+    stop: &AtomicBool,
 ) -> io::Result<()> {
     socket.set_nonblocking(false)?;
     let fd = socket.as_raw_fd();
@@ -131,6 +136,9 @@ pub fn serve_udp(
                 std::ptr::null_mut(),
             )
         };
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         if n < 0 {
             let e = io::Error::last_os_error();
             match e.kind() {
@@ -197,8 +205,11 @@ pub fn serve_udp(
 /// Serves TCP connections on `listener`.
 pub async fn serve_tcp(service: Arc<Service>, listener: TcpListener) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(TCP_CONNECTIONS));
+    // The connections end with this task.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = listener.accept().await?;
+        while connections.try_join_next().is_some() {}
         let Some(who) = service.who(peer, Transport::Tcp) else {
             debug!(%peer, "DNS connection from outside this server closed");
             continue;
@@ -208,7 +219,7 @@ pub async fn serve_tcp(service: Arc<Service>, listener: TcpListener) -> io::Resu
             continue;
         };
         let service = service.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = serve_connection(&service, stream, &who).await {
                 debug!(%peer, "DNS over TCP: {e}");
             }

@@ -89,11 +89,13 @@ impl Context {
     }
 }
 
-/// The running ingress thread.
+/// The running ingress thread. Dropping it stops it as [`Ingress::finish`] does, without
+/// waiting: it stops accepting, and open connections finish their requests.
 pub struct Ingress {
+    address: Ipv4Addr,
     /// Shared with the thread, so the connections' receivers never see it dropped.
     closing: Arc<watch::Sender<bool>>,
-    finished: oneshot::Receiver<()>,
+    finished: Option<oneshot::Receiver<()>>,
     metrics: Arc<Metrics>,
 }
 
@@ -108,6 +110,7 @@ impl Ingress {
         let closing = Arc::new(closing);
         let held = closing.clone();
         let (done, finished) = oneshot::channel();
+        let address = options.address;
         let metrics = Arc::new(Metrics::default());
         let thread_metrics = metrics.clone();
         std::thread::Builder::new()
@@ -132,10 +135,16 @@ impl Ingress {
                 let _ = done.send(());
             })?;
         Ok(Self {
+            address,
             closing,
-            finished,
+            finished: Some(finished),
             metrics,
         })
+    }
+
+    /// The address its host ports are bound on.
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
     }
 
     /// The ingress's figures.
@@ -145,19 +154,28 @@ impl Ingress {
 
     /// Stops accepting (the sockets stay with their keepers for the next agent), lets open
     /// connections finish their requests, bounded by `limit`.
-    pub async fn finish(self, limit: Duration) {
+    pub async fn finish(mut self, limit: Duration) {
         let _ = self.closing.send(true);
         let open = self.metrics.open_connections();
         info!(
             open,
             "ingress: no longer accepting; finishing open connections"
         );
-        if tokio::time::timeout(limit, self.finished).await.is_err() {
+        let Some(finished) = self.finished.take() else {
+            return;
+        };
+        if tokio::time::timeout(limit, finished).await.is_err() {
             warn!(
                 open = self.metrics.open_connections(),
                 "ingress: connections still open after {limit:?}; closing them"
             );
         }
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        let _ = self.closing.send(true);
     }
 }
 

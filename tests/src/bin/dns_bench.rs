@@ -459,7 +459,10 @@ fn serve_ferry(args: &[String]) -> Result<()> {
             server: "bench".into(),
             keeper: None,
         };
-        dns::run(options, records, callers).await?;
+        let mut server = dns::DnsServer::start(options, records, callers);
+        server.answering().await?;
+        // Serves until the bench kills this process.
+        std::future::pending::<()>().await;
         Ok(())
     })
 }
