@@ -139,7 +139,8 @@ pub(super) mod tests {
         }
     }
 
-    fn wanting(assignments: impl IntoIterator<Item = Assignment>) -> Intent {
+    /// An intent that wants `assignments`, with nothing under way.
+    pub(crate) fn wanting(assignments: impl IntoIterator<Item = Assignment>) -> Intent {
         Intent {
             desired: assignments
                 .into_iter()

@@ -101,7 +101,7 @@ async fn probe_all(
     let results = futures_util::future::join_all(checks.iter().map(|(c, service)| async move {
         let outcome = tokio::time::timeout(PROBE_TIMEOUT, health::probe(service, c.address))
             .await
-            .unwrap_or_else(|_| Err("the probe timed out".into()));
+            .unwrap_or(Err(health::CheckError::TimedOut(PROBE_TIMEOUT)));
         (c, outcome)
     }))
     .await;

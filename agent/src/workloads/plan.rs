@@ -141,23 +141,13 @@ mod tests {
     use ferry_api::types::Desired;
 
     use super::{
-        super::intent::tests::{assignment, container},
+        super::intent::tests::{assignment, container, wanting},
         *,
     };
 
     fn steps<'a>(plan: &'a [ServicePlan<'a>]) -> Vec<&'a Step<'a>> {
         assert_eq!(plan.len(), 1, "one service, web");
         plan[0].steps.iter().map(|(_, step)| step).collect()
-    }
-
-    fn intent_of(assignments: impl IntoIterator<Item = Assignment>) -> Intent {
-        Intent {
-            desired: assignments
-                .into_iter()
-                .map(|a| ((a.stack.clone(), a.generation), a))
-                .collect(),
-            ..Intent::default()
-        }
     }
 
     #[test]
@@ -232,7 +222,7 @@ mod tests {
         old.state = Desired::Stop { drain_ms: 0 };
         let mut new = assignment(2, 1);
         new.carried.insert("web".into(), 1);
-        let intent = intent_of([old, new]);
+        let intent = wanting([old, new]);
         let running = vec![
             container(1, 0, true),
             container(1, 1, true),
@@ -247,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_scale_down_drains_the_containers_past_the_count() {
-        let intent = intent_of([assignment(1, 1)]);
+        let intent = wanting([assignment(1, 1)]);
         let running = vec![
             container(1, 0, true),
             container(1, 1, true),
@@ -262,7 +252,7 @@ mod tests {
 
     #[test]
     fn containers_no_assignment_accounts_for_are_orphans() {
-        let intent = intent_of([assignment(2, 1)]);
+        let intent = wanting([assignment(2, 1)]);
         let running = [
             container(1, 0, true),
             container(2, 0, true),

@@ -73,12 +73,16 @@ pub(super) enum Failure {
         source: CgroupError,
         state: String,
     },
-    /// `why` is the health check's own account (see `health`), with advice when the app
-    /// listens where no check can reach it.
-    #[error("{service}: {why}; the container is {state}; last log lines:\n{log}")]
+    #[error(
+        "{service}: {why}{}; the container is {state}; last log lines:\n{log}",
+        loopback_only.as_ref().map(ToString::to_string).unwrap_or_default()
+    )]
     Check {
         service: String,
-        why: String,
+        #[source]
+        why: health::CheckError,
+        /// Where the app listens instead, when only on loopback: the likely cause.
+        loopback_only: Option<LoopbackOnly>,
         state: String,
         log: String,
     },
@@ -106,6 +110,31 @@ pub(super) enum SettleError {
         #[source]
         source: ClientError,
     },
+}
+
+/// An app that listens on loopback only, inside its container: neither the check nor any
+/// traffic can reach it.
+#[derive(Debug)]
+pub(super) struct LoopbackOnly {
+    /// The addresses it listens on.
+    at: Vec<std::net::SocketAddr>,
+    /// The port the service publishes.
+    port: u16,
+}
+
+impl std::fmt::Display for LoopbackOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at: Vec<String> = self.at.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            ": the app listens on {} only, inside its container, where neither the health \
+             check nor any traffic can reach it; listen on all addresses (Node: \
+             server.listen({}) with no host, or host '0.0.0.0'; since Node 17 'localhost' \
+             means ::1)",
+            at.join(" and "),
+            self.port
+        )
+    }
 }
 
 /// Why a settle stopped.
@@ -324,27 +353,22 @@ async fn check_one(
     let checked = tokio::select! {
         checked = health::check(service, address) => checked,
         () = containers::until_stopped(engine, id) => {
-            Err("it stopped before passing its health check".to_string())
+            Err(health::CheckError::Exited)
         }
     };
-    let Err(mut why) = checked else {
+    let Err(why) = checked else {
         return Ok(());
     };
+    let mut loopback_only = None;
     if let Some(port) = service.ports.first().map(|p| p.container)
-        && let Some(loopback) = containers::listening::loopback_only(engine, id, port).await
+        && let Some(at) = containers::listening::loopback_only(engine, id, port).await
     {
-        let at: Vec<String> = loopback.iter().map(ToString::to_string).collect();
-        why = format!(
-            "{why}: the app listens on {} only, inside its container, where neither \
-             the health check nor any traffic can reach it; listen on all addresses \
-             (Node: server.listen({port}) with no host, or host '0.0.0.0'; since Node \
-             17 'localhost' means ::1)",
-            at.join(" and ")
-        );
+        loopback_only = Some(LoopbackOnly { at, port });
     }
     Err(Box::new(Failure::Check {
         service: name.into(),
         why,
+        loopback_only,
         state: containers::describe_state(engine, id).await,
         log: containers::log_tail(engine, id, 20).await,
     }))
