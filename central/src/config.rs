@@ -11,6 +11,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::store::etcd::{EtcdConfig, EtcdConfigError, EtcdTls};
+
 /// Name of the config file in the data directory.
 pub const FILE: &str = "central.toml";
 
@@ -28,6 +30,59 @@ pub struct Config {
     /// before they are stopped.
     #[serde(default = "default_drain_seconds")]
     pub drain_seconds: u64,
+    /// Where the state is kept: absent for SQLite in the data directory, or an etcd
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreConfig>,
+}
+
+/// `[store]` in central.toml: central's state in an etcd cluster.
+///
+/// ```toml
+/// [store]
+/// etcd = "etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"
+/// # With TLS to the members (all three optional; `ca` turns TLS on):
+/// ca = "/etc/ferry-central/etcd-ca.pem"
+/// cert = "/etc/ferry-central/etcd-client.pem"
+/// key = "/etc/ferry-central/etcd-client-key.pem"
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The members: `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub etcd: String,
+    /// PEM file of the CA that signed the members' certificates; TLS when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// PEM file of this replica's client certificate, for `--client-cert-auth` clusters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM file of its key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+}
+
+impl StoreConfig {
+    /// The etcd members and TLS this names.
+    ///
+    /// Errors: the URL's mistake, or a client certificate without its key (or the other
+    /// way round).
+    pub fn etcd(&self) -> Result<EtcdConfig, EtcdConfigError> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(EtcdConfigError::HalfIdentity),
+        };
+        let tls = match (&self.ca, identity) {
+            (Some(ca), identity) => Some(EtcdTls {
+                ca: ca.clone(),
+                identity,
+            }),
+            (None, None) => None,
+            (None, Some(_)) => return Err(EtcdConfigError::IdentityWithoutCa),
+        };
+        EtcdConfig::parse(&self.etcd, tls)
+    }
 }
 
 /// Long enough for a typical request and for clients to stop picking old addresses.

@@ -11,9 +11,10 @@ use std::{
 };
 
 use crate::{
+    config::StoreConfig,
     config::{self, Config, ConfigError},
     pki::{self, PkiError},
-    store::{Op, Store, StoreError, sqlite::SqliteStore},
+    store::{Backend, Compare, Op, Store, StoreError, TxnOutcome},
     tokens::{self, Role},
 };
 
@@ -56,12 +57,25 @@ pub enum InitError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "{store} already holds a central's state; to run another replica, copy that \
+         central's data directory (its CA, certificate and central.toml) instead of \
+         running init again"
+    )]
+    InUse { store: String },
     #[error("no randomness for tokens: {0}")]
     Entropy(getrandom::Error),
 }
 
-/// Initialises `data_dir` for a central reachable at `url` and listening on `listen`.
-pub fn init(data_dir: &Path, url: &str, listen: SocketAddr) -> Result<Initialised, InitError> {
+/// Initialises `data_dir` for a central reachable at `url` and listening on `listen`, with
+/// its state in SQLite there or, given `store`, in an etcd cluster (which must not hold a
+/// central's state already).
+pub fn init(
+    data_dir: &Path,
+    url: &str,
+    listen: SocketAddr,
+    store: Option<StoreConfig>,
+) -> Result<Initialised, InitError> {
     let host = host_of(url)?;
     if fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(InitError::Exists {
@@ -78,7 +92,7 @@ pub fn init(data_dir: &Path, url: &str, listen: SocketAddr) -> Result<Initialise
         .unwrap_or_else(|| "central".into());
     let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = populate(&staging, url, &host, listen);
+    let result = populate(&staging, url, &host, listen, store);
     match result {
         Ok((admin_token, join_token, ca_fingerprint)) => {
             // An empty target directory may exist (made by the operator); rename replaces it.
@@ -107,6 +121,7 @@ fn populate(
     url: &str,
     host: &str,
     listen: SocketAddr,
+    store_config: Option<StoreConfig>,
 ) -> Result<(String, String, String), InitError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -137,20 +152,29 @@ fn populate(
 
     let admin = tokens::generate("admin").map_err(InitError::Entropy)?;
     let join = tokens::generate("join").map_err(InitError::Entropy)?;
-    let store = Arc::new(SqliteStore::open(&dir.join(STATE_DB))?);
+    let store = Arc::new(Backend::open(dir, store_config.as_ref())?);
     let role = |role: &Role| {
         serde_json::to_vec(role).map_err(|e| InitError::Io {
             path: dir.join(STATE_DB),
             source: std::io::Error::other(e),
         })
     };
-    store.txn(
-        &[],
+    // The tokens and the mark together, only where no init wrote before: an etcd cluster
+    // holds one central's state.
+    let first = Compare::ModRevision(ferry_api::keys::INITIALISED.into(), 0);
+    let outcome = store.txn(
+        &[first],
         &[
+            Op::Put(ferry_api::keys::INITIALISED.into(), b"1".to_vec()),
             Op::Put(tokens::key(&admin), role(&Role::Admin)?),
             Op::Put(tokens::key(&join), role(&Role::Join)?),
         ],
     )?;
+    if let TxnOutcome::Failed(_) = outcome {
+        return Err(InitError::InUse {
+            store: store.describe(),
+        });
+    }
     drop(store);
 
     Config {
@@ -158,6 +182,7 @@ fn populate(
         listen,
         url: url.into(),
         drain_seconds: crate::config::DEFAULT_DRAIN_SECONDS,
+        store: store_config,
     }
     .create(dir)?;
     Ok((admin, join, pki.ca_fingerprint))

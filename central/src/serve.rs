@@ -17,11 +17,9 @@ use tracing::{debug, info, warn};
 use crate::{
     api::{self, AppState},
     config::{Config, ConfigError},
-    init::STATE_DB,
     store::{
-        StoreError,
+        Backend, StoreError,
         compaction::{self, Window},
-        sqlite::SqliteStore,
     },
 };
 
@@ -101,7 +99,8 @@ pub async fn start(data_dir: &Path, overrides: Overrides) -> Result<Running, Ser
         .drain
         .unwrap_or(std::time::Duration::from_secs(config.drain_seconds));
     let tls = tls_config(&data_dir.join("tls"))?;
-    let store = Arc::new(SqliteStore::open(&data_dir.join(STATE_DB))?);
+    let store = Arc::new(Backend::open(data_dir, config.store.as_ref())?);
+    info!(store = %store.describe(), "state store open");
     let addr = listen.unwrap_or(config.listen);
     let listener = TcpListener::bind(addr)
         .await

@@ -35,6 +35,7 @@ impl Central {
             &data_dir,
             "https://127.0.0.1:7443",
             "127.0.0.1:0".parse().expect("addr"),
+            None,
         )
         .expect("init");
         let running = serve::start(&data_dir, overrides).await.expect("serve");

@@ -1,27 +1,125 @@
-//! The revisioned store on its real SQLite file: revisions, transactions, the change log,
-//! watches that resume without loss or repetition, and durability across a SIGKILL.
+//! The revisioned store on both backends, real ones: SQLite on its file and a
+//! single-member etcd. One suite: revisions, transactions, the change log, compaction and
+//! watches that resume without loss or repetition run on each (`on_sqlite::*`,
+//! `on_etcd::*`); durability across a SIGKILL is SQLite's own.
+//!
+//! Revisions are counted from where a new store starts: 0 on SQLite, 1 on etcd (its
+//! first revision is its empty state).
+
+mod etcd_member;
 
 use std::{collections::BTreeSet, process::Command, sync::Arc, time::Duration};
 
 use ferry_central::store::{
-    ANNOUNCE_BACKLOG, Compare, Event, MAX_ANNOUNCED_BYTES, Op, Store, StoreError, TxnOutcome,
-    Watch,
+    ANNOUNCE_BACKLOG, Backend, Compare, Event, MAX_ANNOUNCED_BYTES, Op, Store, StoreError,
+    TxnOutcome, Watch,
     compaction::{Compactor, Window},
     sqlite::SqliteStore,
 };
 
-fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(&dir.path().join("central.db")).expect("open store")
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A store under test and what keeps its backend alive.
+struct Subject {
+    store: Arc<Backend>,
+    kept: Kept,
 }
 
-#[test]
-fn every_write_bumps_one_revision_and_keys_remember_theirs() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&dir);
-    assert_eq!(store.revision()?, 0);
-    assert_eq!(store.put("stacks/shop", b"v1")?, 1);
-    assert_eq!(store.put("stacks/blog", b"v1")?, 2);
-    assert_eq!(store.put("stacks/shop", b"v2")?, 3);
+enum Kept {
+    Sqlite(tempfile::TempDir),
+    Etcd(etcd_member::Etcd),
+}
+
+impl Subject {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("central.db")).expect("open store");
+        Self {
+            store: Arc::new(Backend::Sqlite(store)),
+            kept: Kept::Sqlite(dir),
+        }
+    }
+
+    fn etcd() -> Self {
+        let member = etcd_member::Etcd::start();
+        let store = member.store().expect("connect to etcd");
+        Self {
+            store: Arc::new(Backend::Etcd(Box::new(store))),
+            kept: Kept::Etcd(member),
+        }
+    }
+
+    /// The same state through a new store: the file opened again, or a new etcd client.
+    fn reopen(self) -> Self {
+        drop(self.store);
+        let store = match &self.kept {
+            Kept::Sqlite(dir) => Backend::Sqlite(
+                SqliteStore::open(&dir.path().join("central.db")).expect("reopen store"),
+            ),
+            Kept::Etcd(member) => {
+                Backend::Etcd(Box::new(member.store().expect("connect to etcd again")))
+            }
+        };
+        Self {
+            store: Arc::new(store),
+            kept: self.kept,
+        }
+    }
+}
+
+/// Runs each named test on both backends: `on_sqlite::NAME` and `on_etcd::NAME`.
+macro_rules! on_each_backend {
+    (sync: $($name:ident),* ; async: $($async_name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[test]
+                fn $name() -> super::TestResult {
+                    super::$name(super::Subject::sqlite())
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $async_name() -> super::TestResult {
+                    super::$async_name(super::Subject::sqlite()).await
+                }
+            )*
+        }
+        mod on_etcd {
+            $(
+                #[test]
+                fn $name() -> super::TestResult {
+                    super::$name(super::Subject::etcd())
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $async_name() -> super::TestResult {
+                    super::$async_name(super::Subject::etcd()).await
+                }
+            )*
+        }
+    };
+}
+
+on_each_backend!(
+    sync:
+        every_write_bumps_one_revision_and_keys_remember_theirs,
+        a_failed_compare_writes_nothing,
+        bad_writes_are_refused_and_change_nothing,
+        the_revision_and_state_survive_a_reopen,
+        changes_are_filtered_by_prefix_and_a_batch_never_splits_a_revision,
+        the_log_stays_within_the_window_over_an_hour_of_reports;
+    async:
+        a_watch_sees_every_change_once_across_a_reconnect,
+        a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_change_once,
+);
+
+fn every_write_bumps_one_revision_and_keys_remember_theirs(subject: Subject) -> TestResult {
+    let store = &subject.store;
+    let r0 = store.revision()?;
+    assert_eq!(store.put("stacks/shop", b"v1")?, r0 + 1);
+    assert_eq!(store.put("stacks/blog", b"v1")?, r0 + 2);
+    assert_eq!(store.put("stacks/shop", b"v2")?, r0 + 3);
     let shop = store.get("stacks/shop")?.expect("present");
     assert_eq!(
         (
@@ -29,11 +127,11 @@ fn every_write_bumps_one_revision_and_keys_remember_theirs() -> Result<(), Store
             shop.create_revision,
             shop.mod_revision
         ),
-        (&b"v2"[..], 1, 3)
+        (&b"v2"[..], r0 + 1, r0 + 3)
     );
 
     let (all, at) = store.list("stacks/")?;
-    assert_eq!(at, 3);
+    assert_eq!(at, r0 + 3);
     assert_eq!(
         all.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(),
         ["stacks/blog", "stacks/shop"]
@@ -48,69 +146,67 @@ fn every_write_bumps_one_revision_and_keys_remember_theirs() -> Result<(), Store
             Op::Delete("stacks/blog".into()),
         ],
     )?;
-    assert_eq!(outcome, TxnOutcome::Committed(4));
+    assert_eq!(outcome, TxnOutcome::Committed(r0 + 4));
     assert_eq!(store.get("stacks/blog")?, None);
     // Deleting what is not there changes nothing, so no revision is spent.
     assert_eq!(
         store.txn(&[], &[Op::Delete("nothing".into())])?,
-        TxnOutcome::Committed(4)
+        TxnOutcome::Committed(r0 + 4)
     );
     Ok(())
 }
 
-#[test]
-fn a_failed_compare_writes_nothing() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&dir);
-    store.put("serving/shop", b"1")?;
+fn a_failed_compare_writes_nothing(subject: Subject) -> TestResult {
+    let store = &subject.store;
+    let written = store.put("serving/shop", b"1")?;
     let stale = Compare::ModRevision("serving/shop".into(), 0);
     let write = [
         Op::Put("serving/shop".into(), b"2".to_vec()),
         Op::Put("other".into(), b"x".to_vec()),
     ];
-    assert_eq!(store.txn(&[stale], &write)?, TxnOutcome::Failed(1));
+    assert_eq!(store.txn(&[stale], &write)?, TxnOutcome::Failed(written));
     assert_eq!(store.get("serving/shop")?.expect("kept").value, b"1");
     assert_eq!(store.get("other")?, None);
-    assert_eq!(store.revision()?, 1);
-    let fresh = Compare::ModRevision("serving/shop".into(), 1);
-    assert_eq!(store.txn(&[fresh], &write)?, TxnOutcome::Committed(2));
+    assert_eq!(store.revision()?, written);
+    let fresh = Compare::ModRevision("serving/shop".into(), written);
+    assert_eq!(
+        store.txn(&[fresh], &write)?,
+        TxnOutcome::Committed(written + 1)
+    );
     Ok(())
 }
 
-#[test]
-fn bad_writes_are_refused_and_change_nothing() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&dir);
+fn bad_writes_are_refused_and_change_nothing(subject: Subject) -> TestResult {
+    let store = &subject.store;
+    let r0 = store.revision()?;
     let err = store.put("", b"x").unwrap_err();
     assert!(matches!(err, StoreError::BadKey { .. }), "{err}");
     let err = store
         .put("big", &vec![0; ferry_central::store::MAX_VALUE + 1])
         .unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
-    assert_eq!(store.revision()?, 0);
+    assert_eq!(store.revision()?, r0);
     Ok(())
 }
 
-#[test]
-fn the_revision_and_state_survive_a_reopen() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let store = open(&dir);
-        store.put("k", b"v")?;
-        store.put("k", b"w")?;
-    }
-    let store = open(&dir);
-    assert_eq!(store.revision()?, 2);
+fn the_revision_and_state_survive_a_reopen(subject: Subject) -> TestResult {
+    let r0 = subject.store.revision()?;
+    subject.store.put("k", b"v")?;
+    subject.store.put("k", b"w")?;
+    let subject = subject.reopen();
+    let store = &subject.store;
+    assert_eq!(store.revision()?, r0 + 2);
     assert_eq!(store.get("k")?.expect("kept").value, b"w");
-    assert_eq!(store.put("k", b"x")?, 3);
+    assert_eq!(store.put("k", b"x")?, r0 + 3);
     Ok(())
 }
 
-#[test]
-fn changes_are_filtered_by_prefix_and_a_batch_never_splits_a_revision() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&dir);
-    store.put("servers/a", b"1")?; // 1
+fn changes_are_filtered_by_prefix_and_a_batch_never_splits_a_revision(
+    subject: Subject,
+) -> TestResult {
+    let store = &subject.store;
+    let r0 = store.revision()?;
+    store.put("servers/a", b"1")?; // r0 + 1
     store.txn(
         &[],
         &[
@@ -118,40 +214,46 @@ fn changes_are_filtered_by_prefix_and_a_batch_never_splits_a_revision() -> Resul
             Op::Put("servers/c".into(), b"1".to_vec()),
             Op::Put("stacks/x".into(), b"1".to_vec()),
         ],
-    )?; // 2
-    store.put("servers/a", b"2")?; // 3
-    let batch = store.changes("servers/", 0, 2)?;
-    // The limit of 2 falls inside revision 2, which comes whole.
+    )?; // r0 + 2
+    store.put("servers/a", b"2")?; // r0 + 3
+    let batch = store.changes("servers/", r0, 2)?;
+    // The limit of 2 falls inside revision r0 + 2, which comes whole.
     assert_eq!(
         batch
             .iter()
-            .map(|e| (e.revision, e.key.as_str()))
+            .map(|e| (e.revision - r0, e.key.as_str()))
             .collect::<Vec<_>>(),
         [(1, "servers/a"), (2, "servers/b"), (2, "servers/c")]
     );
-    let rest = store.changes("servers/", 2, 2)?;
+    let rest = store.changes("servers/", r0 + 2, 2)?;
     assert_eq!(
         rest,
         vec![Event {
-            revision: 3,
+            revision: r0 + 3,
             key: "servers/a".into(),
             value: Some(b"2".to_vec())
         }]
     );
+    assert!(
+        store.changes("servers/", r0 + 3, 10)?.is_empty(),
+        "nothing after the last"
+    );
 
-    store.compact(2)?;
-    let err = store.changes("servers/", 1, 10).unwrap_err();
+    store.compact(r0 + 2)?;
+    let err = store.changes("servers/", r0 + 1, 10).unwrap_err();
     assert!(err.to_string().contains("list again"), "{err}");
-    assert_eq!(store.changes("servers/", 2, 10)?.len(), 1);
-    assert_eq!(store.revision()?, 3, "compaction never lowers the revision");
+    assert_eq!(store.changes("servers/", r0 + 2, 10)?.len(), 1);
+    assert_eq!(
+        store.revision()?,
+        r0 + 3,
+        "compaction never lowers the revision"
+    );
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_sees_every_change_once_across_a_reconnect()
--> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let store = Arc::new(open(&dir));
+async fn a_watch_sees_every_change_once_across_a_reconnect(subject: Subject) -> TestResult {
+    let store = subject.store.clone();
+    let r0 = store.revision()?;
     let writer = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
@@ -163,7 +265,7 @@ async fn a_watch_sees_every_change_once_across_a_reconnect()
         })
     };
     let mut seen = Vec::new();
-    let mut watch = Watch::new(store.clone(), "containers/", 0);
+    let mut watch = Watch::new(store.clone(), "containers/", r0);
     while seen.len() < 150 {
         seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
     }
@@ -189,14 +291,14 @@ async fn a_watch_sees_every_change_once_across_a_reconnect()
 /// A watch that has caught up follows announced commits; one that falls more than the
 /// backlog behind, or meets a commit too large to announce, reads the log instead: every
 /// change once, in order, either way, and the path taken is the one named.
-#[tokio::test]
-async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_change_once()
--> Result<(), Box<dyn std::error::Error>> {
+async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_change_once(
+    subject: Subject,
+) -> TestResult {
     use futures_util::FutureExt as _;
 
-    let dir = tempfile::tempdir()?;
-    let store = Arc::new(open(&dir));
-    let mut watch = Watch::new(store.clone(), "desired/", 0);
+    let store = subject.store.clone();
+    let r0 = store.revision()?;
+    let mut watch = Watch::new(store.clone(), "desired/", r0);
     // One poll: the log is read (nothing yet) and the watch waits on announced commits.
     assert!(watch.next().now_or_never().is_none());
     assert_eq!(watch.log_reads(), 1);
@@ -234,7 +336,7 @@ async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_chan
         "the large commit was read from the log"
     );
 
-    let revisions: Vec<u64> = seen.iter().map(|e| e.revision).collect();
+    let revisions: Vec<u64> = seen.iter().map(|e| e.revision - r0).collect();
     let expected: Vec<u64> = (1..=(total as u64 + 2)).collect();
     assert_eq!(revisions, expected, "every change, in order, once");
     assert_eq!(
@@ -296,16 +398,15 @@ fn an_acknowledged_write_survives_sigkill() -> Result<(), Box<dyn std::error::Er
 /// An hour of reports (ten servers, each every ten seconds: one revision a second) against
 /// a compactor looking once a minute, driven by revisions and a simulated clock: the log
 /// never holds much more than the window, where without compaction it would hold all 3600.
-#[test]
-fn the_log_stays_within_the_window_over_an_hour_of_reports() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(&dir);
+fn the_log_stays_within_the_window_over_an_hour_of_reports(subject: Subject) -> TestResult {
+    let store = &subject.store;
+    let r0 = store.revision()?;
     let window = Window {
         revisions: 300,
         age: Duration::from_secs(5 * 60),
     };
     let mut compactor = Compactor::new(window);
-    let mut compacted = 0;
+    let mut compacted = r0;
     let mut largest = 0;
     for second in 1..=3600u64 {
         let server = second % 10;
@@ -325,7 +426,7 @@ fn the_log_stays_within_the_window_over_an_hour_of_reports() -> Result<(), Store
             largest = largest.max(store.changes("", compacted, 100_000)?.len());
         }
     }
-    assert_eq!(store.revision()?, 3600);
+    assert_eq!(store.revision()?, r0 + 3600);
     // The window (300 revisions, which is also five minutes' worth) and one minute of
     // reports made since the last look.
     assert!(
@@ -335,9 +436,9 @@ fn the_log_stays_within_the_window_over_an_hour_of_reports() -> Result<(), Store
     let kept = store.changes("", compacted, 100_000)?;
     assert_eq!(kept.len(), 300);
     // A follower 300 revisions behind resumes; one further behind lists again.
-    assert!(store.changes("", 3300, 1).is_ok());
+    assert!(store.changes("", r0 + 3300, 1).is_ok());
     assert!(matches!(
-        store.changes("", 3299, 1),
+        store.changes("", r0 + 3299, 1),
         Err(StoreError::Compacted { .. })
     ));
     Ok(())

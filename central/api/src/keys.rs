@@ -22,6 +22,7 @@
 //! | `generations/<stack>/<generation>` | one deploy of it | central | admin |
 //! | `variables/<stack>`, `datasources/<stack>` | its environment and datasources | central (the CLI) | admin; resolved into assignments |
 //! | `auth/tokens/<sha256>`, `auth/agents/<server>` | credentials, by digest | central | nobody through the API |
+//! | `auth/initialised` | that a central's `init` wrote its tokens here (one init per store) | central (`init`) | nobody through the API |
 //!
 //! Agents read only what their server needs: the other servers, every record and
 //! certificate (each server serves every stack), and their own assignments and actions;
@@ -64,6 +65,9 @@ pub const STACKS: &str = "stacks/";
 pub const GENERATIONS: &str = "generations/";
 /// Credentials; never served.
 pub const AUTH: &str = "auth/";
+/// Written with the first tokens by `ferry-central init`: a store holds one central's
+/// state, so a second init over the same etcd is refused.
+pub const INITIALISED: &str = "auth/initialised";
 
 /// `servers/<name>`.
 pub fn server(name: &str) -> String {

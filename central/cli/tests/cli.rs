@@ -51,6 +51,7 @@ async fn setup() -> Setup {
         &data,
         "https://127.0.0.1:7443",
         "127.0.0.1:0".parse().expect("addr"),
+        None,
     )
     .expect("init");
     let running = serve::start(&data, Default::default())

@@ -60,7 +60,7 @@ pub use error::ApiError;
 
 use crate::{
     state::{Certificates, ContainerNet, Datasources, Servers, Stacks, Variables},
-    store::sqlite::SqliteStore,
+    store::Backend,
 };
 
 /// Largest request body the API reads (source uploads will have their own route and limit).
@@ -72,17 +72,17 @@ const CONTAINER_REPORT_BODY: usize = 1024 * 1024;
 /// What every handler shares.
 pub struct AppState {
     /// The state store.
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Backend>,
     /// Server bookkeeping.
-    pub servers: Servers<SqliteStore>,
+    pub servers: Servers<Backend>,
     /// Stacks and generations.
-    pub stacks: Stacks<SqliteStore>,
+    pub stacks: Stacks<Backend>,
     /// Stack variables.
-    pub variables: Variables<SqliteStore>,
+    pub variables: Variables<Backend>,
     /// Stack datasources.
-    pub datasources: Datasources<SqliteStore>,
+    pub datasources: Datasources<Backend>,
     /// Stack TLS certificates.
-    pub certificates: Certificates<SqliteStore>,
+    pub certificates: Certificates<Backend>,
     /// Where uploaded sources are kept.
     pub sources: PathBuf,
     /// How long a retired generation's containers keep running.
@@ -94,7 +94,7 @@ pub struct AppState {
 impl AppState {
     /// State over `store`, with sources under `data_dir`, draining retired generations for
     /// `drain`.
-    pub fn new(store: Arc<SqliteStore>, data_dir: &Path, drain: std::time::Duration) -> Arc<Self> {
+    pub fn new(store: Arc<Backend>, data_dir: &Path, drain: std::time::Duration) -> Arc<Self> {
         Arc::new(Self {
             drain,
             heartbeats: heartbeats::Heartbeats::default(),

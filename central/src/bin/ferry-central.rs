@@ -28,6 +28,19 @@ enum Command {
         /// Address the API listens on.
         #[arg(long, default_value = "0.0.0.0:7443")]
         listen: SocketAddr,
+        /// Keep the state in an etcd cluster, etcd://HOST:PORT[,HOST:PORT...], instead of
+        /// SQLite in the data directory (written to central.toml's [store]).
+        #[arg(long)]
+        store: Option<String>,
+        /// With --store: PEM file of the CA of the etcd members' certificates (TLS).
+        #[arg(long, requires = "store")]
+        etcd_ca: Option<PathBuf>,
+        /// With --store: PEM files of this central's etcd client certificate and key.
+        #[arg(long, requires_all = ["store", "etcd_key"])]
+        etcd_cert: Option<PathBuf>,
+        /// See --etcd-cert.
+        #[arg(long, requires_all = ["store", "etcd_cert"])]
+        etcd_key: Option<PathBuf>,
     },
     /// Serve the API until SIGINT or SIGTERM.
     Serve {
@@ -74,8 +87,18 @@ fn run(command: Command) -> Result<()> {
             data_dir,
             url,
             listen,
+            store,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
         } => {
-            let done = init::init(&data_dir, &url, listen)?;
+            let store = store.map(|etcd| ferry_central::config::StoreConfig {
+                etcd,
+                ca: etcd_ca,
+                cert: etcd_cert,
+                key: etcd_key,
+            });
+            let done = init::init(&data_dir, &url, listen, store)?;
             println!("ferry-central initialised in {}", done.data_dir.display());
             println!();
             println!("Admin token (for the ferry CLI; shown once, keep it secret):");

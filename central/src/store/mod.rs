@@ -10,11 +10,16 @@
 //!   compacted revision is told to list again.
 //!
 //! [`Store`] is the seam for backends. [`sqlite::SqliteStore`] is the embedded one (one
-//! file, WAL, synced on every commit); an etcd backend can follow behind the same trait.
+//! file, WAL, synced on every commit); [`etcd::EtcdStore`] keeps the state in an etcd v3
+//! cluster, ferry's revision being etcd's. [`Backend`] is the one central runs.
 
+mod backend;
 pub mod compaction;
+pub mod etcd;
 pub mod sqlite;
 mod watch;
+
+pub use backend::Backend;
 
 pub use watch::{Watch, WatchError};
 
@@ -116,6 +121,29 @@ pub enum StoreError {
     TooLarge { size: usize, limit: usize },
     #[error("{what} kept losing races with concurrent writers; try again")]
     Contended { what: &'static str },
+    #[error(transparent)]
+    EtcdConfig(#[from] etcd::EtcdConfigError),
+    #[error("etcd at {endpoints} cannot be used: {source}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("etcd {op}: {source}")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd {op}: no answer within {after:?}; is a majority of the members up?")]
+    Timeout {
+        op: &'static str,
+        after: std::time::Duration,
+    },
+    #[error("etcd ended a history read: {reason}")]
+    Canceled { reason: String },
+    #[error("the store is closed")]
+    Closed,
 }
 
 /// The operations every backend offers.

@@ -1,0 +1,75 @@
+//! A real single-member etcd (Debian's `etcd-server`, installed by `./x setup`) for the
+//! store suite: its own data directory in memory and loopback ports, stopped on drop.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ferry_central::store::{
+    StoreError,
+    etcd::{EtcdConfig, EtcdStore},
+};
+
+/// A running etcd member.
+pub struct Etcd {
+    child: Child,
+    /// `etcd://127.0.0.1:PORT`.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Etcd {
+    /// Starts one member and waits until a client is served.
+    pub fn start() -> Self {
+        // In memory: etcd syncs its log on every commit, which a disk makes slow.
+        let dir = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "store-test", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen-client-urls", &client_url])
+            .args(["--advertise-client-urls", &client_url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("store-test={peer_url}")])
+            .args(["--log-level", "error", "--logger", "zap"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting etcd (Debian's etcd-server; `./x setup` installs it)");
+        let etcd = Self {
+            child,
+            url: format!("etcd://127.0.0.1:{client}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not listen within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+
+    /// A store client of this member.
+    pub fn store(&self) -> Result<EtcdStore, StoreError> {
+        EtcdStore::connect(&EtcdConfig::parse(&self.url, None)?)
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
