@@ -49,6 +49,22 @@ impl Central {
     /// As [`start`](Self::start), serving with `flags` (the test drain period unless they
     /// give one).
     pub fn start_with_flags(data_dir: &Path, host: &str, flags: &[&str]) -> Result<Self> {
+        Self::start_with(data_dir, host, &[], flags)
+    }
+
+    /// [`start`](Self::start) with its state in the etcd cluster at `store`
+    /// (`etcd://HOST:PORT,...`).
+    pub fn start_on_etcd(data_dir: &Path, host: &str, store: &str) -> Result<Self> {
+        Self::start_with(data_dir, host, &["--store", store], &[])
+    }
+
+    /// `init` with `init_flags`, then `serve` with `flags`.
+    pub fn start_with(
+        data_dir: &Path,
+        host: &str,
+        init_flags: &[&str],
+        flags: &[&str],
+    ) -> Result<Self> {
         let mut flags: Vec<String> = flags.iter().map(ToString::to_string).collect();
         if !flags.iter().any(|f| f == "--drain-period") {
             flags.extend(["--drain-period".to_string(), TEST_DRAIN.to_string()]);
@@ -59,6 +75,7 @@ impl Central {
             .args(["init", "--data-dir"])
             .arg(data_dir)
             .args(["--url", &format!("https://{host}:7443")])
+            .args(init_flags)
             .output()
             .context("running ferry-central init")?;
         if !init.status.success() {

@@ -28,6 +28,7 @@ pub mod cgroup;
 pub mod cluster;
 pub mod demo;
 pub mod docker;
+pub mod etcd;
 pub mod figures;
 pub mod http;
 pub mod inside;

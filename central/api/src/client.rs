@@ -297,6 +297,12 @@ impl Client {
             .await
     }
 
+    /// The replica's health: its store's backend, revision and members (anyone).
+    pub async fn health(&self) -> Result<crate::types::Health, ClientError> {
+        let url = format!("{}/v1/health", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
     /// Every stack (admin).
     pub async fn stacks(&self) -> Result<Vec<Stack>, ClientError> {
         let url = format!("{}/v1/stacks", self.base);

@@ -177,6 +177,11 @@ pub fn certificates_of(stack: &str) -> String {
     format!("{CERTIFICATES}{stack}/")
 }
 
+/// `certificates/<stack>/<name>`.
+pub fn certificate(stack: &str, name: &str) -> String {
+    format!("{}{name}", certificates_of(stack))
+}
+
 /// `stacks/<stack>`.
 pub fn stack(name: &str) -> String {
     format!("{STACKS}{name}")

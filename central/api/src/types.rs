@@ -511,3 +511,40 @@ impl TlsCertificate {
             .map_err(|e| format!("the key does not fit the certificate: {e}"))
     }
 }
+
+/// `GET /v1/health`: what a probe or an operator reads of one central replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The store's current revision.
+    pub revision: Revision,
+    /// The store behind this replica.
+    pub store: StoreHealth,
+}
+
+/// The state store as one replica sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    /// `sqlite` or `etcd`.
+    pub backend: String,
+    /// The current revision.
+    pub revision: Revision,
+    /// The etcd members, as the cluster lists them (empty for SQLite).
+    #[serde(default)]
+    pub members: Vec<MemberHealth>,
+}
+
+/// One etcd member as a replica sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberHealth {
+    /// Its name (etcd's `--name`).
+    pub name: String,
+    /// Its first client URL.
+    pub url: String,
+    /// Whether it answered a status request in time.
+    pub healthy: bool,
+    /// Whether it is the raft leader.
+    pub leader: bool,
+    /// Why it is not healthy, as its client said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}

@@ -30,8 +30,16 @@ use crate::{
     tokens::{self, Role},
 };
 
-pub async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "revision": state.store.revision()? })))
+/// `GET /v1/health`: the revision (what probes read) and the store: its backend and, on
+/// etcd, each member's health and which one leads.
+pub async fn health(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<ferry_api::types::Health>, ApiError> {
+    let store = state.store.health()?;
+    Ok(Json(ferry_api::types::Health {
+        revision: store.revision,
+        store,
+    }))
 }
 
 pub async fn join(

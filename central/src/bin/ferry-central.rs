@@ -42,6 +42,13 @@ enum Command {
         #[arg(long, requires_all = ["store", "etcd_cert"])]
         etcd_key: Option<PathBuf>,
     },
+    /// Show the state store: its backend, its revision and, on etcd, each member's health
+    /// and which one leads.
+    Status {
+        /// The data directory `init` made.
+        #[arg(long, default_value = "/var/lib/ferry-central")]
+        data_dir: PathBuf,
+    },
     /// Serve the API until SIGINT or SIGTERM.
     Serve {
         /// The data directory `init` made.
@@ -116,6 +123,7 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
+        Command::Status { data_dir } => status(&data_dir),
         Command::Serve {
             data_dir,
             listen,
@@ -136,6 +144,25 @@ fn run(command: Command) -> Result<()> {
             },
         ),
     }
+}
+
+fn status(data_dir: &std::path::Path) -> Result<()> {
+    use ferry_central::store::Backend;
+    let config = ferry_central::config::Config::load(data_dir)?;
+    let store = Backend::open(data_dir, config.store.as_ref())
+        .with_context(|| format!("opening the store of {}", data_dir.display()))?;
+    let health = store.health()?;
+    println!("store:    {}", store.describe());
+    println!("revision: {}", health.revision);
+    for member in &health.members {
+        let state = match (&member.problem, member.leader) {
+            (Some(problem), _) => format!("unhealthy: {problem}"),
+            (None, true) => "healthy, leader".into(),
+            (None, false) => "healthy".into(),
+        };
+        println!("member:   {} {} {state}", member.name, member.url);
+    }
+    Ok(())
 }
 
 fn serve(data_dir: &std::path::Path, overrides: ferry_central::serve::Overrides) -> Result<()> {

@@ -73,7 +73,7 @@ impl<S: Store> Certificates<S> {
         let value = serde_json::to_vec(certificate)
             .map_err(|e| CertificateError::Invalid(e.to_string()))?;
         self.store
-            .put(&format!("{}{name}", prefix(stack)), &value)?;
+            .put(&ferry_api::keys::certificate(stack, name), &value)?;
         self.list(stack)
     }
 
@@ -83,7 +83,7 @@ impl<S: Store> Certificates<S> {
         stack: &str,
         name: &str,
     ) -> Result<BTreeMap<String, Vec<String>>, CertificateError> {
-        let key = format!("{}{name}", prefix(stack));
+        let key = ferry_api::keys::certificate(stack, name);
         if self.store.get(&key)?.is_none() {
             return Err(CertificateError::Invalid(format!(
                 "{stack} has no certificate {name:?}; `ferry certificates list --stack {stack}` shows them"

@@ -8,8 +8,8 @@ use tokio::sync::broadcast;
 use crate::{config::StoreConfig, init::STATE_DB};
 
 use super::{
-    Commit, Compare, Event, KeyValue, Op, Revision, Store, StoreError, TxnOutcome, etcd::EtcdStore,
-    sqlite::SqliteStore,
+    Commit, Compare, Event, KeyValue, Op, Revision, Store, StoreError, StoreHealth, TxnOutcome,
+    etcd::EtcdStore, sqlite::SqliteStore,
 };
 
 /// One of the backends, behind [`Store`].
@@ -30,6 +30,24 @@ impl Backend {
         Ok(match config {
             None => Self::Sqlite(SqliteStore::open(&data_dir.join(STATE_DB))?),
             Some(config) => Self::Etcd(Box::new(EtcdStore::connect(&config.etcd()?)?)),
+        })
+    }
+
+    /// The backend, the revision and, on etcd, each member's health.
+    ///
+    /// Errors: the store cannot tell its revision (etcd: no majority answers).
+    pub fn health(&self) -> Result<StoreHealth, StoreError> {
+        Ok(match self {
+            Self::Sqlite(store) => StoreHealth {
+                backend: "sqlite".into(),
+                revision: store.revision()?,
+                members: Vec::new(),
+            },
+            Self::Etcd(store) => StoreHealth {
+                backend: "etcd".into(),
+                revision: store.revision()?,
+                members: store.members()?,
+            },
         })
     }
 

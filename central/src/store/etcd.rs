@@ -20,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{ExponentialBuilder, Retryable as _};
 use etcd_client::{
     Certificate, Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions,
     EventType, GetOptions, Identity, TlsOptions, Txn, TxnOp, WatchOptions,
@@ -28,12 +29,15 @@ use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
 use super::{
-    ANNOUNCE_BACKLOG, Commit, Compare, Event, KeyValue, MAX_ANNOUNCED_BYTES, Op, Revision, Store,
-    StoreError, TxnOutcome, check_write,
+    ANNOUNCE_BACKLOG, Commit, Compare, Event, KeyValue, MAX_ANNOUNCED_BYTES, MemberHealth, Op,
+    Revision, Store, StoreError, TxnOutcome, check_write,
 };
 
 /// Longest one store call may take, reconnects to another member included.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for one member's status in [`EtcdStore::members`].
+pub const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The URL scheme of an etcd store: `etcd://HOST:PORT,HOST:PORT,...`.
 pub const SCHEME: &str = "etcd://";
@@ -139,6 +143,8 @@ pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
     announce: broadcast::Sender<Arc<Commit>>,
     endpoints: String,
+    /// How to reach a member (TLS), for asking each one directly.
+    options: ConnectOptions,
 }
 
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
@@ -194,6 +200,7 @@ impl EtcdStore {
         let options = config
             .connect_options()
             .map_err(|e| connect_error(Box::new(e)))?;
+        let kept_options = options.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("ferry-etcd")
@@ -230,6 +237,7 @@ impl EtcdStore {
             runtime: Some(runtime),
             announce,
             endpoints,
+            options: kept_options,
         };
         let from = store.revision()? + 1;
         store.spawn(announce_commits(
@@ -245,23 +253,80 @@ impl EtcdStore {
         &self.endpoints
     }
 
+    /// Every member the cluster lists, each asked for its status directly (bounded by
+    /// [`MEMBER_TIMEOUT`]): healthy or why not, and which one leads.
+    ///
+    /// Errors: the member list cannot be read (no majority answers).
+    pub fn members(&self) -> Result<Vec<MemberHealth>, StoreError> {
+        let options = self.options.clone();
+        self.call("list members", move |mut client| {
+            let options = options.clone();
+            async move {
+                let listed = client.member_list().await.map_err(etcd("list members"))?;
+                let mut members = Vec::new();
+                for member in listed.members() {
+                    let url = member.client_urls().first().cloned().unwrap_or_default();
+                    let status = tokio::time::timeout(MEMBER_TIMEOUT, async {
+                        let mut one =
+                            Client::connect([url.as_str()], Some(options.clone())).await?;
+                        one.status().await
+                    })
+                    .await;
+                    let (healthy, leader, problem) = match status {
+                        Ok(Ok(status)) => (true, status.leader() == member.id(), None),
+                        Ok(Err(e)) => (false, false, Some(e.to_string())),
+                        Err(_) => (
+                            false,
+                            false,
+                            Some(format!("no answer within {MEMBER_TIMEOUT:?}")),
+                        ),
+                    };
+                    members.push(MemberHealth {
+                        name: member.name().into(),
+                        url,
+                        healthy,
+                        leader,
+                        problem,
+                    });
+                }
+                Ok(members)
+            }
+        })
+    }
+
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         if let Some(runtime) = &self.runtime {
             runtime.spawn(task);
         }
     }
 
-    /// Runs `call` with a clone of the client on the backend's runtime and waits for it.
-    fn call<T, F, Fut>(&self, op: &'static str, call: F) -> Result<T, StoreError>
+    /// Runs `attempt` with a clone of the client on the backend's runtime and waits for
+    /// it. An attempt that meets a member that is down or has no leader is made again,
+    /// with backoff, until [`CALL_TIMEOUT`]: the client's balancer may pick a dead member
+    /// first. A write retried this way may land twice (etcd can lose the answer to a
+    /// proposal it committed during a leader change): a put writes the same value again,
+    /// and a compare that already succeeded fails the second time, which callers read as a
+    /// race and settle by reading again.
+    fn call<T, F, Fut>(&self, op: &'static str, attempt: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let (done, result) = std::sync::mpsc::sync_channel(1);
-        let work = call(self.client.clone());
+        let client = self.client.clone();
         self.spawn(async move {
-            let outcome = match tokio::time::timeout(CALL_TIMEOUT, work).await {
+            let retried = (|| attempt(client.clone()))
+                .retry(
+                    ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(50))
+                        .with_max_delay(Duration::from_secs(1))
+                        .with_total_delay(Some(CALL_TIMEOUT))
+                        .without_max_times(),
+                )
+                .when(StoreError::is_transient)
+                .notify(|e, after| debug!(op, ?after, "etcd: {e}; trying again"));
+            let outcome = match tokio::time::timeout(CALL_TIMEOUT, retried).await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(StoreError::Timeout {
                     op,
@@ -296,25 +361,31 @@ impl Store for EtcdStore {
 
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let key = key.to_string();
-        self.call("get", |mut client| async move {
-            let response = client.get(key, None).await.map_err(etcd("get"))?;
-            Ok(response.kvs().first().map(key_value))
+        self.call("get", move |mut client| {
+            let key = key.clone();
+            async move {
+                let response = client.get(key, None).await.map_err(etcd("get"))?;
+                Ok(response.kvs().first().map(key_value))
+            }
         })
     }
 
     fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
         let prefix = prefix.to_string();
-        self.call("list", |mut client| async move {
-            let options = match prefix.is_empty() {
-                true => GetOptions::new().with_all_keys(),
-                false => GetOptions::new().with_prefix(),
-            };
-            let response = client
-                .get(prefix, Some(options))
-                .await
-                .map_err(etcd("list"))?;
-            let at = response.header().map_or(0, |h| revision(h.revision()));
-            Ok((response.kvs().iter().map(key_value).collect(), at))
+        self.call("list", move |mut client| {
+            let prefix = prefix.clone();
+            async move {
+                let options = match prefix.is_empty() {
+                    true => GetOptions::new().with_all_keys(),
+                    false => GetOptions::new().with_prefix(),
+                };
+                let response = client
+                    .get(prefix, Some(options))
+                    .await
+                    .map_err(etcd("list"))?;
+                let at = response.header().map_or(0, |h| revision(h.revision()));
+                Ok((response.kvs().iter().map(key_value).collect(), at))
+            }
         })
     }
 
@@ -322,29 +393,20 @@ impl Store for EtcdStore {
         for op in ops {
             check_write(op)?;
         }
-        let when: Vec<EtcdCompare> = compares
-            .iter()
-            .map(|Compare::ModRevision(key, rev)| {
-                EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, etcd_revision(*rev))
-            })
-            .collect();
-        let then: Vec<TxnOp> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
-                Op::Delete(key) => TxnOp::delete(key.as_str(), None),
-            })
-            .collect();
-        self.call("commit a transaction", |mut client| async move {
-            let response = client
-                .txn(Txn::new().when(when).and_then(then))
-                .await
-                .map_err(etcd("commit a transaction"))?;
-            let at = response.header().map_or(0, |h| revision(h.revision()));
-            Ok(match response.succeeded() {
-                true => TxnOutcome::Committed(at),
-                false => TxnOutcome::Failed(at),
-            })
+        let (compares, ops) = (compares.to_vec(), ops.to_vec());
+        self.call("commit a transaction", move |mut client| {
+            let txn = transaction(&compares, &ops);
+            async move {
+                let response = client
+                    .txn(txn)
+                    .await
+                    .map_err(etcd("commit a transaction"))?;
+                let at = response.header().map_or(0, |h| revision(h.revision()));
+                Ok(match response.succeeded() {
+                    true => TxnOutcome::Committed(at),
+                    false => TxnOutcome::Failed(at),
+                })
+            }
         })
     }
 
@@ -361,7 +423,7 @@ impl Store for EtcdStore {
         }
         let prefix = prefix.to_string();
         self.call("read history", move |client| {
-            history(client, prefix, after, now, limit)
+            history(client, prefix.clone(), after, now, limit)
         })
     }
 
@@ -395,6 +457,24 @@ impl Store for EtcdStore {
     fn subscribe(&self) -> broadcast::Receiver<Arc<Commit>> {
         self.announce.subscribe()
     }
+}
+
+/// `compares` and `ops` as one etcd transaction.
+fn transaction(compares: &[Compare], ops: &[Op]) -> Txn {
+    let when: Vec<EtcdCompare> = compares
+        .iter()
+        .map(|Compare::ModRevision(key, rev)| {
+            EtcdCompare::mod_revision(key.as_str(), CompareOp::Equal, etcd_revision(*rev))
+        })
+        .collect();
+    let then: Vec<TxnOp> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put(key, value) => TxnOp::put(key.as_str(), value.clone(), None),
+            Op::Delete(key) => TxnOp::delete(key.as_str(), None),
+        })
+        .collect();
+    Txn::new().when(when).and_then(then)
 }
 
 /// The changes to keys under `prefix` after revision `after` up to `now`, at most `limit`

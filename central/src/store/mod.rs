@@ -146,6 +146,21 @@ pub enum StoreError {
     Closed,
 }
 
+impl StoreError {
+    /// Whether trying again may succeed: an etcd member down, unreachable or between
+    /// leaders (gRPC `Unavailable`, or the connection itself).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Etcd { source, .. } => match source {
+                etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+                etcd_client::Error::TransportError(_) => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// The operations every backend offers.
 pub trait Store: Send + Sync + 'static {
     /// The current revision.
@@ -176,6 +191,8 @@ pub trait Store: Send + Sync + 'static {
         }
     }
 }
+
+pub use ferry_api::types::{MemberHealth, StoreHealth};
 
 /// Longest key accepted.
 pub const MAX_KEY: usize = 1024;

@@ -1,0 +1,138 @@
+//! Host tier: central on a real three-member etcd cluster (Debian's etcd-server, on
+//! loopback). The example stack deploys across two servers while the etcd leader is killed
+//! with SIGKILL: the deploy completes on the two members left, nothing is orphaned or
+//! doubled, the operator's status shows the dead member and the new leader, and the next
+//! deploy works. A second `init` over the same cluster is refused and changes nothing.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use anyhow::{Context as _, Result};
+use ferry_api::client::{Client, Trust};
+use ferry_tests::{
+    agent::workspace_binary,
+    central::Central,
+    cluster::{Member, Operator, Saw, eventually},
+    etcd::EtcdCluster,
+    netns::Network,
+    unique,
+};
+
+/// (service, generation, running) of every ferry container on `member`, sorted.
+async fn inventory(member: &Member) -> Result<Vec<(String, u64, bool)>> {
+    let mut found: Vec<_> = member
+        .containers()
+        .await?
+        .into_iter()
+        .map(|c| (c.service, c.generation, c.running))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_completes_while_the_etcd_leader_is_killed() -> Result<()> {
+    let tag = unique("");
+    let mut etcd = EtcdCluster::start(&format!("e{tag}"), 3).await?;
+    let store = etcd.url();
+    let mut network = Network::new(&format!("fbe{tag}"), 151)?;
+    network.serve_registry()?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-etcd{tag}"));
+    let central = Central::start_on_etcd(&central_dir, "10.250.151.1", &store)?;
+
+    // The cluster holds this central's state now: a second init over it is refused, and
+    // leaves no data directory behind.
+    let second = std::env::temp_dir().join(format!("ferry-test-etcd-second{tag}"));
+    let init = Command::new(workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?)
+        .args(["init", "--data-dir"])
+        .arg(&second)
+        .args(["--url", "https://10.250.151.1:7443", "--store", &store])
+        .output()?;
+    let said = String::from_utf8_lossy(&init.stderr);
+    assert!(!init.status.success(), "a second init succeeded");
+    assert!(said.contains("already holds a central's state"), "{said}");
+    assert!(
+        !second.exists(),
+        "the refused init left {}",
+        second.display()
+    );
+
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let two = Member::join(&mut network, &central, "two", &tag).await?;
+    let operator = Operator::login(&central, &tag)?;
+    let admin = Client::new(
+        &central.url,
+        &central.admin_token,
+        Trust::Fingerprint(central.ca_fingerprint.clone()),
+    )?;
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let shop = shop.to_string_lossy();
+
+    // Record generation 1, then kill the etcd leader while the servers fetch and build.
+    let (ok, out, err) = operator.run(&["deploy", "--no-wait", "--stack", "shop", &shop])?;
+    assert!(
+        ok && out.contains("generation 1 of shop recorded"),
+        "{out}{err}"
+    );
+    let leader = etcd.leader().await?;
+    let killed = etcd.name(leader).to_string();
+    etcd.kill(leader)?;
+    eventually(Duration::from_secs(240), "generation 1 serving", || async {
+        let serving = admin
+            .stacks()
+            .await
+            .map(|s| s.first().and_then(|s| s.serving));
+        Ok(Saw(matches!(serving, Ok(Some(1))), format!("{serving:?}")))
+    })
+    .await?;
+    let expected = vec![("api".to_string(), 1, true), ("web".to_string(), 1, true)];
+    for member in [&one, &two] {
+        assert_eq!(inventory(member).await?, expected, "one of each, once");
+    }
+
+    // The operator sees the backend, the dead member and a new leader among the others.
+    let health = admin.health().await?;
+    assert_eq!(health.store.backend, "etcd");
+    assert_eq!(health.store.members.len(), 3, "{health:?}");
+    let dead = health
+        .store
+        .members
+        .iter()
+        .find(|m| m.name == killed)
+        .context("the killed member listed")?;
+    assert!(!dead.healthy && dead.problem.is_some(), "{dead:?}");
+    assert_eq!(
+        health.store.members.iter().filter(|m| m.leader).count(),
+        1,
+        "one leader among the live: {health:?}"
+    );
+    let status = Command::new(workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?)
+        .args(["status", "--data-dir"])
+        .arg(&central_dir)
+        .output()?;
+    let printed = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(printed.contains("store:    etcd ("), "{printed}");
+    assert!(
+        printed.contains(&format!("member:   {killed} ")),
+        "{printed}"
+    );
+    assert!(printed.contains("unhealthy"), "{printed}");
+    assert!(printed.contains("healthy, leader"), "{printed}");
+
+    // Two of three members are a majority: the next deploy works.
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
+    assert!(ok, "{out}{err}");
+    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
+    for member in [&one, &two] {
+        eventually(Duration::from_secs(60), "generation 1 gone", || async {
+            let now = inventory(member).await?;
+            Ok(Saw(now == expected, now))
+        })
+        .await?;
+    }
+    Ok(())
+}
