@@ -142,6 +142,22 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Rewrites `<data_dir>/central.toml` in one step: a new file renamed over the old, so
+    /// a crash leaves one or the other, never half of one.
+    pub fn replace(&self, data_dir: &Path) -> Result<(), ConfigError> {
+        let path = data_dir.join(FILE);
+        let new = data_dir.join(format!(".{FILE}.new"));
+        let _ = fs::remove_file(&new);
+        let text = toml::to_string_pretty(self).map_err(|e| ConfigError::Io {
+            path: path.clone(),
+            source: io::Error::other(e),
+        })?;
+        write_new(&new, text.as_bytes(), 0o600)?;
+        fs::rename(&new, &path).map_err(|source| ConfigError::Io { path, source })
+    }
+}
+
 /// Creates `path` with `mode`, failing if it exists.
 pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), ConfigError> {
     let io_error = |source| ConfigError::Io {

@@ -14,7 +14,7 @@ use crate::{
     config::StoreConfig,
     config::{self, Config, ConfigError},
     pki::{self, PkiError},
-    store::{Backend, Compare, Op, Store, StoreError, TxnOutcome},
+    store::{Backend, Compare, Op, Store, StoreError, TxnOutcome, identity},
     tokens::{self, Role},
 };
 
@@ -161,11 +161,14 @@ fn populate(
     };
     // The tokens and the mark together, only where no init wrote before: an etcd cluster
     // holds one central's state.
-    let first = Compare::ModRevision(ferry_api::keys::INITIALISED.into(), 0);
+    let first = Compare::ModRevision(ferry_api::keys::STORE_ID.into(), 0);
     let outcome = store.txn(
         &[first],
         &[
-            Op::Put(ferry_api::keys::INITIALISED.into(), b"1".to_vec()),
+            Op::Put(
+                ferry_api::keys::STORE_ID.into(),
+                identity::fresh()?.into_bytes(),
+            ),
             Op::Put(tokens::key(&admin), role(&Role::Admin)?),
             Op::Put(tokens::key(&join), role(&Role::Join)?),
         ],

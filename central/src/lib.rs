@@ -1,7 +1,8 @@
 //! `ferry-central`: the control plane, and the types the `ferry` CLI shares with it.
 //!
 //! # Layout
-//! - [`store`]: the revisioned key-value state (etcd's model) and its SQLite backend.
+//! - [`store`]: the revisioned key-value state (etcd's model) and its backends, SQLite
+//!   (embedded) and etcd (for replicas).
 //! - [`state`]: central's typed records on the store: servers and their subnets, stacks,
 //!   generations, stack variables.
 //! - [`api`] and [`serve`]: the HTTP/JSON API with token checks, over TLS (its types and
@@ -11,10 +12,12 @@
 //! - [`records`]: service discovery records derived from container reports and generations.
 //! - [`init`]: making a data directory: [`pki`] (CA and TLS certificate), [`tokens`]
 //!   (admin and join tokens, stored hashed) and [`config`] (`central.toml`).
+//! - [`migrate`]: a SQLite central's state moved into an etcd cluster.
 pub mod api;
 pub mod config;
 pub mod deploy;
 pub mod init;
+pub mod migrate;
 pub mod pki;
 pub mod placement;
 pub mod records;

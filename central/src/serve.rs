@@ -20,6 +20,7 @@ use crate::{
     store::{
         Backend, StoreError,
         compaction::{self, Window},
+        identity,
     },
 };
 
@@ -115,7 +116,8 @@ pub async fn start(data_dir: &Path, overrides: Overrides) -> Result<Running, Ser
             .compaction_interval
             .unwrap_or(compaction::INTERVAL),
     ));
-    let router = api::router(AppState::new(store, data_dir, drain));
+    let store_id = identity::ensure(store.as_ref())?;
+    let router = api::router(AppState::new(store, store_id, data_dir, drain));
     info!(%local_addr, "central listening");
     let task = tokio::spawn(accept_loop(listener, TlsAcceptor::from(tls), router));
     Ok(Running {

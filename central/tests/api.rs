@@ -882,6 +882,58 @@ async fn a_watch_from_a_compacted_revision_is_told_to_list_again() {
     assert_eq!(line.events[0].key, "servers/echo");
 }
 
+/// A list names its store; a watch resuming a list of another store (one this central
+/// was migrated from) or a revision this store has not reached is told to list again, not
+/// resumed in a history it was never part of; the store's own list resumes.
+#[tokio::test]
+async fn a_watch_resuming_another_stores_list_is_told_to_list_again() {
+    let central = Central::start().await;
+    let agent = central.agent("alpha", 1).await;
+    let list = agent.list("servers/").await.expect("list");
+    assert_eq!(
+        list.store.len(),
+        32,
+        "a list names its store: {:?}",
+        list.store
+    );
+    let again = agent.list("servers/").await.expect("list again");
+    assert_eq!(again.store, list.store, "the same store, the same identity");
+    let told_to_list_again =
+        |result: Result<_, ferry_api::client::ClientError>, what: &str| match result {
+            Err(ferry_api::client::ClientError::Compacted { .. }) => {}
+            Err(e) => panic!("{what}: expected Compacted, got {e}"),
+            Ok(_) => panic!("{what}: resumed"),
+        };
+    let other = "0123456789abcdef0123456789abcdef";
+    told_to_list_again(
+        agent
+            .watch_listed("servers/", list.revision, other)
+            .await
+            .map(drop),
+        "another store's list",
+    );
+    told_to_list_again(
+        agent
+            .watch("servers/", list.revision + 1_000)
+            .await
+            .map(drop),
+        "a revision past this store's",
+    );
+    let mut watch = Box::pin(
+        agent
+            .watch_listed("servers/", list.revision, &list.store)
+            .await
+            .expect("this store's list resumes"),
+    );
+    central
+        .client(&central.join)
+        .join(&join_request("bravo", 2))
+        .await
+        .expect("join");
+    let line = next_line(&mut watch).await;
+    assert_eq!(line.events[0].key, "servers/bravo");
+}
+
 /// A stored value central cannot read is central's own failure: a 500 that names the key,
 /// never taken for an empty default (which here would have answered "no such container").
 #[tokio::test]

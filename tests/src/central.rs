@@ -106,9 +106,18 @@ impl Central {
     /// Kills central with SIGKILL (no shutdown of any kind), keeps it down for `down_for`,
     /// and serves again from the same data directory on the same address.
     pub fn kill_and_restart(&mut self, down_for: Duration) -> Result<()> {
+        self.restart_around(|_| {
+            std::thread::sleep(down_for);
+            Ok(())
+        })
+    }
+
+    /// Kills central with SIGKILL, runs `meanwhile` with its data directory, and serves
+    /// again from it on the same address.
+    pub fn restart_around(&mut self, meanwhile: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
         self.child.kill().context("killing central")?;
         let _ = self.child.wait();
-        std::thread::sleep(down_for);
+        meanwhile(&self.data_dir)?;
         let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
         let (child, _) = serve(&bin, &self.data_dir, &self.listen.to_string(), &self.flags)?;
         self.child = child;

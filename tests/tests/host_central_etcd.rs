@@ -3,6 +3,8 @@
 //! with SIGKILL: the deploy completes on the two members left, nothing is orphaned or
 //! doubled, the operator's status shows the dead member and the new leader, and the next
 //! deploy works. A second `init` over the same cluster is refused and changes nothing.
+//! A SQLite central with a running stack moves to etcd with `ferry-central migrate`: the
+//! agent follows the etcd-backed central without being touched, and the next deploy works.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -134,5 +136,76 @@ async fn a_deploy_completes_while_the_etcd_leader_is_killed() -> Result<()> {
         })
         .await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> Result<()> {
+    let tag = unique("");
+    let etcd = EtcdCluster::start(&format!("m{tag}"), 3).await?;
+    let mut network = Network::new(&format!("fbm{tag}"), 152)?;
+    network.serve_registry()?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-migrate{tag}"));
+    let mut central = Central::start(&central_dir, "10.250.152.1")?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let operator = Operator::login(&central, &tag)?;
+    let admin = Client::new(
+        &central.url,
+        &central.admin_token,
+        Trust::Fingerprint(central.ca_fingerprint.clone()),
+    )?;
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let shop = shop.to_string_lossy();
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
+    assert!(ok, "{out}{err}");
+    let sqlite_store = admin.list("stacks/").await?.store;
+
+    // Migrated while central is down; it serves again from the same directory.
+    let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
+    let store = etcd.url();
+    central.restart_around(|data_dir| {
+        let migrated = Command::new(&bin)
+            .args(["migrate", "--data-dir"])
+            .arg(data_dir)
+            .args(["--to", &store])
+            .output()?;
+        let said = String::from_utf8_lossy(&migrated.stdout);
+        anyhow::ensure!(
+            migrated.status.success() && said.contains("keys into etcd"),
+            "{said}{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+        // Run again, it refuses: the cluster holds a central's state now.
+        let again = Command::new(&bin)
+            .args(["migrate", "--data-dir"])
+            .arg(data_dir)
+            .args(["--to", &store])
+            .output()?;
+        let said = String::from_utf8_lossy(&again.stderr);
+        anyhow::ensure!(
+            !again.status.success() && said.contains("already keeps its state in etcd"),
+            "{said}"
+        );
+        Ok(())
+    })?;
+    let health = admin.health().await?;
+    assert_eq!(health.store.backend, "etcd", "{health:?}");
+    let listed = admin.list("stacks/").await?;
+    assert_ne!(listed.store, sqlite_store, "a new store identity");
+    let stacks = admin.stacks().await?;
+    assert_eq!(
+        stacks.first().and_then(|s| s.serving),
+        Some(1),
+        "{stacks:?}"
+    );
+    // The same tokens: the operator and the agent carry on with what they have.
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
+    assert!(ok, "{out}{err}");
+    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
+    eventually(Duration::from_secs(60), "generation 1 replaced", || async {
+        let now = inventory(&one).await?;
+        Ok(Saw(now == expected, now))
+    })
+    .await?;
     Ok(())
 }

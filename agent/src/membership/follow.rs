@@ -58,6 +58,9 @@ pub struct Follower<T> {
     what: &'static str,
     /// The revision everything delivered is up to; None: list first.
     seen: Option<Revision>,
+    /// The identity of the store the last list came from: a central on another store
+    /// (migrated since) refuses to resume it, and the follower lists again.
+    store: String,
     watch: Option<Lines>,
     backoff: Backoff,
     /// Wait the backoff before the next attempt.
@@ -79,6 +82,7 @@ impl<T: DeserializeOwned> Follower<T> {
             prefix: prefix.into(),
             what,
             seen: None,
+            store: String::new(),
             watch: None,
             backoff: Backoff::new(first_wait),
             waiting: false,
@@ -132,6 +136,7 @@ impl<T: DeserializeOwned> Follower<T> {
                 .filter_map(|item| self.decode(&item.key, item.value).map(|v| (item.key, v)))
                 .collect();
             self.seen = Some(list.revision);
+            self.store = list.store;
             return Ok(Update::Snapshot {
                 items,
                 revision: list.revision,
@@ -141,7 +146,10 @@ impl<T: DeserializeOwned> Follower<T> {
             Some(watch) => watch,
             None => {
                 self.backoff.attempt();
-                let lines = self.client.watch(&self.prefix, seen).await?;
+                let lines = self
+                    .client
+                    .watch_listed(&self.prefix, seen, &self.store)
+                    .await?;
                 self.watch.insert(Box::pin(lines))
             }
         };

@@ -423,11 +423,25 @@ impl Client {
         prefix: &str,
         after: Revision,
     ) -> Result<impl Stream<Item = Result<WatchLine, ClientError>> + use<>, ClientError> {
+        self.watch_listed(prefix, after, "").await
+    }
+
+    /// [`watch`](Self::watch) resuming a list of store `store` ([`ListResponse::store`]):
+    /// a central on another store (migrated since) ends it with
+    /// [`ClientError::Compacted`], list again.
+    pub async fn watch_listed(
+        &self,
+        prefix: &str,
+        after: Revision,
+        store: &str,
+    ) -> Result<impl Stream<Item = Result<WatchLine, ClientError>> + use<>, ClientError> {
         let url = format!("{}/v1/watch", self.base);
-        let request = self
-            .http
-            .get(&url)
-            .query(&[("prefix", prefix), ("after", &after.to_string())]);
+        let after = after.to_string();
+        let mut query = vec![("prefix", prefix), ("after", after.as_str())];
+        if !store.is_empty() {
+            query.push(("store", store));
+        }
+        let request = self.http.get(&url).query(&query);
         let response = self.respond(request, &url).await?;
         let mut buffer = Vec::new();
         let stream_url = url.clone();

@@ -22,7 +22,7 @@
 //! | `generations/<stack>/<generation>` | one deploy of it | central | admin |
 //! | `variables/<stack>`, `datasources/<stack>` | its environment and datasources | central (the CLI) | admin; resolved into assignments |
 //! | `auth/tokens/<sha256>`, `auth/agents/<server>` | credentials, by digest | central | nobody through the API |
-//! | `auth/initialised` | that a central's `init` wrote its tokens here (one init per store) | central (`init`) | nobody through the API |
+//! | `auth/store-id` | this store's identity: a random id written by `init` (once per store) and anew by `migrate`, so a revision from another store's history is never resumed here | central | nobody through the API (lists carry it) |
 //!
 //! Agents read only what their server needs: the other servers, every record and
 //! certificate (each server serves every stack), and their own assignments and actions;
@@ -65,9 +65,11 @@ pub const STACKS: &str = "stacks/";
 pub const GENERATIONS: &str = "generations/";
 /// Credentials; never served.
 pub const AUTH: &str = "auth/";
-/// Written with the first tokens by `ferry-central init`: a store holds one central's
-/// state, so a second init over the same etcd is refused.
-pub const INITIALISED: &str = "auth/initialised";
+/// The store's identity (a random id): written with the first tokens by `ferry-central
+/// init`, so a second init over the same etcd is refused, and anew by `migrate`, so a
+/// follower that listed another store lists again rather than resume a revision of a
+/// different history.
+pub const STORE_ID: &str = "auth/store-id";
 
 /// `servers/<name>`.
 pub fn server(name: &str) -> String {

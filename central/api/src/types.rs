@@ -37,6 +37,10 @@ pub struct JoinResponse {
 pub struct ListResponse {
     /// The revision the items are as of; watch from here.
     pub revision: Revision,
+    /// The store's identity; a watch that gives it is refused (list again) by a central
+    /// on another store, such as one migrated to etcd since.
+    #[serde(default)]
+    pub store: String,
     /// The keys and values.
     pub items: Vec<Item>,
 }

@@ -118,7 +118,15 @@ impl From<VariableError> for ApiError {
 impl ApiError {
     /// The reason a client acts on, if any.
     pub fn reason(&self) -> Option<Reason> {
-        matches!(self, Self::Store(StoreError::Compacted { .. })).then_some(Reason::Compacted)
+        matches!(
+            self,
+            Self::Store(
+                StoreError::Compacted { .. }
+                    | StoreError::FutureRevision { .. }
+                    | StoreError::OtherStore
+            )
+        )
+        .then_some(Reason::Compacted)
     }
 
     fn status(&self) -> StatusCode {
@@ -133,7 +141,11 @@ impl ApiError {
             Self::Server(ServerError::Unknown { .. }) => StatusCode::NOT_FOUND,
             Self::Server(ServerError::BadName { .. }) => StatusCode::BAD_REQUEST,
             Self::Server(ServerError::Exhausted { .. }) => StatusCode::INSUFFICIENT_STORAGE,
-            Self::Store(StoreError::Compacted { .. }) => StatusCode::GONE,
+            Self::Store(
+                StoreError::Compacted { .. }
+                | StoreError::FutureRevision { .. }
+                | StoreError::OtherStore,
+            ) => StatusCode::GONE,
             Self::Store(StoreError::BadKey { .. } | StoreError::TooLarge { .. }) => {
                 StatusCode::BAD_REQUEST
             }

@@ -83,6 +83,8 @@ pub struct AppState {
     pub datasources: Datasources<Backend>,
     /// Stack TLS certificates.
     pub certificates: Certificates<Backend>,
+    /// The store's identity (see [`crate::store::identity`]).
+    pub store_id: String,
     /// Where uploaded sources are kept.
     pub sources: PathBuf,
     /// How long a retired generation's containers keep running.
@@ -94,8 +96,14 @@ pub struct AppState {
 impl AppState {
     /// State over `store`, with sources under `data_dir`, draining retired generations for
     /// `drain`.
-    pub fn new(store: Arc<Backend>, data_dir: &Path, drain: std::time::Duration) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Backend>,
+        store_id: String,
+        data_dir: &Path,
+        drain: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            store_id,
             drain,
             heartbeats: heartbeats::Heartbeats::default(),
             servers: Servers::new(store.clone(), ContainerNet::default()),

@@ -135,6 +135,9 @@ pub struct PrefixQuery {
     prefix: String,
     #[serde(default)]
     after: Revision,
+    /// The identity of the store a resumed list was of (`ListResponse::store`).
+    #[serde(default)]
+    store: Option<String>,
 }
 
 fn check_prefix(prefix: &str) -> Result<(), ApiError> {
@@ -175,7 +178,11 @@ pub async fn list(
             mod_revision: kv.mod_revision,
         })
         .collect();
-    Ok(Json(ListResponse { revision, items }))
+    Ok(Json(ListResponse {
+        revision,
+        items,
+        store: state.store_id.clone(),
+    }))
 }
 
 pub async fn watch(
@@ -185,7 +192,20 @@ pub async fn watch(
 ) -> Result<Response, ApiError> {
     check_prefix(&query.prefix)?;
     caller.may_read(&query.prefix)?;
-    // A compacted start is refused with a status, before the stream begins.
+    // A start this store cannot resume is refused with a status, before the stream
+    // begins: compacted, from another store's list, or past this store's revision (which
+    // only another store's history has).
+    if query.store.as_ref().is_some_and(|s| *s != state.store_id) {
+        return Err(StoreError::OtherStore.into());
+    }
+    let current = state.store.revision()?;
+    if query.after > current {
+        return Err(StoreError::FutureRevision {
+            requested: query.after,
+            current,
+        }
+        .into());
+    }
     state.store.changes(&query.prefix, query.after, 1)?;
     let watch = Watch::new(state.store.clone(), query.prefix, query.after);
     let lines = stream::unfold(Some(watch), |watch| async move {

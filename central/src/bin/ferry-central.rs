@@ -49,6 +49,26 @@ enum Command {
         #[arg(long, default_value = "/var/lib/ferry-central")]
         data_dir: PathBuf,
     },
+    /// Move a SQLite central's state into an etcd cluster that holds none, and point its
+    /// data directory there. Stop central first; start it again (and its other replicas)
+    /// after. Agents follow on their own; nothing is deployed again.
+    Migrate {
+        /// The data directory of the SQLite central.
+        #[arg(long, default_value = "/var/lib/ferry-central")]
+        data_dir: PathBuf,
+        /// The etcd cluster, etcd://HOST:PORT[,HOST:PORT...].
+        #[arg(long)]
+        to: String,
+        /// PEM file of the CA of the etcd members' certificates (TLS).
+        #[arg(long)]
+        etcd_ca: Option<PathBuf>,
+        /// PEM files of this central's etcd client certificate and key.
+        #[arg(long, requires = "etcd_key")]
+        etcd_cert: Option<PathBuf>,
+        /// See --etcd-cert.
+        #[arg(long, requires = "etcd_cert")]
+        etcd_key: Option<PathBuf>,
+    },
     /// Serve the API until SIGINT or SIGTERM.
     Serve {
         /// The data directory `init` made.
@@ -124,6 +144,35 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Status { data_dir } => status(&data_dir),
+        Command::Migrate {
+            data_dir,
+            to,
+            etcd_ca,
+            etcd_cert,
+            etcd_key,
+        } => {
+            let store = ferry_central::config::StoreConfig {
+                etcd: to,
+                ca: etcd_ca,
+                cert: etcd_cert,
+                key: etcd_key,
+            };
+            let done = ferry_central::migrate::migrate(&data_dir, store)
+                .with_context(|| format!("migrating {}", data_dir.display()))?;
+            println!(
+                "copied {} keys into etcd (now at revision {}); {} names the cluster now",
+                done.keys,
+                done.revision,
+                data_dir.join(ferry_central::config::FILE).display()
+            );
+            println!(
+                "{} is left as it was, as a backup; start central again: ferry-central serve \
+                 --data-dir {}",
+                done.sqlite.display(),
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Serve {
             data_dir,
             listen,

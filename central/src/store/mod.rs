@@ -16,6 +16,7 @@
 mod backend;
 pub mod compaction;
 pub mod etcd;
+pub mod identity;
 pub mod sqlite;
 mod watch;
 
@@ -144,6 +145,22 @@ pub enum StoreError {
     Canceled { reason: String },
     #[error("the store is closed")]
     Closed,
+    #[error(
+        "revision {requested} is past this store's {current}: it comes from another store's \
+         history (a migration or a restore); list again and watch from the revision the \
+         list returns"
+    )]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
+    #[error(
+        "the list being resumed was of another store (this one was migrated or restored \
+         since); list again and watch from the revision the list returns"
+    )]
+    OtherStore,
+    #[error("no randomness for the store's identity: {0}")]
+    Entropy(getrandom::Error),
 }
 
 impl StoreError {
