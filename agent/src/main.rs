@@ -211,7 +211,8 @@ struct StateDir {
 struct JoinArgs {
     #[command(flatten)]
     state: StateDir,
-    /// Central's URL, as `ferry-central init` printed it.
+    /// Central's URL, as `ferry-central init` printed it: with replicas, each one's,
+    /// comma-separated (a replica that does not answer is passed over for the next).
     #[arg(long)]
     central: String,
     /// The join token.

@@ -43,7 +43,10 @@ pub enum InitError {
         "{path} already exists and is not empty; ferry-central is initialised there (or choose an empty directory)"
     )]
     Exists { path: PathBuf },
-    #[error("{url:?} is not a central URL: expected https://HOST[:PORT]")]
+    #[error(
+        "{url:?} is not a central URL: expected https://HOST[:PORT] (replicas: several, \
+         comma-separated)"
+    )]
     BadUrl { url: String },
     #[error("{path}: {source}")]
     Io {
@@ -67,7 +70,8 @@ pub enum InitError {
     Entropy(getrandom::Error),
 }
 
-/// Initialises `data_dir` for a central reachable at `url` and listening on `listen`, with
+/// Initialises `data_dir` for a central reachable at `url` (several replicas:
+/// comma-separated URLs, one each) and listening on `listen`, with
 /// its state in SQLite there or, given `store`, in an etcd cluster (which must not hold a
 /// central's state already).
 pub fn init(
@@ -76,7 +80,11 @@ pub fn init(
     listen: SocketAddr,
     store: Option<StoreConfig>,
 ) -> Result<Initialised, InitError> {
-    let host = host_of(url)?;
+    // Replicas: one URL each, comma-separated; the certificate names every host.
+    let hosts = url
+        .split(',')
+        .map(|one| host_of(one.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
     if fs::read_dir(data_dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(InitError::Exists {
             path: data_dir.to_path_buf(),
@@ -92,7 +100,7 @@ pub fn init(
         .unwrap_or_else(|| "central".into());
     let staging = parent.join(format!(".{name}.init-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let result = populate(&staging, url, &host, listen, store);
+    let result = populate(&staging, url, &hosts, listen, store);
     match result {
         Ok((admin_token, join_token, ca_fingerprint)) => {
             // An empty target directory may exist (made by the operator); rename replaces it.
@@ -119,7 +127,7 @@ pub fn init(
 fn populate(
     dir: &Path,
     url: &str,
-    host: &str,
+    hosts: &[String],
     listen: SocketAddr,
     store_config: Option<StoreConfig>,
 ) -> Result<(String, String, String), InitError> {
@@ -133,8 +141,12 @@ fn populate(
         .create(dir.join("tls"))
         .map_err(io(dir))?;
 
-    let mut names = vec![host.to_string(), "localhost".into(), "127.0.0.1".into()];
-    names.dedup();
+    let mut names = hosts.to_vec();
+    for local in ["localhost", "127.0.0.1"] {
+        if !names.iter().any(|n| n == local) {
+            names.push(local.into());
+        }
+    }
     let pki = pki::create(&names)?;
     let tls = dir.join("tls");
     config::write_new(&tls.join("ca.pem"), pki.ca_cert_pem.as_bytes(), 0o644)?;

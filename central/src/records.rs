@@ -4,7 +4,11 @@
 //! real news. A stack's datasources get records too, from the addresses it set for them.
 //!
 //! A refresh gathers what it reads, computes the writes from it (a pure function, unit-tested
-//! without a store) and commits them in one transaction guarded by its address claims.
+//! without a store) and commits them in one transaction guarded by what it read: every
+//! server's report and every record as they were (a record it creates: that none exists),
+//! and its address claims. Replicas refresh concurrently; a refresh that read before
+//! another's commit fails its guard and starts over, so a stale view never overwrites a
+//! newer one.
 
 use ferry_api::keys;
 use std::{collections::BTreeMap, net::Ipv4Addr};
@@ -28,6 +32,12 @@ pub fn key(stack: &str, service: &str) -> String {
 /// Every server's last container report, by server.
 pub fn reports<S: Store>(store: &S) -> Result<BTreeMap<String, Vec<ContainerReport>>, StackError> {
     let (kvs, _) = store.list(keys::CONTAINERS)?;
+    decode_reports(kvs)
+}
+
+fn decode_reports(
+    kvs: Vec<KeyValue>,
+) -> Result<BTreeMap<String, Vec<ContainerReport>>, StackError> {
     kvs.into_iter()
         .map(|kv| {
             let server = keys::containers_of(&kv.key).unwrap_or_default().to_string();
@@ -44,14 +54,14 @@ pub fn reports<S: Store>(store: &S) -> Result<BTreeMap<String, Vec<ContainerRepo
 /// Brings `records/<stack>/` in line with the reports and generations: one transaction,
 /// none when nothing changed. A new service gets a free service address.
 pub fn refresh<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<(), StackError> {
-    for _ in 0..8 {
+    for _ in 0..16 {
         match refresh_once(store, stacks, stack) {
             Err(StackError::Store(StoreError::Contended { .. })) => continue,
             other => return other,
         }
     }
     Err(StackError::Store(StoreError::Contended {
-        what: "a service address",
+        what: "a refresh of the records",
     }))
 }
 
@@ -63,9 +73,10 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
     }
     match store.txn(&compares, &ops)? {
         TxnOutcome::Committed(_) => Ok(()),
-        // Another stack's refresh took the same free address first: pick again.
+        // Another refresh committed since this one read (or took the same free address):
+        // read again.
         TxnOutcome::Failed(_) => Err(StackError::Store(StoreError::Contended {
-            what: "a service address",
+            what: "a refresh of the records",
         })),
     }
 }
@@ -76,6 +87,8 @@ fn refresh_once<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<
 struct Gathered {
     /// Every server's last container report, by server.
     reports: BTreeMap<String, Vec<ContainerReport>>,
+    /// Each report's key and the revision it was read at: the commit's guard.
+    report_revisions: Vec<(String, u64)>,
     /// The serving generation, if any.
     serving: Option<u64>,
     /// The services of the serving generation (each has a record, running or not).
@@ -108,8 +121,14 @@ fn gather<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<Gather
         serving_services = services.keys().cloned().collect();
         specs.extend(services);
     }
+    let (report_kvs, _) = store.list(keys::CONTAINERS)?;
+    let report_revisions = report_kvs
+        .iter()
+        .map(|kv| (kv.key.clone(), kv.mod_revision))
+        .collect();
     Ok(Gathered {
-        reports: reports(store)?,
+        reports: decode_reports(report_kvs)?,
+        report_revisions,
         serving,
         serving_services,
         specs,
@@ -127,6 +146,7 @@ fn gather<S: Store>(store: &S, stacks: &Stacks<S>, stack: &str) -> Result<Gather
 fn compute(stack: &str, gathered: &Gathered) -> Result<(Vec<Compare>, Vec<Op>), StackError> {
     let Gathered {
         reports,
+        report_revisions,
         serving,
         serving_services,
         specs,
@@ -155,7 +175,16 @@ fn compute(stack: &str, gathered: &Gathered) -> Result<(Vec<Compare>, Vec<Op>), 
     }
     let mut fresh = free_addresses(taken);
     let mut ops = Vec::new();
-    let mut compares = Vec::new();
+    // Guarded by everything read that decides the writes: the reports and the records.
+    let mut compares: Vec<Compare> = report_revisions
+        .iter()
+        .map(|(key, revision)| Compare::ModRevision(key.clone(), *revision))
+        .chain(
+            existing
+                .iter()
+                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision)),
+        )
+        .collect();
     let wanted: BTreeMap<String, ServiceRecord> = found
         .into_iter()
         .map(|(service, generations)| {
@@ -209,11 +238,14 @@ fn compute(stack: &str, gathered: &Gathered) -> Result<(Vec<Compare>, Vec<Op>), 
     }
     for (key, record) in &wanted {
         let value = encode(key, record)?;
-        if !existing
-            .iter()
-            .any(|kv| kv.key == *key && kv.value == value)
-        {
-            ops.push(Op::Put(key.clone(), value));
+        match existing.iter().find(|kv| kv.key == *key) {
+            Some(kv) if kv.value == value => {}
+            Some(_) => ops.push(Op::Put(key.clone(), value)),
+            None => {
+                // Created here: only if no other refresh created it meanwhile.
+                compares.push(Compare::ModRevision(key.clone(), 0));
+                ops.push(Op::Put(key.clone(), value));
+            }
         }
     }
     Ok((compares, ops))
@@ -296,6 +328,7 @@ mod tests {
     fn a_new_service_gets_a_record_and_claims_the_first_free_address() {
         let gathered = Gathered {
             reports: BTreeMap::from([("one".into(), vec![web(1, [10, 66, 1, 2])])]),
+            report_revisions: vec![("containers/one".into(), 7)],
             serving: Some(1),
             serving_services: vec!["web".into(), "worker".into()],
             taken: vec![stored(
@@ -305,12 +338,17 @@ mod tests {
             ..Gathered::default()
         };
         let (compares, ops) = compute("shop", &gathered).expect("computes");
-        // 10.96.0.1 is another stack's: web takes .2, worker .3, each guarded.
+        // Guarded by the report it was computed from; 10.96.0.1 is another stack's: web
+        // takes .2, worker .3, each claim guarded, and each new record made only if no
+        // other refresh made it first.
         assert_eq!(
             compares,
             [
+                Compare::ModRevision("containers/one".into(), 7),
                 Compare::ModRevision("service-addresses/10.96.0.2".into(), 0),
                 Compare::ModRevision("service-addresses/10.96.0.3".into(), 0),
+                Compare::ModRevision("records/shop/web".into(), 0),
+                Compare::ModRevision("records/shop/worker".into(), 0),
             ]
         );
         assert_eq!(
@@ -368,7 +406,14 @@ mod tests {
             ),
         ];
         let (compares, ops) = compute("shop", &gathered).expect("computes");
-        assert!(compares.is_empty(), "web keeps its address: {compares:?}");
+        assert_eq!(
+            compares,
+            [
+                Compare::ModRevision("records/shop/web".into(), 1),
+                Compare::ModRevision("records/shop/cache".into(), 1),
+            ],
+            "guarded by the records as read; web keeps its address, no claim"
+        );
         assert_eq!(
             ops,
             [

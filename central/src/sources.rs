@@ -1,6 +1,11 @@
 //! Uploaded source archives (gzip-compressed tar), kept content-addressed under the data
 //! directory: `sources/<sha256>.tar.gz`. An upload is streamed to disk while it is hashed
 //! and counted, so a large or endless body never sits in memory and never exceeds the limit.
+//!
+//! Replicas (central on etcd) share sources through the store as well: the archive is
+//! written there in chunks of [`CHUNK`] bytes, the last one written last, so an agent
+//! fetching from any replica finds it; a replica without the file serves it from the
+//! chunks.
 
 use std::{
     io::{self, Read as _},
@@ -10,6 +15,8 @@ use std::{
 use futures_util::{Stream, StreamExt as _};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
+
+use crate::store::{Store, StoreError};
 
 /// Largest service.yml read out of an archive.
 const MAX_SERVICE_FILE: u64 = 256 * 1024;
@@ -37,6 +44,65 @@ pub enum SourceError {
     ServiceFileTooLarge,
     #[error("service.yml in the archive is not UTF-8 text")]
     ServiceFileNotText,
+}
+
+/// Bytes in one chunk of an archive in the store (etcd takes requests up to 1.5 MiB).
+pub const CHUNK: usize = 1 << 20;
+
+/// Writes the archive at `path` into `store` in chunks under `sources/<digest>/`, the
+/// last one marked by being shorter than [`CHUNK`] (an empty one when the size is a
+/// multiple). Blocking: one store call per chunk.
+///
+/// Errors: the file cannot be read, or a write fails (chunks written so far stay; a
+/// reader finds no last chunk and says the source is not there).
+pub fn put_chunks<S: Store + ?Sized>(
+    store: &S,
+    digest: &str,
+    path: &Path,
+) -> Result<usize, SourceChunkError> {
+    let bytes = std::fs::read(path).map_err(|source| SourceChunkError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut written = 0;
+    for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
+        store.put(&ferry_api::keys::source_chunk(digest, n), chunk)?;
+        written = n + 1;
+    }
+    if bytes.len() % CHUNK == 0 {
+        store.put(&ferry_api::keys::source_chunk(digest, written), &[])?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// The archive `digest` from its chunks in `store`, or None unless it is all there.
+///
+/// Errors: the store cannot be read.
+pub fn read_chunks<S: Store + ?Sized>(
+    store: &S,
+    digest: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let (chunks, _) = store.list(&ferry_api::keys::source_chunks(digest))?;
+    let complete = chunks.last().is_some_and(|c| c.value.len() < CHUNK)
+        && chunks
+            .iter()
+            .enumerate()
+            .all(|(n, c)| c.key == ferry_api::keys::source_chunk(digest, n));
+    Ok(complete.then(|| chunks.into_iter().flat_map(|c| c.value).collect()))
+}
+
+/// Why an archive could not be written into the store.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceChunkError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A stored archive.

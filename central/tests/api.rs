@@ -934,6 +934,34 @@ async fn a_watch_resuming_another_stores_list_is_told_to_list_again() {
     assert_eq!(line.events[0].key, "servers/bravo");
 }
 
+/// Credentials and the store's identity never leave central, even under the widest
+/// prefix an admin may ask for; asked for by name, they are refused.
+#[tokio::test]
+async fn credentials_never_leave_central_under_any_prefix() {
+    let central = Central::start().await;
+    let _agent = central.agent("alpha", 1).await;
+    let admin = central.client(&central.admin);
+    let everything = admin.list("").await.expect("list everything");
+    assert!(
+        everything.items.iter().any(|i| i.key == "servers/alpha"),
+        "the list has the rest"
+    );
+    let leaked: Vec<&str> = everything
+        .items
+        .iter()
+        .map(|i| i.key.as_str())
+        .filter(|k| k.starts_with("auth/") || k.starts_with("sources/"))
+        .collect();
+    assert!(leaked.is_empty(), "{leaked:?}");
+    for prefix in ["auth/", "auth/tokens/", "sources/"] {
+        let err = admin.list(prefix).await.expect_err(prefix);
+        assert!(
+            err.to_string().contains("cannot be read"),
+            "{prefix}: {err}"
+        );
+    }
+}
+
 /// A stored value central cannot read is central's own failure: a 500 that names the key,
 /// never taken for an empty default (which here would have answered "no such container").
 #[tokio::test]

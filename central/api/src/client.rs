@@ -5,7 +5,10 @@
 //! accepts central only if the chain central presents contains a CA with that fingerprint
 //! and the server certificate verifies against that CA for the name dialled.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use rustls::{
@@ -61,17 +64,24 @@ pub enum ClientError {
     Compacted { url: String },
 }
 
-/// A client bound to one central and one token; clones share its connections.
+/// A client bound to one central (one or several replicas) and one token; clones share
+/// its connections and which replica answers.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// Every replica's URL, without a trailing slash.
+    bases: Arc<Vec<String>>,
+    /// The index in `bases` of the replica that answered last: asked first.
+    answering: Arc<AtomicUsize>,
     token: String,
     pinned: Arc<Mutex<Option<CertificateDer<'static>>>>,
 }
 
 impl Client {
-    /// A client of the central at `url` (e.g. `https://central.example.com:7443`).
+    /// A client of the central at `url` (e.g. `https://central.example.com:7443`), or of
+    /// its replicas, comma-separated (`https://a:7443,https://b:7443`): a request that
+    /// cannot connect to one is sent to the next (it was never sent, so even a write is
+    /// safe to send again), and the one that answers is asked first from then on.
     pub fn new(url: &str, token: &str, trust: Trust) -> Result<Self, ClientError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let pinned = Arc::new(Mutex::new(None));
@@ -101,12 +111,27 @@ impl Client {
                 url: url.into(),
                 source,
             })?;
+        let bases: Vec<String> = url
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
         Ok(Self {
             http,
-            base: url.trim_end_matches('/').into(),
+            bases: Arc::new(bases),
+            answering: Arc::default(),
             token: token.into(),
             pinned,
         })
+    }
+
+    /// The replica asked first now.
+    fn base(&self) -> &str {
+        let at = self.answering.load(Ordering::Relaxed);
+        self.bases
+            .get(at)
+            .or_else(|| self.bases.first())
+            .map_or("", String::as_str)
     }
 
     /// The CA certificate a fingerprint-pinned client accepted, in PEM, to save for later.
@@ -136,8 +161,15 @@ impl Client {
         let again = (request.method() == reqwest::Method::GET)
             .then(|| request.try_clone())
             .flatten();
+        let others = self.others(&request);
         let response = match (self.http.execute(request).await, again) {
             (Ok(response), _) => response,
+            (Err(e), _) if e.is_connect() && !others.is_empty() => {
+                // Each replica's failure is the same kind; the last one is told.
+                self.fail_over(others)
+                    .await
+                    .map_err(|last| transport(last.unwrap_or(e)))?
+            }
             (Err(e), Some(again)) if e.is_request() || e.is_connect() => {
                 self.http.execute(again).await.map_err(transport)?
             }
@@ -162,6 +194,44 @@ impl Client {
         })
     }
 
+    /// `request` as it would go to each other replica, in order after the one it goes to
+    /// (none for a body that cannot be sent twice, such as a streamed upload).
+    fn others(&self, request: &reqwest::Request) -> Vec<(usize, reqwest::Request)> {
+        let current = self.base();
+        let url = request.url().as_str();
+        let Some(path) = url.strip_prefix(current) else {
+            return Vec::new();
+        };
+        let at = self.answering.load(Ordering::Relaxed);
+        (1..self.bases.len())
+            .map(|step| (at + step) % self.bases.len())
+            .filter_map(|i| {
+                let mut other = request.try_clone()?;
+                *other.url_mut() = format!("{}{path}", self.bases[i]).parse().ok()?;
+                Some((i, other))
+            })
+            .collect()
+    }
+
+    /// Sends each of `others` in turn until one connects; that replica is asked first
+    /// from then on. Err: the last failure (None when there was no other replica).
+    async fn fail_over(
+        &self,
+        others: Vec<(usize, reqwest::Request)>,
+    ) -> Result<reqwest::Response, Option<reqwest::Error>> {
+        let mut last = None;
+        for (i, request) in others {
+            match self.http.execute(request).await {
+                Ok(response) => {
+                    self.answering.store(i, Ordering::Relaxed);
+                    return Ok(response);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last)
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
@@ -179,19 +249,19 @@ impl Client {
 
     /// Registers this server (with the join token).
     pub async fn join(&self, request: &JoinRequest) -> Result<JoinResponse, ClientError> {
-        let url = format!("{}/v1/join", self.base);
+        let url = format!("{}/v1/join", self.base());
         self.send(self.http.post(&url).json(request), &url).await
     }
 
     /// Every server (admin).
     pub async fn servers(&self) -> Result<Vec<Server>, ClientError> {
-        let url = format!("{}/v1/servers", self.base);
+        let url = format!("{}/v1/servers", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
     /// Removes a server and revokes its agent token (admin).
     pub async fn remove_server(&self, name: &str) -> Result<Server, ClientError> {
-        let url = format!("{}/v1/servers/{name}", self.base);
+        let url = format!("{}/v1/servers/{name}", self.base());
         self.send(self.http.delete(&url), &url).await
     }
 
@@ -202,7 +272,7 @@ impl Client {
         stack: &str,
         archive: Vec<u8>,
     ) -> Result<DeployResponse, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/deploy", self.base);
+        let url = format!("{}/v1/stacks/{stack}/deploy", self.base());
         let request = self
             .http
             .post(&url)
@@ -213,7 +283,7 @@ impl Client {
 
     /// Deploys the generation that served before again; it serves once healthy (admin).
     pub async fn rollback(&self, stack: &str) -> Result<Generation, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/rollback", self.base);
+        let url = format!("{}/v1/stacks/{stack}/rollback", self.base());
         self.send(self.http.post(&url), &url).await
     }
 
@@ -222,7 +292,7 @@ impl Client {
         &self,
         stack: &str,
     ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/variables", self.base);
+        let url = format!("{}/v1/stacks/{stack}/variables", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
@@ -232,7 +302,7 @@ impl Client {
         stack: &str,
         change: &VariablesChange,
     ) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/variables", self.base);
+        let url = format!("{}/v1/stacks/{stack}/variables", self.base());
         self.send(self.http.put(&url).json(change), &url).await
     }
 
@@ -241,7 +311,7 @@ impl Client {
         &self,
         stack: &str,
     ) -> Result<std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/datasources", self.base);
+        let url = format!("{}/v1/stacks/{stack}/datasources", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
@@ -251,7 +321,7 @@ impl Client {
         stack: &str,
         change: &DatasourcesChange,
     ) -> Result<std::collections::BTreeMap<String, Vec<std::net::Ipv4Addr>>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/datasources", self.base);
+        let url = format!("{}/v1/stacks/{stack}/datasources", self.base());
         self.send(self.http.put(&url).json(change), &url).await
     }
 
@@ -260,7 +330,7 @@ impl Client {
         &self,
         stack: &str,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/certificates", self.base);
+        let url = format!("{}/v1/stacks/{stack}/certificates", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
@@ -271,7 +341,7 @@ impl Client {
         name: &str,
         certificate: &crate::types::TlsCertificate,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/certificates/{name}", self.base);
+        let url = format!("{}/v1/stacks/{stack}/certificates/{name}", self.base());
         self.send(self.http.put(&url).json(certificate), &url).await
     }
 
@@ -281,7 +351,7 @@ impl Client {
         stack: &str,
         name: &str,
     ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/certificates/{name}", self.base);
+        let url = format!("{}/v1/stacks/{stack}/certificates/{name}", self.base());
         self.send(self.http.delete(&url), &url).await
     }
 
@@ -292,32 +362,32 @@ impl Client {
         service: &str,
         count: u32,
     ) -> Result<ScaleResponse, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/services/{service}/scale", self.base);
+        let url = format!("{}/v1/stacks/{stack}/services/{service}/scale", self.base());
         self.send(self.http.post(&url).json(&ScaleRequest { count }), &url)
             .await
     }
 
     /// The replica's health: its store's backend, revision and members (anyone).
     pub async fn health(&self) -> Result<crate::types::Health, ClientError> {
-        let url = format!("{}/v1/health", self.base);
+        let url = format!("{}/v1/health", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
     /// Every stack (admin).
     pub async fn stacks(&self) -> Result<Vec<Stack>, ClientError> {
-        let url = format!("{}/v1/stacks", self.base);
+        let url = format!("{}/v1/stacks", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
     /// A stack's generations, oldest first (admin).
     pub async fn generations(&self, stack: &str) -> Result<Vec<Generation>, ClientError> {
-        let url = format!("{}/v1/stacks/{stack}/generations", self.base);
+        let url = format!("{}/v1/stacks/{stack}/generations", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
     /// A source archive by its hex digest.
     pub async fn source(&self, digest: &str) -> Result<Vec<u8>, ClientError> {
-        let url = format!("{}/v1/sources/{digest}", self.base);
+        let url = format!("{}/v1/sources/{digest}", self.base());
         let response = self.respond(self.http.get(&url), &url).await?;
         let bytes = response
             .bytes()
@@ -337,7 +407,7 @@ impl Client {
         generation: u64,
         report: &StatusReport,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}/v1/status/{server}/{stack}/{generation}", self.base);
+        let url = format!("{}/v1/status/{server}/{stack}/{generation}", self.base());
         self.send(self.http.put(&url).json(report), &url).await
     }
 
@@ -349,7 +419,7 @@ impl Client {
         generation: u64,
         report: &ProgressReport,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}/v1/progress/{server}/{stack}/{generation}", self.base);
+        let url = format!("{}/v1/progress/{server}/{stack}/{generation}", self.base());
         self.send(self.http.put(&url).json(report), &url).await
     }
 
@@ -359,7 +429,7 @@ impl Client {
         server: &str,
         containers: &[ContainerReport],
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}/v1/containers/{server}", self.base);
+        let url = format!("{}/v1/containers/{server}", self.base());
         self.send(self.http.put(&url).json(containers), &url).await
     }
 
@@ -369,14 +439,14 @@ impl Client {
         server: &str,
         heartbeat: &crate::heartbeat::Heartbeat,
     ) -> Result<(), ClientError> {
-        let url = format!("{}/v1/heartbeat/{server}", self.base);
+        let url = format!("{}/v1/heartbeat/{server}", self.base());
         let _: serde_json::Value = self.send(self.http.put(&url).json(heartbeat), &url).await?;
         Ok(())
     }
 
     /// Every server with its last contact and heartbeat (admin).
     pub async fn servers_status(&self) -> Result<Vec<crate::heartbeat::ServerStatus>, ClientError> {
-        let url = format!("{}/v1/servers/status", self.base);
+        let url = format!("{}/v1/servers/status", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
@@ -384,7 +454,7 @@ impl Client {
     pub async fn containers(
         &self,
     ) -> Result<std::collections::BTreeMap<String, Vec<ContainerReport>>, ClientError> {
-        let url = format!("{}/v1/containers", self.base);
+        let url = format!("{}/v1/containers", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
@@ -395,7 +465,7 @@ impl Client {
         container: &str,
         kind: &ActionKind,
     ) -> Result<ActionResult, ClientError> {
-        let url = format!("{}/v1/containers/{server}/{container}/actions", self.base);
+        let url = format!("{}/v1/containers/{server}/{container}/actions", self.base());
         self.send(self.http.post(&url).json(kind), &url).await
     }
 
@@ -406,13 +476,13 @@ impl Client {
         id: &str,
         result: &ActionResult,
     ) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}/v1/results/{server}/{id}", self.base);
+        let url = format!("{}/v1/results/{server}/{id}", self.base());
         self.send(self.http.put(&url).json(result), &url).await
     }
 
     /// The keys under `prefix`, and their revision.
     pub async fn list(&self, prefix: &str) -> Result<ListResponse, ClientError> {
-        let url = format!("{}/v1/list", self.base);
+        let url = format!("{}/v1/list", self.base());
         self.send(self.http.get(&url).query(&[("prefix", prefix)]), &url)
             .await
     }
@@ -435,7 +505,7 @@ impl Client {
         after: Revision,
         store: &str,
     ) -> Result<impl Stream<Item = Result<WatchLine, ClientError>> + use<>, ClientError> {
-        let url = format!("{}/v1/watch", self.base);
+        let url = format!("{}/v1/watch", self.base());
         let after = after.to_string();
         let mut query = vec![("prefix", prefix), ("after", after.as_str())];
         if !store.is_empty() {

@@ -22,6 +22,8 @@
 //! | `generations/<stack>/<generation>` | one deploy of it | central | admin |
 //! | `variables/<stack>`, `datasources/<stack>` | its environment and datasources | central (the CLI) | admin; resolved into assignments |
 //! | `auth/tokens/<sha256>`, `auth/agents/<server>` | credentials, by digest | central | nobody through the API |
+//! | `heartbeats/<server>` | a server's last heartbeat and when it arrived, on etcd only (any replica may have taken it; one central keeps them in memory) | central (from the agent's heartbeat) | admin (`servers status`) |
+//! | `sources/<sha256>/<n>` | chunk `n` of an uploaded source archive, on etcd only (replicas share sources through the store; SQLite keeps them as files) | central (deploy) | central (serving `GET /v1/sources`); nobody through the list API |
 //! | `auth/store-id` | this store's identity: a random id written by `init` (once per store) and anew by `migrate`, so a revision from another store's history is never resumed here | central | nobody through the API (lists carry it) |
 //!
 //! Agents read only what their server needs: the other servers, every record and
@@ -65,6 +67,11 @@ pub const STACKS: &str = "stacks/";
 pub const GENERATIONS: &str = "generations/";
 /// Credentials; never served.
 pub const AUTH: &str = "auth/";
+/// Heartbeats, by server (etcd backend).
+pub const HEARTBEATS: &str = "heartbeats/";
+/// Source archives in chunks (etcd backend); served whole by `GET /v1/sources`, never
+/// listed.
+pub const SOURCES: &str = "sources/";
 /// The store's identity (a random id): written with the first tokens by `ferry-central
 /// init`, so a second init over the same etcd is refused, and anew by `migrate`, so a
 /// follower that listed another store lists again rather than resume a revision of a
@@ -182,6 +189,21 @@ pub fn certificates_of(stack: &str) -> String {
 /// `certificates/<stack>/<name>`.
 pub fn certificate(stack: &str, name: &str) -> String {
     format!("{}{name}", certificates_of(stack))
+}
+
+/// `heartbeats/<server>`.
+pub fn heartbeat(server: &str) -> String {
+    format!("{HEARTBEATS}{server}")
+}
+
+/// `sources/<digest>/`: one archive's chunks.
+pub fn source_chunks(digest: &str) -> String {
+    format!("{SOURCES}{digest}/")
+}
+
+/// `sources/<digest>/<n>`: chunk `n` (six digits, so key order is chunk order).
+pub fn source_chunk(digest: &str, n: usize) -> String {
+    format!("{}{n:06}", source_chunks(digest))
 }
 
 /// `stacks/<stack>`.

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 /// `ferry login`.
 #[derive(Args)]
 pub struct LoginArgs {
-    /// Central's URL, as `ferry-central init` printed it.
+    /// Central's URL, as `ferry-central init` printed it: with replicas, each one's,
+    /// comma-separated (a replica that does not answer is passed over for the next).
     #[arg(long)]
     central: String,
     /// The admin token.

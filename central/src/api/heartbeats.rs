@@ -1,4 +1,6 @@
-//! Heartbeats (see [`ferry_api::heartbeat`]): kept in memory, stamped with central's clock.
+//! Heartbeats (see [`ferry_api::heartbeat`]), stamped with central's clock: kept in memory
+//! by one central (on SQLite), and in the store by replicas (on etcd), so whichever
+//! replica an agent reached, every replica tells the same last contact.
 
 use std::{
     collections::HashMap,
@@ -14,6 +16,7 @@ use ferry_api::heartbeat::{Heartbeat, ServerStatus};
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth::Caller};
+use crate::store::{Backend, Store as _};
 
 /// The last heartbeat of each server, with the Unix second it arrived.
 #[derive(Default)]
@@ -26,6 +29,13 @@ impl Heartbeats {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// A heartbeat in the store, with the Unix second it arrived.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stamped {
+    at: u64,
+    heartbeat: Heartbeat,
 }
 
 fn now_unix() -> u64 {
@@ -47,10 +57,16 @@ pub async fn beat(
             "a heartbeat out of bounds: {why}"
         )));
     }
-    state
-        .heartbeats
-        .lock()
-        .insert(server, (now_unix(), heartbeat));
+    let at = now_unix();
+    if matches!(*state.store, Backend::Etcd(_)) {
+        let value = serde_json::to_vec(&Stamped { at, heartbeat })
+            .map_err(|e| ApiError::internal("encode a heartbeat", e))?;
+        state
+            .store
+            .put(&ferry_api::keys::heartbeat(&server), &value)?;
+    } else {
+        state.heartbeats.lock().insert(server, (at, heartbeat));
+    }
     Ok(Json(json!({})))
 }
 
@@ -61,7 +77,19 @@ pub async fn status(
 ) -> Result<Json<Vec<ServerStatus>>, ApiError> {
     caller.admin("read the servers' status")?;
     let servers = state.servers.list()?;
-    let beats = state.heartbeats.lock();
+    let beats = match *state.store {
+        Backend::Etcd(_) => {
+            let (kvs, _) = state.store.list(ferry_api::keys::HEARTBEATS)?;
+            kvs.iter()
+                .map(|kv| {
+                    let stamped: Stamped = super::error::decode(&kv.key, &kv.value)?;
+                    let server = kv.key.trim_start_matches(ferry_api::keys::HEARTBEATS);
+                    Ok((server.to_string(), (stamped.at, stamped.heartbeat)))
+                })
+                .collect::<Result<HashMap<_, _>, ApiError>>()?
+        }
+        Backend::Sqlite(_) => state.heartbeats.lock().clone(),
+    };
     // A removed server's last heartbeat is dropped with it.
     Ok(Json(
         servers

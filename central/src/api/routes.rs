@@ -26,7 +26,7 @@ use super::{
 use crate::{
     deploy, records, servicefile, sources,
     state::{Generation, Phase, Server, Stack},
-    store::{Event, Op, Revision, Store as _, StoreError, Watch, WatchError},
+    store::{Backend, Event, Op, Revision, Store as _, StoreError, Watch, WatchError},
     tokens::{self, Role},
 };
 
@@ -110,6 +110,7 @@ pub async fn remove_server(
     let mut extra = vec![
         Op::Delete(agent_token_key(&name)),
         Op::Delete(super::containers::key(&name)),
+        Op::Delete(ferry_api::keys::heartbeat(&name)),
     ];
     if let Some(kv) = state.store.get(&agent_token_key(&name))? {
         extra.push(Op::Delete(String::from_utf8_lossy(&kv.value).into_owned()));
@@ -141,12 +142,21 @@ pub struct PrefixQuery {
 }
 
 fn check_prefix(prefix: &str) -> Result<(), ApiError> {
-    if prefix.len() > 512 || prefix.starts_with(ferry_api::keys::AUTH) {
+    if prefix.len() > 512
+        || prefix.starts_with(ferry_api::keys::AUTH)
+        || prefix.starts_with(ferry_api::keys::SOURCES)
+    {
         return Err(ApiError::BadRequest(format!(
             "{prefix:?} cannot be read through the API"
         )));
     }
     Ok(())
+}
+
+/// Whether `key` may leave central through the list and watch API: never credentials, the
+/// store's identity or source chunks, even under a wider prefix such as `""`.
+fn served(key: &str) -> bool {
+    !key.starts_with(ferry_api::keys::AUTH) && !key.starts_with(ferry_api::keys::SOURCES)
 }
 
 fn value_json(bytes: &[u8]) -> Value {
@@ -172,6 +182,7 @@ pub async fn list(
     let (items, revision) = state.store.list(&query.prefix)?;
     let items = items
         .into_iter()
+        .filter(|kv| served(&kv.key))
         .map(|kv| Item {
             value: value_json(&kv.value),
             key: kv.key,
@@ -214,7 +225,11 @@ pub async fn watch(
             Ok(events) => {
                 let line = WatchLine {
                     revision: watch.revision(),
-                    events: events.iter().map(watch_event).collect(),
+                    events: events
+                        .iter()
+                        .filter(|e| served(&e.key))
+                        .map(watch_event)
+                        .collect(),
                     error: None,
                     reason: None,
                 };
@@ -288,6 +303,18 @@ pub async fn deploy(
         .map_err(|e| ApiError::internal("read the uploaded archive", e))??;
     let parsed = servicefile::parse("service.yml", &text)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if matches!(*state.store, Backend::Etcd(_)) {
+        // Before the generation is recorded: an agent may fetch it from any replica.
+        let (store, digest, path) = (
+            state.store.clone(),
+            stored.digest.clone(),
+            stored.path.clone(),
+        );
+        tokio::task::spawn_blocking(move || sources::put_chunks(store.as_ref(), &digest, &path))
+            .await
+            .map_err(|e| ApiError::internal("share the uploaded archive", e))?
+            .map_err(|e| ApiError::internal("share the uploaded archive with the replicas", e))?;
+    }
     let generation = record_generation(&state, &stack, parsed.stack.services, &stored.digest)?;
     Ok((
         StatusCode::CREATED,
@@ -413,9 +440,12 @@ pub async fn source(
         Role::Join => return Err(forbidden("fetch sources")),
     }
     let path = state.sources.join(format!("{digest}.tar.gz"));
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|_| ApiError::NotFound(format!("no source {digest}")))?;
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        // Uploaded to another replica: from the store.
+        Err(_) => sources::read_chunks(state.store.as_ref(), &digest)?
+            .ok_or_else(|| ApiError::NotFound(format!("no source {digest}")))?,
+    };
     Ok(([(header::CONTENT_TYPE, "application/gzip")], bytes).into_response())
 }
 

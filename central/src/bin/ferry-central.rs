@@ -22,7 +22,9 @@ enum Command {
         /// Where central keeps its config, certificates and state.
         #[arg(long, default_value = "/var/lib/ferry-central")]
         data_dir: PathBuf,
-        /// The URL agents and the CLI will use, e.g. https://central.example.com:7443.
+        /// The URL agents and the CLI will use, e.g. https://central.example.com:7443;
+        /// for replicas, each one's, comma-separated (the certificate names every host, and
+        /// clients move to the next when one does not answer).
         #[arg(long)]
         url: String,
         /// Address the API listens on.
