@@ -33,6 +33,8 @@ pub struct Central {
     listen: SocketAddr,
     /// The flags `serve` runs with, besides the data directory and address.
     flags: Vec<String>,
+    /// More replicas serving the same data directory (central on etcd), with their URLs.
+    replicas: Vec<(Child, String)>,
 }
 
 impl Central {
@@ -95,7 +97,36 @@ impl Central {
             ca_fingerprint: printed.ca_fingerprint,
             listen: addr,
             flags,
+            replicas: Vec::new(),
         })
+    }
+
+    /// Serves another replica from the same data directory (for central on etcd: the
+    /// same store, CA and tokens) on another port of the same host; returns its URL.
+    /// [`url`](Self::url) names it after the first from then on, so every client that
+    /// takes `url` knows both.
+    pub fn add_replica(&mut self) -> Result<String> {
+        let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
+        let (child, addr) = serve(
+            &bin,
+            &self.data_dir,
+            &format!("{}:0", self.listen.ip()),
+            &self.flags,
+        )?;
+        let url = format!("https://{}:{}", self.listen.ip(), addr.port());
+        self.url = format!("{},{url}", self.url);
+        self.replicas.push((child, url.clone()));
+        Ok(url)
+    }
+
+    /// Kills the first replica (the one `start` served, which clients ask first) with
+    /// SIGKILL; the others go on serving.
+    pub fn kill_first(&mut self) -> Result<()> {
+        self.child
+            .kill()
+            .context("killing central's first replica")?;
+        let _ = self.child.wait();
+        Ok(())
     }
 
     /// The serving process's id.
@@ -246,5 +277,9 @@ impl Drop for Central {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for (mut replica, _) in self.replicas.drain(..) {
+            let _ = replica.kill();
+            let _ = replica.wait();
+        }
     }
 }

@@ -3,6 +3,9 @@
 //! with SIGKILL: the deploy completes on the two members left, nothing is orphaned or
 //! doubled, the operator's status shows the dead member and the new leader, and the next
 //! deploy works. A second `init` over the same cluster is refused and changes nothing.
+//! Two central replicas serve the same cluster: each server's agent prefers a different
+//! one, so the generation settles from reports through both, once; the replica the
+//! operator and one agent talk to is killed mid-deploy and they carry on with the other.
 //! A SQLite central with a running stack moves to etcd with `ferry-central migrate`: the
 //! agent follows the etcd-backed central without being touched, and the next deploy works.
 
@@ -207,5 +210,86 @@ async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> R
         Ok(Saw(now == expected, now))
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_settle_a_generation_once_and_survive_one_killed_mid_deploy() -> Result<()> {
+    let tag = unique("");
+    let etcd = EtcdCluster::start(&format!("r{tag}"), 3).await?;
+    let mut network = Network::new(&format!("fbr{tag}"), 153)?;
+    network.serve_registry()?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-replicas{tag}"));
+    let mut central = Central::start_on_etcd(&central_dir, "10.250.153.1", &etcd.url())?;
+    let first = central.url.clone();
+    let second = central.add_replica()?;
+    // One prefers the first replica, two the second: reports reach central through both.
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let both = central.url.clone();
+    central.url = format!("{second},{first}");
+    let two = Member::join(&mut network, &central, "two", &tag).await?;
+    central.url = both;
+    let operator = Operator::login(&central, &tag)?;
+    let admin = Client::new(
+        &central.url,
+        &central.admin_token,
+        Trust::Fingerprint(central.ca_fingerprint.clone()),
+    )?;
+    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
+    let shop = shop.to_string_lossy();
+
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
+    assert!(ok, "{out}{err}");
+    let generations = admin.generations("shop").await?;
+    assert_eq!(generations.len(), 1, "{generations:?}");
+    assert_eq!(
+        admin.stacks().await?.first().and_then(|s| s.serving),
+        Some(1)
+    );
+    let expected = vec![("api".to_string(), 1, true), ("web".to_string(), 1, true)];
+    for member in [&one, &two] {
+        assert_eq!(inventory(member).await?, expected, "one of each, once");
+    }
+    // Every replica tells both servers' last contact, whichever took their heartbeats.
+    for url in [&first, &second] {
+        let replica = Client::new(
+            url,
+            &central.admin_token,
+            Trust::Fingerprint(central.ca_fingerprint.clone()),
+        )?;
+        let status = replica.servers_status().await?;
+        assert_eq!(status.len(), 2, "{url}: {status:?}");
+        assert!(
+            status.iter().all(|s| s.last_contact_unix.is_some()),
+            "{url}: {status:?}"
+        );
+    }
+
+    // The replica the operator and one's agent talk to dies while generation 2 builds.
+    let (ok, out, err) = operator.run(&["deploy", "--no-wait", "--stack", "shop", &shop])?;
+    assert!(
+        ok && out.contains("generation 2 of shop recorded"),
+        "{out}{err}"
+    );
+    central.kill_first()?;
+    eventually(Duration::from_secs(240), "generation 2 serving", || async {
+        let serving = admin
+            .stacks()
+            .await
+            .map(|s| s.first().and_then(|s| s.serving));
+        Ok(Saw(matches!(serving, Ok(Some(2))), format!("{serving:?}")))
+    })
+    .await?;
+    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
+    for member in [&one, &two] {
+        eventually(Duration::from_secs(60), "generation 1 gone", || async {
+            let now = inventory(member).await?;
+            Ok(Saw(now == expected, now))
+        })
+        .await?;
+    }
+    // The operator's next command goes to the replica left.
+    let (ok, out, err) = operator.run(&["containers", "list", "--stack", "shop"])?;
+    assert!(ok && out.matches(" running ").count() == 4, "{out}{err}");
     Ok(())
 }
