@@ -157,6 +157,19 @@ impl Member {
         Ok(list(self.docker.engine()).await?)
     }
 
+    /// (service, generation, running) of every ferry container here, sorted: what a test
+    /// compares to say "one of each, once".
+    pub async fn inventory(&self) -> Result<Vec<(String, u64, bool)>> {
+        let mut found: Vec<_> = self
+            .containers()
+            .await?
+            .into_iter()
+            .map(|c| (c.service, c.generation, c.running))
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
     /// Stops the agent and removes the containers, the network and the state it made.
     pub async fn clean_up(mut self) {
         let _ = self.kill_agent();

@@ -114,6 +114,21 @@ impl EtcdCluster {
         format!("etcd://{}", members.join(","))
     }
 
+    /// Member `i`'s client URL (`http://127.0.0.1:PORT`, its HTTP/JSON gateway too).
+    pub fn client_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client)
+    }
+
+    /// How many members the cluster has.
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Member `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
     /// Member `i`'s name.
     pub fn name(&self, i: usize) -> &str {
         &self.members[i].name

@@ -22,16 +22,58 @@ use ferry_tests::{
     unique,
 };
 
-/// (service, generation, running) of every ferry container on `member`, sorted.
-async fn inventory(member: &Member) -> Result<Vec<(String, u64, bool)>> {
-    let mut found: Vec<_> = member
-        .containers()
-        .await?
-        .into_iter()
-        .map(|c| (c.service, c.generation, c.running))
-        .collect();
-    found.sort();
-    Ok(found)
+/// The example stack's directory.
+fn shop() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/shop")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// An admin client of every replica `central` names.
+fn admin_of(central: &Central) -> Result<Client> {
+    Ok(Client::new(
+        &central.url,
+        &central.admin_token,
+        Trust::Fingerprint(central.ca_fingerprint.clone()),
+    )?)
+}
+
+/// Waits until generation `n` of shop serves.
+async fn until_serving(admin: &Client, n: u64) -> Result<()> {
+    eventually(
+        Duration::from_secs(240),
+        &format!("generation {n} serving"),
+        || async {
+            let serving = admin
+                .stacks()
+                .await
+                .map(|s| s.first().and_then(|s| s.serving));
+            Ok(Saw(
+                matches!(serving, Ok(Some(s)) if s == n),
+                format!("{serving:?}"),
+            ))
+        },
+    )
+    .await
+}
+
+/// Waits until each of `members` runs one api and one web of generation `n` and nothing
+/// else.
+async fn until_only(members: &[&Member], n: u64) -> Result<()> {
+    let expected = vec![("api".to_string(), n, true), ("web".to_string(), n, true)];
+    for member in members {
+        eventually(
+            Duration::from_secs(60),
+            &format!("only generation {n}"),
+            || async {
+                let now = member.inventory().await?;
+                Ok(Saw(now == expected, now))
+            },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,13 +106,8 @@ async fn a_deploy_completes_while_the_etcd_leader_is_killed() -> Result<()> {
     let one = Member::join(&mut network, &central, "one", &tag).await?;
     let two = Member::join(&mut network, &central, "two", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
-    let admin = Client::new(
-        &central.url,
-        &central.admin_token,
-        Trust::Fingerprint(central.ca_fingerprint.clone()),
-    )?;
-    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
-    let shop = shop.to_string_lossy();
+    let admin = admin_of(&central)?;
+    let shop = shop();
 
     // Record generation 1, then kill the etcd leader while the servers fetch and build.
     let (ok, out, err) = operator.run(&["deploy", "--no-wait", "--stack", "shop", &shop])?;
@@ -81,17 +118,10 @@ async fn a_deploy_completes_while_the_etcd_leader_is_killed() -> Result<()> {
     let leader = etcd.leader().await?;
     let killed = etcd.name(leader).to_string();
     etcd.kill(leader)?;
-    eventually(Duration::from_secs(240), "generation 1 serving", || async {
-        let serving = admin
-            .stacks()
-            .await
-            .map(|s| s.first().and_then(|s| s.serving));
-        Ok(Saw(matches!(serving, Ok(Some(1))), format!("{serving:?}")))
-    })
-    .await?;
+    until_serving(&admin, 1).await?;
     let expected = vec![("api".to_string(), 1, true), ("web".to_string(), 1, true)];
     for member in [&one, &two] {
-        assert_eq!(inventory(member).await?, expected, "one of each, once");
+        assert_eq!(member.inventory().await?, expected, "one of each, once");
     }
 
     // The operator sees the backend, the dead member and a new leader among the others.
@@ -131,14 +161,7 @@ async fn a_deploy_completes_while_the_etcd_leader_is_killed() -> Result<()> {
     // Two of three members are a majority: the next deploy works.
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
     assert!(ok, "{out}{err}");
-    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
-    for member in [&one, &two] {
-        eventually(Duration::from_secs(60), "generation 1 gone", || async {
-            let now = inventory(member).await?;
-            Ok(Saw(now == expected, now))
-        })
-        .await?;
-    }
+    until_only(&[&one, &two], 2).await?;
     Ok(())
 }
 
@@ -152,13 +175,8 @@ async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> R
     let mut central = Central::start(&central_dir, "10.250.152.1")?;
     let one = Member::join(&mut network, &central, "one", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
-    let admin = Client::new(
-        &central.url,
-        &central.admin_token,
-        Trust::Fingerprint(central.ca_fingerprint.clone()),
-    )?;
-    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
-    let shop = shop.to_string_lossy();
+    let admin = admin_of(&central)?;
+    let shop = shop();
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
     assert!(ok, "{out}{err}");
     let sqlite_store = admin.list("stacks/").await?.store;
@@ -204,12 +222,7 @@ async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> R
     // The same tokens: the operator and the agent carry on with what they have.
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
     assert!(ok, "{out}{err}");
-    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
-    eventually(Duration::from_secs(60), "generation 1 replaced", || async {
-        let now = inventory(&one).await?;
-        Ok(Saw(now == expected, now))
-    })
-    .await?;
+    until_only(&[&one], 2).await?;
     Ok(())
 }
 
@@ -230,13 +243,8 @@ async fn two_replicas_settle_a_generation_once_and_survive_one_killed_mid_deploy
     let two = Member::join(&mut network, &central, "two", &tag).await?;
     central.url = both;
     let operator = Operator::login(&central, &tag)?;
-    let admin = Client::new(
-        &central.url,
-        &central.admin_token,
-        Trust::Fingerprint(central.ca_fingerprint.clone()),
-    )?;
-    let shop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop");
-    let shop = shop.to_string_lossy();
+    let admin = admin_of(&central)?;
+    let shop = shop();
 
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
     assert!(ok, "{out}{err}");
@@ -248,7 +256,7 @@ async fn two_replicas_settle_a_generation_once_and_survive_one_killed_mid_deploy
     );
     let expected = vec![("api".to_string(), 1, true), ("web".to_string(), 1, true)];
     for member in [&one, &two] {
-        assert_eq!(inventory(member).await?, expected, "one of each, once");
+        assert_eq!(member.inventory().await?, expected, "one of each, once");
     }
     // Every replica tells both servers' last contact, whichever took their heartbeats.
     for url in [&first, &second] {
@@ -272,22 +280,8 @@ async fn two_replicas_settle_a_generation_once_and_survive_one_killed_mid_deploy
         "{out}{err}"
     );
     central.kill_first()?;
-    eventually(Duration::from_secs(240), "generation 2 serving", || async {
-        let serving = admin
-            .stacks()
-            .await
-            .map(|s| s.first().and_then(|s| s.serving));
-        Ok(Saw(matches!(serving, Ok(Some(2))), format!("{serving:?}")))
-    })
-    .await?;
-    let expected = vec![("api".to_string(), 2, true), ("web".to_string(), 2, true)];
-    for member in [&one, &two] {
-        eventually(Duration::from_secs(60), "generation 1 gone", || async {
-            let now = inventory(member).await?;
-            Ok(Saw(now == expected, now))
-        })
-        .await?;
-    }
+    until_serving(&admin, 2).await?;
+    until_only(&[&one, &two], 2).await?;
     // The operator's next command goes to the replica left.
     let (ok, out, err) = operator.run(&["containers", "list", "--stack", "shop"])?;
     assert!(ok && out.matches(" running ").count() == 4, "{out}{err}");

@@ -22,18 +22,6 @@ use ferry_tests::{
     unique,
 };
 
-/// (service, generation, running) of every ferry container on `member`, sorted.
-async fn inventory(member: &Member) -> Result<Vec<(String, u64, bool)>> {
-    let mut found: Vec<_> = member
-        .containers()
-        .await?
-        .into_iter()
-        .map(|c| (c.service, c.generation, c.running))
-        .collect();
-    found.sort();
-    Ok(found)
-}
-
 /// Docker's start time of each container on `member`, by id.
 async fn start_times(member: &Member) -> Result<Vec<(String, String)>> {
     let mut times = Vec::new();
@@ -93,7 +81,7 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
     // Each server runs one container of each service, on its own subnet.
     let expected = vec![("api".to_string(), 1, true), ("web".to_string(), 1, true)];
     for (member, subnet) in [(&one, 1u8), (&two, 2u8)] {
-        assert_eq!(inventory(member).await?, expected);
+        assert_eq!(member.inventory().await?, expected);
         for c in member.containers().await? {
             let address = c.address.context("container without an address")?;
             assert_eq!(address.octets()[..3], [10, 66, subnet], "{c:?}");
@@ -262,10 +250,10 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
         "{out}"
     );
     assert_eq!(
-        inventory(&one).await?,
+        one.inventory().await?,
         [("api".to_string(), 1, true), ("web".to_string(), 1, true)]
     );
-    assert_eq!(inventory(&two).await?, [("web".to_string(), 1, true)]);
+    assert_eq!(two.inventory().await?, [("web".to_string(), 1, true)]);
 
     // A deploy replaces every container on both servers, keeping api's count of one;
     // generation 1 drains, stops.
@@ -280,10 +268,10 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
         assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
     }
     assert_eq!(
-        inventory(&one).await?,
+        one.inventory().await?,
         [("api".to_string(), 2, true), ("web".to_string(), 2, true)]
     );
-    assert_eq!(inventory(&two).await?, [("web".to_string(), 2, true)]);
+    assert_eq!(two.inventory().await?, [("web".to_string(), 2, true)]);
 
     // Central lost nothing across its crash: every generation, in order, settled.
     let phases: Vec<(u64, Phase)> = admin

@@ -10,31 +10,47 @@
 //! TLS, etcd's `POST /v3/watch`. A round's figure is the time from the start of the write
 //! to the moment the last watcher has it; rounds alternate between the two servers.
 //!
+//! The same again for central on etcd: a three-member cluster on loopback, central's
+//! watchers on one replica, then spread over two replicas (the write goes through the
+//! first), against etcd itself (the same cluster, its watchers spread over the members,
+//! the put sent to the first).
+//!
 //! Prints one line per watcher count and ends with `metric ...` and `ratio ...` lines.
 
 use std::{
     collections::BTreeMap,
     io::Write as _,
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};
 use ferry_api::{
     client::{Client, Trust},
     types::{JoinRequest, StatusReport},
 };
-use ferry_tests::{central::Central, figures::flag};
+use ferry_tests::{central::Central, etcd::EtcdCluster, figures::flag};
 use futures_util::StreamExt as _;
 use tokio::sync::mpsc;
 
-/// What a watcher saw: which server, which value, when.
+/// Whose watchers: each round times one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Subject {
+    /// Central on SQLite.
+    Central,
+    /// etcd, one member.
+    Etcd,
+    /// Central on the three-member etcd cluster.
+    CentralOnEtcd,
+    /// The three-member etcd cluster itself.
+    EtcdCluster,
+}
+
+/// What a watcher saw: whose, which value, when.
 #[derive(Clone, Copy, Debug)]
 struct Seen {
-    etcd: bool,
+    from: Subject,
     value: u64,
     at: Instant,
 }
@@ -90,43 +106,28 @@ fn raise_fd_limit() -> Result<()> {
 async fn run(counts: &[usize], writes: usize) -> Result<()> {
     let scratch = std::env::temp_dir().join(format!("ferry-bench-control-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let etcd = Etcd::start(&scratch.join("etcd"))?;
+    let tag = std::process::id();
+    let etcd = EtcdCluster::start(&format!("bench-one-{tag}"), 1).await?;
     let central = Central::start(&scratch.join("central"), "127.0.0.1")?;
     let bench = CentralBench::new(&central).await?;
+    let http = reqwest::Client::new();
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Seen)>();
     let mut watchers = Vec::new();
     let mut results: BTreeMap<usize, (Summary, Summary, u64, u64)> = BTreeMap::new();
     let mut etcd_value = 0u64;
     for &count in counts {
-        // Add watchers up to `count` on each server, then wait for every one to be live.
+        // Add watchers up to `count` on each server.
         let have = watchers.len() / 2;
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
-        for id in have..count {
-            watchers.push(tokio::spawn(central_watcher(
-                bench.admin.clone(),
+        watchers.extend(
+            pairs(
+                have..count,
+                (|_| bench.admin.clone(), Subject::Central),
+                (|_| etcd.client_url(0), Subject::Etcd),
                 bench.revision,
-                id,
-                tx.clone(),
-                ready_tx.clone(),
-            )));
-            watchers.push(tokio::spawn(etcd_watcher(
-                etcd.url.clone(),
-                id,
-                tx.clone(),
-                ready_tx.clone(),
-            )));
-            if id % 50 == 49 {
-                // Let handshakes finish in waves rather than all at once.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        drop(ready_tx);
-        for _ in 0..(count - have) * 2 {
-            tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-                .await
-                .context("watchers did not all connect within 60 s")?
-                .context("a watcher failed to connect")?;
-        }
+                &tx,
+            )
+            .await?,
+        );
         let (mut central_ms, mut etcd_ms) = (Vec::new(), Vec::new());
         for _ in 0..writes {
             let generation = bench.deploy().await?;
@@ -135,20 +136,21 @@ async fn run(counts: &[usize], writes: usize) -> Result<()> {
             drain(&mut rx);
             let t0 = Instant::now();
             bench.flip(generation).await?;
-            central_ms.push(until_all(&mut rx, count, false, generation, t0).await?);
+            central_ms.push(until_all(&mut rx, count, Subject::Central, generation, t0).await?);
 
             etcd_value += 1;
             drain(&mut rx);
             let t0 = Instant::now();
-            etcd.put(etcd_value).await?;
-            etcd_ms.push(until_all(&mut rx, count, true, etcd_value, t0).await?);
+            etcd_put(&http, &etcd.client_url(0), etcd_value).await?;
+            etcd_ms.push(until_all(&mut rx, count, Subject::Etcd, etcd_value, t0).await?);
         }
         if args_have("--samples") {
             println!("samples central {count}: {central_ms:.1?}");
             println!("samples etcd {count}: {etcd_ms:.1?}");
         }
         let (c, e) = (summary(&mut central_ms), summary(&mut etcd_ms));
-        let (rss_c, rss_e) = (rss_kib(central.pid())?, rss_kib(etcd.child.id())?);
+        let etcd_pid = etcd.pid(0).context("etcd is not running")?;
+        let (rss_c, rss_e) = (rss_kib(central.pid())?, rss_kib(etcd_pid)?);
         println!(
             "watchers={count:<5} central all-watchers p50 {:>6.1} ms p99 {:>6.1} ms rss {:>4} MiB | etcd p50 {:>6.1} ms p99 {:>6.1} ms rss {:>4} MiB ({writes} writes each)",
             c.p50_ms,
@@ -164,6 +166,10 @@ async fn run(counts: &[usize], writes: usize) -> Result<()> {
     for w in &watchers {
         w.abort();
     }
+    drop(watchers);
+    drop(central);
+    drop(etcd);
+    let on_etcd = on_etcd(counts, writes, &scratch, &tx, &mut rx).await?;
     for (count, (c, e, rss_c, rss_e)) in &results {
         println!(
             "metric flip_p50_{count}_watchers_central = {:.1} ms",
@@ -186,10 +192,192 @@ async fn run(counts: &[usize], writes: usize) -> Result<()> {
             *rss_c as f64 / *rss_e as f64
         );
     }
-    drop(central);
-    drop(etcd);
+    for (count, figures) in &on_etcd {
+        figures.print(*count);
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
+}
+
+/// One watcher count's figures for central on etcd.
+struct OnEtcd {
+    one_replica: Summary,
+    two_replicas: Summary,
+    cluster: Summary,
+    rss_central: u64,
+    rss_member: u64,
+}
+
+impl OnEtcd {
+    fn print(&self, count: usize) {
+        let named = [
+            ("central_on_etcd", &self.one_replica),
+            ("central_on_etcd_two_replicas", &self.two_replicas),
+            ("etcd_cluster", &self.cluster),
+        ];
+        for (name, s) in named {
+            println!(
+                "metric flip_p50_{count}_watchers_{name} = {:.1} ms",
+                s.p50_ms
+            );
+            println!(
+                "metric flip_p99_{count}_watchers_{name} = {:.1} ms",
+                s.p99_ms
+            );
+        }
+        for (name, s) in &named[..2] {
+            println!(
+                "ratio flip_p99_{count}_watchers_{name}_vs_etcd_cluster_lower_is_better = {:.2}",
+                s.p99_ms / self.cluster.p99_ms
+            );
+        }
+        println!(
+            "metric rss_{count}_watchers_central_on_etcd = {} MiB",
+            self.rss_central / 1024
+        );
+        println!(
+            "metric rss_{count}_watchers_etcd_member = {} MiB",
+            self.rss_member / 1024
+        );
+        println!(
+            "ratio rss_{count}_watchers_central_on_etcd_vs_etcd_member_lower_is_better = {:.2}",
+            self.rss_central as f64 / self.rss_member as f64
+        );
+    }
+}
+
+/// Central on a three-member etcd cluster with two replicas, against the cluster itself:
+/// for each count, watchers on the first replica, then spread over both (each set made
+/// for its rounds and closed after), and as many on the cluster spread over its members.
+async fn on_etcd(
+    counts: &[usize],
+    writes: usize,
+    scratch: &Path,
+    tx: &mpsc::UnboundedSender<(usize, Seen)>,
+    rx: &mut mpsc::UnboundedReceiver<(usize, Seen)>,
+) -> Result<BTreeMap<usize, OnEtcd>> {
+    let tag = std::process::id();
+    let cluster = EtcdCluster::start(&format!("bench-three-{tag}"), 3).await?;
+    let mut central =
+        Central::start_on_etcd(&scratch.join("on-etcd"), "127.0.0.1", &cluster.url())?;
+    let first = central.url.clone();
+    let second = central.add_replica()?;
+    let bench = CentralBench::new(&central).await?;
+    let trust = Trust::Fingerprint(central.ca_fingerprint.clone());
+    let replicas = [
+        Client::new(&first, &central.admin_token, trust.clone())?,
+        Client::new(&second, &central.admin_token, trust)?,
+    ];
+    let http = reqwest::Client::new();
+    let mut value = 0u64;
+    let mut results = BTreeMap::new();
+    for &count in counts {
+        let mut timed = Vec::new();
+        for spread in [1, 2] {
+            let watchers = pairs(
+                0..count,
+                (|id| replicas[id % spread].clone(), Subject::CentralOnEtcd),
+                (
+                    |id| cluster.client_url(id % cluster.size()),
+                    Subject::EtcdCluster,
+                ),
+                bench.revision,
+                tx,
+            )
+            .await?;
+            let (mut central_ms, mut cluster_ms) = (Vec::new(), Vec::new());
+            for _ in 0..writes {
+                let generation = bench.deploy().await?;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                drain(rx);
+                let t0 = Instant::now();
+                bench.flip(generation).await?;
+                central_ms
+                    .push(until_all(rx, count, Subject::CentralOnEtcd, generation, t0).await?);
+                value += 1;
+                drain(rx);
+                let t0 = Instant::now();
+                etcd_put(&http, &cluster.client_url(0), value).await?;
+                cluster_ms.push(until_all(rx, count, Subject::EtcdCluster, value, t0).await?);
+            }
+            timed.push((summary(&mut central_ms), summary(&mut cluster_ms)));
+            for w in &watchers {
+                w.abort();
+            }
+        }
+        let member_pids: Vec<u32> = (0..cluster.size()).filter_map(|i| cluster.pid(i)).collect();
+        let mut member_rss = 0;
+        for pid in &member_pids {
+            member_rss += rss_kib(*pid)?;
+        }
+        let figures = OnEtcd {
+            one_replica: timed[0].0,
+            two_replicas: timed[1].0,
+            // The cluster's watchers are the same in both halves: the worse of the two.
+            cluster: if timed[0].1.p99_ms >= timed[1].1.p99_ms {
+                timed[0].1
+            } else {
+                timed[1].1
+            },
+            rss_central: rss_kib(central.pid())?,
+            rss_member: member_rss / member_pids.len().max(1) as u64,
+        };
+        println!(
+            "watchers={count:<5} central on etcd p50 {:>6.1} ms p99 {:>6.1} ms, on two replicas p50 {:>6.1} ms p99 {:>6.1} ms rss {:>4} MiB | etcd cluster p50 {:>6.1} ms p99 {:>6.1} ms rss {:>4} MiB a member ({writes} writes each)",
+            figures.one_replica.p50_ms,
+            figures.one_replica.p99_ms,
+            figures.two_replicas.p50_ms,
+            figures.two_replicas.p99_ms,
+            figures.rss_central / 1024,
+            figures.cluster.p50_ms,
+            figures.cluster.p99_ms,
+            figures.rss_member / 1024,
+        );
+        std::io::stdout().flush()?;
+        results.insert(count, figures);
+    }
+    Ok(results)
+}
+
+/// Starts a central watcher (through the client `central` gives for its id) and an etcd
+/// one (on the member URL `etcd` gives) for each id in `ids`, tagged with their subjects,
+/// and waits until every one is live.
+async fn pairs(
+    ids: std::ops::Range<usize>,
+    (central, central_subject): (impl Fn(usize) -> Client, Subject),
+    (etcd, etcd_subject): (impl Fn(usize) -> String, Subject),
+    after: u64,
+    tx: &mpsc::UnboundedSender<(usize, Seen)>,
+) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<()>();
+    let mut watchers = Vec::new();
+    for id in ids {
+        watchers.push(tokio::spawn(central_watcher(
+            central(id),
+            after,
+            (id, central_subject),
+            tx.clone(),
+            ready_tx.clone(),
+        )));
+        watchers.push(tokio::spawn(etcd_watcher(
+            etcd(id),
+            (id, etcd_subject),
+            tx.clone(),
+            ready_tx.clone(),
+        )));
+        if id % 50 == 49 {
+            // Let handshakes finish in waves rather than all at once.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(ready_tx);
+    for _ in 0..watchers.len() {
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await
+            .context("watchers did not all connect within 60 s")?
+            .context("a watcher failed to connect")?;
+    }
+    Ok(watchers)
 }
 
 fn args_have(name: &str) -> bool {
@@ -205,7 +393,7 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<(usize, Seen)>) {
 async fn until_all(
     rx: &mut mpsc::UnboundedReceiver<(usize, Seen)>,
     count: usize,
-    etcd: bool,
+    from: Subject,
     value: u64,
     t0: Instant,
 ) -> Result<f64> {
@@ -217,11 +405,10 @@ async fn until_all(
         let (id, s) = tokio::time::timeout_at(deadline, rx.recv())
             .await
             .with_context(|| {
-                let who = if etcd { "etcd" } else { "central" };
-                format!("{left} of {count} {who} watchers did not see {value} within 30 s")
+                format!("{left} of {count} {from:?} watchers did not see {value} within 30 s")
             })?
             .context("every watcher ended")?;
-        if s.etcd == etcd && s.value == value && id < count && !seen[id] {
+        if s.from == from && s.value == value && id < count && !seen[id] {
             seen[id] = true;
             left -= 1;
             last = last.max(s.at);
@@ -321,7 +508,7 @@ fn archive() -> Result<Vec<u8>> {
 async fn central_watcher(
     admin: Client,
     after: u64,
-    id: usize,
+    (id, from): (usize, Subject),
     tx: mpsc::UnboundedSender<(usize, Seen)>,
     ready: mpsc::UnboundedSender<()>,
 ) -> Result<()> {
@@ -336,14 +523,7 @@ async fn central_watcher(
                 .as_ref()
                 .and_then(|v| v.get("serving")?.as_u64());
             if let Some(value) = serving {
-                let _ = tx.send((
-                    id,
-                    Seen {
-                        etcd: false,
-                        value,
-                        at,
-                    },
-                ));
+                let _ = tx.send((id, Seen { from, value, at }));
             }
         }
     }
@@ -354,7 +534,7 @@ const ETCD_KEY: &str = "bench/serving";
 
 async fn etcd_watcher(
     url: String,
-    id: usize,
+    (id, from): (usize, Subject),
     tx: mpsc::UnboundedSender<(usize, Seen)>,
     ready: mpsc::UnboundedSender<()>,
 ) -> Result<()> {
@@ -387,14 +567,7 @@ async fn etcd_watcher(
                     .and_then(|v| B64.decode(v).ok())
                     .and_then(|v| String::from_utf8(v).ok()?.parse().ok());
                 if let Some(value) = value {
-                    let _ = tx.send((
-                        id,
-                        Seen {
-                            etcd: true,
-                            value,
-                            at,
-                        },
-                    ));
+                    let _ = tx.send((id, Seen { from, value, at }));
                 }
             }
         }
@@ -402,78 +575,17 @@ async fn etcd_watcher(
     Ok(())
 }
 
-/// One etcd member on loopback, killed on drop.
-struct Etcd {
-    child: Child,
-    url: String,
-    http: reqwest::Client,
-    _dir: PathBuf,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-impl Etcd {
-    fn start(dir: &Path) -> Result<Self> {
-        let (client, peer) = (free_port()?, free_port()?);
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "bench", "--data-dir"])
-            .arg(dir)
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("bench={peer_url}")])
-            .args(["--log-level", "error", "--logger", "zap"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting etcd (Debian's etcd-server; `./x setup` installs it)")?;
-        let etcd = Self {
-            child,
-            url,
-            http: reqwest::Client::new(),
-            _dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = std::net::TcpStream::connect(("127.0.0.1", client)).is_ok();
-            if up {
-                return Ok(etcd);
-            }
-            if Instant::now() > deadline {
-                bail!("etcd did not listen on {} within 30 s", etcd.url);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    async fn put(&self, value: u64) -> Result<()> {
-        let body = serde_json::json!({
-            "key": B64.encode(ETCD_KEY),
-            "value": B64.encode(value.to_string()),
-        });
-        self.http
-            .post(format!("{}/v3/kv/put", self.url))
-            .body(body.to_string())
-            .send()
-            .await?
-            .error_for_status()
-            .context("etcd refused the put")?;
-        Ok(())
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Puts `value` at the benchmark's key through the member at `url` (HTTP/JSON gateway).
+async fn etcd_put(http: &reqwest::Client, url: &str, value: u64) -> Result<()> {
+    let body = serde_json::json!({
+        "key": B64.encode(ETCD_KEY),
+        "value": B64.encode(value.to_string()),
+    });
+    http.post(format!("{url}/v3/kv/put"))
+        .body(body.to_string())
+        .send()
+        .await?
+        .error_for_status()
+        .context("etcd refused the put")?;
+    Ok(())
 }
