@@ -346,6 +346,49 @@ async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_chan
     Ok(())
 }
 
+/// etcd over TLS with client certificates (`--client-cert-auth`): a store that shows a
+/// certificate the cluster's CA signed reads and writes; one without is refused at once,
+/// with the members named.
+#[test]
+fn an_etcd_store_reaches_a_cluster_over_tls_with_its_client_certificate() -> TestResult {
+    use ferry_central::store::etcd::{EtcdConfig, EtcdStore, EtcdTls};
+
+    let dir = tempfile::tempdir()?;
+    // One CA; its certificate for 127.0.0.1 serves as the member's and the client's.
+    let pki = ferry_central::pki::create(&["127.0.0.1".to_string()])?;
+    let (ca, cert, key) = (
+        dir.path().join("ca.pem"),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    );
+    std::fs::write(&ca, &pki.ca_cert_pem)?;
+    std::fs::write(&cert, &pki.server_cert_pem)?;
+    std::fs::write(&key, &pki.server_key_pem)?;
+    let member = etcd_member::Etcd::start_tls(etcd_member::MemberTls {
+        ca: &ca,
+        cert: &cert,
+        key: &key,
+    });
+    let with_certificate = EtcdConfig::parse(
+        &member.url,
+        Some(EtcdTls {
+            ca: ca.clone(),
+            identity: Some((cert.clone(), key.clone())),
+        }),
+    )?;
+    assert!(with_certificate.endpoints[0].starts_with("https://"));
+    let store = EtcdStore::connect(&with_certificate)?;
+    let written = store.put("k", b"v")?;
+    assert_eq!(store.get("k")?.map(|kv| kv.mod_revision), Some(written));
+
+    let without = EtcdConfig::parse(&member.url, Some(EtcdTls { ca, identity: None }))?;
+    let err = EtcdStore::connect(&without)
+        .err()
+        .ok_or("a client without a certificate was let in")?;
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+    Ok(())
+}
+
 /// The child process of `an_acknowledged_write_survives_sigkill`: writes until killed,
 /// printing each acknowledged revision. Not a test of its own.
 #[test]

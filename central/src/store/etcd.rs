@@ -117,7 +117,10 @@ impl EtcdConfig {
     fn connect_options(&self) -> Result<ConnectOptions, EtcdConfigError> {
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // A member gone silent is noticed within 15 s. Not more often: etcd answers
+            // pings closer than its --grpc-keepalive-min-time (5 s by default) by closing
+            // the connection, and with it every watch on it.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
         let Some(tls) = &self.tls else {
             return Ok(options);
@@ -224,10 +227,13 @@ impl EtcdStore {
             Ok(Ok(Ok(client))) => client,
             Ok(Ok(Err(e))) => return Err(connect_error(Box::new(e))),
             Ok(Err(_)) => {
-                return Err(StoreError::Timeout {
-                    op: "connect",
-                    after: CALL_TIMEOUT,
-                });
+                return Err(connect_error(Box::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no member answered within {CALL_TIMEOUT:?} (with TLS: does the CA \
+                         match, and does the cluster want a client certificate?)"
+                    ),
+                ))));
             }
             Err(_) => return Err(StoreError::Closed),
         };

@@ -3,6 +3,7 @@
 
 use std::{
     net::TcpListener,
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -27,15 +28,44 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// TLS for a member: PEM files of the CA, and of its certificate and key (which must name
+/// 127.0.0.1). Clients must show a certificate the CA signed.
+pub struct MemberTls<'a> {
+    pub ca: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
 impl Etcd {
     /// Starts one member and waits until a client is served.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// [`start`](Self::start), serving clients over TLS with client certificates.
+    pub fn start_tls(tls: MemberTls<'_>) -> Self {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<MemberTls<'_>>) -> Self {
         // In memory: etcd syncs its log on every commit, which a disk makes slow.
         let dir = tempfile::tempdir_in("/dev/shm").expect("a directory in /dev/shm");
         let (client, peer) = (free_port(), free_port());
-        let client_url = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &tls {
+            command
+                .arg("--cert-file")
+                .arg(tls.cert)
+                .arg("--key-file")
+                .arg(tls.key)
+                .arg("--trusted-ca-file")
+                .arg(tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", "store-test", "--data-dir"])
             .arg(dir.path())
             .args(["--listen-client-urls", &client_url])
