@@ -1,6 +1,8 @@
 //! A deploy settling on the real store: servers' reports make a generation serve or fail,
 //! and the assignments tell each server what to run, what to drain and what to stop.
 
+mod etcd_member;
+
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use ferry_api::{
@@ -234,5 +236,87 @@ fn two_last_reports_at_once_still_make_the_generation_serve() {
             Some(number),
             "generation {number} must serve once both reported"
         );
+    }
+}
+
+/// Two central replicas over one etcd (a real member), each taking both servers' healthy
+/// reports for the same generation at the same moment (an agent that reconnects reports
+/// again, to whichever replica answers): the generation flips to serving once, and the one
+/// it replaces is told to drain once on each server.
+#[test]
+fn two_replicas_racing_to_settle_a_generation_settle_it_once() {
+    use ferry_central::store::Backend;
+
+    let member = etcd_member::Etcd::start();
+    let replica = || {
+        let store = Arc::new(Backend::Etcd(Box::new(member.store().expect("connect"))));
+        (store.clone(), Stacks::new(store))
+    };
+    let (a, b) = (replica(), replica());
+    let servers = [server("a", 1), server("b", 2)];
+    let deploy = |(store, stacks): &(Arc<Backend>, Stacks<Backend>)| {
+        stacks
+            .create_generation_with("shop", services(), "d1gest", |g| {
+                deploy::generation_ops(
+                    store.as_ref(),
+                    stacks,
+                    &servers,
+                    g,
+                    &services(),
+                    &Default::default(),
+                )
+            })
+            .expect("deploy")
+            .number
+    };
+    let healthy = StatusReport {
+        healthy: true,
+        detail: String::new(),
+    };
+    let report = |(store, stacks): &(Arc<Backend>, Stacks<Backend>), server: &str, n: u64| {
+        deploy::record_status(store.as_ref(), stacks, (server, "shop", n), &healthy, DRAIN)
+            .expect("report")
+    };
+    let first = deploy(&a);
+    report(&a, "a", first);
+    report(&a, "b", first);
+    let second = deploy(&a);
+    let before = a.0.revision().expect("revision");
+
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        for (replica, order) in [(&a, ["a", "b"]), (&b, ["b", "a"])] {
+            let start = &start;
+            let report = &report;
+            scope.spawn(move || {
+                start.wait();
+                for server in order {
+                    report(replica, server, second);
+                }
+            });
+        }
+    });
+
+    let stack_changes =
+        a.0.changes(&ferry_api::keys::stack("shop"), before, 1000)
+            .expect("history");
+    let flips = stack_changes
+        .iter()
+        .filter_map(|e| serde_json::from_slice::<ferry_api::types::Stack>(e.value.as_ref()?).ok())
+        .filter(|s| s.serving == Some(second))
+        .count();
+    assert_eq!(
+        flips, 1,
+        "the stack flipped to {second} once: {stack_changes:?}"
+    );
+    for server in ["a", "b"] {
+        let drains =
+            a.0.changes(&assignment_key(server, "shop", first), before, 1000)
+                .expect("history")
+                .into_iter()
+                .filter_map(|e| serde_json::from_slice::<Assignment>(e.value.as_ref()?).ok())
+                .filter(|x| matches!(x.state, Desired::Stop { .. }))
+                .count();
+        assert_eq!(drains, 1, "{server} told to drain generation {first} once");
     }
 }

@@ -1,5 +1,9 @@
 //! A real single-member etcd (Debian's `etcd-server`, installed by `./x setup`) for the
-//! store suite: its own data directory in memory and loopback ports, stopped on drop.
+//! store and deploy suites: its own data directory in memory and loopback ports, stopped
+//! on drop.
+
+// Each test crate that includes this module uses a part of it.
+#![allow(dead_code)]
 
 use std::{
     net::TcpListener,
