@@ -1,5 +1,7 @@
 //! Central's API over real TLS on loopback: joining, tokens and their limits, watches.
 
+mod etcd_member;
+
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -932,6 +934,34 @@ async fn a_watch_resuming_another_stores_list_is_told_to_list_again() {
         .expect("join");
     let line = next_line(&mut watch).await;
     assert_eq!(line.events[0].key, "servers/bravo");
+}
+
+/// A central whose etcd does not answer does not start, and says which members it tried;
+/// it never panics on the way out (the backend's runtime is let go without waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_whose_etcd_does_not_answer_fails_to_start_naming_the_members() {
+    let member = etcd_member::Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("central");
+    init::init(
+        &data_dir,
+        "https://127.0.0.1:7443",
+        "127.0.0.1:0".parse().expect("addr"),
+        Some(ferry_central::config::StoreConfig {
+            etcd: member.url.clone(),
+            ca: None,
+            cert: None,
+            key: None,
+        }),
+    )
+    .expect("init on etcd");
+    let members = member.url.trim_start_matches("etcd://").to_string();
+    drop(member);
+    let err = serve::start(&data_dir, Default::default())
+        .await
+        .err()
+        .expect("no central without its store");
+    assert!(err.to_string().contains(&members), "{err}");
 }
 
 /// Credentials and the store's identity never leave central, even under the widest

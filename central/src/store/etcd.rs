@@ -224,18 +224,25 @@ impl EtcdStore {
             let _ = done.send(outcome);
         });
         let client = match connected.recv() {
-            Ok(Ok(Ok(client))) => client,
-            Ok(Ok(Err(e))) => return Err(connect_error(Box::new(e))),
-            Ok(Err(_)) => {
-                return Err(connect_error(Box::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!(
-                        "no member answered within {CALL_TIMEOUT:?} (with TLS: does the CA \
-                         match, and does the cluster want a client certificate?)"
-                    ),
-                ))));
+            Ok(Ok(Ok(client))) => Ok(client),
+            Ok(Ok(Err(e))) => Err(connect_error(Box::new(e))),
+            Ok(Err(_)) => Err(connect_error(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no member answered within {CALL_TIMEOUT:?} (with TLS: does the CA \
+                     match, and does the cluster want a client certificate?)"
+                ),
+            )))),
+            Err(_) => Err(StoreError::Closed),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(e) => {
+                // Dropped, a runtime would wait for its threads, which an async caller
+                // must not.
+                runtime.shutdown_background();
+                return Err(e);
             }
-            Err(_) => return Err(StoreError::Closed),
         };
         let (announce, _) = broadcast::channel(ANNOUNCE_BACKLOG);
         let store = Self {
