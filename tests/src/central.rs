@@ -129,6 +129,15 @@ impl Central {
         Ok(())
     }
 
+    /// An admin client of every replica [`url`](Self::url) names, pinning the CA.
+    pub fn admin(&self) -> Result<ferry_api::client::Client> {
+        Ok(ferry_api::client::Client::new(
+            &self.url,
+            &self.admin_token,
+            ferry_api::client::Trust::Fingerprint(self.ca_fingerprint.clone()),
+        )?)
+    }
+
     /// The serving process's id.
     pub fn pid(&self) -> u32 {
         self.child.id()

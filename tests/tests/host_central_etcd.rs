@@ -30,15 +30,6 @@ fn shop() -> String {
         .into_owned()
 }
 
-/// An admin client of every replica `central` names.
-fn admin_of(central: &Central) -> Result<Client> {
-    Ok(Client::new(
-        &central.url,
-        &central.admin_token,
-        Trust::Fingerprint(central.ca_fingerprint.clone()),
-    )?)
-}
-
 /// Waits until generation `n` of shop serves.
 async fn until_serving(admin: &Client, n: u64) -> Result<()> {
     eventually(
@@ -106,7 +97,7 @@ async fn a_deploy_completes_while_the_etcd_leader_is_killed() -> Result<()> {
     let one = Member::join(&mut network, &central, "one", &tag).await?;
     let two = Member::join(&mut network, &central, "two", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
-    let admin = admin_of(&central)?;
+    let admin = central.admin()?;
     let shop = shop();
 
     // Record generation 1, then kill the etcd leader while the servers fetch and build.
@@ -175,7 +166,7 @@ async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> R
     let mut central = Central::start(&central_dir, "10.250.152.1")?;
     let one = Member::join(&mut network, &central, "one", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
-    let admin = admin_of(&central)?;
+    let admin = central.admin()?;
     let shop = shop();
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;
     assert!(ok, "{out}{err}");
@@ -243,7 +234,7 @@ async fn two_replicas_settle_a_generation_once_and_survive_one_killed_mid_deploy
     let two = Member::join(&mut network, &central, "two", &tag).await?;
     central.url = both;
     let operator = Operator::login(&central, &tag)?;
-    let admin = admin_of(&central)?;
+    let admin = central.admin()?;
     let shop = shop();
 
     let (ok, out, err) = operator.run(&["deploy", "--stack", "shop", &shop])?;

@@ -17,10 +17,7 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use ferry_agent::containers::{Engine, FerryContainer};
-use ferry_api::{
-    client::{Client, Trust},
-    records::ServiceRecord,
-};
+use ferry_api::records::ServiceRecord;
 use ferry_tests::{
     central::Central,
     cluster::{Member, Operator, eventually, service_address},
@@ -50,14 +47,6 @@ fn write_stack(tag: &str) -> Result<PathBuf> {
         "services:\n  web:\n    build_root: app\n    command: node server.js\n    ports: [\"3000:80\"]\n    traffic_matches: [\"web.example.test\"]\n    env_vars:\n      SERVICE: web\n    health:\n      endpoint: /healthz\n      timeout: 30s\n  client:\n    build_root: app\n    command: node server.js\n    ports: [\"3000\"]\n    env_vars:\n      SERVICE: client\n    constraints:\n      max_count: 1\n",
     )?;
     Ok(dir)
-}
-
-fn admin_of(central: &Central) -> Result<Client> {
-    Ok(Client::new(
-        &central.url,
-        &central.admin_token,
-        Trust::Fingerprint(central.ca_fingerprint.clone()),
-    )?)
 }
 
 /// The running containers of `service` on `member` in generation `generation`.
@@ -120,7 +109,7 @@ async fn one_server_balances_over_a_services_containers_through_every_path() -> 
     let one = Member::join(&mut network, &central, "one", &tag).await?;
     let engine = one.docker.engine();
     let operator = Operator::login(&central, &tag)?;
-    let admin = admin_of(&central)?;
+    let admin = central.admin()?;
     let stack = write_stack(&tag)?;
     let stack_arg = stack.to_string_lossy().into_owned();
     let (ok, out, err) = operator.run(&["deploy", "--stack", "scaled", &stack_arg])?;
@@ -302,7 +291,7 @@ async fn two_servers_spread_a_service_and_a_scale_down_drains_what_it_removes() 
     let one = Member::join(&mut network, &central, "one", &tag).await?;
     let two = Member::join(&mut network, &central, "two", &tag).await?;
     let operator = Operator::login(&central, &tag)?;
-    let admin = admin_of(&central)?;
+    let admin = central.admin()?;
     let stack = write_stack(&tag)?;
     let (ok, out, err) =
         operator.run(&["deploy", "--stack", "scaled", &stack.to_string_lossy()])?;
