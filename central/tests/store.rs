@@ -327,7 +327,17 @@ async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_chan
         "announced, not read from the log"
     );
 
-    // A commit too large to announce comes from the log.
+    // A commit too large to announce, elsewhere: passed over, the log is not read.
+    store.put("sources/big", &vec![b'x'; MAX_ANNOUNCED_BYTES + 1])?;
+    store.put("desired/after-elsewhere", b"x")?;
+    seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
+    assert_eq!(
+        watch.log_reads(),
+        waiting,
+        "a large commit under another prefix costs no log read"
+    );
+
+    // A commit too large to announce, under the prefix, comes from the log.
     store.put("desired/big", &vec![b'x'; MAX_ANNOUNCED_BYTES + 1])?;
     seen.extend(tokio::time::timeout(Duration::from_secs(10), watch.next()).await??);
     assert_eq!(
@@ -337,10 +347,16 @@ async fn a_watch_that_falls_behind_or_meets_a_large_commit_still_sees_every_chan
     );
 
     let revisions: Vec<u64> = seen.iter().map(|e| e.revision - r0).collect();
-    let expected: Vec<u64> = (1..=(total as u64 + 2)).collect();
-    assert_eq!(revisions, expected, "every change, in order, once");
+    // Revision total + 2 is the large commit elsewhere, not under the prefix.
+    let expected: Vec<u64> = (1..=(total as u64 + 4))
+        .filter(|r| *r != total as u64 + 2)
+        .collect();
     assert_eq!(
-        seen[total + 1].value.as_ref().map(Vec::len),
+        revisions, expected,
+        "every change under the prefix, in order, once"
+    );
+    assert_eq!(
+        seen[total + 2].value.as_ref().map(Vec::len),
         Some(MAX_ANNOUNCED_BYTES + 1)
     );
     Ok(())

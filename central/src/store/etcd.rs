@@ -586,6 +586,7 @@ async fn follow_commits(
             let _ = announce.send(Arc::new(Commit {
                 revision: compacted,
                 events: None,
+                keys: Vec::new(),
             }));
             *next = compacted;
             return Ok(());
@@ -604,9 +605,11 @@ async fn follow_commits(
                 .iter()
                 .map(|e| e.value.as_ref().map_or(0, Vec::len))
                 .sum();
+            let keys = commit.iter().map(|e| e.key.clone()).collect();
             let _ = announce.send(Arc::new(Commit {
                 revision: rev,
                 events: (size <= MAX_ANNOUNCED_BYTES).then_some(commit),
+                keys,
             }));
             *next = rev + 1;
         }

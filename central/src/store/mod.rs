@@ -60,6 +60,9 @@ pub struct Commit {
     /// Its changes, or None when they were too large to pass around: a watcher reads
     /// them from the log instead.
     pub events: Option<Vec<Event>>,
+    /// The keys it changed (empty when unknown: a gap in an etcd watch), so a watcher of
+    /// another prefix passes over a commit too large to announce without reading the log.
+    pub keys: Vec<String>,
 }
 
 /// Largest total of values a [`Commit`] carries; a bigger commit is announced without

@@ -235,10 +235,15 @@ impl Store for SqliteStore {
             .iter()
             .map(|e| e.key.len() + e.value.as_ref().map_or(0, Vec::len))
             .sum();
+        let keys = events.iter().map(|e| e.key.clone()).collect();
         let events = (size <= MAX_ANNOUNCED_BYTES).then_some(events);
         // Announced before the lock is released, so commits reach watchers in revision
         // order; with no watcher the send fails, which is fine.
-        let _ = self.announce.send(Arc::new(Commit { revision, events }));
+        let _ = self.announce.send(Arc::new(Commit {
+            revision,
+            events,
+            keys,
+        }));
         drop(conn);
         Ok(TxnOutcome::Committed(revision))
     }

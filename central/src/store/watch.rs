@@ -87,7 +87,13 @@ impl<S: Store> Watch<S> {
                 continue;
             }
             let Some(events) = &commit.events else {
-                self.from_log = true;
+                // Too large to announce: read from the log, unless it is known to touch
+                // nothing under this prefix (a source archive's chunks, say).
+                let elsewhere = !commit.keys.is_empty()
+                    && !commit.keys.iter().any(|k| k.starts_with(&self.prefix));
+                if !elsewhere {
+                    self.from_log = true;
+                }
                 continue;
             };
             let mine: Vec<Event> = events
