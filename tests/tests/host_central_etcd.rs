@@ -176,11 +176,14 @@ async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> R
     let bin = workspace_binary("ferry-central", "FERRY_CENTRAL_BIN")?;
     let store = etcd.url();
     central.restart_around(|data_dir| {
-        let migrated = Command::new(&bin)
-            .args(["migrate", "--data-dir"])
-            .arg(data_dir)
-            .args(["--to", &store])
-            .output()?;
+        let migrate = || {
+            Command::new(&bin)
+                .args(["migrate", "--data-dir"])
+                .arg(data_dir)
+                .args(["--to", &store])
+                .output()
+        };
+        let migrated = migrate()?;
         let said = String::from_utf8_lossy(&migrated.stdout);
         anyhow::ensure!(
             migrated.status.success() && said.contains("keys into etcd"),
@@ -188,11 +191,7 @@ async fn a_sqlite_central_migrated_to_etcd_keeps_its_stack_and_its_agents() -> R
             String::from_utf8_lossy(&migrated.stderr)
         );
         // Run again, it refuses: the cluster holds a central's state now.
-        let again = Command::new(&bin)
-            .args(["migrate", "--data-dir"])
-            .arg(data_dir)
-            .args(["--to", &store])
-            .output()?;
+        let again = migrate()?;
         let said = String::from_utf8_lossy(&again.stderr);
         anyhow::ensure!(
             !again.status.success() && said.contains("already keeps its state in etcd"),
