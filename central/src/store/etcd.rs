@@ -150,6 +150,25 @@ pub struct EtcdStore {
     options: ConnectOptions,
 }
 
+/// Whether an etcd call may succeed if made again: a member down, unreachable or between
+/// leaders (gRPC `Unavailable`, or the connection itself).
+pub fn is_transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// The backoff every retried etcd call follows, within [`CALL_TIMEOUT`] in all.
+fn backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(Duration::from_secs(1))
+        .with_total_delay(Some(CALL_TIMEOUT))
+        .without_max_times()
+}
+
 fn etcd(op: &'static str) -> impl FnOnce(etcd_client::Error) -> StoreError {
     move |source| StoreError::Etcd { op, source }
 }
@@ -215,9 +234,13 @@ impl EtcdStore {
         let (done, connected) = std::sync::mpsc::sync_channel(1);
         runtime.spawn(async move {
             let connect = async move {
-                let mut client = Client::connect(members, Some(options)).await?;
-                // Connecting is lazy: one read proves a member answers.
-                client.get("\0", None).await?;
+                let client = Client::connect(members, Some(options)).await?;
+                // Connecting is lazy: one read proves a member answers, made again while
+                // the balancer picks a member that is down.
+                (|| async { client.clone().get("\0", None).await })
+                    .retry(backoff())
+                    .when(is_transient)
+                    .await?;
                 Ok::<_, etcd_client::Error>(client)
             };
             let outcome = tokio::time::timeout(CALL_TIMEOUT, connect).await;
@@ -330,13 +353,7 @@ impl EtcdStore {
         let client = self.client.clone();
         self.spawn(async move {
             let retried = (|| attempt(client.clone()))
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(50))
-                        .with_max_delay(Duration::from_secs(1))
-                        .with_total_delay(Some(CALL_TIMEOUT))
-                        .without_max_times(),
-                )
+                .retry(backoff())
                 .when(StoreError::is_transient)
                 .notify(|e, after| debug!(op, ?after, "etcd: {e}; trying again"));
             let outcome = match tokio::time::timeout(CALL_TIMEOUT, retried).await {

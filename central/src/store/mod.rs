@@ -171,11 +171,7 @@ impl StoreError {
     /// leaders (gRPC `Unavailable`, or the connection itself).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Etcd { source, .. } => match source {
-                etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
-                etcd_client::Error::TransportError(_) => true,
-                _ => false,
-            },
+            Self::Etcd { source, .. } => etcd::is_transient(source),
             _ => false,
         }
     }
