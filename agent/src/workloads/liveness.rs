@@ -2,7 +2,8 @@
 //! stops (Docker's events) or fails its service's health check twice in a row (probed
 //! every half second) is reported at once, so central's records drop it and every
 //! server's ingress, DNS and service addresses stop sending anything to it within a
-//! second. One that passes again comes back the same way.
+//! second. One that passes again comes back the same way. A report that did not reach
+//! central (down, or a replica gone) is sent again on the next tick.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -64,7 +65,8 @@ pub(super) async fn watch(report: Reporter, intent: Shared) {
                 report.report(&intent).await;
             }
             _ = tick.tick() => {
-                if probe_all(&report, &intent, &mut failures).await {
+                let changed = probe_all(&report, &intent, &mut failures).await;
+                if changed || report.behind() {
                     report.report(&intent).await;
                 }
             }

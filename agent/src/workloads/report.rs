@@ -2,7 +2,13 @@
 //! generations it serves, sent to central after every change (central's records follow
 //! from the reports). The same listing keeps the data plane's callers table in step.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use ferry_api::{client::Client, types::ContainerReport};
 use tracing::warn;
@@ -29,6 +35,9 @@ pub(super) struct Reporter {
     /// Held across a listing and its report, so reports reach central in listing order
     /// and a stale one never lands last.
     in_order: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the last report failed to reach central: the liveness watch sends another
+    /// on its next tick, so central never keeps a stale list for want of a change.
+    behind: Arc<AtomicBool>,
 }
 
 impl Reporter {
@@ -48,17 +57,29 @@ impl Reporter {
             cgroup2,
             callers,
             in_order: Arc::default(),
+            behind: Arc::default(),
         }
     }
 
-    /// Tells central what runs here; a failure is logged, the next report replaces it.
+    /// Whether the last report did not reach central.
+    pub(super) fn behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    /// Tells central what runs here; a failure is logged and marks the reporter
+    /// [`behind`](Self::behind), so it is sent again.
     pub(super) async fn report(&self, intent: &Shared) {
         let _in_order = self.in_order.lock().await;
         let Some(report) = self.local_containers(intent).await else {
+            self.behind.store(true, Ordering::Relaxed);
             return;
         };
-        if let Err(e) = self.client.report_containers(&self.server, &report).await {
-            warn!("reporting containers to central: {e}");
+        match self.client.report_containers(&self.server, &report).await {
+            Ok(_) => self.behind.store(false, Ordering::Relaxed),
+            Err(e) => {
+                warn!("reporting containers to central: {e}; sending it again shortly");
+                self.behind.store(true, Ordering::Relaxed);
+            }
         }
     }
 

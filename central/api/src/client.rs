@@ -81,7 +81,8 @@ impl Client {
     /// A client of the central at `url` (e.g. `https://central.example.com:7443`), or of
     /// its replicas, comma-separated (`https://a:7443,https://b:7443`): a request that
     /// cannot connect to one is sent to the next (it was never sent, so even a write is
-    /// safe to send again), and the one that answers is asked first from then on.
+    /// safe to send again), as is a GET, PUT or DELETE cut off on a connection the replica
+    /// dropped; the one that answers is asked first from then on.
     pub fn new(url: &str, token: &str, trust: Trust) -> Result<Self, ClientError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let pinned = Arc::new(Mutex::new(None));
@@ -162,9 +163,16 @@ impl Client {
             .then(|| request.try_clone())
             .flatten();
         let others = self.others(&request);
+        // A request that never connected can go anywhere; one cut off on a connection
+        // the replica dropped (it died) may have been seen, so only a method that may be
+        // sent twice goes again (GET, PUT and DELETE: ferry's PUTs replace whole values).
+        let twice = matches!(
+            *request.method(),
+            reqwest::Method::GET | reqwest::Method::PUT | reqwest::Method::DELETE
+        );
         let response = match (self.http.execute(request).await, again) {
             (Ok(response), _) => response,
-            (Err(e), _) if e.is_connect() && !others.is_empty() => {
+            (Err(e), _) if (e.is_connect() || (twice && e.is_request())) && !others.is_empty() => {
                 // Each replica's failure is the same kind; the last one is told.
                 self.fail_over(others)
                     .await
