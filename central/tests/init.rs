@@ -153,3 +153,29 @@ fn pem_body(pem: &str) -> Vec<u8> {
         .decode(body)
         .expect("base64 PEM")
 }
+
+/// Replicas, as the README sets them up: one `--url` with every replica's URL. The join
+/// command printed names them all, and the one certificate is valid for each host.
+#[test]
+fn init_for_replicas_names_every_replica_in_the_join_command_and_the_certificate() {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("central");
+    let urls = "https://central-1.test:7443,https://central-2.test:7443";
+    let out = init(&dir, urls);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(token_after(&stdout, "--central"), urls, "{stdout}");
+    let cert = CertificateDer::from_pem_file(dir.join("tls/server.pem")).expect("certificate");
+    let cert = webpki::EndEntityCert::try_from(&cert).expect("parses");
+    for host in ["central-1.test", "central-2.test"] {
+        let name = ServerName::try_from(host).expect("a name");
+        cert.verify_is_valid_for_subject_name(&name)
+            .unwrap_or_else(|e| panic!("the certificate does not name {host}: {e:?}"));
+    }
+}
