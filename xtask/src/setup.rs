@@ -55,8 +55,8 @@ const PACKAGES: &[(&str, &[&str])] = &[
         &["dnsperf", "unbound", "iptables"],
     ),
     (
-        "central's etcd backend generates its client's protobuf code with protoc at build time; the store suite runs it against a real etcd, and `bench control` measures central's watch fan-out against etcd 3.4 in the same run",
-        &["protobuf-compiler", "etcd-server"],
+        "central's etcd backend generates its client's protobuf code with protoc at build time (libprotobuf-dev holds the google/protobuf/*.proto files etcd's protos import); the store suite runs it against a real etcd, and `bench control` measures central's watch fan-out against etcd 3.4 in the same run",
+        &["protobuf-compiler", "libprotobuf-dev", "etcd-server"],
     ),
     (
         "`bench ingress` sets nginx and haproxy beside ferry's ingress under wrk; host_ingress loads with wrk and speaks HTTP/2 with curl",
