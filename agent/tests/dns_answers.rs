@@ -273,3 +273,170 @@ fn an_error_response_echoes_the_question() {
     assert_eq!(message.metadata.response_code, ResponseCode::FormErr);
     assert!(message.queries.is_empty());
 }
+
+#[test]
+fn a_name_with_names_below_it_is_nodata_and_the_apex_owns_its_soa() {
+    let a = answerer(|_| {});
+    // `address.cloud66.local` has `api.address.cloud66.local` below it: it exists.
+    for qtype in [1, 28, 33] {
+        let empty = ask(&a, &host(), "address.cloud66.local", qtype);
+        assert_eq!(empty.metadata.response_code, ResponseCode::NoError);
+        assert!(empty.answers.is_empty());
+        assert_eq!(empty.authorities[0].record_type(), RecordType::SOA);
+    }
+    // With no service address anywhere, nothing is below it.
+    let bare = answerer(|r| r.address = None);
+    let records = Records::default();
+    records.replace([]);
+    let none = Answerer::new(records, Callers::new(None), "one".into());
+    assert_eq!(
+        ask(&none, &host(), "address.cloud66.local", 1)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+    // web has no address in `bare`, api neither: NXDOMAIN there too.
+    let web_only = ask(&bare, &host(), "address.cloud66.local", 1);
+    assert_eq!(
+        web_only.metadata.response_code,
+        ResponseCode::NoError,
+        "web still has its service address"
+    );
+
+    // The apex: its SOA in the answer section for SOA and ANY, in authority otherwise.
+    for qtype in [6, 255] {
+        let soa = ask(&a, &host(), "Cloud66.Local", qtype);
+        assert_eq!(soa.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(soa.answers.len(), 1, "qtype {qtype}");
+        assert_eq!(soa.answers[0].record_type(), RecordType::SOA);
+        assert_eq!(soa.answers[0].name.to_ascii(), "cloud66.local.");
+        assert!(soa.authorities.is_empty());
+    }
+    let a_at_apex = ask(&a, &host(), "cloud66.local", 1);
+    assert!(a_at_apex.answers.is_empty());
+    assert_eq!(a_at_apex.authorities[0].record_type(), RecordType::SOA);
+    // A service's own name has no SOA: NODATA.
+    let soa = ask(&a, &host(), "api.cloud66.local", 6);
+    assert_eq!(soa.metadata.response_code, ResponseCode::NoError);
+    assert!(soa.answers.is_empty());
+}
+
+#[test]
+fn a_service_of_two_stacks_is_nodata_for_a_caller_of_neither() {
+    let records = Records::default();
+    let mut other = record("api", &[(1, vec![endpoint(41, "one")])]);
+    other.stack = "blog".into();
+    other.serving = Some(1);
+    records.replace([record("api", &[(2, vec![endpoint(21, "one")])]), other]);
+    let a = Answerer::new(records, Callers::new(None), "one".into());
+    let either = ask(&a, &host(), "api.cloud66.local", 1);
+    assert_eq!(either.metadata.response_code, ResponseCode::NoError);
+    assert!(either.answers.is_empty());
+    assert_eq!(
+        ask(&a, &host(), "x.api.cloud66.local", 1)
+            .metadata
+            .response_code,
+        ResponseCode::NXDomain
+    );
+}
+
+/// A query for `name` with an OPT record: `payload` bytes, `version`, DO set, and `options`
+/// (code, data) in its RDATA; `opts` OPT records of the same shape.
+fn edns_query(name: &str, payload: u16, version: u8, options: &[(u16, &[u8])], opts: u16) -> Vec<u8> {
+    let mut q = query(name, 1);
+    q[11] = opts as u8;
+    let mut rdata = Vec::new();
+    for (code, data) in options {
+        rdata.extend_from_slice(&code.to_be_bytes());
+        rdata.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        rdata.extend_from_slice(data);
+    }
+    for _ in 0..opts {
+        q.push(0);
+        q.extend_from_slice(&41u16.to_be_bytes());
+        q.extend_from_slice(&payload.to_be_bytes());
+        q.extend_from_slice(&[0, version, 0x80, 0]);
+        q.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        q.extend_from_slice(&rdata);
+    }
+    q
+}
+
+fn answer_raw(a: &Answerer, query: &[u8], limit: usize) -> Message {
+    let mut out = Vec::new();
+    assert_eq!(
+        a.answer(query, &host(), &mut out, limit),
+        Outcome::Answered
+    );
+    assert!(out.len() <= limit.max(wire::EDNS_PAYLOAD as usize));
+    Message::from_vec(&out).expect("a response hickory can read")
+}
+
+#[test]
+fn edns_is_answered_with_ferrys_own_opt() {
+    let a = answerer(|_| {});
+    // An OPT with a cookie and an unknown option: both ignored, ferry's OPT back.
+    let q = edns_query(
+        "api.cloud66.local",
+        4096,
+        0,
+        &[(10, &[1, 2, 3, 4, 5, 6, 7, 8]), (65001, b"x")],
+        1,
+    );
+    let m = answer_raw(&a, &q, wire::UDP_LIMIT);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(addresses(&m).len(), 2);
+    let edns = m.edns.as_ref().expect("an OPT in the response");
+    assert_eq!(edns.max_payload(), 1232);
+    assert_eq!(edns.version(), 0);
+    assert!(edns.flags().dnssec_ok, "DO echoed");
+    assert!(edns.options().as_ref().is_empty(), "no option of the client's echoed");
+
+    // Version 1: BADVERS, ferry's version in its OPT, no answer.
+    let m = answer_raw(&a, &edns_query("api.cloud66.local", 4096, 1, &[], 1), wire::UDP_LIMIT);
+    // 16 is BADVERS in an OPT's context (hickory names the number BADSIG, TSIG's 16).
+    assert_eq!(u16::from(m.metadata.response_code), 16, "BADVERS");
+    assert!(m.answers.is_empty());
+    assert_eq!(m.edns.as_ref().map(|e| e.version()), Some(0));
+
+    // Two OPTs: FORMERR, the question echoed.
+    let mut out = Vec::new();
+    let q = edns_query("api.cloud66.local", 4096, 0, &[], 2);
+    assert_eq!(a.answer(&q, &host(), &mut out, wire::UDP_LIMIT), Outcome::Answered);
+    assert_eq!(out[3] & 0x0f, 1, "FORMERR");
+    // An OPT cut short: FORMERR too.
+    let q = edns_query("api.cloud66.local", 4096, 0, &[(10, b"12345678")], 1);
+    assert_eq!(
+        a.answer(&q[..q.len() - 3], &host(), &mut out, wire::UDP_LIMIT),
+        Outcome::Answered
+    );
+    assert_eq!(out[3] & 0x0f, 1, "FORMERR");
+    // No OPT asked, none given.
+    assert!(ask(&a, &host(), "api.cloud66.local", 1).edns.is_none());
+}
+
+#[test]
+fn a_large_answer_is_cut_at_whole_records_over_udp_and_whole_over_tcp() {
+    // 40 containers: past what 512 bytes hold (12 header + 23 question + 16 per A).
+    let many: Vec<Endpoint> = (1..=40).map(|i| endpoint(i, "one")).collect();
+    let a = answerer(|r| {
+        r.generations = [(2, many.clone())].into_iter().collect();
+    });
+    let udp = answer_raw(&a, &query("api.cloud66.local", 1), wire::UDP_LIMIT);
+    assert!(udp.metadata.truncation, "TC set");
+    assert_eq!(addresses(&udp).len(), (512 - 12 - 23) / 16, "as many whole records as fit");
+    // An EDNS client that takes 1232 bytes gets all 40, without TC.
+    let q = edns_query("api.cloud66.local", 1232, 0, &[], 1);
+    let edns = answer_raw(&a, &q, wire::UDP_LIMIT);
+    assert!(!edns.metadata.truncation);
+    assert_eq!(addresses(&edns).len(), 40);
+    // A payload below 512 is taken as 512 (RFC 6891 §6.2.3), less ferry's own OPT.
+    let q = edns_query("api.cloud66.local", 100, 0, &[], 1);
+    let small = answer_raw(&a, &q, wire::UDP_LIMIT);
+    assert!(small.metadata.truncation);
+    assert_eq!(addresses(&small).len(), (512 - 11 - 12 - 23) / 16);
+    // TCP: the whole set.
+    let tcp = answer_raw(&a, &query("api.cloud66.local", 1), usize::from(u16::MAX));
+    assert!(!tcp.metadata.truncation);
+    assert_eq!(addresses(&tcp).len(), 40);
+}

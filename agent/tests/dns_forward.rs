@@ -223,3 +223,103 @@ async fn an_upstream_that_forwards_back_to_the_listener_is_found_and_left_out() 
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
 }
+
+/// A query for `name` carrying an OPT: payload `payload`, `version`, a cookie option.
+fn edns_query(id: u16, name: &str, payload: u16, version: u8) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+    q.extend_from_slice(&wire::wire_name(name));
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    q.push(0);
+    q.extend_from_slice(&41u16.to_be_bytes());
+    q.extend_from_slice(&payload.to_be_bytes());
+    q.extend_from_slice(&[0, version, 0, 0]);
+    // One option: a client cookie (code 10), 8 bytes.
+    q.extend_from_slice(&[0, 12, 0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+    q
+}
+
+#[tokio::test]
+async fn a_clients_opt_is_replaced_by_ferrys_both_ways() {
+    // An upstream that answers 60 A records (about 1 kB: more than 512, less than 1232)
+    // and keeps the OPT of every query it saw.
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the upstream");
+    let address = socket.local_addr().expect("its address");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let saw = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            saw.lock().expect("lock").push(query.edns.clone());
+            let mut response =
+                Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+            response.queries = query.queries.clone();
+            for i in 0..60 {
+                response.add_answer(Record::from_rdata(
+                    query.queries[0].name.clone(),
+                    30,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, i))),
+                ));
+            }
+            response.edns = query.edns.clone();
+            let _ = socket.send_to(&response.to_vec().expect("encode"), peer);
+        }
+    });
+    let forwarder = Forwarder::new(vec![address]);
+    let reply = forwarder
+        .forward(&edns_query(0x4444, "many.example", 4096, 0), wire::UDP_LIMIT)
+        .await
+        .expect("an answer");
+    let reply = Message::from_vec(&reply).expect("parses");
+    assert_eq!(reply.answers.len(), 60, "1232 bytes hold them all");
+    assert!(!reply.metadata.truncation);
+    let edns = reply.edns.as_ref().expect("ferry's OPT back");
+    assert_eq!(edns.max_payload(), 1232);
+    assert!(edns.options().as_ref().is_empty());
+    {
+        let seen = seen.lock().expect("lock");
+        let sent = seen[0].as_ref().expect("the upstream got an OPT");
+        assert_eq!(sent.max_payload(), 1232, "ferry's payload, not the client's 4096");
+        assert!(sent.options().as_ref().is_empty(), "the client's cookie stayed here");
+    }
+    // Without an OPT: no OPT back, and 512 bytes at most (TC set).
+    let plain = forwarder
+        .forward(&query_for(0x5555, "many.example"), wire::UDP_LIMIT)
+        .await
+        .expect("an answer");
+    assert!(plain.len() <= 512);
+    let plain = Message::from_vec(&plain).expect("parses");
+    assert!(plain.metadata.truncation);
+    assert!(plain.edns.is_none());
+    // Version 1: BADVERS (16) with ferry's OPT, nothing sent upstream.
+    let before = seen.lock().expect("lock").len();
+    let bad = forwarder
+        .forward(&edns_query(0x6666, "other.example", 4096, 1), wire::UDP_LIMIT)
+        .await
+        .expect("an answer");
+    let bad = Message::from_vec(&bad).expect("parses");
+    assert_eq!(u16::from(bad.metadata.response_code), 16);
+    assert_eq!(bad.edns.as_ref().map(|e| e.version()), Some(0));
+    assert_eq!(seen.lock().expect("lock").len(), before);
+    // Two OPTs: FORMERR.
+    let mut two = edns_query(0x7777, "other.example", 4096, 0);
+    let opt = two[two.len() - 25..].to_vec();
+    two.extend_from_slice(&opt);
+    two[11] = 2;
+    let formerr = forwarder
+        .forward(&two, wire::UDP_LIMIT)
+        .await
+        .expect("an answer");
+    assert_eq!(formerr[3] & 0x0f, 1, "FORMERR");
+}
+
+fn query_for(id: u16, name: &str) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    q.extend_from_slice(&wire::wire_name(name));
+    q.extend_from_slice(&[0, 1, 0, 1]);
+    q
+}

@@ -160,6 +160,10 @@ async fn ingress_routes_balances_and_deploys_without_dropping_anything() -> Resu
 
     hostile_heads_are_refused(front)?;
 
+    host_names_and_targets_in_every_spelling(front)?;
+
+    early_answers_close_without_a_reset(front)?;
+
     https_serves_each_host_its_certificate(front, &operator, &central_dir).await?;
 
     let (status, waited) = slowloris
@@ -282,6 +286,122 @@ fn hostile_heads_are_refused(front: SocketAddr) -> Result<()> {
         ensure!(
             !seen.contains(refused_before_forwarding),
             "{refused_before_forwarding} reached the backend:\n{seen}"
+        );
+    }
+    Ok(())
+}
+
+/// One name in every spelling reaches one service: case, a trailing root dot, a port, and
+/// the authority of an absolute-form request, which the container receives in origin-form
+/// with that authority as its `Host`.
+fn host_names_and_targets_in_every_spelling(front: SocketAddr) -> Result<()> {
+    let mut c = Conn::open(front)?;
+    for (host, wanted) in [
+        ("shop.example.com.", "shop"),
+        ("Shop.Example.Com.", "shop"),
+        ("shop.example.com.:80", "shop"),
+        ("a.blog.example.", "blog"),
+        ("DEEP.er.Blog.Example.:80", "blog"),
+        ("blog.example.", "fallback"),
+    ] {
+        let r = c.get(host, "/")?;
+        ensure!(r.status == 200, "{host}: {} {}", r.status, r.text());
+        ensure!(who(&r.text()).0 == wanted, "{host} reached {}", r.text());
+    }
+    // Absolute-form: routed by its authority (whatever Host says), sent in origin-form.
+    for (target, host, service, url, sent_host) in [
+        (
+            "http://shop.example.com/request?id=7",
+            "shop.example.com",
+            "shop",
+            "/request?id=7",
+            "shop.example.com",
+        ),
+        (
+            "HTTP://Shop.Example.Com.:80/request",
+            "fallback",
+            "shop",
+            "/request",
+            "Shop.Example.Com.:80",
+        ),
+        ("http://a.blog.example?x=1", "shop.example.com", "blog", "/?x=1", "a.blog.example"),
+    ] {
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
+        let r = c.response()?;
+        ensure!(r.status == 200, "{target}: {} {}", r.status, r.text());
+        if url == "/?x=1" {
+            // The blog app answers / with its name.
+            ensure!(who(&r.text()).0 == service, "{target} reached {}", r.text());
+            continue;
+        }
+        let seen: serde_json::Value = serde_json::from_slice(&r.body)?;
+        ensure!(
+            seen["url"] == url && seen["host"] == sent_host,
+            "{target} arrived as {seen}"
+        );
+    }
+    let seen = c.get("shop.example.com", "/seen")?.text();
+    ensure!(
+        !seen.contains("http://") && !seen.contains("HTTP://"),
+        "an absolute-form target reached a container:\n{seen}"
+    );
+    // Targets a reverse proxy does not take: refused, closed, nothing forwarded.
+    for (what, request) in [
+        (
+            "authority-form",
+            "CONNECT shop.example.com:443 HTTP/1.1\r\nHost: shop.example.com:443\r\n\r\n",
+        ),
+        (
+            "userinfo",
+            "GET http://user:pw@shop.example.com/ HTTP/1.1\r\nHost: shop.example.com\r\n\r\n",
+        ),
+        (
+            "another scheme",
+            "GET ftp://shop.example.com/ HTTP/1.1\r\nHost: shop.example.com\r\n\r\n",
+        ),
+        (
+            "an empty label",
+            "GET / HTTP/1.1\r\nHost: shop..example.com\r\n\r\n",
+        ),
+    ] {
+        let mut c = Conn::open(front)?;
+        c.send(request.as_bytes())?;
+        let r = c.response().with_context(|| format!("{what}: no response"))?;
+        ensure!(r.status == 400, "{what}: {} {}", r.status, r.text());
+    }
+    Ok(())
+}
+
+/// A container that answers before reading the body (413 on /early): the client gets the
+/// answer, sends its body as clients do, and the connection then ends with a FIN, not a
+/// reset that could destroy the answer; with `Expect: 100-continue` and without.
+fn early_answers_close_without_a_reset(front: SocketAddr) -> Result<()> {
+    use std::io::Read as _;
+    let body = vec![b'x'; 2 * MB];
+    for expect in [true, false] {
+        let mut c = Conn::open(front)?;
+        let head = format!(
+            "POST /early HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if expect { "Expect: 100-continue\r\n" } else { "" }
+        );
+        c.send(head.as_bytes())?;
+        if !expect {
+            // The body follows at once; the answer may come before it is all sent.
+            c.send(&body[..64 * 1024])?;
+        }
+        let r = c.response().context("the early answer")?;
+        ensure!(r.status == 413, "expect {expect}: {} {}", r.status, r.text());
+        // A client that did not wait (or did not understand) sends the rest anyway.
+        let rest = if expect { &body[..] } else { &body[64 * 1024..] };
+        c.send(rest)
+            .with_context(|| format!("expect {expect}: sending the body after the answer"))?;
+        let mut tail = Vec::new();
+        let ended = c.stream.read_to_end(&mut tail);
+        ensure!(
+            matches!(ended, Ok(0)),
+            "expect {expect}: the connection ended with {ended:?} after {} more bytes, not a clean close",
+            tail.len()
         );
     }
     Ok(())

@@ -16,6 +16,15 @@ fuzz_target!(|data: &[u8]| {
         for (name, value) in &head.headers {
             assert!(name.end <= head.len && value.end <= head.len);
         }
+        assert!(head.target.end <= head.len);
+        if let Some(authority) = &head.authority {
+            assert!(authority.end <= head.target.start);
+            assert!(head.host.is_some());
+        }
+        if let Some(host) = &head.host {
+            // One spelling per name: what routing compares.
+            assert_eq!(host.as_str(), &*ferry_api::hostname::canonical(host));
+        }
         if head.version == Version::Http11 {
             assert!(head.host.is_some());
         }

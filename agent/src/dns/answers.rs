@@ -12,7 +12,10 @@
 //!   stale in a client's cache.
 //!
 //! A caller's own stack is searched first; a host process, or a caller of another stack,
-//! gets the one stack that has such a service. Anything else under the zone is NXDOMAIN.
+//! gets the one stack that has such a service. The apex answers its SOA; a name that exists
+//! without records of the type asked (`address.cloud66.local`, which has names below it,
+//! or a service several stacks have, asked by a caller of none) is NODATA; anything else
+//! under the zone is NXDOMAIN.
 
 use std::{
     hash::{Hash as _, Hasher as _},
@@ -28,7 +31,7 @@ use ferry_api::{
     servicefile::LoadBalancing,
 };
 
-use super::wire::{self, Question, Record, Response, rcode, rtype};
+use super::wire::{self, Question, Record, Response, Section, rcode, rtype};
 use crate::discovery::{Callers, Found, LocalCaller, Records};
 
 /// The zone ferry answers for.
@@ -88,8 +91,10 @@ impl Answerer {
         }
     }
 
-    /// Answers `query` from `who` into `out` (at most `limit` bytes) when the name is
-    /// ferry's, or says what else to do.
+    /// Answers `query` from `who` into `out` when the name is ferry's, or says what else to
+    /// do. `limit` is the transport's limit for a client without EDNS (512 bytes over UDP,
+    /// 65535 over TCP); a query's EDNS(0) payload size raises it, up to
+    /// [`wire::EDNS_PAYLOAD`]. What does not fit is cut at a record boundary with TC set.
     pub fn answer(&self, query: &[u8], who: &Who, out: &mut Vec<u8>, limit: usize) -> Outcome {
         let question = match wire::read_query(query) {
             Ok(question) => question,
@@ -114,7 +119,32 @@ impl Answerer {
         let Some(inside) = zone_part(name) else {
             return Outcome::Forward;
         };
+        // Plain queries (no additional records) never read further: the fast path.
+        let edns = match wire::additional_count(query) {
+            0 => None,
+            _ => match wire::read_edns(query, question.end) {
+                Ok(edns) => edns,
+                Err(_) => {
+                    return match wire::error_response(out, query, rcode::FORMERR) {
+                        Some(()) => Outcome::Answered,
+                        None => Outcome::Ignore,
+                    };
+                }
+            },
+        };
+        let Some(edns) = edns else {
+            self.answer_zone(query, &question, inside, who, out, limit);
+            return Outcome::Answered;
+        };
+        if edns.version > 0 {
+            // BADVERS: no answer, and the version ferry speaks in its OPT (RFC 6891 §6.1.3).
+            Response::start(out, query, &question, rcode::NOERROR, true, limit);
+            wire::append_opt(out, rcode::BADVERS_HIGH, edns.dnssec_ok);
+            return Outcome::Answered;
+        }
+        let limit = limit.max(edns.udp_limit()) - wire::OPT_LEN;
         self.answer_zone(query, &question, inside, who, out, limit);
+        wire::append_opt(out, 0, edns.dnssec_ok);
         Outcome::Answered
     }
 
@@ -137,17 +167,41 @@ impl Answerer {
             Who::Container(_, caller) => Some(&**caller),
             Who::Host(_) => None,
         };
-        let record = match directory.find(service, caller.map(|c| c.stack.as_str())) {
-            Found::One(record) if !service.is_empty() => record,
+        let found = if service.is_empty() {
+            Found::Missing
+        } else {
+            directory.find(service, caller.map(|c| c.stack.as_str()))
+        };
+        let record = match found {
+            Found::One(record) => record,
             _ if inside.is_empty() => {
-                // The zone's apex exists; it has no addresses.
+                // The apex owns the zone's SOA (RFC 1035 §6.2) and nothing else ferry has.
                 let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
-                r.soa(&self.zone, NEGATIVE_TTL);
+                let section = if question.qtype == rtype::SOA || question.qtype == rtype::ANY {
+                    Section::Answer
+                } else {
+                    Section::Authority
+                };
+                r.soa(&self.zone, NEGATIVE_TTL, section);
                 return;
             }
-            _ => {
+            // The name exists with records for other callers (a service of several stacks,
+            // the caller in none), or has names below it (`address.cloud66.local` while any
+            // service has an address): NODATA, never NXDOMAIN, which tells a caching
+            // resolver that nothing below exists either (RFC 8020).
+            Found::Ambiguous => {
+                let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
+                r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
+                return;
+            }
+            Found::Missing if inside == "address" && directory.all().any(|r| r.address.is_some()) => {
+                let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
+                r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
+                return;
+            }
+            Found::Missing => {
                 let mut r = Response::start(out, query, question, rcode::NXDOMAIN, true, limit);
-                r.soa(&self.zone, NEGATIVE_TTL);
+                r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
                 return;
             }
         };
@@ -166,7 +220,7 @@ impl Answerer {
             }
         }
         if !any {
-            r.soa(&self.zone, NEGATIVE_TTL);
+            r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
         }
     }
 

@@ -26,7 +26,7 @@ use std::{
 
 use ferry_ebpf_abi::AGENT_SOCKET_MARK;
 use hickory_proto::{
-    op::{Message, MessageType, OpCode, Query, ResponseCode},
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
     rr::{DNSClass, Name, RecordType},
     serialize::binary::DecodeError,
 };
@@ -51,7 +51,8 @@ const MAX_TTL: u32 = 86_400;
 /// How often the upstreams are probed for a loop back to the listener.
 pub const PROBE_EVERY: Duration = Duration::from_secs(300);
 
-type Key = (Name, RecordType, DNSClass);
+/// The question, and the DO bit (a DNSSEC-aware client's answer carries signatures).
+type Key = (Name, RecordType, DNSClass, bool);
 
 struct Cached {
     response: Message,
@@ -117,24 +118,46 @@ impl Forwarder {
         }
     }
 
-    /// The response to `query` (at most `limit` bytes), or None when there is nothing to
-    /// send back. Every error response echoes the question.
+    /// The response to `query`, or None when there is nothing to send back. `limit` is
+    /// the transport's for a client without EDNS (see [`super::Answerer::answer`]); an
+    /// EDNS client's payload size raises it up to [`wire::EDNS_PAYLOAD`]. Every error
+    /// response echoes the question.
+    ///
+    /// EDNS(0): a client's OPT is never passed on as it came (its options may be a cookie
+    /// or a client subnet meant for ferry, not for the upstream): the upstream gets
+    /// ferry's own OPT instead, and the client gets ferry's OPT back. Version above 0 is
+    /// BADVERS and two OPTs FORMERR (RFC 6891 §6.1.1, §6.1.3).
     pub async fn forward(&self, query: &[u8], limit: usize) -> Option<Vec<u8>> {
         let mut out = Vec::new();
-        let Ok(message) = Message::from_vec(query) else {
+        let Ok(mut message) = Message::from_vec(query) else {
             wire::error_response(&mut out, query, rcode::FORMERR)?;
             return Some(out);
         };
+        let client_edns = message.edns.take();
+        let dnssec_ok = client_edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+        if client_edns.as_ref().is_some_and(|e| e.version() > 0) {
+            wire::error_response(&mut out, query, rcode::NOERROR)?;
+            wire::append_opt(&mut out, rcode::BADVERS_HIGH, dnssec_ok);
+            return Some(out);
+        }
+        let limit = match &client_edns {
+            Some(edns) => limit.max(usize::from(
+                edns.max_payload()
+                    .clamp(wire::UDP_LIMIT as u16, wire::EDNS_PAYLOAD),
+            )),
+            None => limit,
+        };
+        let reply_edns = client_edns.is_some().then(|| own_edns(dnssec_ok));
         let Some(key) = message
             .queries
             .first()
-            .map(|q| (q.name.to_lowercase(), q.query_type, q.query_class))
+            .map(|q| (q.name.to_lowercase(), q.query_type, q.query_class, dnssec_ok))
         else {
             wire::error_response(&mut out, query, rcode::FORMERR)?;
             return Some(out);
         };
         if let Some(response) = self.cached(&key, message.metadata.id) {
-            return fit(response, query, limit);
+            return fit(response, reply_edns, query, limit);
         }
         // Only a miss can be a probe (nothing stores a probe's answer), so a cache hit
         // never takes the probes' lock.
@@ -148,15 +171,29 @@ impl Forwarder {
             wire::error_response(&mut out, query, rcode::SERVFAIL)?;
             return Some(out);
         };
+        let sent = match &reply_edns {
+            // The client's OPT replaced by ferry's.
+            Some(edns) => {
+                message.edns = Some(edns.clone());
+                match message.to_vec() {
+                    Ok(bytes) => bytes,
+                    Err(_) => {
+                        wire::error_response(&mut out, query, rcode::FORMERR)?;
+                        return Some(out);
+                    }
+                }
+            }
+            None => query.to_vec(),
+        };
         for upstream in self
             .upstreams
             .iter()
             .filter(|u| !u.looping.load(Ordering::Relaxed))
         {
-            match ask(upstream.address, query).await {
+            match ask(upstream.address, &sent).await {
                 Ok(response) => {
                     self.store(key, &response);
-                    return fit(response, query, limit);
+                    return fit(response, reply_edns, query, limit);
                 }
                 Err(e) => debug!("{e}"),
             }
@@ -285,10 +322,17 @@ impl Forwarder {
     }
 }
 
-/// `response` encoded for the client that sent `query`: its id, and truncated to the
+/// `response` encoded for the client that sent `query`: its id, `edns` in place of the
+/// upstream's OPT (None: the client sent none, so it gets none), and truncated to the
 /// question (TC set) when longer than the client can take.
-fn fit(mut response: Message, query: &[u8], limit: usize) -> Option<Vec<u8>> {
+fn fit(
+    mut response: Message,
+    edns: Option<Edns>,
+    query: &[u8],
+    limit: usize,
+) -> Option<Vec<u8>> {
     response.metadata.id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
+    response.edns = edns;
     let bytes = response.to_vec().ok()?;
     if bytes.len() <= limit {
         return Some(bytes);
@@ -298,6 +342,15 @@ fn fit(mut response: Message, query: &[u8], limit: usize) -> Option<Vec<u8>> {
     response.authorities.clear();
     response.additionals.clear();
     response.to_vec().ok()
+}
+
+/// ferry's own OPT record: payload [`wire::EDNS_PAYLOAD`], version 0, no options.
+fn own_edns(dnssec_ok: bool) -> Edns {
+    let mut edns = Edns::new();
+    edns.set_max_payload(wire::EDNS_PAYLOAD)
+        .set_version(0)
+        .set_dnssec_ok(dnssec_ok);
+    edns
 }
 
 /// A socket for talking to `upstream`, marked so the kernel's DNS hooks let it pass.

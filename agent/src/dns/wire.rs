@@ -11,6 +11,11 @@ pub const HEADER: usize = 12;
 pub const MAX_NAME: usize = 255;
 /// Largest UDP response without EDNS.
 pub const UDP_LIMIT: usize = 512;
+/// The UDP payload size ferry advertises and honours at most with EDNS(0): the DNS Flag
+/// Day 2020 figure, which fits a 1280-byte IPv6 MTU without fragments.
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// Bytes of the OPT record ferry appends (root name, fixed fields, no options).
+pub const OPT_LEN: usize = 11;
 
 /// Record types ferry answers itself.
 pub mod rtype {
@@ -18,6 +23,8 @@ pub mod rtype {
     pub const A: u16 = 1;
     /// Start of authority (in negative answers).
     pub const SOA: u16 = 6;
+    /// EDNS(0)'s pseudo-record (RFC 6891).
+    pub const OPT: u16 = 41;
     /// An IPv6 address.
     pub const AAAA: u16 = 28;
     /// A service's port.
@@ -41,6 +48,9 @@ pub mod rcode {
     pub const NXDOMAIN: u8 = 3;
     /// The server does not do that (an opcode other than QUERY).
     pub const NOTIMP: u8 = 4;
+    /// The upper eight bits of BADVERS (16), carried in the OPT record: an EDNS version
+    /// above 0 (RFC 6891 §6.1.3).
+    pub const BADVERS_HIGH: u8 = 1;
 }
 
 /// A query's one question, read from the packet.
@@ -138,6 +148,107 @@ pub fn read_query(packet: &[u8]) -> Result<Question, NotSimple> {
     })
 }
 
+/// A query's EDNS(0) OPT record (RFC 6891 §6.1.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Edns {
+    /// The largest UDP response the client takes, in bytes.
+    pub payload: u16,
+    /// The EDNS version; ferry does version 0.
+    pub version: u8,
+    /// The DO bit (RFC 3225), echoed in the response.
+    pub dnssec_ok: bool,
+}
+
+impl Edns {
+    /// The largest UDP response this client gets: its payload size, at least 512 (RFC
+    /// 6891 §6.2.3 treats smaller values as 512) and at most [`EDNS_PAYLOAD`].
+    pub fn udp_limit(&self) -> usize {
+        usize::from(self.payload.clamp(UDP_LIMIT as u16, EDNS_PAYLOAD))
+    }
+}
+
+/// Why a query's additional section is refused (FORMERR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdnsError {
+    /// A record runs past the end of the packet, or its owner name is malformed.
+    Truncated,
+    /// More than one OPT record (RFC 6891 §6.1.1).
+    TwoOpts,
+    /// An OPT record owned by another name than the root (RFC 6891 §6.1.2).
+    OptNotAtRoot,
+}
+
+/// The number of records in a packet's additional section (0 for a packet too short).
+pub fn additional_count(packet: &[u8]) -> u16 {
+    packet
+        .get(10..12)
+        .map_or(0, |c| u16::from_be_bytes([c[0], c[1]]))
+}
+
+/// The OPT record of a query whose question ends at `question_end`, if it carries one;
+/// other additional records (a TSIG, say) are skipped, and an OPT's options are ignored
+/// (RFC 6891 §6.1.2: unknown options are ignored). Call it only when
+/// [`additional_count`] is not 0: the fast path of plain queries never reads this far.
+pub fn read_edns(packet: &[u8], question_end: usize) -> Result<Option<Edns>, EdnsError> {
+    let mut at = question_end;
+    let mut found = None;
+    for _ in 0..additional_count(packet) {
+        let owner = at;
+        // The owner name: labels, ended by the root or a compression pointer.
+        loop {
+            let label = *packet.get(at).ok_or(EdnsError::Truncated)?;
+            if label >= 0xc0 {
+                at += 2;
+                break;
+            }
+            if label > 63 {
+                return Err(EdnsError::Truncated);
+            }
+            at += 1 + usize::from(label);
+            if label == 0 {
+                break;
+            }
+        }
+        let fixed = packet.get(at..at + 10).ok_or(EdnsError::Truncated)?;
+        let rtype = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let rdlen = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        if rtype == rtype::OPT {
+            if found.is_some() {
+                return Err(EdnsError::TwoOpts);
+            }
+            if at != owner + 1 || packet[owner] != 0 {
+                return Err(EdnsError::OptNotAtRoot);
+            }
+            found = Some(Edns {
+                payload: u16::from_be_bytes([fixed[2], fixed[3]]),
+                version: fixed[5],
+                dnssec_ok: fixed[6] & 0x80 != 0,
+            });
+        }
+        at += 10 + rdlen;
+        if at > packet.len() {
+            return Err(EdnsError::Truncated);
+        }
+    }
+    Ok(found)
+}
+
+/// Appends ferry's own OPT record to the response in `out` (RFC 6891 §7: a response to
+/// a query with an OPT carries one): payload [`EDNS_PAYLOAD`], version 0, the upper bits
+/// of the response code `rcode_high`, the DO bit as the query had it, no options.
+pub fn append_opt(out: &mut Vec<u8>, rcode_high: u8, dnssec_ok: bool) {
+    if out.len() < HEADER {
+        return;
+    }
+    out.push(0);
+    out.extend_from_slice(&rtype::OPT.to_be_bytes());
+    out.extend_from_slice(&EDNS_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&[rcode_high, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
+    out.extend_from_slice(&[0, 0]);
+    let count = additional_count(out).saturating_add(1);
+    out[10..12].copy_from_slice(&count.to_be_bytes());
+}
+
 /// One answer record ferry writes; its owner is always the question's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record {
@@ -148,6 +259,15 @@ pub enum Record {
         /// The port.
         port: u16,
     },
+}
+
+/// The section of a response a record goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// The answer section.
+    Answer,
+    /// The authority section (a negative answer's SOA).
+    Authority,
 }
 
 /// Writes responses into a reused buffer.
@@ -202,16 +322,17 @@ impl<'a> Response<'a> {
                 srv[2..4].copy_from_slice(&1u16.to_be_bytes());
                 srv[4..6].copy_from_slice(&port.to_be_bytes());
                 srv[6..8].copy_from_slice(&NAME_POINTER);
-                return self.push(rtype::SRV, ttl, &srv, true);
+                return self.push(rtype::SRV, ttl, &srv);
             }
         };
         let data = *data.first_chunk::<4>().unwrap_or(&[0; 4]);
-        self.push(rtype, ttl, &data, true)
+        self.push(rtype, ttl, &data)
     }
 
-    /// Adds the zone's SOA to the authority section, for negative answers to be cached
-    /// `ttl` seconds. `zone` is the zone's name in wire form.
-    pub fn soa(&mut self, zone: &[u8], ttl: u32) {
+    /// Adds the zone's SOA to `section`: the authority section of a negative answer, to be
+    /// cached `ttl` seconds (RFC 2308), or the answer to a question for the apex's SOA.
+    /// `zone` is the zone's name in wire form.
+    pub fn soa(&mut self, zone: &[u8], ttl: u32, section: Section) {
         let mut data = Vec::with_capacity(64);
         // MNAME ns.<zone>, RNAME hostmaster.<zone>, then the five numbers.
         data.extend_from_slice(b"\x02ns");
@@ -223,19 +344,26 @@ impl<'a> Response<'a> {
         }
         let before = self.out.len();
         self.out.extend_from_slice(zone);
-        if !self.push(rtype::SOA, ttl, &data, false) {
+        if !self.push_owned(rtype::SOA, ttl, &data, section) {
             self.out.truncate(before);
         }
     }
 
-    fn push(&mut self, rtype: u16, ttl: u32, data: &[u8], answer: bool) -> bool {
-        let owner = if answer { NAME_POINTER.len() } else { 0 };
-        if self.out.len() + owner + 10 + data.len() > self.limit {
+    /// Adds a record whose owner is the question's name to the answer section.
+    fn push(&mut self, rtype: u16, ttl: u32, data: &[u8]) -> bool {
+        if self.out.len() + NAME_POINTER.len() + 10 + data.len() > self.limit {
             self.out[2] |= 0x02;
             return false;
         }
-        if answer {
-            self.out.extend_from_slice(&NAME_POINTER);
+        self.out.extend_from_slice(&NAME_POINTER);
+        self.push_owned(rtype, ttl, data, Section::Answer)
+    }
+
+    /// Adds a record to `section` whose owner name is already written.
+    fn push_owned(&mut self, rtype: u16, ttl: u32, data: &[u8], section: Section) -> bool {
+        if self.out.len() + 10 + data.len() > self.limit {
+            self.out[2] |= 0x02;
+            return false;
         }
         self.out.extend_from_slice(&rtype.to_be_bytes());
         self.out.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -244,12 +372,15 @@ impl<'a> Response<'a> {
         self.out
             .extend_from_slice(&(data.len() as u16).to_be_bytes());
         self.out.extend_from_slice(data);
-        if answer {
-            self.answers += 1;
-            self.out[6..8].copy_from_slice(&self.answers.to_be_bytes());
-        } else {
-            self.authority += 1;
-            self.out[8..10].copy_from_slice(&self.authority.to_be_bytes());
+        match section {
+            Section::Answer => {
+                self.answers += 1;
+                self.out[6..8].copy_from_slice(&self.answers.to_be_bytes());
+            }
+            Section::Authority => {
+                self.authority += 1;
+                self.out[8..10].copy_from_slice(&self.authority.to_be_bytes());
+            }
         }
         true
     }

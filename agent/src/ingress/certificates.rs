@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use ferry_api::types::TlsCertificate;
+use ferry_api::{hostname, types::TlsCertificate};
 use rustls::{
     server::{ClientHello, ResolvesServerCert},
     sign::CertifiedKey,
@@ -70,7 +70,7 @@ impl Certificates {
                 }
             };
             for host in &certificate.hosts {
-                let host = host.to_ascii_lowercase();
+                let host = hostname::canonical(host).into_owned();
                 let table = match host.strip_prefix("*.") {
                     Some(rest) => by_host.wildcard.entry(rest.to_string()),
                     None => by_host.exact.entry(host),
@@ -81,8 +81,9 @@ impl Certificates {
         *self.by_host.write().unwrap_or_else(PoisonError::into_inner) = by_host;
     }
 
-    /// The key for `host` (lowercase), if some certificate serves it.
+    /// The key for `host` (any case, a trailing dot or not), if some certificate serves it.
     pub fn find(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        let host = &*hostname::canonical(host);
         let by_host = self.by_host.read().unwrap_or_else(PoisonError::into_inner);
         by_host.exact.get(host).cloned().or_else(|| {
             let (_, parent) = host.split_once('.')?;
@@ -99,8 +100,7 @@ impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // No SNI, or a name no certificate serves: the handshake fails (rustls sends
         // unrecognized_name) rather than showing another site's certificate.
-        let name = hello.server_name()?.to_ascii_lowercase();
-        self.0.find(&name)
+        self.0.find(hello.server_name()?)
     }
 }
 

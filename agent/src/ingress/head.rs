@@ -4,8 +4,17 @@
 //! `Transfer-Encoding`, more than one `Content-Length` (even equal ones), any transfer
 //! coding but `chunked`, more than one `Host` (or none in HTTP/1.1), and heads beyond the
 //! size and count limits. Each refusal says why, for the 400 and the log.
+//!
+//! The request target is origin-form (`/path?query`), `*` for `OPTIONS`, or absolute-form
+//! (`http://host/path`, RFC 9112 §3.2.2). An absolute-form request is routed by its
+//! authority and reaches the container in origin-form with that authority as its `Host`: the
+//! RFC tells a server to ignore a `Host` that disagrees and use the target's host (§3.2.2),
+//! so a disagreeing `Host` is replaced, not refused (nginx does the same). Authority-form
+//! (`CONNECT`) and other schemes are refused: ferry is no forward proxy.
 
 use std::ops::Range;
+
+use ferry_api::hostname::{self, HostError};
 
 /// Hard limits on one head.
 #[derive(Clone, Copy, Debug)]
@@ -50,13 +59,18 @@ pub enum Body {
 pub struct RequestHead {
     /// The method.
     pub method: Range<usize>,
-    /// The request target.
+    /// The request target in origin-form (or `*`): for an absolute-form request, the path
+    /// and query after its authority, empty when it has no path (write `/` then).
     pub target: Range<usize>,
+    /// The authority of an absolute-form request target (`host[:port]`), which names the
+    /// host in place of the `Host` header.
+    pub authority: Option<Range<usize>>,
     /// The version.
     pub version: Version,
     /// Each header's name and value (value without surrounding whitespace).
     pub headers: Vec<(Range<usize>, Range<usize>)>,
-    /// The host the request names, lowercased, without a port.
+    /// The host the request names, in [`ferry_api::hostname::canonical`] form (lower case,
+    /// no trailing dot), without a port: the absolute-form authority's, else the `Host`'s.
     pub host: Option<String>,
     /// How its body is framed.
     pub body: Body,
@@ -83,6 +97,12 @@ pub enum HeadError {
     /// Not HTTP/1.x as the RFC writes it, or framed ambiguously.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    /// The `Host` header is not a host.
+    #[error("malformed request: Host: {0}")]
+    Host(HostError),
+    /// The authority of an absolute-form target is not a host.
+    #[error("malformed request: the request target's authority: {0}")]
+    Authority(HostError),
 }
 
 /// Reads the head at the start of `buf` under `limits`.
@@ -113,6 +133,7 @@ pub fn read(buf: &[u8], limits: &Limits) -> Result<RequestHead, HeadError> {
         .next()
         .ok_or(HeadError::Malformed("empty request"))??;
     let (method, target, version) = request_line(head, request)?;
+    let (target, authority) = request_target(head, &method, target)?;
     let mut headers = Vec::new();
     for line in lines {
         let line = line?;
@@ -127,6 +148,7 @@ pub fn read(buf: &[u8], limits: &Limits) -> Result<RequestHead, HeadError> {
     let mut parsed = RequestHead {
         method,
         target,
+        authority,
         version,
         headers,
         host: None,
@@ -307,37 +329,51 @@ fn framing(head: &[u8], parsed: &mut RequestHead) -> Result<(), HeadError> {
         (Some(n), false) => Body::Length(n),
         (None, false) => Body::None,
     };
-    parsed.host = match host {
-        Some(value) => Some(host_name(value)?),
+    // A Host is still required beside an absolute-form target (RFC 9112 §3.2), and still
+    // read, so a malformed one is refused either way.
+    let from_host = match host {
+        Some(value) => Some(hostname::from_authority(value).map_err(HeadError::Host)?),
         None if parsed.version == Version::Http11 => {
             return Err(HeadError::Malformed("an HTTP/1.1 request without Host"));
         }
         None => None,
     };
+    parsed.host = match &parsed.authority {
+        Some(authority) => Some(
+            hostname::from_authority(&head[authority.clone()]).map_err(HeadError::Authority)?,
+        ),
+        None => from_host,
+    };
     Ok(())
 }
 
-/// The host of a Host value, lowercased, without its port.
-fn host_name(value: &[u8]) -> Result<String, HeadError> {
-    let name = match value.iter().rposition(|b| *b == b':') {
-        // An IPv6 literal keeps its colons inside brackets.
-        Some(i) if !value.ends_with(b"]") => {
-            if !value[i + 1..].iter().all(u8::is_ascii_digit) {
-                return Err(HeadError::Malformed("the Host port is not a number"));
-            }
-            &value[..i]
-        }
-        _ => value,
-    };
-    let valid = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(b));
-    if !valid {
-        return Err(HeadError::Malformed("the Host is not a host name"));
+/// The origin-form part of `target` and, for absolute-form, its authority.
+fn request_target(
+    head: &[u8],
+    method: &Range<usize>,
+    target: Range<usize>,
+) -> Result<(Range<usize>, Option<Range<usize>>), HeadError> {
+    let text = &head[target.clone()];
+    if text.starts_with(b"/") || (text == b"*" && &head[method.clone()] == b"OPTIONS") {
+        return Ok((target, None));
     }
-    Ok(String::from_utf8_lossy(name).to_ascii_lowercase())
+    let scheme = if text.len() > 7 && text[..7].eq_ignore_ascii_case(b"http://") {
+        7
+    } else if text.len() > 8 && text[..8].eq_ignore_ascii_case(b"https://") {
+        8
+    } else {
+        return Err(HeadError::Malformed(
+            "the request target is not /path, * (OPTIONS) or http://host/path",
+        ));
+    };
+    let rest = &text[scheme..];
+    let end = rest
+        .iter()
+        .position(|b| *b == b'/' || *b == b'?')
+        .unwrap_or(rest.len());
+    let start = target.start + scheme;
+    let authority = start..start + end;
+    Ok((authority.end..target.end, Some(authority)))
 }
 
 #[cfg(test)]
@@ -432,10 +468,79 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: a\r\nX: \x01\r\n\r\n",
         ] {
             assert!(
-                matches!(refused(raw), HeadError::Malformed(_)),
+                matches!(
+                    refused(raw),
+                    HeadError::Malformed(_) | HeadError::Host(_) | HeadError::Authority(_)
+                ),
                 "accepted: {raw:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_spelling_of_a_host_names_one_host() {
+        for host in [
+            "shop.example.test",
+            "shop.example.test.",
+            "SHOP.Example.Test.",
+            "shop.example.test:80",
+            "shop.example.test.:8080",
+        ] {
+            let head = ok(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+            assert_eq!(head.host.as_deref(), Some("shop.example.test"), "{host}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_request_is_routed_by_its_authority_and_sent_in_origin_form() {
+        let raw = "GET http://Shop.Example.test./cart?id=7 HTTP/1.1\r\nHost: other.test\r\n\r\n";
+        let head = ok(raw);
+        assert_eq!(head.host.as_deref(), Some("shop.example.test"));
+        assert_eq!(&raw[head.target.clone()], "/cart?id=7");
+        assert_eq!(
+            head.authority.clone().map(|a| &raw[a]),
+            Some("Shop.Example.test.")
+        );
+        for (raw, target, authority) in [
+            ("GET HTTP://a.test:8080 HTTP/1.1\r\nHost: a.test\r\n\r\n", "", "a.test:8080"),
+            ("GET https://a.test?q=1 HTTP/1.1\r\nHost: a.test\r\n\r\n", "?q=1", "a.test"),
+            ("GET http://a.test/ HTTP/1.0\r\n\r\n", "/", "a.test"),
+        ] {
+            let head = ok(raw);
+            assert_eq!(&raw[head.target.clone()], target, "{raw:?}");
+            assert_eq!(head.authority.map(|a| &raw[a]), Some(authority), "{raw:?}");
+            assert_eq!(head.host.as_deref(), Some("a.test"), "{raw:?}");
+        }
+        let head = ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.authority, None);
+    }
+
+    #[test]
+    fn targets_that_are_not_for_a_reverse_proxy_are_refused() {
+        for (raw, why) in [
+            ("CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", "authority-form"),
+            ("GET ftp://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "another scheme"),
+            ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", "* for another method than OPTIONS"),
+            ("GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", "no authority"),
+            ("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", "an empty authority"),
+            ("GET http://u:p@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "userinfo"),
+            ("GET http://a.test:x/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "a port that is no number"),
+            ("GET http://a.test/ HTTP/1.1\r\n\r\n", "HTTP/1.1 without Host"),
+            ("GET http://a.test/ HTTP/1.1\r\nHost: a b\r\n\r\n", "a broken Host beside it"),
+        ] {
+            let e = refused(raw);
+            assert!(
+                matches!(
+                    e,
+                    HeadError::Malformed(_) | HeadError::Host(_) | HeadError::Authority(_)
+                ),
+                "{why}: {e:?}"
+            );
+        }
+        assert_eq!(
+            refused("GET http://u@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n").to_string(),
+            "malformed request: the request target's authority: the authority holds userinfo (user@host), which HTTP does not allow"
+        );
     }
 
     #[test]

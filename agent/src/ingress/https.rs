@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ferry_api::hostname;
 use http_body_util::{Either, Full};
 use hyper::{
     Request, Response, StatusCode, Version,
@@ -178,15 +179,18 @@ async fn forward(
     peer: IpAddr,
     port: u16,
 ) -> Response<Body> {
-    let host = request
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            let value = request.headers().get(header::HOST)?.to_str().ok()?;
-            Some(value.rsplit_once(':').map_or(value, |(h, _)| h).to_string())
-        })
-        .map(|h| h.to_ascii_lowercase());
+    // The authority of an absolute-form (or HTTP/2) request decides, as on plain HTTP.
+    let named = match request.uri().authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => request.headers().get(header::HOST).map(HeaderValue::as_bytes),
+    };
+    let host = match named.map(hostname::from_authority).transpose() {
+        Ok(host) => host,
+        Err(e) => {
+            ctx.metrics.refused(400);
+            return plain(StatusCode::BAD_REQUEST, format!("malformed request: {e}"));
+        }
+    };
     let routes = ctx.routes.borrow().clone();
     let Some(target) = routes.route(port, host.as_deref()) else {
         ctx.metrics.refused(404);
@@ -275,11 +279,10 @@ fn upstream_request(
     for name in HOP_BY_HOP.iter().chain(&FORWARDING) {
         parts.headers.remove(*name);
     }
-    let host_value = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| authority.and_then(|a| HeaderValue::from_str(&a).ok()))
+    // The target's authority replaces a `Host` that disagrees (RFC 9112 §3.2.2).
+    let host_value = authority
+        .and_then(|a| HeaderValue::from_str(&a).ok())
+        .or_else(|| parts.headers.get(header::HOST).cloned())
         .or_else(|| host.and_then(|h| HeaderValue::from_str(h).ok()));
     if let Some(value) = host_value {
         parts.headers.insert(header::HOST, value.clone());

@@ -21,7 +21,7 @@ use super::{
     metrics::Exchange,
     response::{self, Framing, ResponseError},
     routes::{Backend, Target},
-    socket::{read_some, shut_write, write_all},
+    socket::{linger, read_some, write_all},
     splice::{Pipe, SPLICE_MIN, pipe_for, relay, splice_between},
 };
 
@@ -83,6 +83,8 @@ enum Next {
     KeepAlive,
     /// Close the client connection.
     Close,
+    /// Close it with a lingering read: the client may still be sending a body nobody read.
+    Linger,
 }
 
 /// A refusal the client is told about before the connection closes.
@@ -105,7 +107,12 @@ impl Connection {
             };
             match self.exchange(&head).await? {
                 Next::KeepAlive => continue,
-                Next::Close => return Ok(()),
+                Next::Close if self.filled == 0 => return Ok(()),
+                // Bytes the client sent past this exchange are unread.
+                Next::Close | Next::Linger => {
+                    linger(&self.client).await;
+                    return Ok(());
+                }
             }
         }
     }
@@ -177,17 +184,8 @@ impl Connection {
             refusal.reason,
             body.len()
         );
-        let _ = write_all(&self.client, text.as_bytes(), IDLE).await;
-        shut_write(&self.client);
-        // Let the client read the refusal before the close: unread bytes would turn the
-        // close into a reset that can destroy it.
-        let mut sink = [0u8; 1024];
-        let until = Instant::now() + Duration::from_secs(1);
-        while Instant::now() < until {
-            match read_some(&self.client, &mut sink, Duration::from_millis(200)).await {
-                Ok(n) if n > 0 => continue,
-                _ => break,
-            }
+        if write_all(&self.client, text.as_bytes(), IDLE).await.is_ok() {
+            linger(&self.client).await;
         }
     }
 
@@ -223,12 +221,15 @@ impl Connection {
             Ok(Forwarded::Done {
                 reusable,
                 client_close,
+                unread_body,
             }) => {
                 self.ctx.metrics.record(&exchange);
                 if reusable {
                     self.ctx.pool.borrow_mut().put(backend.address, upstream);
                 }
-                Ok(if client_close {
+                Ok(if unread_body {
+                    Next::Linger
+                } else if client_close {
                     Next::Close
                 } else {
                     Next::KeepAlive
@@ -277,20 +278,36 @@ impl Connection {
         })
     }
 
-    /// The head as the backend gets it: the client's, less the hop-by-hop and forwarding
-    /// headers it may not set, plus ferry's `X-Forwarded-*`.
+    /// The head as the backend gets it: the client's in origin-form, less the hop-by-hop
+    /// and forwarding headers it may not set, plus ferry's `X-Forwarded-*`. An
+    /// absolute-form request's authority replaces its `Host` (see `head`).
     fn write_head_out(&mut self, head: &RequestHead) {
         let buf = &self.buf;
         let out = &mut self.head_out;
         out.clear();
-        out.extend_from_slice(&buf[head.method.clone()]);
+        let method = &buf[head.method.clone()];
+        let target = &buf[head.target.clone()];
+        out.extend_from_slice(method);
         out.push(b' ');
-        out.extend_from_slice(&buf[head.target.clone()]);
+        if head.authority.is_some() && !target.starts_with(b"/") {
+            // RFC 9112 §3.2.4: an empty path is `*` for OPTIONS and `/` otherwise.
+            out.push(if target.is_empty() && method == b"OPTIONS" {
+                b'*'
+            } else {
+                b'/'
+            });
+        }
+        out.extend_from_slice(target);
         out.extend_from_slice(match head.version {
             Version::Http10 => b" HTTP/1.0\r\n",
             Version::Http11 => b" HTTP/1.1\r\n",
         });
-        let mut host = None;
+        let mut host = head.authority.clone();
+        if let Some(authority) = &head.authority {
+            out.extend_from_slice(b"Host: ");
+            out.extend_from_slice(&buf[authority.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in &head.headers {
             let n = &buf[name.clone()];
             let dropped = n.eq_ignore_ascii_case(b"x-forwarded-for")
@@ -302,6 +319,9 @@ impl Connection {
                 || (!head.upgrade
                     && (n.eq_ignore_ascii_case(b"connection") || n.eq_ignore_ascii_case(b"keep-alive")));
             if n.eq_ignore_ascii_case(b"host") {
+                if head.authority.is_some() {
+                    continue;
+                }
                 host = Some(value.clone());
             }
             if dropped {
@@ -385,8 +405,10 @@ impl Connection {
                 Forwarded::Done {
                     reusable: whole && !backend_close,
                     // A response before the whole body was read leaves the client's
-                    // stream mid-body: it cannot carry another request.
+                    // stream mid-body: it cannot carry another request, and the rest of
+                    // the body may still be on its way.
                     client_close: close_after || !whole,
+                    unread_body: !whole,
                 }
             }
             Relayed::Switched if head.upgrade => {
@@ -428,7 +450,11 @@ impl Refusal {
 }
 
 enum Forwarded {
-    Done { reusable: bool, client_close: bool },
+    Done {
+        reusable: bool,
+        client_close: bool,
+        unread_body: bool,
+    },
     Switched,
     BadResponse(Refusal),
 }

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ferry_api::records::ServiceRecord;
+use ferry_api::{hostname, records::ServiceRecord};
 use tracing::warn;
 
 use crate::discovery::Directory;
@@ -207,7 +207,8 @@ impl Routes {
             return;
         }
         for pattern in &record.traffic_matches {
-            let pattern = pattern.to_ascii_lowercase();
+            // Central stores them canonical; records written before it did are made so here.
+            let pattern = hostname::canonical(pattern).into_owned();
             match pattern.strip_prefix('*') {
                 Some(suffix) => port.wildcards.push((suffix.to_string(), index)),
                 None => {
@@ -236,8 +237,8 @@ impl Routes {
         self.udp.get(&port).map(|i| &self.targets[*i])
     }
 
-    /// The service `host` (lowercase, without port; None: the request named none) means on
-    /// `port`.
+    /// The service `host` (in [`hostname::canonical`] form, without port; None: the request
+    /// named none) means on `port`.
     pub fn route(&self, port: u16, host: Option<&str>) -> Option<&Target> {
         let routes = self.ports.get(&port)?;
         let found = host.and_then(|host| {

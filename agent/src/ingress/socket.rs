@@ -53,6 +53,34 @@ pub fn shut_write(stream: &TcpStream) {
     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
 }
 
+/// Longest a lingering close reads what a client still sends (nginx's `lingering_time` is
+/// 30 s; a client that keeps sending this long is cut off).
+pub const LINGER_TIME: Duration = Duration::from_secs(10);
+/// Longest a lingering close waits for the client's next bytes (nginx's
+/// `lingering_timeout` is 5 s).
+pub const LINGER_QUIET: Duration = Duration::from_secs(2);
+
+/// Closes `stream` as nginx's lingering close does, for a client that may still be sending
+/// (a body nobody read, a pipelined request): half-closes it for writing, then reads and
+/// discards until the client closes, goes quiet for [`LINGER_QUIET`] or [`LINGER_TIME`]
+/// passes. Closing with unread bytes in the socket would send a reset instead of a FIN,
+/// and a reset can destroy the response the client has not read yet (RFC 9112 §9.6).
+pub async fn linger(stream: &TcpStream) {
+    shut_write(stream);
+    let until = tokio::time::Instant::now() + LINGER_TIME;
+    let mut sink = [0u8; 16 * 1024];
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match read_some(stream, &mut sink, LINGER_QUIET.min(left)).await {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
 /// Whether an idle pooled connection is still usable: nothing to read and not closed.
 pub fn is_idle_and_open(stream: &TcpStream) -> bool {
     let mut probe = [0u8; 1];

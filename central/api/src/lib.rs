@@ -9,11 +9,13 @@
 //! - [`records`]: service discovery records and the versioned lookup rule.
 //! - [`heartbeat`]: what agents say of their servers every few seconds.
 //! - [`fingerprint`]: how a CA certificate is named in `--ca-fingerprint`.
+//! - [`hostname`]: how host names are compared (case, a trailing dot, a port).
 //! - [`keys`]: every key of central's store, who writes and who reads it.
 
 pub mod buildpack;
 pub mod client;
 pub mod heartbeat;
+pub mod hostname;
 pub mod keys;
 pub mod records;
 pub mod servicefile;

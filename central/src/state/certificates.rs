@@ -69,6 +69,7 @@ impl<S: Store> Certificates<S> {
                 "{name:?} is not a certificate name; use lowercase letters, digits and '-'"
             )));
         }
+        let certificate = &canonical_hosts(certificate)?;
         check(certificate)?;
         let value = serde_json::to_vec(certificate)
             .map_err(|e| CertificateError::Invalid(e.to_string()))?;
@@ -92,6 +93,23 @@ impl<S: Store> Certificates<S> {
         self.store.txn(&[], &[Op::Delete(key)])?;
         self.list(stack)
     }
+}
+
+/// `certificate` with its host names in the form SNI is matched in (lower case, no
+/// trailing dot), duplicates dropped; an error names a host that is not a host name.
+fn canonical_hosts(certificate: &TlsCertificate) -> Result<TlsCertificate, CertificateError> {
+    let mut hosts: Vec<String> = Vec::with_capacity(certificate.hosts.len());
+    for host in &certificate.hosts {
+        let host = ferry_api::hostname::pattern(host)
+            .map_err(CertificateError::Invalid)?;
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+    }
+    Ok(TlsCertificate {
+        hosts,
+        ..certificate.clone()
+    })
 }
 
 /// Whether `certificate` can be served for each of its hosts.

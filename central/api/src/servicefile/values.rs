@@ -208,26 +208,9 @@ pub fn cpu_millis(text: &str) -> Result<u32, String> {
     Ok((cpus * 1000.0).round() as u32)
 }
 
-/// A host name to match: lower-case DNS labels, optionally starting with `*.`.
+/// A host name to match; see [`crate::hostname::pattern`].
 pub fn host_pattern(text: &str) -> Result<String, String> {
-    let name = text.trim().to_ascii_lowercase();
-    let labels = name.strip_prefix("*.").unwrap_or(&name);
-    let valid = !labels.is_empty()
-        && labels.len() <= 253
-        && labels.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        });
-    if valid {
-        Ok(name)
-    } else {
-        Err(format!(
-            "expected a host name such as \"app.example.com\" or \"*.example.com\", found {text:?}"
-        ))
-    }
+    crate::hostname::pattern(text)
 }
 
 /// A service name: a DNS label, since it becomes `<name>.cloud66.local`.
@@ -323,6 +306,9 @@ mod tests {
         assert_eq!(cpu_millis("0.5"), Ok(500));
         assert!(cpu_millis("NaN").is_err());
         assert_eq!(host_pattern("*.Example.com"), Ok("*.example.com".into()));
+        assert_eq!(host_pattern("Shop.Example.test."), Ok("shop.example.test".into()));
+        assert!(host_pattern("shop.example.test..").is_err());
+        assert!(host_pattern(".").is_err());
         assert!(host_pattern("exa mple.com").is_err());
         assert!(host_pattern("*.").is_err());
         assert!(source_path("../etc").is_err());

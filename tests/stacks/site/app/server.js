@@ -1,6 +1,7 @@
 // The ingress tests' app: says which service, generation and container answered, shows
 // the headers it got, hashes uploads, streams downloads, echoes WebSocket-style upgrades,
-// and lists every request it saw (so a test can prove a smuggled one never arrived).
+// lists every request it saw (so a test can prove a smuggled one never arrived), shows the
+// request line as it arrived, and refuses a body at /early before reading any of it.
 const http = require('node:http');
 const net = require('node:net');
 const dgram = require('node:dgram');
@@ -35,6 +36,13 @@ const server = http.createServer((req, res) => {
     }
     case '/headers':
       return res.end(JSON.stringify(req.headers) + '\n');
+    case '/request':
+      return res.end(JSON.stringify({ method: req.method, url: req.url, host: req.headers.host }) + '\n');
+    case '/early':
+      // A final answer before the body is read, as an upload limit does.
+      res.statusCode = 413;
+      res.setHeader('Connection', 'close');
+      return res.end('too large\n');
     case '/seen':
       return res.end(seen.join('\n') + '\n');
     case '/upload': {
@@ -82,6 +90,17 @@ net
 const udp = dgram.createSocket('udp4');
 udp.on('message', (msg, from) => udp.send(`${who} ${msg}`, from.port, from.address));
 udp.bind(Number(process.env.UDP_PORT || 7001));
+
+// Expect: 100-continue: /early refuses without asking for the body; the rest go on.
+server.on('checkContinue', (req, res) => {
+  if (req.url.startsWith('/early')) {
+    res.statusCode = 413;
+    res.setHeader('Connection', 'close');
+    return res.end('too large\n');
+  }
+  res.writeContinue();
+  server.emit('request', req, res);
+});
 
 server.keepAliveTimeout = 5000;
 server.listen(port, () => console.log(`${who} listening on ${port}`));
