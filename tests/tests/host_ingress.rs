@@ -714,8 +714,10 @@ async fn https_serves_each_host_its_certificate(
     dir: &Path,
 ) -> Result<()> {
     let mut trust = Vec::new();
-    for (name, host) in [("shop", "shop.example.com"), ("blog", "*.blog.example")] {
-        let made = rcgen::generate_simple_self_signed(vec![host.to_string()])?;
+    // shop's name is given as an operator might type it: central stores it canonical.
+    for (name, host) in [("shop", "Shop.Example.Com."), ("blog", "*.blog.example")] {
+        let canonical = ferry_api::hostname::canonical(host).into_owned();
+        let made = rcgen::generate_simple_self_signed(vec![canonical])?;
         let (cert, key) = (
             dir.join(format!("{name}.pem")),
             dir.join(format!("{name}.key")),
@@ -770,6 +772,15 @@ async fn https_serves_each_host_its_certificate(
             ensure!(got == version, "{host} {flag} spoke HTTP/{got}");
         }
     }
+    // A fully qualified name with its root dot: the same site, its certificate by SNI
+    // (which carries no trailing dot) and its route by Host (which does).
+    for flag in ["--http2", "--http1.1"] {
+        let (code, body, _) = curl(front, "shop.example.com.", "/", &trust[0], flag)?;
+        ensure!(code == 0, "shop.example.com. {flag}: curl exit {code}");
+        ensure!(who(&body).0 == "shop", "shop.example.com. {flag} reached {body}");
+    }
+    let (ok, listed, err) = operator.run(&["certificates", "list", "--stack", "site"])?;
+    ensure!(ok && listed.contains("shop.example.com") && !listed.contains("Shop."), "{listed}{err}");
     // Each certificate only for its own names: blog's is not trusted for shop.
     let (code, _, _) = curl(front, "shop.example.com", "/", &trust[1], "--http2")?;
     ensure!(
