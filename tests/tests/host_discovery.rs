@@ -205,6 +205,59 @@ impl Drop for HeldConnection {
     }
 }
 
+/// From inside a container, through the kernel's interception: a name with names below it
+/// is NODATA (never NXDOMAIN), the apex answers its SOA, EDNS(0) is answered with ferry's
+/// own OPT (BADVERS for version 1), DNS over TCP gets the caller's own generation like UDP,
+/// and Node's default `dns.lookup` (A and AAAA at once) and `fetch` find the api in one
+/// attempt: the AAAA half gets an immediate NODATA, not a timeout.
+async fn dns_edges_answer_as_the_rfcs_say(engine: &Engine, web: &str, api_ip: &str) -> Result<()> {
+    let full = |args: &'static [&'static str]| {
+        let mut command = vec!["dig", "+time=3", "+tries=1"];
+        command.extend_from_slice(args);
+        async move { exec(engine, web, &command).await }
+    };
+    let empty = full(&["address.cloud66.local"]).await?;
+    assert!(
+        empty.contains("status: NOERROR") && empty.contains("ANSWER: 0"),
+        "address.cloud66.local has names below it:\n{empty}"
+    );
+    assert!(empty.contains("AUTHORITY: 1"), "{empty}");
+    let soa = dig(engine, web, &["SOA", "cloud66.local"]).await?;
+    assert!(
+        soa.starts_with("ns.cloud66.local. hostmaster.cloud66.local. "),
+        "the apex's SOA in the answer: {soa:?}"
+    );
+    // dig sends EDNS(0) with a 1232-byte payload and a cookie: ferry's OPT comes back.
+    let edns = full(&["api.cloud66.local"]).await?;
+    assert!(edns.contains("EDNS: version: 0") && edns.contains("udp: 1232"), "{edns}");
+    assert!(!edns.contains("COOKIE"), "the client's cookie was echoed:\n{edns}");
+    let badvers = full(&["+edns=1", "+noednsnegotiation", "api.cloud66.local"]).await?;
+    assert!(badvers.contains("status: BADVERS"), "{badvers}");
+    // Over TCP: intercepted too, and the same generation's answer.
+    assert_eq!(dig(engine, web, &["+tcp", "api.cloud66.local"]).await?, api_ip);
+    // Node's default lookup asks A and AAAA; ContainerNet is IPv4, so AAAA is NODATA at once.
+    let lookup = node(
+        engine,
+        web,
+        "const t = Date.now(); require('dns').lookup('api.cloud66.local', { all: true }, \
+         (e, a) => console.log(e ? e.code : a.map(x => x.address + '/' + x.family).join(','), Date.now() - t))",
+    )
+    .await?;
+    let (found, millis) = lookup.split_once(' ').context("lookup printed no time")?;
+    assert_eq!(found, format!("{api_ip}/4"));
+    let millis: u64 = millis.parse().context("lookup's time")?;
+    // A lost AAAA would cost the resolver's 5 s timeout (resolv.conf's default).
+    assert!(millis < 5000, "dns.lookup took {millis} ms: the AAAA half waited for a timeout");
+    let fetched = node(
+        engine,
+        web,
+        "fetch('http://api.cloud66.local:4000/').then(r => r.text()).then(t => console.log(t.trim()), e => console.log('error', e.cause ? e.cause.code : e))",
+    )
+    .await?;
+    assert!(fetched.starts_with("api of generation 1"), "fetch got {fetched:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<()> {
     let tag = unique("");
@@ -271,6 +324,7 @@ async fn containers_resolve_their_own_generation_through_the_kernel() -> Result<
     )
     .await?;
     assert!(missing.contains("status: NXDOMAIN"), "{missing}");
+    dns_edges_answer_as_the_rfcs_say(&engine, &web1.id, &api1_ip).await?;
     // Names that are not ferry's go to the server's own resolver (the test's dnsmasq).
     assert_eq!(
         dig(&engine, &web1.id, &[OUTSIDE_NAME]).await?,
