@@ -19,47 +19,18 @@ pub const SPLICE_MIN: u64 = 64 * 1024;
 /// The pipe size asked for; the kernel's pipe-max-size (1 MiB by default) caps it.
 const PIPE_SIZE: i32 = 1024 * 1024;
 
-/// One direction's pipes: two, used in turn, so one fills from the source while the other
-/// drains into the sink. With one pipe, reading had to wait until what it held was all
-/// written (see [`splice_between`]), and each side sat idle half the time: a 10 MB
-/// download ran at 0.44x a direct connection's rate.
-#[derive(Debug)]
-pub struct Pipe {
-    halves: [Half; 2],
-    /// The half the next read goes to (once it is empty).
-    fill: usize,
-    /// The half the next write comes from: the one filled first.
-    drain: usize,
-}
-
-impl Pipe {
-    /// Two non-blocking pipes, each as large as the kernel allows up to 1 MiB.
-    pub fn new() -> io::Result<Self> {
-        Ok(Self {
-            halves: [Half::new()?, Half::new()?],
-            fill: 0,
-            drain: 0,
-        })
-    }
-
-    /// Bytes read and not yet written.
-    fn held(&self) -> usize {
-        self.halves[0].held + self.halves[1].held
-    }
-}
-
 /// A pipe, and how many bytes wait in it.
 #[derive(Debug)]
-struct Half {
+pub struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
     capacity: usize,
     held: usize,
 }
 
-impl Half {
+impl Pipe {
     /// A non-blocking pipe, as large as the kernel allows up to 1 MiB.
-    fn new() -> io::Result<Self> {
+    pub fn new() -> io::Result<Self> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: fds has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
@@ -112,19 +83,16 @@ pub async fn splice_between(
     let mut left = len.unwrap_or(u64::MAX);
     let mut moved = 0u64;
     let mut ended = false;
-    // A pipe is filled only when empty: a pipe counts its room in page slots, and a
+    // The pipe is filled only when empty: a pipe counts its room in page slots, and a
     // splice into a pipe with no free slot fails with EAGAIN, which tokio would take for
-    // the socket having nothing to read and wait for an edge that may never come. So the
-    // two halves take turns: each read goes to the next half once it is empty, and writes
-    // drain them in the order they were filled.
+    // the socket having nothing to read and wait for an edge that may never come.
     loop {
         let mut progressed = false;
-        let can_read = !ended && left > 0 && pipe.halves[pipe.fill].held == 0;
+        let can_read = !ended && left > 0 && pipe.held == 0;
         if can_read {
-            let half = &mut pipe.halves[pipe.fill];
-            let want = left.min(half.capacity as u64) as usize;
+            let want = left.min(pipe.capacity as u64) as usize;
             match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), half.write.as_raw_fd(), want)
+                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), want)
             }) {
                 Ok(0) if len.is_some() => {
                     return Err(io::Error::new(
@@ -134,8 +102,7 @@ pub async fn splice_between(
                 }
                 Ok(0) => ended = true,
                 Ok(n) => {
-                    half.held += n;
-                    pipe.fill ^= 1;
+                    pipe.held += n;
                     left -= n as u64;
                     moved += n as u64;
                     progressed = true;
@@ -144,28 +111,24 @@ pub async fn splice_between(
                 Err(e) => return Err(e),
             }
         }
-        let half = &mut pipe.halves[pipe.drain];
-        if half.held > 0 {
+        if pipe.held > 0 {
             match to.try_io(Interest::WRITABLE, || {
-                splice(half.read.as_raw_fd(), to.as_raw_fd(), half.held)
+                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), pipe.held)
             }) {
                 Ok(n) => {
-                    half.held -= n;
-                    if half.held == 0 {
-                        pipe.drain ^= 1;
-                    }
+                    pipe.held -= n;
                     progressed |= n > 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
         }
-        if pipe.held() == 0 && (ended || left == 0) {
+        if pipe.held == 0 && (ended || left == 0) {
             return Ok(moved);
         }
         if !progressed {
-            let can_read = !ended && left > 0 && pipe.halves[pipe.fill].held == 0;
-            let can_write = pipe.halves[pipe.drain].held > 0;
+            let can_read = !ended && left > 0 && pipe.held == 0;
+            let can_write = pipe.held > 0;
             let either = async {
                 tokio::select! {
                     r = from.readable(), if can_read => r,
