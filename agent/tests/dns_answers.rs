@@ -342,7 +342,13 @@ fn a_service_of_two_stacks_is_nodata_for_a_caller_of_neither() {
 
 /// A query for `name` with an OPT record: `payload` bytes, `version`, DO set, and `options`
 /// (code, data) in its RDATA; `opts` OPT records of the same shape.
-fn edns_query(name: &str, payload: u16, version: u8, options: &[(u16, &[u8])], opts: u16) -> Vec<u8> {
+fn edns_query(
+    name: &str,
+    payload: u16,
+    version: u8,
+    options: &[(u16, &[u8])],
+    opts: u16,
+) -> Vec<u8> {
     let mut q = query(name, 1);
     q[11] = opts as u8;
     let mut rdata = Vec::new();
@@ -364,10 +370,7 @@ fn edns_query(name: &str, payload: u16, version: u8, options: &[(u16, &[u8])], o
 
 fn answer_raw(a: &Answerer, query: &[u8], limit: usize) -> Message {
     let mut out = Vec::new();
-    assert_eq!(
-        a.answer(query, &host(), &mut out, limit),
-        Outcome::Answered
-    );
+    assert_eq!(a.answer(query, &host(), &mut out, limit), Outcome::Answered);
     assert!(out.len() <= limit.max(wire::EDNS_PAYLOAD as usize));
     Message::from_vec(&out).expect("a response hickory can read")
 }
@@ -390,10 +393,17 @@ fn edns_is_answered_with_ferrys_own_opt() {
     assert_eq!(edns.max_payload(), 1232);
     assert_eq!(edns.version(), 0);
     assert!(edns.flags().dnssec_ok, "DO echoed");
-    assert!(edns.options().as_ref().is_empty(), "no option of the client's echoed");
+    assert!(
+        edns.options().as_ref().is_empty(),
+        "no option of the client's echoed"
+    );
 
     // Version 1: BADVERS, ferry's version in its OPT, no answer.
-    let m = answer_raw(&a, &edns_query("api.cloud66.local", 4096, 1, &[], 1), wire::UDP_LIMIT);
+    let m = answer_raw(
+        &a,
+        &edns_query("api.cloud66.local", 4096, 1, &[], 1),
+        wire::UDP_LIMIT,
+    );
     // 16 is BADVERS in an OPT's context (hickory names the number BADSIG, TSIG's 16).
     assert_eq!(u16::from(m.metadata.response_code), 16, "BADVERS");
     assert!(m.answers.is_empty());
@@ -402,7 +412,10 @@ fn edns_is_answered_with_ferrys_own_opt() {
     // Two OPTs: FORMERR, the question echoed.
     let mut out = Vec::new();
     let q = edns_query("api.cloud66.local", 4096, 0, &[], 2);
-    assert_eq!(a.answer(&q, &host(), &mut out, wire::UDP_LIMIT), Outcome::Answered);
+    assert_eq!(
+        a.answer(&q, &host(), &mut out, wire::UDP_LIMIT),
+        Outcome::Answered
+    );
     assert_eq!(out[3] & 0x0f, 1, "FORMERR");
     // An OPT cut short: FORMERR too.
     let q = edns_query("api.cloud66.local", 4096, 0, &[(10, b"12345678")], 1);
@@ -424,7 +437,11 @@ fn a_large_answer_is_cut_at_whole_records_over_udp_and_whole_over_tcp() {
     });
     let udp = answer_raw(&a, &query("api.cloud66.local", 1), wire::UDP_LIMIT);
     assert!(udp.metadata.truncation, "TC set");
-    assert_eq!(addresses(&udp).len(), (512 - 12 - 23) / 16, "as many whole records as fit");
+    assert_eq!(
+        addresses(&udp).len(),
+        (512 - 12 - 23) / 16,
+        "as many whole records as fit"
+    );
     // An EDNS client that takes 1232 bytes gets all 40, without TC.
     let q = edns_query("api.cloud66.local", 1232, 0, &[], 1);
     let edns = answer_raw(&a, &q, wire::UDP_LIMIT);

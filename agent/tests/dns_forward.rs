@@ -270,7 +270,10 @@ async fn a_clients_opt_is_replaced_by_ferrys_both_ways() {
     });
     let forwarder = Forwarder::new(vec![address]);
     let reply = forwarder
-        .forward(&edns_query(0x4444, "many.example", 4096, 0), wire::UDP_LIMIT)
+        .forward(
+            &edns_query(0x4444, "many.example", 4096, 0),
+            wire::UDP_LIMIT,
+        )
         .await
         .expect("an answer");
     let reply = Message::from_vec(&reply).expect("parses");
@@ -282,8 +285,15 @@ async fn a_clients_opt_is_replaced_by_ferrys_both_ways() {
     {
         let seen = seen.lock().expect("lock");
         let sent = seen[0].as_ref().expect("the upstream got an OPT");
-        assert_eq!(sent.max_payload(), 1232, "ferry's payload, not the client's 4096");
-        assert!(sent.options().as_ref().is_empty(), "the client's cookie stayed here");
+        assert_eq!(
+            sent.max_payload(),
+            1232,
+            "ferry's payload, not the client's 4096"
+        );
+        assert!(
+            sent.options().as_ref().is_empty(),
+            "the client's cookie stayed here"
+        );
     }
     // Without an OPT: no OPT back, and 512 bytes at most (TC set).
     let plain = forwarder
@@ -297,7 +307,10 @@ async fn a_clients_opt_is_replaced_by_ferrys_both_ways() {
     // Version 1: BADVERS (16) with ferry's OPT, nothing sent upstream.
     let before = seen.lock().expect("lock").len();
     let bad = forwarder
-        .forward(&edns_query(0x6666, "other.example", 4096, 1), wire::UDP_LIMIT)
+        .forward(
+            &edns_query(0x6666, "other.example", 4096, 1),
+            wire::UDP_LIMIT,
+        )
         .await
         .expect("an answer");
     let bad = Message::from_vec(&bad).expect("parses");

@@ -229,12 +229,21 @@ async fn dns_edges_answer_as_the_rfcs_say(engine: &Engine, web: &str, api_ip: &s
     );
     // dig sends EDNS(0) with a 1232-byte payload and a cookie: ferry's OPT comes back.
     let edns = full(&["api.cloud66.local"]).await?;
-    assert!(edns.contains("EDNS: version: 0") && edns.contains("udp: 1232"), "{edns}");
-    assert!(!edns.contains("COOKIE"), "the client's cookie was echoed:\n{edns}");
+    assert!(
+        edns.contains("EDNS: version: 0") && edns.contains("udp: 1232"),
+        "{edns}"
+    );
+    assert!(
+        !edns.contains("COOKIE"),
+        "the client's cookie was echoed:\n{edns}"
+    );
     let badvers = full(&["+edns=1", "+noednsnegotiation", "api.cloud66.local"]).await?;
     assert!(badvers.contains("status: BADVERS"), "{badvers}");
     // Over TCP: intercepted too, and the same generation's answer.
-    assert_eq!(dig(engine, web, &["+tcp", "api.cloud66.local"]).await?, api_ip);
+    assert_eq!(
+        dig(engine, web, &["+tcp", "api.cloud66.local"]).await?,
+        api_ip
+    );
     // Node's default lookup asks A and AAAA; ContainerNet is IPv4, so AAAA is NODATA at once.
     let lookup = node(
         engine,
@@ -247,14 +256,20 @@ async fn dns_edges_answer_as_the_rfcs_say(engine: &Engine, web: &str, api_ip: &s
     assert_eq!(found, format!("{api_ip}/4"));
     let millis: u64 = millis.parse().context("lookup's time")?;
     // A lost AAAA would cost the resolver's 5 s timeout (resolv.conf's default).
-    assert!(millis < 5000, "dns.lookup took {millis} ms: the AAAA half waited for a timeout");
+    assert!(
+        millis < 5000,
+        "dns.lookup took {millis} ms: the AAAA half waited for a timeout"
+    );
     let fetched = node(
         engine,
         web,
         "fetch('http://api.cloud66.local:4000/').then(r => r.text()).then(t => console.log(t.trim()), e => console.log('error', e.cause ? e.cause.code : e))",
     )
     .await?;
-    assert!(fetched.starts_with("api of generation 1"), "fetch got {fetched:?}");
+    assert!(
+        fetched.starts_with("api of generation 1"),
+        "fetch got {fetched:?}"
+    );
     Ok(())
 }
 

@@ -324,7 +324,13 @@ fn host_names_and_targets_in_every_spelling(front: SocketAddr) -> Result<()> {
             "/request",
             "Shop.Example.Com.:80",
         ),
-        ("http://a.blog.example?x=1", "shop.example.com", "blog", "/?x=1", "a.blog.example"),
+        (
+            "http://a.blog.example?x=1",
+            "shop.example.com",
+            "blog",
+            "/?x=1",
+            "a.blog.example",
+        ),
     ] {
         c.send(format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
         let r = c.response()?;
@@ -366,7 +372,9 @@ fn host_names_and_targets_in_every_spelling(front: SocketAddr) -> Result<()> {
     ] {
         let mut c = Conn::open(front)?;
         c.send(request.as_bytes())?;
-        let r = c.response().with_context(|| format!("{what}: no response"))?;
+        let r = c
+            .response()
+            .with_context(|| format!("{what}: no response"))?;
         ensure!(r.status == 400, "{what}: {} {}", r.status, r.text());
     }
     Ok(())
@@ -383,7 +391,11 @@ fn early_answers_close_without_a_reset(front: SocketAddr) -> Result<()> {
         let head = format!(
             "POST /early HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: {}\r\n{}\r\n",
             body.len(),
-            if expect { "Expect: 100-continue\r\n" } else { "" }
+            if expect {
+                "Expect: 100-continue\r\n"
+            } else {
+                ""
+            }
         );
         c.send(head.as_bytes())?;
         if !expect {
@@ -391,9 +403,18 @@ fn early_answers_close_without_a_reset(front: SocketAddr) -> Result<()> {
             c.send(&body[..64 * 1024])?;
         }
         let r = c.response().context("the early answer")?;
-        ensure!(r.status == 413, "expect {expect}: {} {}", r.status, r.text());
+        ensure!(
+            r.status == 413,
+            "expect {expect}: {} {}",
+            r.status,
+            r.text()
+        );
         // A client that did not wait (or did not understand) sends the rest anyway.
-        let rest = if expect { &body[..] } else { &body[64 * 1024..] };
+        let rest = if expect {
+            &body[..]
+        } else {
+            &body[64 * 1024..]
+        };
         c.send(rest)
             .with_context(|| format!("expect {expect}: sending the body after the answer"))?;
         let mut tail = Vec::new();
@@ -777,10 +798,16 @@ async fn https_serves_each_host_its_certificate(
     for flag in ["--http2", "--http1.1"] {
         let (code, body, _) = curl(front, "shop.example.com.", "/", &trust[0], flag)?;
         ensure!(code == 0, "shop.example.com. {flag}: curl exit {code}");
-        ensure!(who(&body).0 == "shop", "shop.example.com. {flag} reached {body}");
+        ensure!(
+            who(&body).0 == "shop",
+            "shop.example.com. {flag} reached {body}"
+        );
     }
     let (ok, listed, err) = operator.run(&["certificates", "list", "--stack", "site"])?;
-    ensure!(ok && listed.contains("shop.example.com") && !listed.contains("Shop."), "{listed}{err}");
+    ensure!(
+        ok && listed.contains("shop.example.com") && !listed.contains("Shop."),
+        "{listed}{err}"
+    );
     // Each certificate only for its own names: blog's is not trusted for shop.
     let (code, _, _) = curl(front, "shop.example.com", "/", &trust[1], "--http2")?;
     ensure!(

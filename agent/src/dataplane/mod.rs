@@ -24,7 +24,7 @@ mod services;
 
 pub use callers::CallerTable;
 pub use counters::{CounterError, Counters};
-pub use dns::{DnsMaps, Transport};
+pub use dns::{DnsMaps, SeenPeers, Sender, Transport};
 pub use layout::{LayoutError, map_dir};
 pub use loader::{Attachment, Dataplane, DataplaneConfig, LoadError, unpin};
 pub use preflight::{

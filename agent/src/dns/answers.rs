@@ -194,7 +194,9 @@ impl Answerer {
                 r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
                 return;
             }
-            Found::Missing if inside == "address" && directory.all().any(|r| r.address.is_some()) => {
+            Found::Missing
+                if inside == "address" && directory.all().any(|r| r.address.is_some()) =>
+            {
                 let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
                 r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
                 return;

@@ -148,11 +148,14 @@ impl Forwarder {
             None => limit,
         };
         let reply_edns = client_edns.is_some().then(|| own_edns(dnssec_ok));
-        let Some(key) = message
-            .queries
-            .first()
-            .map(|q| (q.name.to_lowercase(), q.query_type, q.query_class, dnssec_ok))
-        else {
+        let Some(key) = message.queries.first().map(|q| {
+            (
+                q.name.to_lowercase(),
+                q.query_type,
+                q.query_class,
+                dnssec_ok,
+            )
+        }) else {
             wire::error_response(&mut out, query, rcode::FORMERR)?;
             return Some(out);
         };
@@ -325,12 +328,7 @@ impl Forwarder {
 /// `response` encoded for the client that sent `query`: its id, `edns` in place of the
 /// upstream's OPT (None: the client sent none, so it gets none), and truncated to the
 /// question (TC set) when longer than the client can take.
-fn fit(
-    mut response: Message,
-    edns: Option<Edns>,
-    query: &[u8],
-    limit: usize,
-) -> Option<Vec<u8>> {
+fn fit(mut response: Message, edns: Option<Edns>, query: &[u8], limit: usize) -> Option<Vec<u8>> {
     response.metadata.id = u16::from_be_bytes([*query.first()?, *query.get(1)?]);
     response.edns = edns;
     let bytes = response.to_vec().ok()?;

@@ -34,7 +34,7 @@ pub use answers::{Answerer, Outcome, TTL, Who, ZONE};
 pub use forward::Forwarder;
 
 use crate::{
-    dataplane::DnsMaps,
+    dataplane::{DnsMaps, SeenPeers},
     discovery::{Callers, Records},
     handoff,
 };
@@ -182,6 +182,10 @@ async fn serve(
     udp_stop: Arc<AtomicBool>,
 ) -> Result<(), DnsError> {
     let maps = DnsMaps::open(&options.map_dir)?;
+    // Pins of an older layout have no ring: the peers map alone then says who asked.
+    let seen = SeenPeers::open(&options.map_dir)
+        .inspect_err(|e| warn!("DNS senders read through the peers map only: {e}"))
+        .ok();
     let (udp, tcp) = bind(options.listen, options.keeper.as_deref()).await;
     // Queries wait in the socket until the records and this server's containers are known:
     // answering "no such name" to a container of a running service would be worse than a
@@ -217,7 +221,7 @@ async fn serve(
     std::thread::Builder::new()
         .name("ferry-dns-udp".into())
         .spawn(move || {
-            let served = server::serve_udp(udp_service, Arc::new(udp), runtime, &udp_stop);
+            let served = server::serve_udp(udp_service, Arc::new(udp), runtime, seen, &udp_stop);
             let _ = failed.send(served);
         })
         .map_err(io)?;

@@ -11,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tokio::{
@@ -26,7 +26,7 @@ use super::{
     forward::Forwarder,
     wire,
 };
-use crate::dataplane::{DnsMaps, Transport};
+use crate::dataplane::{DnsMaps, SeenPeers, Sender, Transport};
 
 /// Most TCP connections served at once.
 const TCP_CONNECTIONS: usize = 128;
@@ -58,6 +58,11 @@ impl Service {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .cgroup_of(peer, transport);
+        self.who_of(peer, cgroup)
+    }
+
+    /// Who sent from `peer` given the cgroup the kernel saw (None: none of ferry's).
+    fn who_of(&self, peer: SocketAddrV4, cgroup: Option<u64>) -> Option<Who> {
         if cgroup.is_none() && !self.is_host(*peer.ip()) {
             return None;
         }
@@ -82,16 +87,45 @@ impl Service {
 
 /// How many datagrams one system call reads or writes.
 const BATCH: usize = 32;
+/// Room for one datagram's control messages, in 8-byte words: a timestamp (16 bytes of
+/// `timespec` after a 16-byte header) and spare.
+const CONTROL_WORDS: usize = 8;
+
+/// The kernel's receive timestamp of the datagram `header` describes (`SO_TIMESTAMPNS`),
+/// if it came with one.
+fn queued_at(header: &libc::msghdr) -> Option<SystemTime> {
+    // SAFETY: the kernel filled the control buffer the header points at and set its
+    // length; the CMSG macros walk it within that length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let time: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                let since = Duration::new(
+                    u64::try_from(time.tv_sec).ok()?,
+                    u32::try_from(time.tv_nsec).ok()?,
+                );
+                return SystemTime::UNIX_EPOCH.checked_add(since);
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
+}
 
 /// Serves UDP queries on `socket` (blocking) on the calling thread until an error that is
 /// not a single bad packet, or until `stop` is set (seen when a receive returns, so the
-/// one who sets it sends a datagram to wake the thread). Datagrams are read and answered in batches (recvmmsg,
-/// sendmmsg): one pair of system calls for up to [`BATCH`] queries under load, and no
-/// wait at all when only one is there. Forwarded names leave the loop for `runtime`.
+/// one who sets it sends a datagram to wake the thread). Datagrams are read and answered
+/// in batches (recvmmsg, sendmmsg): one pair of system calls for up to [`BATCH`] queries
+/// under load, and no wait at all when only one is there. Each sender is found in `seen`
+/// (shared memory, no system call) where it can say, else in the peers map. Forwarded
+/// names leave the loop for `runtime`.
 pub fn serve_udp(
     service: Arc<Service>,
     socket: Arc<std::net::UdpSocket>,
     runtime: tokio::runtime::Handle,
+    mut seen: Option<SeenPeers>,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     socket.set_nonblocking(false)?;
@@ -113,18 +147,36 @@ pub fn serve_udp(
         .collect();
     // SAFETY: all-zero mmsghdr is a valid value; the pointers are set below.
     let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
+    // Each datagram's receive timestamp, for the senders' mirror (see `SeenPeers`).
+    if seen.is_some() {
+        let on: libc::c_int = 1;
+        // SAFETY: a plain setsockopt with a live int; on failure no timestamps come and
+        // every miss in the mirror is asked of the peers map.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&raw const on).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+    }
+    let mut controls = vec![[0u64; CONTROL_WORDS]; BATCH];
     for (i, msg) in msgs.iter_mut().enumerate() {
         msg.msg_hdr.msg_iov = &mut iovs[i];
         msg.msg_hdr.msg_iovlen = 1;
         msg.msg_hdr.msg_name = (&raw mut peers[i]).cast();
+        msg.msg_hdr.msg_control = controls[i].as_mut_ptr().cast();
     }
     let mut reply_iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
     // SAFETY: as above.
     let mut sends: Vec<libc::mmsghdr> = vec![unsafe { std::mem::zeroed() }; BATCH];
     loop {
         for msg in &mut msgs {
-            // The kernel shortens it to the address it wrote.
+            // The kernel shortens them to what it wrote.
             msg.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            msg.msg_hdr.msg_controllen = CONTROL_WORDS * 8;
         }
         // SAFETY: every header points at live buffers of the sizes it states.
         let n = unsafe {
@@ -146,13 +198,23 @@ pub fn serve_udp(
                 _ => return Err(e),
             }
         }
+        if let Some(seen) = &mut seen {
+            seen.read();
+        }
         let mut replies = 0;
         for i in 0..n as usize {
-            let peer = SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(peers[i].sin_addr.s_addr)),
-                u16::from_be(peers[i].sin_port),
-            ));
-            let Some(who) = service.who(peer, Transport::Udp) else {
+            let (addr, port) = (peers[i].sin_addr.s_addr, peers[i].sin_port);
+            let peer_v4 = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
+            let peer = SocketAddr::V4(peer_v4);
+            let sender = seen.as_ref().map_or(Sender::Unknown, |s| {
+                s.sender(addr, port, queued_at(&msgs[i].msg_hdr))
+            });
+            let who = match sender {
+                Sender::Container(cgroup) => service.who_of(peer_v4, Some(cgroup)),
+                Sender::NotContainer => service.who_of(peer_v4, None),
+                Sender::Unknown => service.who(peer, Transport::Udp),
+            };
+            let Some(who) = who else {
                 debug!(%peer, "DNS query from outside this server dropped");
                 continue;
             };

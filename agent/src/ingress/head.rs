@@ -339,9 +339,9 @@ fn framing(head: &[u8], parsed: &mut RequestHead) -> Result<(), HeadError> {
         None => None,
     };
     parsed.host = match &parsed.authority {
-        Some(authority) => Some(
-            hostname::from_authority(&head[authority.clone()]).map_err(HeadError::Authority)?,
-        ),
+        Some(authority) => {
+            Some(hostname::from_authority(&head[authority.clone()]).map_err(HeadError::Authority)?)
+        }
         None => from_host,
     };
     Ok(())
@@ -502,8 +502,16 @@ mod tests {
             Some("Shop.Example.test.")
         );
         for (raw, target, authority) in [
-            ("GET HTTP://a.test:8080 HTTP/1.1\r\nHost: a.test\r\n\r\n", "", "a.test:8080"),
-            ("GET https://a.test?q=1 HTTP/1.1\r\nHost: a.test\r\n\r\n", "?q=1", "a.test"),
+            (
+                "GET HTTP://a.test:8080 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                "",
+                "a.test:8080",
+            ),
+            (
+                "GET https://a.test?q=1 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                "?q=1",
+                "a.test",
+            ),
             ("GET http://a.test/ HTTP/1.0\r\n\r\n", "/", "a.test"),
         ] {
             let head = ok(raw);
@@ -518,15 +526,39 @@ mod tests {
     #[test]
     fn targets_that_are_not_for_a_reverse_proxy_are_refused() {
         for (raw, why) in [
-            ("CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n", "authority-form"),
-            ("GET ftp://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "another scheme"),
-            ("GET * HTTP/1.1\r\nHost: a\r\n\r\n", "* for another method than OPTIONS"),
+            (
+                "CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n",
+                "authority-form",
+            ),
+            (
+                "GET ftp://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                "another scheme",
+            ),
+            (
+                "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+                "* for another method than OPTIONS",
+            ),
             ("GET http:// HTTP/1.1\r\nHost: a\r\n\r\n", "no authority"),
-            ("GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", "an empty authority"),
-            ("GET http://u:p@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "userinfo"),
-            ("GET http://a.test:x/ HTTP/1.1\r\nHost: a.test\r\n\r\n", "a port that is no number"),
-            ("GET http://a.test/ HTTP/1.1\r\n\r\n", "HTTP/1.1 without Host"),
-            ("GET http://a.test/ HTTP/1.1\r\nHost: a b\r\n\r\n", "a broken Host beside it"),
+            (
+                "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n",
+                "an empty authority",
+            ),
+            (
+                "GET http://u:p@a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                "userinfo",
+            ),
+            (
+                "GET http://a.test:x/ HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                "a port that is no number",
+            ),
+            (
+                "GET http://a.test/ HTTP/1.1\r\n\r\n",
+                "HTTP/1.1 without Host",
+            ),
+            (
+                "GET http://a.test/ HTTP/1.1\r\nHost: a b\r\n\r\n",
+                "a broken Host beside it",
+            ),
         ] {
             let e = refused(raw);
             assert!(

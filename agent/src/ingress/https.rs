@@ -182,7 +182,10 @@ async fn forward(
     // The authority of an absolute-form (or HTTP/2) request decides, as on plain HTTP.
     let named = match request.uri().authority() {
         Some(authority) => Some(authority.as_str().as_bytes()),
-        None => request.headers().get(header::HOST).map(HeaderValue::as_bytes),
+        None => request
+            .headers()
+            .get(header::HOST)
+            .map(HeaderValue::as_bytes),
     };
     let host = match named.map(hostname::from_authority).transpose() {
         Ok(host) => host,

@@ -100,8 +100,7 @@ impl<S: Store> Certificates<S> {
 fn canonical_hosts(certificate: &TlsCertificate) -> Result<TlsCertificate, CertificateError> {
     let mut hosts: Vec<String> = Vec::with_capacity(certificate.hosts.len());
     for host in &certificate.hosts {
-        let host = ferry_api::hostname::pattern(host)
-            .map_err(CertificateError::Invalid)?;
+        let host = ferry_api::hostname::pattern(host).map_err(CertificateError::Invalid)?;
         if !hosts.contains(&host) {
             hosts.push(host);
         }

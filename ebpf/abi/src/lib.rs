@@ -27,8 +27,11 @@ pub mod map_names {
     pub const DNS_ORIGINS: &str = "FERRY_DNS_ORIGINS";
     /// [`DnsPeer`](super::DnsPeer) to the cgroup id of the socket that sent from it.
     pub const DNS_PEERS: &str = "FERRY_DNS_PEERS";
+    /// A ring buffer of [`DnsPeerSeen`](super::DnsPeerSeen): every UDP query a container
+    /// sends to the listener, in order, read by the DNS server from shared memory.
+    pub const DNS_SEEN: &str = "FERRY_DNS_SEEN";
     /// Every map the object pins, in no particular order.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 8] = [
         SERVICES,
         BACKENDS,
         COUNTERS,
@@ -36,6 +39,7 @@ pub mod map_names {
         DNS_LISTENER,
         DNS_ORIGINS,
         DNS_PEERS,
+        DNS_SEEN,
     ];
 }
 
@@ -50,8 +54,10 @@ pub mod map_names {
 ///   ([`legacy::ServiceKeyV1`], 8 bytes) and three counters, pinned in `<bpffs>/maps`;
 /// - 2: versioned steering: keys carry the caller's generation (12 bytes), six counters,
 ///   the callers and DNS maps; still pinned in `<bpffs>/maps`;
-/// - 3: layout 2's shapes, pinned in a directory that names the version.
-pub const MAP_LAYOUT: u32 = 3;
+/// - 3: layout 2's shapes, pinned in a directory that names the version;
+/// - 4: layout 3's maps and shapes, plus the ring buffer of DNS senders
+///   ([`map_names::DNS_SEEN`]).
+pub const MAP_LAYOUT: u32 = 4;
 
 /// Shapes of older map layouts, kept so an upgraded agent can read their pins.
 pub mod legacy {
@@ -84,6 +90,11 @@ pub const AGENT_SOCKET_MARK: u32 = 0x6665_0035;
 
 /// Capacity of the DNS origin and peer maps (LRU: the oldest sockets are forgotten first).
 pub const MAX_DNS_SOCKETS: u32 = 65_536;
+
+/// Size of the ring buffer of DNS senders in bytes (a power of two, a multiple of the
+/// page): about 10,900 records of 24 bytes (8 of header), far more than the DNS server
+/// leaves unread between two batches.
+pub const DNS_SEEN_BYTES: u32 = 256 * 1024;
 
 /// Names of the programs in the object.
 pub mod program_names {
@@ -155,6 +166,19 @@ pub struct DnsPeer {
     pub protocol: u8,
     /// Explicit padding.
     pub _pad: u8,
+}
+
+/// One UDP query a container sent to the DNS listener, as the egress program saw it leave:
+/// who sent from that source. The record is written before the datagram reaches the
+/// listener's socket, so a server that reads the ring after receiving a datagram has its
+/// sender's record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsPeerSeen {
+    /// The source, as in the peers map.
+    pub peer: DnsPeer,
+    /// The cgroup id of the sending socket.
+    pub cgroup: u64,
 }
 
 /// A stack's id in the kernel maps: FNV-1a of its name, so every agent and every restart
@@ -253,6 +277,7 @@ mod user {
     unsafe impl aya::Pod for super::Caller {}
     unsafe impl aya::Pod for super::DnsListener {}
     unsafe impl aya::Pod for super::DnsPeer {}
+    unsafe impl aya::Pod for super::DnsPeerSeen {}
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}

@@ -7,7 +7,8 @@
 //! - `recvmsg4` and `getpeername4` give that address back where the listener's would show;
 //! - `cgroup_skb/egress` records which cgroup sent from each source address and port to the
 //!   listener, so the DNS server knows its caller exactly, even when two cgroups share a
-//!   network namespace and so an address.
+//!   network namespace and so an address: in a hash map, and for UDP also in a ring buffer
+//!   the server reads from shared memory (no `bpf()` call per query).
 //!
 //! Who is redirected: only processes of ferry's containers, i.e. of a cgroup in the callers
 //! map, and never a socket carrying [`AGENT_SOCKET_MARK`]. Whatever cgroup the programs are
@@ -23,11 +24,12 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{bpf_get_socket_cookie, bpf_skb_cgroup_id},
     macros::{cgroup_skb, cgroup_sock_addr, map},
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, RingBuf},
     programs::{SkBuffContext, SockAddrContext},
 };
 use ferry_ebpf_abi::{
-    AGENT_SOCKET_MARK, Counter, DnsListener, DnsOrigin, DnsPeer, MAX_DNS_SOCKETS,
+    AGENT_SOCKET_MARK, Counter, DNS_SEEN_BYTES, DnsListener, DnsOrigin, DnsPeer, DnsPeerSeen,
+    MAX_DNS_SOCKETS,
 };
 
 use crate::{callers, counters::bump};
@@ -40,6 +42,16 @@ static FERRY_DNS_ORIGINS: LruHashMap<u64, DnsOrigin> = LruHashMap::pinned(MAX_DN
 
 #[map(name = "FERRY_DNS_PEERS")]
 static FERRY_DNS_PEERS: LruHashMap<DnsPeer, u64> = LruHashMap::pinned(MAX_DNS_SOCKETS, 0);
+
+#[map(name = "FERRY_DNS_SEEN")]
+static FERRY_DNS_SEEN: RingBuf = RingBuf::pinned(DNS_SEEN_BYTES, 0);
+
+/// IP protocol number of UDP.
+const UDP: u8 = 17;
+
+/// `bpf_ringbuf_output` flag: no wakeup; the DNS server reads the ring after each receive
+/// and never sleeps on it.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// DNS's port, as the hooks see ports: network byte order in the low 16 bits.
 const DNS_PORT: u32 = 53u16.to_be() as u32;
@@ -173,6 +185,12 @@ fn record_peer(ctx: &SkBuffContext) {
     };
     // SAFETY: the context of a cgroup_skb program is a valid __sk_buff.
     let cgroup = unsafe { bpf_skb_cgroup_id(ctx.as_ptr() as *mut __sk_buff) };
+    if peer.protocol == UDP {
+        // Every UDP query, in order: the server finds its sender in shared memory without
+        // a system call. A full ring drops the record; the server notices (it read a full
+        // ring) and asks the peers map below instead.
+        let _ = FERRY_DNS_SEEN.output(&DnsPeerSeen { peer, cgroup }, BPF_RB_NO_WAKEUP);
+    }
     // Written only when it changes (a new source, or a port reused by another cgroup).
     // SAFETY: the value is plain data copied out at once.
     if unsafe { FERRY_DNS_PEERS.get(&peer) } != Some(&cgroup) {

@@ -306,7 +306,10 @@ mod tests {
         assert_eq!(cpu_millis("0.5"), Ok(500));
         assert!(cpu_millis("NaN").is_err());
         assert_eq!(host_pattern("*.Example.com"), Ok("*.example.com".into()));
-        assert_eq!(host_pattern("Shop.Example.test."), Ok("shop.example.test".into()));
+        assert_eq!(
+            host_pattern("Shop.Example.test."),
+            Ok("shop.example.test".into())
+        );
         assert!(host_pattern("shop.example.test..").is_err());
         assert!(host_pattern(".").is_err());
         assert!(host_pattern("exa mple.com").is_err());
