@@ -16,7 +16,7 @@ use std::{
     io::Write as _,
     net::{SocketAddr, SocketAddrV4},
     path::Path,
-    sync::mpsc,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -817,6 +817,7 @@ async fn https_serves_each_host_its_certificate(
     // A name with no certificate: no handshake at all.
     let (code, _, _) = curl(front, "unknown.example", "/", &trust[0], "--http2")?;
     ensure!(code == 35, "a name without a certificate: curl exit {code}");
+    https_early_answer_closes_without_a_reset(front, &trust[0])?;
     let (_, headers, _) = curl(front, "shop.example.com", "/headers", &trust[0], "--http2")?;
     let headers: serde_json::Value = serde_json::from_str(&headers)?;
     ensure!(
@@ -824,6 +825,72 @@ async fn https_serves_each_host_its_certificate(
             && headers["x-forwarded-for"] == "10.250.81.1"
             && headers["x-forwarded-host"] == "shop.example.com",
         "{headers}"
+    );
+    Ok(())
+}
+
+/// Over TLS too: a body the container refused unread (413 from /early) is still being sent
+/// when the answer arrives; the connection ends with TLS's close_notify and a FIN, not a
+/// reset.
+fn https_early_answer_closes_without_a_reset(front: SocketAddr, trust: &Path) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(trust)?;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("shop.example.com")?;
+    let tls = rustls::ClientConnection::new(Arc::new(config), name)?;
+    let tcp = std::net::TcpStream::connect_timeout(
+        &SocketAddr::new(front.ip(), 443),
+        Duration::from_secs(5),
+    )?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    let body = vec![b'x'; 2 * MB];
+    write!(
+        stream,
+        "POST /early HTTP/1.1\r\nHost: shop.example.com\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )?;
+    stream.write_all(&body[..64 * 1024])?;
+    stream.flush()?;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("too large") {
+        let n = stream
+            .read(&mut chunk)
+            .context("reading the early answer")?;
+        ensure!(
+            n > 0,
+            "closed before the answer: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let answer = String::from_utf8_lossy(&seen).into_owned();
+    ensure!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    stream
+        .write_all(&body[64 * 1024..])
+        .and_then(|()| stream.flush())
+        .context("sending the body after the answer over TLS")?;
+    let mut tail = Vec::new();
+    let ended = stream.read_to_end(&mut tail);
+    // A close without close_notify reads as UnexpectedEof in rustls: still a FIN. A
+    // reset is what destroys answers.
+    ensure!(
+        ended
+            .as_ref()
+            .map_or_else(|e| e.kind() == std::io::ErrorKind::UnexpectedEof, |_| true),
+        "the TLS connection ended with {ended:?} after the answer, not a clean close"
     );
     Ok(())
 }

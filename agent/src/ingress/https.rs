@@ -8,6 +8,7 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     net::{IpAddr, SocketAddrV4},
+    os::fd::AsFd as _,
     rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
@@ -28,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
-use super::{Context, certificates::Resolver, metrics::Exchange, routes::Target};
+use super::{Context, certificates::Resolver, metrics::Exchange, routes::Target, socket::linger};
 
 /// Longest a TLS handshake may take.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
@@ -118,6 +119,13 @@ pub async fn serve(
     let metrics = ctx.metrics.clone();
     let _open = metrics.connection_opened();
     let _ = stream.set_nodelay(true);
+    // A second descriptor of the socket, so it outlives hyper's and the TLS layer's: the
+    // close after them lingers (see `socket::linger`) instead of resetting a client that
+    // is still sending a body the container answered without reading.
+    let socket = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
     let tls = match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -143,8 +151,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_LIST)
         .max_concurrent_streams(MAX_STREAMS);
-    let connection = builder.serve_connection(TokioIo::new(tls), service);
-    tokio::pin!(connection);
+    let mut connection = Box::pin(builder.serve_connection(TokioIo::new(tls), service));
     let stopping = async {
         if !*closing.borrow() {
             let _ = closing.changed().await;
@@ -159,8 +166,12 @@ pub async fn serve(
         () = stopping => {
             // HTTP/2 GOAWAY or HTTP/1.1 `Connection: close`: requests in flight finish.
             connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            let _ = connection.as_mut().await;
         }
+    }
+    drop(connection);
+    if let Ok(socket) = socket {
+        linger(&socket).await;
     }
 }
 
