@@ -48,11 +48,7 @@ fn upstream(ttl: u32) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 fn query(id: u16) -> Vec<u8> {
-    let mut q = id.to_be_bytes().to_vec();
-    q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    q.extend_from_slice(&wire::wire_name("partner.example"));
-    q.extend_from_slice(&[0, 1, 0, 1]);
-    q
+    query_for(id, "partner.example")
 }
 
 #[tokio::test]
@@ -329,6 +325,7 @@ async fn a_clients_opt_is_replaced_by_ferrys_both_ways() {
     assert_eq!(formerr[3] & 0x0f, 1, "FORMERR");
 }
 
+/// An A query for `name` with id `id`, without an OPT.
 fn query_for(id: u16, name: &str) -> Vec<u8> {
     let mut q = id.to_be_bytes().to_vec();
     q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
