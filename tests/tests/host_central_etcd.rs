@@ -272,8 +272,29 @@ async fn two_replicas_settle_a_generation_once_and_survive_one_killed_mid_deploy
     central.kill_first()?;
     until_serving(&admin, 2).await?;
     until_only(&[&one, &two], 2).await?;
-    // The operator's next command goes to the replica left.
-    let (ok, out, err) = operator.run(&["containers", "list", "--stack", "shop"])?;
-    assert!(ok && out.matches(" running ").count() == 4, "{out}{err}");
+    // The operator's next commands go to the replica left, which lists what the agents
+    // report: the old generation's stop arrives a moment after Docker shows it (an agent
+    // whose report met the dead replica sends it again on its next tick).
+    eventually(
+        Duration::from_secs(20),
+        "central lists only generation 2 as running",
+        || async {
+            let (ok, out, err) = operator.run(&["containers", "list", "--stack", "shop"])?;
+            // SERVER STACK SERVICE GENERATION STATE ...: four rows, all generation 2, running.
+            let rows: Vec<Vec<&str>> = out
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect())
+                .filter(|r: &Vec<&str>| !r.is_empty())
+                .collect();
+            let listed = ok
+                && rows.len() == 4
+                && rows
+                    .iter()
+                    .all(|r| r.get(3) == Some(&"2") && r.get(4) == Some(&"running"));
+            Ok(Saw(listed, format!("{out}{err}")))
+        },
+    )
+    .await?;
     Ok(())
 }
