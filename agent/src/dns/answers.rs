@@ -185,24 +185,19 @@ impl Answerer {
                 r.soa(&self.zone, NEGATIVE_TTL, section);
                 return;
             }
-            // The name exists with records for other callers (a service of several stacks,
-            // the caller in none), or has names below it (`address.cloud66.local` while any
-            // service has an address): NODATA, never NXDOMAIN, which tells a caching
-            // resolver that nothing below exists either (RFC 8020).
-            Found::Ambiguous => {
-                let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
-                r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
-                return;
-            }
-            Found::Missing
-                if inside == "address" && directory.all().any(|r| r.address.is_some()) =>
-            {
-                let mut r = Response::start(out, query, question, rcode::NOERROR, true, limit);
-                r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
-                return;
-            }
-            Found::Missing => {
-                let mut r = Response::start(out, query, question, rcode::NXDOMAIN, true, limit);
+            // A name that exists with records for other callers (a service of several
+            // stacks, the caller in none), or with names below it (`address.cloud66.local`
+            // while any service has an address), is NODATA, never NXDOMAIN, which tells a
+            // caching resolver that nothing below exists either (RFC 8020).
+            other => {
+                let exists = matches!(other, Found::Ambiguous)
+                    || (inside == "address" && directory.all().any(|r| r.address.is_some()));
+                let code = if exists {
+                    rcode::NOERROR
+                } else {
+                    rcode::NXDOMAIN
+                };
+                let mut r = Response::start(out, query, question, code, true, limit);
                 r.soa(&self.zone, NEGATIVE_TTL, Section::Authority);
                 return;
             }
