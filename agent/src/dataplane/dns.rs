@@ -101,9 +101,10 @@ pub struct SeenPeers {
     mirror: StdHashMap<(u32, u16), u64>,
     /// When the mirror (re)started, plus [`SETTLE`], on the clock of receive timestamps.
     settled: SystemTime,
-    /// A read that takes this many bytes may have followed a full ring.
-    full_at: usize,
 }
+
+/// A read that takes this many bytes of records may have followed a full ring.
+const FULL_AT: usize = ferry_ebpf_abi::DNS_SEEN_BYTES as usize - 2 * SEEN_RECORD;
 
 /// How long after it starts the mirror waits before a miss may mean "not a container":
 /// far longer than a datagram takes from the sender's egress to the listener's queue.
@@ -113,12 +114,10 @@ impl SeenPeers {
     /// Opens the ring pinned in `map_dir`.
     pub fn open(map_dir: &Path) -> Result<Self, ServiceTableError> {
         let ring: RingBuf<MapData> = open_pinned(map_dir, map_names::DNS_SEEN, Map::RingBuf)?;
-        let size = ferry_ebpf_abi::DNS_SEEN_BYTES as usize;
         Ok(Self {
             ring,
             mirror: StdHashMap::new(),
             settled: SystemTime::now() + SETTLE,
-            full_at: size.saturating_sub(2 * SEEN_RECORD),
         })
     }
 
@@ -136,18 +135,24 @@ impl SeenPeers {
             cgroup.copy_from_slice(&record[8..16]);
             self.mirror.insert((addr, port), u64::from_ne_bytes(cgroup));
         }
-        if taken >= self.full_at || self.mirror.len() > MAX_MIRRORED {
+        if taken >= FULL_AT || self.mirror.len() > MAX_MIRRORED {
             self.mirror.clear();
             self.settled = SystemTime::now() + SETTLE;
         }
     }
 
     /// Who sent a datagram from `addr`:`port` (network byte order, as `sockaddr_in` holds
-    /// them) that the kernel queued at `queued` (None: no timestamp came with it).
-    pub fn sender(&self, addr: u32, port: u16, queued: Option<SystemTime>) -> Sender {
+    /// them); `queued` gives the time the kernel queued it (None: no timestamp came with
+    /// it), asked only when the mirror has no such source.
+    pub fn sender(
+        &self,
+        addr: u32,
+        port: u16,
+        queued: impl FnOnce() -> Option<SystemTime>,
+    ) -> Sender {
         match self.mirror.get(&(addr, port)) {
             Some(cgroup) => Sender::Container(*cgroup),
-            None if queued.is_some_and(|t| t >= self.settled) => Sender::NotContainer,
+            None if queued().is_some_and(|t| t >= self.settled) => Sender::NotContainer,
             None => Sender::Unknown,
         }
     }

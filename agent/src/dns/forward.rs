@@ -141,10 +141,7 @@ impl Forwarder {
             return Some(out);
         }
         let limit = match &client_edns {
-            Some(edns) => limit.max(usize::from(
-                edns.max_payload()
-                    .clamp(wire::UDP_LIMIT as u16, wire::EDNS_PAYLOAD),
-            )),
+            Some(edns) => limit.max(wire::udp_limit(edns.max_payload())),
             None => limit,
         };
         let reply_edns = client_edns.is_some().then(|| own_edns(dnssec_ok));

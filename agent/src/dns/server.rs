@@ -206,8 +206,9 @@ pub fn serve_udp(
             let (addr, port) = (peers[i].sin_addr.s_addr, peers[i].sin_port);
             let peer_v4 = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port));
             let peer = SocketAddr::V4(peer_v4);
+            // The timestamp is read only for a source the mirror does not have.
             let sender = seen.as_ref().map_or(Sender::Unknown, |s| {
-                s.sender(addr, port, queued_at(&msgs[i].msg_hdr))
+                s.sender(addr, port, || queued_at(&msgs[i].msg_hdr))
             });
             let who = match sender {
                 Sender::Container(cgroup) => service.who_of(peer_v4, Some(cgroup)),

@@ -160,11 +160,16 @@ pub struct Edns {
 }
 
 impl Edns {
-    /// The largest UDP response this client gets: its payload size, at least 512 (RFC
-    /// 6891 §6.2.3 treats smaller values as 512) and at most [`EDNS_PAYLOAD`].
+    /// The largest UDP response this client gets ([`udp_limit`] of its payload size).
     pub fn udp_limit(&self) -> usize {
-        usize::from(self.payload.clamp(UDP_LIMIT as u16, EDNS_PAYLOAD))
+        udp_limit(self.payload)
     }
+}
+
+/// The largest UDP response for a client that advertises `payload` bytes in its OPT: at
+/// least 512 (RFC 6891 §6.2.3 treats smaller values as 512), at most [`EDNS_PAYLOAD`].
+pub fn udp_limit(payload: u16) -> usize {
+    usize::from(payload.clamp(UDP_LIMIT as u16, EDNS_PAYLOAD))
 }
 
 /// Why a query's additional section is refused (FORMERR).
@@ -342,29 +347,29 @@ impl<'a> Response<'a> {
         for n in [1u32, 3600, 600, 86_400, ttl] {
             data.extend_from_slice(&n.to_be_bytes());
         }
-        let before = self.out.len();
-        self.out.extend_from_slice(zone);
-        if !self.push_owned(rtype::SOA, ttl, &data, section) {
-            self.out.truncate(before);
-        }
+        self.push_owned(zone, rtype::SOA, ttl, &data, section);
     }
 
     /// Adds a record whose owner is the question's name to the answer section.
     fn push(&mut self, rtype: u16, ttl: u32, data: &[u8]) -> bool {
-        if self.out.len() + NAME_POINTER.len() + 10 + data.len() > self.limit {
-            self.out[2] |= 0x02;
-            return false;
-        }
-        self.out.extend_from_slice(&NAME_POINTER);
-        self.push_owned(rtype, ttl, data, Section::Answer)
+        self.push_owned(&NAME_POINTER, rtype, ttl, data, Section::Answer)
     }
 
-    /// Adds a record to `section` whose owner name is already written.
-    fn push_owned(&mut self, rtype: u16, ttl: u32, data: &[u8], section: Section) -> bool {
-        if self.out.len() + 10 + data.len() > self.limit {
+    /// Adds a record owned by `owner` (wire form, or a pointer) to `section`; false (and
+    /// the truncation bit set) when it does not fit.
+    fn push_owned(
+        &mut self,
+        owner: &[u8],
+        rtype: u16,
+        ttl: u32,
+        data: &[u8],
+        section: Section,
+    ) -> bool {
+        if self.out.len() + owner.len() + 10 + data.len() > self.limit {
             self.out[2] |= 0x02;
             return false;
         }
+        self.out.extend_from_slice(owner);
         self.out.extend_from_slice(&rtype.to_be_bytes());
         self.out.extend_from_slice(&CLASS_IN.to_be_bytes());
         self.out.extend_from_slice(&ttl.to_be_bytes());

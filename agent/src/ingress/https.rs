@@ -122,10 +122,8 @@ pub async fn serve(
     // A second descriptor of the socket, so it outlives hyper's and the TLS layer's: the
     // close after them lingers (see `socket::linger`) instead of resetting a client that
     // is still sending a body the container answered without reading.
-    let socket = stream
-        .as_fd()
-        .try_clone_to_owned()
-        .and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)));
+    // Registered with the reactor only for the linger, once hyper is done.
+    let socket = stream.as_fd().try_clone_to_owned();
     let tls = match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -170,7 +168,7 @@ pub async fn serve(
         }
     }
     drop(connection);
-    if let Ok(socket) = socket {
+    if let Ok(socket) = socket.and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd))) {
         linger(&socket).await;
     }
 }

@@ -61,11 +61,10 @@ pub fn from_authority(value: &[u8]) -> Result<String, HostError> {
         // An IPv6 literal keeps its colons inside brackets.
         Some(i) if !value.ends_with(b"]") => {
             let port = &value[i + 1..];
-            let number = port.len() <= 5
-                && port.iter().all(u8::is_ascii_digit)
+            // Digits only (no sign), empty allowed (RFC 3986 §3.2.3), at most 65535.
+            let number = port.iter().all(u8::is_ascii_digit)
                 && std::str::from_utf8(port)
-                    .ok()
-                    .is_none_or(|p| p.is_empty() || p.parse::<u16>().is_ok());
+                    .is_ok_and(|p| p.is_empty() || p.parse::<u16>().is_ok());
             if !number {
                 return Err(HostError::Port);
             }
