@@ -177,6 +177,16 @@ struct RunArgs {
     /// The address the published host ports (ingress) are bound on.
     #[arg(long, default_value_t = std::net::Ipv4Addr::UNSPECIFIED)]
     ingress_address: std::net::Ipv4Addr,
+    /// How `tcp:` and `udp:` ports are served: `kernel` (tc programs steer the flows; the
+    /// userspace relay serves what they cannot) or `relay` (the agent's userspace relay
+    /// alone).
+    #[arg(long, value_enum, default_value_t = L4PathArg::Kernel)]
+    l4_path: L4PathArg,
+    /// An interface clients reach the published `tcp:`/`udp:` ports through (repeatable;
+    /// default: every interface that is up with an IPv4 address, except loopback, the
+    /// WireGuard link and the container bridge).
+    #[arg(long = "l4-interface")]
+    l4_interfaces: Vec<String>,
     /// Where the Prometheus metrics are served (`GET /metrics`).
     #[arg(long, default_value_t = ferry_agent::ingress::METRICS_LISTEN)]
     metrics_listen: std::net::SocketAddr,
@@ -190,6 +200,14 @@ struct RunArgs {
     /// calls it unreachable.
     #[arg(long, default_value_t = ferry_agent::membership::heartbeat::INTERVAL.as_secs())]
     heartbeat_interval_secs: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum L4PathArg {
+    /// tc programs on the server's interfaces.
+    Kernel,
+    /// The agent's userspace relay.
+    Relay,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -437,6 +455,7 @@ fn run(args: RunArgs) -> Result<()> {
         Err(e) => return Err(e).context("reading the agent's state directory"),
     };
     let chosen = std::sync::Arc::new(std::sync::OnceLock::new());
+    let l4_path = ferry_agent::ingress::L4Path::default();
     let joined = match joined {
         None => None,
         Some(loaded) => {
@@ -473,6 +492,14 @@ fn run(args: RunArgs) -> Result<()> {
                         ingress: ferry_agent::ingress::IngressOptions {
                             address: args.ingress_address,
                             sockets: Some(sockets),
+                            kernel: Some(ferry_agent::ingress::KernelOptions {
+                                bpffs: config.bpffs.clone(),
+                                interfaces: args.l4_interfaces,
+                                wg_interface: args.wg_interface.clone(),
+                                gateway: *listen.ip(),
+                                path: l4_path.clone(),
+                                relay_only: args.l4_path == L4PathArg::Relay,
+                            }),
                         },
                         metrics_listen: args.metrics_listen,
                     })
@@ -484,6 +511,7 @@ fn run(args: RunArgs) -> Result<()> {
                     wg_interface: args.wg_interface.clone(),
                     backend: chosen.clone(),
                     docker_socket: args.docker_socket.clone(),
+                    l4_path: workloads.as_ref().map(|_| l4_path.clone()),
                 },
                 mesh: MeshOptions {
                     chosen: chosen.clone(),

@@ -12,6 +12,7 @@ use aya::{
     maps::MapError,
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        SchedClassifier,
         cgroup_sock_addr::CgroupSockAddrLink,
         links::{FdLink, PinnedLink},
     },
@@ -48,8 +49,13 @@ impl DataplaneConfig {
     }
 }
 
-fn link_dir(bpffs: &Path) -> PathBuf {
+pub(super) fn link_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("links")
+}
+
+/// Where the loaded tc programs are pinned for the ingress to attach.
+pub(super) fn program_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("programs")
 }
 
 /// How the connect4 program came to be attached.
@@ -180,6 +186,7 @@ impl Dataplane {
             }
             info!(cgroup = %config.cgroup_root.display(), pin = %pin.display(), ?how, "{short} attached");
         }
+        pin_tc_programs(&mut ebpf, &config.bpffs);
         // Only now does no program use the older maps' pins.
         migration.finish()?;
         Ok(Self {
@@ -217,6 +224,41 @@ const PROGRAMS: &[(&str, &str)] = &[
     (program_names::GETPEERNAME4, "getpeername4"),
     (program_names::DNS_EGRESS, "dns-egress"),
 ];
+
+/// The tc programs of the L4 ingress. They attach to interfaces the agent finds later (the
+/// container bridge appears with the first container), so they are loaded now and pinned
+/// under [`program_dir`], where the ingress picks them up (`dataplane::tc`).
+const TC_PROGRAMS: [&str; 3] = [
+    program_names::L4_INGRESS,
+    program_names::L4_REPLY,
+    program_names::L4_REPLY_L3,
+];
+
+/// Loads and pins the tc programs, replacing an earlier agent's pins (links that run
+/// those keep running them until the ingress swaps the new ones in). A program the kernel
+/// refuses is logged and its pin removed: the ingress then relays the L4 ports in
+/// userspace and says why.
+fn pin_tc_programs(ebpf: &mut Ebpf, bpffs: &Path) {
+    let dir = program_dir(bpffs);
+    if let Err(e) = fs::create_dir_all(&dir) {
+        warn!(dir = %dir.display(), "the L4 ingress stays in userspace: {e}");
+        return;
+    }
+    for name in TC_PROGRAMS {
+        let pin = dir.join(name);
+        let _ = fs::remove_file(&pin);
+        let loaded = load_program::<SchedClassifier>(ebpf, name).and_then(|program| {
+            program.load().map_err(failed("load", name))?;
+            program.pin(&pin).map_err(|source| LoadError::PinLink {
+                path: pin.clone(),
+                source,
+            })
+        });
+        if let Err(e) = loaded {
+            warn!("the L4 ingress stays in userspace: {e}");
+        }
+    }
+}
 
 /// Loads program `name` of the object as a `T`.
 fn load_program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, LoadError>
@@ -334,6 +376,8 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<(), LoadError> {
 /// one else holds them. This is the only way steering stops.
 pub fn unpin(bpffs: &Path) -> io::Result<()> {
     layout::remove_pins(&link_dir(bpffs))?;
+    layout::remove_pins(&program_dir(bpffs))?;
+    layout::remove_pins(&super::tc::link_dir(bpffs))?;
     for dir in layout::all_map_dirs(bpffs)? {
         layout::remove_pins(&dir)?;
     }

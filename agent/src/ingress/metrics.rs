@@ -5,12 +5,18 @@
 use std::{
     collections::HashMap,
     fmt::Write as _,
+    path::{Path, PathBuf},
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Instant,
 };
+
+use tracing::warn;
+
+use super::kernel::BackendNames;
+use crate::dataplane::{L4Table, PortTraffic};
 
 /// Upper bounds (seconds) of the latency histogram's buckets; +Inf is implied.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -63,6 +69,8 @@ pub struct Metrics {
     relayed: Mutex<HashMap<(String, String), [u64; 3]>>,
     open: AtomicI64,
     accepted: AtomicU64,
+    /// The kernel path's counters: the maps' directory, and whose each backend address is.
+    kernel: Option<(PathBuf, BackendNames)>,
 }
 
 /// Counts an open connection until dropped.
@@ -75,6 +83,20 @@ impl Drop for Open<'_> {
 }
 
 impl Metrics {
+    /// Also renders the L4 kernel path's counters, read from the maps in `map_dir`.
+    pub fn count_kernel(&mut self, map_dir: PathBuf) {
+        self.kernel = Some((map_dir, BackendNames::default()));
+    }
+
+    /// Where the kernel path records whose each backend address is (a fresh table when
+    /// the kernel's counters are not rendered).
+    pub(super) fn kernel_names(&self) -> BackendNames {
+        self.kernel
+            .as_ref()
+            .map(|(_, names)| names.clone())
+            .unwrap_or_default()
+    }
+
     /// Counts a connection as open for the guard's life.
     pub fn connection_opened(&self) -> Open<'_> {
         self.open.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +253,58 @@ impl Metrics {
             "# HELP ferry_ingress_connections_total Client connections accepted.\n# TYPE ferry_ingress_connections_total counter\nferry_ingress_connections_total {}",
             self.accepted.load(Ordering::Relaxed)
         );
+        if let Some((map_dir, names)) = &self.kernel {
+            render_kernel(&mut out, map_dir, names);
+        }
         out
+    }
+}
+
+/// The L4 kernel path's flows and bytes per port and backend, summed over CPUs.
+fn render_kernel(out: &mut String, map_dir: &Path, names: &BackendNames) {
+    let traffic = match L4Table::open(map_dir).and_then(|table| table.traffic()) {
+        Ok(traffic) => traffic,
+        Err(e) => {
+            warn!("the L4 kernel counters could not be read: {e}");
+            return;
+        }
+    };
+    let names = names.lock().unwrap_or_else(PoisonError::into_inner);
+    let rows: Vec<(String, PortTraffic)> = traffic
+        .into_iter()
+        .map(|((protocol, port, backend), figures)| {
+            let (service, container) = names
+                .get(&backend)
+                .map_or(("", ""), |(s, c)| (s.as_str(), c.as_str()));
+            let labels = format!(
+                "protocol=\"{}\",port=\"{port}\",backend=\"{backend}\",service=\"{service}\",container=\"{container}\"",
+                protocol.name()
+            );
+            (labels, figures)
+        })
+        .collect();
+    drop(names);
+    let _ = writeln!(
+        out,
+        "# HELP ferry_l4_kernel_flows_total Flows the kernel steered to a backend of a tcp: or udp: port.\n# TYPE ferry_l4_kernel_flows_total counter"
+    );
+    for (labels, figures) in &rows {
+        let _ = writeln!(
+            out,
+            "ferry_l4_kernel_flows_total{{{labels}}} {}",
+            figures.flows
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ferry_l4_kernel_bytes_total Bytes (whole packets) the kernel moved for a tcp: or udp: port, by direction.\n# TYPE ferry_l4_kernel_bytes_total counter"
+    );
+    for (labels, figures) in &rows {
+        let _ = writeln!(
+            out,
+            "ferry_l4_kernel_bytes_total{{{labels},direction=\"in\"}} {}\nferry_l4_kernel_bytes_total{{{labels},direction=\"out\"}} {}",
+            figures.bytes_in, figures.bytes_out
+        );
     }
 }
 

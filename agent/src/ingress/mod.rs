@@ -13,7 +13,10 @@
 //! - `chunked`: where a chunked body ends, refusing any framing but the RFC's exact one.
 //! - `response`: a backend's response head: status, framing, keep-alive.
 //! - `proxy`: one client connection, request after request.
-//! - `relay`: L4 ports: TCP connections spliced whole, UDP datagrams per client.
+//! - `kernel`: L4 ports in the kernel: tc programs attached to the server's interfaces,
+//!   the ports map written from the routes.
+//! - `relay`: L4 ports in userspace, where the kernel path cannot serve them: TCP
+//!   connections spliced whole, UDP datagrams per client.
 //! - `pool`: idle connections to containers, reused.
 //! - `splice`, `socket`: moving bytes (zero-copy for large bodies), each wait bounded.
 //! - `https`: HTTPS ports: rustls with certificates by SNI (`certificates`, followed from
@@ -25,6 +28,7 @@ mod certificates;
 pub mod chunked;
 pub mod head;
 mod https;
+mod kernel;
 mod listeners;
 mod metrics;
 mod pool;
@@ -49,6 +53,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 pub use certificates::{Certificates, follow as follow_certificates};
+pub use kernel::{KernelOptions, KernelPathError, L4Path};
 pub use metrics::Metrics;
 pub use scrape::serve_metrics;
 
@@ -68,6 +73,9 @@ pub struct IngressOptions {
     /// Directory of the keepers that hold the listening sockets across restarts (None:
     /// the sockets close with the process).
     pub sockets: Option<PathBuf>,
+    /// The kernel path of the L4 ports (None: the userspace relay alone, as in tests of
+    /// the proxy on its own).
+    pub kernel: Option<KernelOptions>,
 }
 
 /// What every connection of the ingress thread shares.
@@ -111,7 +119,11 @@ impl Ingress {
         let held = closing.clone();
         let (done, finished) = oneshot::channel();
         let address = options.address;
-        let metrics = Arc::new(Metrics::default());
+        let mut metrics = Metrics::default();
+        if let Some(kernel) = &options.kernel {
+            metrics.count_kernel(crate::dataplane::map_dir(&kernel.bpffs));
+        }
+        let metrics = Arc::new(metrics);
         let thread_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("ferry-ingress".into())
@@ -208,18 +220,31 @@ async fn run(
         })
     };
     let mut changes = records.subscribe();
+    let mut kernel = match options.kernel.clone() {
+        Some(k) if k.relay_only => {
+            kernel::relay_only(&k);
+            None
+        }
+        Some(k) => Some(kernel::Kernel::new(k, ctx.metrics.kernel_names())),
+        None => None,
+    };
     let mut listening = listeners::Listeners::new(options);
     loop {
         let routes = Arc::new(Routes::build(&records.read()));
         // The routes first: a listener accepts the moment it is bound.
         let _ = routes_tx.send(routes.clone());
-        let complete = listening.follow(&routes, &ctx).await;
-        // A port that could not be bound is tried again shortly.
+        let mut complete = listening.follow(&routes, &ctx).await;
+        if let Some(kernel) = &mut kernel {
+            complete &= kernel.follow(&routes).await;
+        }
+        // A port that could not be bound is tried again shortly; the kernel path looks at
+        // the interfaces again now and then (the WireGuard link may come or be remade).
         let retry = async {
-            if complete {
-                std::future::pending::<()>().await;
+            match (complete, kernel.is_some()) {
+                (false, _) => tokio::time::sleep(Duration::from_secs(2)).await,
+                (true, true) => tokio::time::sleep(Duration::from_secs(10)).await,
+                (true, false) => std::future::pending::<()>().await,
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
         };
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },

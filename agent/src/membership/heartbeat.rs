@@ -35,6 +35,8 @@ pub struct HeartbeatOptions {
     pub backend: Arc<OnceLock<Backend>>,
     /// The Docker Engine, when this agent runs workloads.
     pub docker_socket: Option<PathBuf>,
+    /// The path the published L4 ports take, as the ingress decided it.
+    pub l4_path: Option<crate::ingress::L4Path>,
 }
 
 /// Sends heartbeats until the task is dropped; a failed one is logged and the next one
@@ -119,5 +121,6 @@ async fn heartbeat(options: &HeartbeatOptions, engine: &mut Option<Engine>) -> H
         interval_secs: u32::try_from(options.interval.as_secs().max(1)).unwrap_or(u32::MAX),
         wireguard,
         containers_running,
+        l4_path: options.l4_path.as_ref().and_then(|p| p.get()),
     }
 }

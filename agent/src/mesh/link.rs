@@ -22,6 +22,21 @@ pub enum LinkError {
     },
 }
 
+/// A network interface as [`Netlink::interfaces`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Its index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Whether it is up.
+    pub up: bool,
+    /// Whether it is a loopback device.
+    pub loopback: bool,
+    /// Its IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
 /// An rtnetlink connection in the network namespace of the thread that opened it.
 pub struct Netlink {
     handle: Handle,
@@ -56,6 +71,52 @@ impl Netlink {
             }
             Err(source) => Err(request("look up", name, source)),
         }
+    }
+
+    /// Every interface of the namespace with its IPv4 addresses.
+    pub async fn interfaces(&self) -> Result<Vec<Interface>, LinkError> {
+        use rtnetlink::packet_route::{
+            address::AddressAttribute,
+            link::{LinkAttribute, LinkFlags, LinkLayerType},
+        };
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links
+            .try_next()
+            .await
+            .map_err(|source| request("list", "every link", source))?
+        {
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            });
+            out.push(Interface {
+                index: link.header.index,
+                name: name.unwrap_or_default(),
+                up: link.header.flags.contains(LinkFlags::Up),
+                loopback: link.header.link_layer_type == LinkLayerType::Loopback,
+                ipv4: Vec::new(),
+            });
+        }
+        let mut addresses = self.handle.address().get().execute();
+        while let Some(address) = addresses
+            .try_next()
+            .await
+            .map_err(|source| request("list addresses", "every link", source))?
+        {
+            let Some(interface) = out.iter_mut().find(|i| i.index == address.header.index) else {
+                continue;
+            };
+            for attribute in &address.attributes {
+                if let AddressAttribute::Local(std::net::IpAddr::V4(a))
+                | AddressAttribute::Address(std::net::IpAddr::V4(a)) = attribute
+                    && !interface.ipv4.contains(a)
+                {
+                    interface.ipv4.push(*a);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Creates a WireGuard link called `name` unless it exists; returns its index.

@@ -14,6 +14,8 @@ use crate::types::Server;
 pub const MAX_PEERS: usize = 1024;
 /// Longest version string kept.
 pub const MAX_VERSION: usize = 64;
+/// Longest L4 path description kept.
+pub const MAX_L4_PATH: usize = 256;
 
 /// `PUT /v1/heartbeat/<server>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,11 @@ pub struct Heartbeat {
     /// Ferry's containers running on the server, when the agent runs workloads.
     #[serde(default)]
     pub containers_running: Option<u32>,
+    /// How the published `tcp:` and `udp:` ports are served: `kernel (<interfaces>)` (the
+    /// tc programs) or `relay (<why>)` (the agent's userspace relay); None before the
+    /// ingress has decided, or when the agent runs no workloads.
+    #[serde(default)]
+    pub l4_path: Option<String>,
 }
 
 impl Heartbeat {
@@ -39,6 +46,9 @@ impl Heartbeat {
         }
         if self.version.len() > MAX_VERSION {
             return Some(format!("a version of at most {MAX_VERSION} bytes"));
+        }
+        if self.l4_path.as_ref().is_some_and(|p| p.len() > MAX_L4_PATH) {
+            return Some(format!("an L4 path of at most {MAX_L4_PATH} bytes"));
         }
         if self.interval_secs == 0 || self.interval_secs > 3600 {
             return Some("interval_secs from 1 to 3600".into());
@@ -113,6 +123,7 @@ mod tests {
                     .collect(),
             }),
             containers_running: None,
+            l4_path: Some("kernel (eth0)".into()),
         }
     }
 
@@ -123,6 +134,9 @@ mod tests {
         let mut long = beat(0);
         long.version = "x".repeat(MAX_VERSION + 1);
         assert!(long.out_of_bounds().is_some());
+        let mut wordy = beat(0);
+        wordy.l4_path = Some("relay (".repeat(MAX_L4_PATH));
+        assert!(wordy.out_of_bounds().is_some());
         let mut never = beat(0);
         never.interval_secs = 0;
         assert!(never.out_of_bounds().is_some());

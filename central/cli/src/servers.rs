@@ -12,7 +12,8 @@ use crate::{Output, login, table};
 pub enum Command {
     /// Every server: its subnet and WireGuard endpoint, when central last heard from it
     /// ("unreachable since ..." once it missed three heartbeats), its agent's version,
-    /// its WireGuard backend with each peer's last handshake and bytes, its containers.
+    /// its WireGuard backend with each peer's last handshake and bytes, its containers,
+    /// and the path its `tcp:`/`udp:` ports take (kernel, or the userspace relay and why).
     List(Output),
     /// Remove a server: its subnet is released and its agent's token revoked.
     Remove {
@@ -82,6 +83,8 @@ fn render(servers: &[ServerStatus], now: u64) -> String {
                     .map_or("-".into(), |w| peers(w, servers, now)),
                 beat.and_then(|b| b.containers_running)
                     .map_or("-".into(), |n| n.to_string()),
+                beat.and_then(|b| b.l4_path.clone())
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -95,6 +98,7 @@ fn render(servers: &[ServerStatus], now: u64) -> String {
             "WIREGUARD",
             "PEERS",
             "CONTAINERS",
+            "L4",
         ],
         &rows,
     )
@@ -217,6 +221,7 @@ mod tests {
                 ],
             }),
             containers_running: Some(3),
+            l4_path: Some("relay (no container bridge yet)".into()),
         };
         let servers = [
             status("one", "KEYONE", Some(now - 4), Some(beat.clone())),
@@ -239,6 +244,10 @@ mod tests {
         );
         assert!(
             row("one").contains("userspace") && row("one").contains(" 3"),
+            "{table}"
+        );
+        assert!(
+            row("one").contains("relay (no container bridge yet)"),
             "{table}"
         );
         assert!(

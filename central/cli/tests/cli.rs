@@ -177,6 +177,7 @@ async fn login_then_list_and_remove_servers() {
             peers: Vec::new(),
         }),
         containers_running: Some(2),
+        l4_path: Some("kernel (eth0)".into()),
     };
     agent.heartbeat("web-1", &beat).await.expect("heartbeat");
     let err = agent.heartbeat("web-2", &beat).await.unwrap_err();
@@ -187,7 +188,7 @@ async fn login_then_list_and_remove_servers() {
     let out = ferry(&config, &["servers", "list"]);
     let (stdout, _) = text(&out);
     let row = stdout.lines().nth(1).unwrap_or_default();
-    for shown in ["s ago", "0.1.0", "kernel", "none", " 2"] {
+    for shown in ["s ago", "0.1.0", "kernel", "none", " 2", "kernel (eth0)"] {
         assert!(row.contains(shown), "{shown:?} not in {row}");
     }
 

@@ -30,8 +30,17 @@ pub mod map_names {
     /// A ring buffer of [`DnsPeerSeen`](super::DnsPeerSeen): every UDP query a container
     /// sends to the listener, in order, read by the DNS server from shared memory.
     pub const DNS_SEEN: &str = "FERRY_DNS_SEEN";
+    /// [`L4PortKey`](super::L4PortKey) to [`L4Port`](super::L4Port): the published `tcp:`
+    /// and `udp:` ports the tc program steers, with their backends.
+    pub const L4_PORTS: &str = "FERRY_L4_PORTS";
+    /// [`FlowKey`](super::FlowKey) to [`Flow`](super::Flow): the L4 connection tracking,
+    /// two entries per flow (the client's direction and the backend's), LRU.
+    pub const L4_FLOWS: &str = "FERRY_L4_FLOWS";
+    /// Per-CPU [`TrafficKey`](super::TrafficKey) to [`Traffic`](super::Traffic): flows and
+    /// bytes per port and backend, LRU.
+    pub const L4_TRAFFIC: &str = "FERRY_L4_TRAFFIC";
     /// Every map the object pins, in no particular order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 11] = [
         SERVICES,
         BACKENDS,
         COUNTERS,
@@ -40,6 +49,9 @@ pub mod map_names {
         DNS_ORIGINS,
         DNS_PEERS,
         DNS_SEEN,
+        L4_PORTS,
+        L4_FLOWS,
+        L4_TRAFFIC,
     ];
 }
 
@@ -56,8 +68,10 @@ pub mod map_names {
 ///   the callers and DNS maps; still pinned in `<bpffs>/maps`;
 /// - 3: layout 2's shapes, pinned in a directory that names the version;
 /// - 4: layout 3's maps and shapes, plus the ring buffer of DNS senders
-///   ([`map_names::DNS_SEEN`]).
-pub const MAP_LAYOUT: u32 = 4;
+///   ([`map_names::DNS_SEEN`]);
+/// - 5: layout 4's maps and shapes, plus the L4 ingress maps ([`map_names::L4_PORTS`],
+///   [`map_names::L4_FLOWS`], [`map_names::L4_TRAFFIC`]).
+pub const MAP_LAYOUT: u32 = 5;
 
 /// Shapes of older map layouts, kept so an upgraded agent can read their pins.
 pub mod legacy {
@@ -108,6 +122,172 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "ferry_getpeername4";
     /// `cgroup_skb/egress`: records which cgroup sends from each source to the DNS listener.
     pub const DNS_EGRESS: &str = "ferry_dns_egress";
+    /// `tc` ingress of the external interfaces: steers the flows of published L4 ports.
+    pub const L4_INGRESS: &str = "ferry_l4_ingress";
+    /// `tc` ingress of the container bridge (an Ethernet device): the replies of local
+    /// backends, sent back as from the published port.
+    pub const L4_REPLY: &str = "ferry_l4_reply";
+    /// `tc` ingress of the WireGuard link (no link-layer header): the replies of backends on
+    /// other servers.
+    pub const L4_REPLY_L3: &str = "ferry_l4_reply_l3";
+}
+
+/// Most backends one published L4 port steers to (containers of the serving generation).
+pub const MAX_L4_BACKENDS: u32 = 256;
+
+/// Capacity of the L4 ports map.
+pub const MAX_L4_PORTS: u32 = 1024;
+
+/// Capacity of the L4 connection tracking map: two entries per flow, so half as many flows.
+/// When it is full the least recently used entries go first.
+pub const MAX_L4_FLOWS: u32 = 131_072;
+
+/// Capacity of the L4 traffic counters (port and backend pairs), LRU.
+pub const MAX_L4_TRAFFIC: u32 = 8192;
+
+/// [`L4Backend::family`] and friends: the address family (Linux's `AF_INET`).
+pub const FAMILY_IPV4: u8 = 2;
+/// Linux's `AF_INET6`; the layout has room for it, the programs steer IPv4 only so far.
+pub const FAMILY_IPV6: u8 = 10;
+
+/// First source port of the ports the tc program uses to SNAT flows to backends on other
+/// servers; they run to 65535, above Linux's default ephemeral range (32768-60999), so the
+/// server's own connections from its ContainerNet address never take one.
+pub const SNAT_PORT_FIRST: u16 = 61_440;
+
+/// How long a UDP flow keeps its backend without a datagram from its client, nanoseconds
+/// (the userspace relay's rule too).
+pub const UDP_FLOW_IDLE_NS: u64 = 30_000_000_000;
+
+/// A published L4 port: the key of [`map_names::L4_PORTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct L4PortKey {
+    /// The host port, network byte order.
+    pub port: u16,
+    /// IP protocol number: 6 (TCP) or 17 (UDP).
+    pub protocol: u8,
+    /// Explicit padding.
+    pub _pad: u8,
+}
+
+/// One backend of a published L4 port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct L4Backend {
+    /// The container's address: IPv4 in the first word, network byte order, the rest zero.
+    pub addr: [u32; 4],
+    /// The interface that reaches it: the container bridge, or the WireGuard link.
+    pub ifindex: u32,
+    /// The container's port, network byte order.
+    pub port: u16,
+    /// [`L4_BACKEND_SNAT`] when the backend is on another server.
+    pub flags: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+}
+
+/// [`L4Backend::flags`]: the flow's source becomes [`L4Port::snat`], so the backend's
+/// replies come back through this server.
+pub const L4_BACKEND_SNAT: u8 = 1;
+
+/// A published L4 port's backends, replaced whole by one map update, so the program never
+/// sees a count that does not match the backends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4Port {
+    /// Round-robin cursor, advanced with an atomic add by the kernel; the agent carries it
+    /// over when it replaces the value.
+    pub cursor: u64,
+    /// Live backends in [`L4Port::backends`]; 0 leaves the port to the userspace relay.
+    pub count: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// This server's ContainerNet address (IPv4 in the first word), the source of flows to
+    /// backends on other servers.
+    pub snat: [u32; 4],
+    /// The first `count` are live.
+    pub backends: [L4Backend; MAX_L4_BACKENDS as usize],
+}
+
+/// One direction of a tracked flow as the packets carry it: the key of
+/// [`map_names::L4_FLOWS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    /// Source address (IPv4 in the first word), network byte order.
+    pub src: [u32; 4],
+    /// Destination address.
+    pub dst: [u32; 4],
+    /// Source port, network byte order.
+    pub src_port: u16,
+    /// Destination port, network byte order.
+    pub dst_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// What a tracked flow's packets in one direction become, and where they go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// The new source address, when [`FLOW_SOURCE`] is set.
+    pub src: [u32; 4],
+    /// The new destination address, when [`FLOW_DESTINATION`] is set.
+    pub dst: [u32; 4],
+    /// The new source port, with [`FLOW_SOURCE`].
+    pub src_port: u16,
+    /// The new destination port, with [`FLOW_DESTINATION`].
+    pub dst_port: u16,
+    /// The interface the rewritten packet is sent out of.
+    pub ifindex: u32,
+    /// [`FLOW_SOURCE`], [`FLOW_DESTINATION`], [`FLOW_REPLY`].
+    pub flags: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// When a packet last used the entry (`bpf_ktime_get_coarse_ns`), nanoseconds.
+    pub seen: u64,
+}
+
+/// [`Flow::flags`]: rewrite the source.
+pub const FLOW_SOURCE: u32 = 1;
+/// [`Flow::flags`]: rewrite the destination.
+pub const FLOW_DESTINATION: u32 = 2;
+/// [`Flow::flags`]: the backend's direction (its source is the backend).
+pub const FLOW_REPLY: u32 = 4;
+
+/// A published port and one of its backends: the key of [`map_names::L4_TRAFFIC`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct TrafficKey {
+    /// The backend's address (IPv4 in the first word), network byte order.
+    pub addr: [u32; 4],
+    /// The backend's port, network byte order.
+    pub port: u16,
+    /// The published host port, network byte order.
+    pub host_port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// One CPU's share of a port and backend's traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Traffic {
+    /// Flows steered to the backend.
+    pub flows: u64,
+    /// Bytes (whole IP packets) from clients to the backend.
+    pub bytes_in: u64,
+    /// Bytes from the backend back to clients.
+    pub bytes_out: u64,
 }
 
 /// A service address (the IPv4 address and port a caller connects to), for callers of one
@@ -282,4 +462,11 @@ mod user {
     unsafe impl aya::Pod for super::BackendKey {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::legacy::ServiceKeyV1 {}
+    unsafe impl aya::Pod for super::L4PortKey {}
+    unsafe impl aya::Pod for super::L4Backend {}
+    unsafe impl aya::Pod for super::L4Port {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::Flow {}
+    unsafe impl aya::Pod for super::TrafficKey {}
+    unsafe impl aya::Pod for super::Traffic {}
 }

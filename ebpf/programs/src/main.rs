@@ -6,6 +6,8 @@
 //! - `dns`: queries to port 53 from ferry's containers go to the agent's DNS listener, and
 //!   the listener learns each query's cgroup.
 //! - `callers`: which cgroups are ferry's containers.
+//! - `l4`: the published `tcp:` and `udp:` ports, steered by tc programs on the server's
+//!   interfaces, with connection tracking.
 //!
 //! The maps are the agent's only channel to these programs. They are pinned by name so that
 //! they, and the steering they drive, outlive an agent restart.
@@ -20,6 +22,7 @@ mod callers;
 mod connect4;
 mod counters;
 mod dns;
+mod l4;
 
 #[cfg(not(test))]
 #[panic_handler]
