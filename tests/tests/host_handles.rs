@@ -206,6 +206,7 @@ fn the_ingress_listens_where_it_says_and_stops_when_dropped() -> Result<()> {
                 IngressOptions {
                     address: ip,
                     sockets: None,
+                    kernel: None,
                 },
                 records,
                 Certificates::default(),

@@ -8,9 +8,9 @@
 //! certificate per host picked by SNI, over HTTP/2 and HTTP/1.1; every hostile head refused
 //! with nothing forwarded a backend could misread; 100 MB up and down intact across a
 //! deploy while new requests already reach the new generation; a container that fails its
-//! health check or dies taken out of rotation; a TCP port and a UDP port (L4) spread over
-//! all three containers, a TCP stream intact both ways; an agent restarted under load with no
-//! connection refused or reset; and the agent's Prometheus figures.
+//! health check or dies taken out of rotation; an agent restarted under load with no
+//! connection refused or reset; and the agent's Prometheus figures. The `tcp:` and `udp:`
+//! ports (L4) have their own test, `host_l4`.
 
 use std::{
     io::Write as _,
@@ -175,8 +175,6 @@ async fn ingress_routes_balances_and_deploys_without_dropping_anything() -> Resu
     );
 
     bulk_transfers_survive_a_deploy(front, &operator, &site).await?;
-
-    l4_ports_spread_over_every_container(front)?;
 
     // The agent's figures, from inside server one (the endpoint is on its loopback).
     let metrics = one.server.run(|| -> Result<String> {
@@ -895,80 +893,3 @@ fn https_early_answer_closes_without_a_reset(front: SocketAddr, trust: &Path) ->
     Ok(())
 }
 
-/// shop's `tcp:` 7000 and `udp:` 7001 through server one: 30 connections and 30 UDP
-/// clients spread 10/10/10 over the three containers, a client's datagrams stay with its
-/// container, and 4 MB through a TCP connection come back intact after a half-close.
-fn l4_ports_spread_over_every_container(front: SocketAddr) -> Result<()> {
-    use std::io::{BufRead as _, BufReader, Read as _};
-    let tcp = SocketAddr::new(front.ip(), 7000);
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for _ in 0..30 {
-        let stream = std::net::TcpStream::connect_timeout(&tcp, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut line = String::new();
-        BufReader::new(stream).read_line(&mut line)?;
-        let (service, _, container) = who(&line);
-        ensure!(service == "shop", "tcp 7000 reached {line:?}");
-        *counts.entry(container).or_default() += 1;
-    }
-    ensure!(
-        counts.len() == 3 && counts.values().all(|n| *n == 10),
-        "TCP connections uneven: {counts:?}"
-    );
-    // A stream both ways, then a half-close: the echo comes back whole, then the end.
-    let mut stream = std::net::TcpStream::connect_timeout(&tcp, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let sent: Vec<u8> = (0..4 * MB).map(|i| (i % 253) as u8).collect();
-    let writer = {
-        let mut stream = stream.try_clone()?;
-        let sent = sent.clone();
-        std::thread::spawn(move || -> std::io::Result<()> {
-            stream.write_all(&sent)?;
-            stream.shutdown(std::net::Shutdown::Write)
-        })
-    };
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back)?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    let greeting = back
-        .iter()
-        .position(|b| *b == b'\n')
-        .context("no greeting")?
-        + 1;
-    ensure!(
-        back[greeting..] == sent[..],
-        "the echo differs ({} bytes back)",
-        back.len() - greeting
-    );
-
-    let udp_target = SocketAddr::new(front.ip(), 7001);
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for i in 0..30 {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut first = None;
-        for round in 0..2 {
-            socket.send_to(format!("ping {i} {round}").as_bytes(), udp_target)?;
-            let mut buf = [0u8; 512];
-            let (n, _) = socket.recv_from(&mut buf).context("no UDP answer")?;
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            ensure!(text.ends_with(&format!("ping {i} {round}")), "{text}");
-            let container = who(&text).2;
-            match &first {
-                None => first = Some(container),
-                Some(c) => ensure!(
-                    *c == container,
-                    "a UDP client moved from {c} to {container}"
-                ),
-            }
-        }
-        *counts.entry(first.unwrap_or_default()).or_default() += 1;
-    }
-    ensure!(
-        counts.len() == 3 && counts.values().all(|n| *n == 10),
-        "UDP clients uneven: {counts:?}"
-    );
-    Ok(())
-}

@@ -245,7 +245,7 @@ pub struct Flow {
     pub dst_port: u16,
     /// The interface the rewritten packet is sent out of.
     pub ifindex: u32,
-    /// [`FLOW_SOURCE`], [`FLOW_DESTINATION`], [`FLOW_REPLY`].
+    /// [`FLOW_SOURCE`], [`FLOW_DESTINATION`], [`FLOW_REPLY`], [`FLOW_CLOSED`].
     pub flags: u32,
     /// Explicit padding.
     pub _pad: u32,
@@ -259,6 +259,9 @@ pub const FLOW_SOURCE: u32 = 1;
 pub const FLOW_DESTINATION: u32 = 2;
 /// [`Flow::flags`]: the backend's direction (its source is the backend).
 pub const FLOW_REPLY: u32 = 4;
+/// [`Flow::flags`]: the backend sent a FIN or RST; the flow's SNAT port may be given to a
+/// new flow once it has been quiet for a while.
+pub const FLOW_CLOSED: u32 = 8;
 
 /// A published port and one of its backends: the key of [`map_names::L4_TRAFFIC`].
 #[repr(C)]

@@ -34,15 +34,15 @@ use core::{
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_redirect_neigh},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect_neigh},
     macros::{classifier, map},
     maps::{HashMap, LruHashMap, LruPerCpuHashMap},
     programs::TcContext,
 };
 use ferry_ebpf_abi::{
-    FAMILY_IPV4, FLOW_DESTINATION, FLOW_REPLY, FLOW_SOURCE, Flow, FlowKey, L4_BACKEND_SNAT,
-    L4Backend, L4Port, L4PortKey, MAX_L4_BACKENDS, MAX_L4_FLOWS, MAX_L4_PORTS, MAX_L4_TRAFFIC,
-    SNAT_PORT_FIRST, Traffic, TrafficKey, UDP_FLOW_IDLE_NS,
+    FAMILY_IPV4, FLOW_CLOSED, FLOW_DESTINATION, FLOW_REPLY, FLOW_SOURCE, Flow, FlowKey,
+    L4_BACKEND_SNAT, L4Backend, L4Port, L4PortKey, MAX_L4_BACKENDS, MAX_L4_FLOWS, MAX_L4_PORTS,
+    MAX_L4_TRAFFIC, SNAT_PORT_FIRST, Traffic, TrafficKey, UDP_FLOW_IDLE_NS,
 };
 
 #[map(name = "FERRY_L4_PORTS")]
@@ -70,8 +70,21 @@ const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// SNAT ports per backend: [`SNAT_PORT_FIRST`] to 65535.
 const SNAT_PORTS: u32 = 65_536 - SNAT_PORT_FIRST as u32;
-/// SNAT ports tried for a new flow before it is left to the stack.
-const SNAT_TRIES: u32 = 4;
+/// How long after a flow's last packet a SYN on its tuple is taken for the client's
+/// retransmission (Linux sends its SYN again after 1, 3 and 7 s) rather than a new
+/// connection, nanoseconds.
+const SYN_RETRY_NS: u64 = 10_000_000_000;
+/// SNAT ports tried for a new flow before it is left to the stack: with random probes,
+/// even a range nine-tenths full fails once in 10^16 flows.
+const SNAT_TRIES: u32 = 16;
+/// How long a closed flow (a FIN or RST seen from its backend) keeps its SNAT port, so
+/// its last packets still find their way: twice Linux's FIN-WAIT timeout, nanoseconds.
+const CLOSED_HOLD_NS: u64 = 120_000_000_000;
+/// How long an open TCP flow may stay silent both ways and keep its SNAT port (the
+/// userspace relay's limit too), nanoseconds.
+const TCP_FLOW_IDLE_NS: u64 = 3_600_000_000_000;
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
 
 /// The headers of an IPv4 TCP or UDP packet, as the wire carries them (network order).
 struct Packet {
@@ -138,13 +151,22 @@ fn reply(ctx: &TcContext, l3: usize) -> i32 {
     let Some(packet) = parse(ctx, l3) else {
         return TC_ACT_OK as i32;
     };
-    // SAFETY: the value is plain data, copied out; an update replaces the element whole.
-    let Some(flow) = (unsafe { FERRY_L4_FLOWS.get(&packet.key()) }).copied() else {
+    let Some(entry) = FERRY_L4_FLOWS.get_ptr_mut(&packet.key()) else {
         return TC_ACT_OK as i32;
     };
+    // SAFETY: the pointer comes from a successful lookup and stays valid for this run;
+    // `seen` and `flags` are written by this direction's packets only (a reply entry is
+    // never looked up by the client's), and a lost race costs nothing but a timestamp.
+    let flow = unsafe { &mut *entry };
     if flow.flags & FLOW_REPLY == 0 {
         return TC_ACT_OK as i32;
     }
+    // SAFETY: plain helper call.
+    flow.seen = unsafe { bpf_ktime_get_coarse_ns() };
+    if packet.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        flow.flags |= FLOW_CLOSED;
+    }
+    let flow = *flow;
     let traffic = TrafficKey {
         addr: [packet.src, 0, 0, 0],
         port: packet.src_port,
@@ -211,10 +233,14 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run;
         // another CPU may write `seen` at the same time, and either value will do.
         let flow = unsafe { &mut *entry };
+        let idle = now.wrapping_sub(flow.seen);
         let live = match packet.protocol {
-            // A SYN on a tracked tuple is a new connection from a reused port.
-            TCP => !opens,
-            _ => now.wrapping_sub(flow.seen) < UDP_FLOW_IDLE_NS,
+            // A SYN on a tracked tuple is the client sending it again (its first, or the
+            // backend's answer, was lost or is late), which must reach the same backend:
+            // another one would answer with other sequence numbers. After a while it is a
+            // new connection from a reused port, and takes the next backend.
+            TCP => !opens || idle < SYN_RETRY_NS,
+            _ => idle < UDP_FLOW_IDLE_NS,
         };
         if live && flow.flags & FLOW_REPLY == 0 {
             flow.seen = now;
@@ -269,7 +295,7 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
         let snat = unsafe { (*port).snat };
         reply_key.dst = snat;
-        let Some(snat_port) = snat_port(&key, &mut reply_key) else {
+        let Some(snat_port) = snat_port(&key, &mut reply_key, now) else {
             // Every port tried is taken by another client: the relay takes this one.
             return TC_ACT_OK as i32;
         };
@@ -308,23 +334,32 @@ fn next_backend(port: *mut L4Port) -> Option<L4Backend> {
     Some(unsafe { ptr::read((&raw const (*port).backends).cast::<L4Backend>().add(index)) })
 }
 
-/// A source port for the SNAT of the flow `key`, free in `reply_key`'s tuple (or already
-/// this client's), written into `reply_key.dst_port`.
+/// A source port for the SNAT of the flow `key`, written into `reply_key.dst_port`: one
+/// whose tuple (`reply_key` with that port) no live flow holds. Ports are probed at random,
+/// so a busy range still yields a free port within a few lookups; a flow holds its port
+/// until it has closed (a FIN or RST from the backend) and been quiet for a while, or
+/// has been idle longer than any client would wait.
 #[inline(always)]
-fn snat_port(key: &FlowKey, reply_key: &mut FlowKey) -> Option<u16> {
-    // Spread clients over the range; a collision moves to the next port.
-    let seed = key.src[0] ^ (u32::from(key.src_port) << 16) ^ u32::from(key.dst_port);
-    let seed = seed.wrapping_mul(0x9e37_79b1) >> 16;
-    for attempt in 0..SNAT_TRIES {
-        let port = SNAT_PORT_FIRST + ((seed + attempt) % SNAT_PORTS) as u16;
+fn snat_port(key: &FlowKey, reply_key: &mut FlowKey, now: u64) -> Option<u16> {
+    for _ in 0..SNAT_TRIES {
+        // SAFETY: plain helper call.
+        let random = unsafe { bpf_get_prandom_u32() };
+        let port = SNAT_PORT_FIRST + (random % SNAT_PORTS) as u16;
         reply_key.dst_port = port.to_be();
         // SAFETY: plain data, copied out.
-        match unsafe { FERRY_L4_FLOWS.get(reply_key) } {
-            None => return Some(reply_key.dst_port),
-            Some(taken) if taken.dst == key.src && taken.dst_port == key.src_port => {
-                return Some(reply_key.dst_port);
-            }
-            Some(_) => {}
+        let Some(taken) = (unsafe { FERRY_L4_FLOWS.get(reply_key) }).copied() else {
+            return Some(reply_key.dst_port);
+        };
+        let idle = now.wrapping_sub(taken.seen);
+        let released = if taken.flags & FLOW_CLOSED != 0 {
+            idle > CLOSED_HOLD_NS
+        } else if key.protocol == TCP {
+            idle > TCP_FLOW_IDLE_NS
+        } else {
+            idle > UDP_FLOW_IDLE_NS
+        };
+        if released {
+            return Some(reply_key.dst_port);
         }
     }
     None

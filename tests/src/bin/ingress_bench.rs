@@ -537,6 +537,7 @@ fn serve_ferry(args: &[String]) -> Result<()> {
         IngressOptions {
             address: Ipv4Addr::LOCALHOST,
             sockets: None,
+            kernel: None,
         },
         records,
         ferry_agent::ingress::Certificates::default(),

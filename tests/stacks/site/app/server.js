@@ -80,9 +80,11 @@ server.on('upgrade', (req, socket, head) => {
 });
 
 // L4: a TCP server that names itself and echoes, and a UDP one that answers each
-// datagram with its name and the datagram.
+// datagram with its name and the datagram. A client that resets its connection must not
+// take the whole process down (an unhandled 'error' would).
 net
   .createServer((socket) => {
+    socket.on('error', () => socket.destroy());
     socket.write(`${who}\n`);
     socket.pipe(socket);
   })
