@@ -53,3 +53,12 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stime: u64 = fields.get(12).context("no stime")?.parse()?;
     Ok(utime + stime)
 }
+
+/// `wrk`'s figure after `label`, e.g. `Requests/sec: 31234.5`.
+pub fn wrk_figure(text: &str, label: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("wrk printed no {label}:\n{text}"))
+}

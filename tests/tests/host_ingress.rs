@@ -892,4 +892,3 @@ fn https_early_answer_closes_without_a_reset(front: SocketAddr, trust: &Path) ->
     );
     Ok(())
 }
-

@@ -10,7 +10,9 @@
 //! - `connect`: a connect to a service address through connect4 against a direct connect
 //!   and an iptables DNAT rule (`ferry-connect-bench`).
 //! - `ingress`: the agent's HTTP ingress against nginx, HAProxy and a direct connection,
-//!   under wrk (`ferry-ingress-bench`).
+//!   under wrk (`ferry-ingress-bench`); then its L4 side, a `tcp:` port through the tc
+//!   program and through the userspace relay against HAProxy in TCP mode and a direct
+//!   connection, on a topology of namespaces (`ferry-l4-bench`).
 
 use std::process::Command;
 
@@ -56,7 +58,8 @@ enum Which {
         #[arg(long, default_value_t = 20_000)]
         connections: u32,
     },
-    /// The HTTP ingress against nginx, HAProxy and a direct connection (wrk).
+    /// The HTTP ingress against nginx, HAProxy and a direct connection, then the L4 side
+    /// (tc program and relay) against HAProxy in TCP mode and a direct connection (wrk).
     Ingress {
         /// Runs per proxy and load; medians are reported.
         #[arg(long, default_value_t = 5)]
@@ -64,7 +67,21 @@ enum Which {
         /// Seconds of wrk per load.
         #[arg(long, default_value_t = 4)]
         seconds: u32,
+        /// Which part: `http`, `l4`, or both.
+        #[arg(long, value_enum, default_value_t = Part::All)]
+        part: Part,
     },
+}
+
+/// Which part of the ingress benchmark runs.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// HTTP: `ferry-ingress-bench`.
+    Http,
+    /// L4: `ferry-l4-bench`.
+    L4,
+    /// Both.
+    All,
 }
 
 /// Runs one benchmark.
@@ -95,17 +112,33 @@ pub fn run(options: Options) -> Result<()> {
                 ]),
             )
         }
-        Which::Ingress { runs, seconds } => {
+        Which::Ingress {
+            runs,
+            seconds,
+            part,
+        } => {
             build_ebpf::run(build_ebpf::Options::default())?;
             build("ferry-tests", "ferry-ingress-bench")?;
-            process::run(
-                Command::new(workspace::target_dir().join("release/ferry-ingress-bench")).args([
-                    "--runs",
-                    &runs.to_string(),
-                    "--seconds",
-                    &seconds.to_string(),
-                ]),
-            )
+            build("ferry-tests", "ferry-l4-bench")?;
+            let flags = [
+                "--runs".to_string(),
+                runs.to_string(),
+                "--seconds".to_string(),
+                seconds.to_string(),
+            ];
+            if part != Part::L4 {
+                process::run(
+                    Command::new(workspace::target_dir().join("release/ferry-ingress-bench"))
+                        .args(&flags),
+                )?;
+            }
+            if part != Part::Http {
+                process::run(
+                    Command::new(workspace::target_dir().join("release/ferry-l4-bench"))
+                        .args(&flags),
+                )?;
+            }
+            Ok(())
         }
     }
 }

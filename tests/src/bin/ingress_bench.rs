@@ -5,13 +5,13 @@
 //! Loads, each for a few seconds per run, runs interleaved: 100-byte responses with
 //! keep-alive at 50 and 200 connections (requests per second, p99 latency, the proxy's CPU
 //! time per request from `/proc/PID/stat`), 10 MB downloads and 10 MB uploads (MB/s).
-//! L4: ferry's `tcp:` port against HAProxy in TCP mode and direct, with a new connection
-//! per request (connection rate) and 10 MB downloads (throughput).
+//! The L4 side (`tcp:` ports) is `ferry-l4-bench`, on a topology of namespaces.
 //! The backend is one single-threaded process (this binary in `backend` mode) answering
 //! `/small` with 100 bytes, `/big` with 10 MB and `POST /upload` by reading the body.
 //!
 //! Modes: `ferry-ingress-bench [--runs N] [--seconds S]` orchestrates; `ferry-ingress-bench
-//! backend PORT` and `ferry-ingress-bench ferry PORT BACKEND_PORT` are servers it starts.
+//! backend PORT [ADDRESS]` and `ferry-ingress-bench ferry PORT BACKEND_PORT [LISTEN
+//! BACKEND]` are servers it (and `ferry-l4-bench`) starts.
 
 use std::{
     fs,
@@ -30,7 +30,7 @@ use ferry_api::{
     records::{Endpoint, ServiceRecord},
     servicefile::{DnsBehaviour, LoadBalancing, Port},
 };
-use ferry_tests::figures::{cpu_ticks, flag, median, paired};
+use ferry_tests::figures::{cpu_ticks, flag, median, paired, wrk_figure};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const BACKEND_PORT: u16 = 18080;
@@ -38,8 +38,8 @@ const DIRECT_PORT: u16 = BACKEND_PORT;
 const FERRY_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18082;
 const HAPROXY_PORT: u16 = 18083;
+/// The `tcp:` port the ferry mode publishes too (`ferry-l4-bench` measures it).
 const FERRY_TCP_PORT: u16 = 18084;
-const HAPROXY_TCP_PORT: u16 = 18085;
 /// The bulk body size, both ways.
 const BIG: usize = 10 * 1024 * 1024;
 const SMALL: usize = 100;
@@ -100,16 +100,6 @@ impl Route {
         Ok(path)
     }
 
-    /// The same proxy on another of its ports (its L4 side).
-    fn also_on(&self, name: &'static str, port: u16) -> Self {
-        Self {
-            name,
-            children: Vec::new(),
-            pids: self.pids.clone(),
-            port,
-        }
-    }
-
     /// CPU ticks of the proxy's processes (and their children: nginx's worker).
     fn cpu(&self) -> Result<u64> {
         let mut total = 0;
@@ -137,9 +127,6 @@ impl Route {
             &format!("{seconds}s"),
             "--latency",
         ]);
-        if load.close {
-            cmd.args(["-H", "Connection: close"]);
-        }
         if load.upload {
             let script = work.join("upload.lua");
             fs::write(
@@ -163,7 +150,7 @@ impl Route {
             self.name,
             load.name
         );
-        let rps = number_after(&text, "Requests/sec:")?;
+        let rps = wrk_figure(&text, "Requests/sec:")?;
         let requests = rps * seconds as f64;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -198,8 +185,6 @@ struct Load {
     path: &'static str,
     connections: u32,
     upload: bool,
-    /// A new connection per request (the L4 connection rate).
-    close: bool,
 }
 
 const LOADS: [Load; 4] = [
@@ -208,46 +193,24 @@ const LOADS: [Load; 4] = [
         path: "/small",
         connections: 50,
         upload: false,
-        close: false,
     },
     Load {
         name: "small_c200",
         path: "/small",
         connections: 200,
         upload: false,
-        close: false,
     },
     Load {
         name: "download_10mb",
         path: "/big",
         connections: 4,
         upload: false,
-        close: false,
     },
     Load {
         name: "upload_10mb",
         path: "/upload",
         connections: 4,
         upload: true,
-        close: false,
-    },
-];
-
-/// Through TCP relays (ferry's `tcp:` port, HAProxy in TCP mode) and direct.
-const L4_LOADS: [Load; 2] = [
-    Load {
-        name: "tcp_connect",
-        path: "/small",
-        connections: 50,
-        upload: false,
-        close: true,
-    },
-    Load {
-        name: "tcp_download",
-        path: "/big",
-        connections: 4,
-        upload: false,
-        close: false,
     },
 ];
 
@@ -280,11 +243,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
     )?;
     let nginx = Route::start("nginx", Some(&mut nginx_command(&work)?), NGINX_PORT)?;
     let haproxy = Route::start("haproxy", Some(&mut haproxy_command(&work)?), HAPROXY_PORT)?;
-    let ferry_tcp = ferry.also_on("ferry_tcp", FERRY_TCP_PORT);
-    let haproxy_tcp = haproxy.also_on("haproxy_tcp", HAPROXY_TCP_PORT);
     let paths = [&ferry, &nginx, &haproxy, &direct];
-    let l4_paths = [&ferry_tcp, &haproxy_tcp, &direct];
-    let mut l4_results = vec![vec![Vec::<Figures>::new(); l4_paths.len()]; L4_LOADS.len()];
     // results[load][path][run]
     let mut results = vec![vec![Vec::<Figures>::new(); paths.len()]; LOADS.len()];
     for run in 0..runs {
@@ -297,16 +256,6 @@ fn orchestrate(args: &[String]) -> Result<()> {
                     load.name, path.name, f.rps, f.p99_us, f.cpu_us_per_request, f.mb_per_s
                 );
                 results[l][p].push(f);
-            }
-        }
-        for (l, load) in L4_LOADS.iter().enumerate() {
-            for (p, path) in l4_paths.iter().enumerate() {
-                let f = path.measure(load, seconds, &work)?;
-                println!(
-                    "run {run} {:<14} {:<11} {:>9.0} req/s  p99 {:>7.0} us  {:>6.2} us CPU/req  {:>7.0} MB/s",
-                    load.name, path.name, f.rps, f.p99_us, f.cpu_us_per_request, f.mb_per_s
-                );
-                l4_results[l][p].push(f);
             }
         }
     }
@@ -373,29 +322,6 @@ fn orchestrate(args: &[String]) -> Result<()> {
             ratio(l, f, h, mbs)
         );
     }
-    let l4 = |l: usize, a: usize, b: usize, figure: fn(&Figures) -> f64| {
-        paired(&l4_results[l][a], &l4_results[l][b], figure)
-    };
-    println!(
-        "ratio tcp_connect_rate_vs_haproxy_higher_is_better = {:.2}",
-        l4(0, 0, 1, rps)
-    );
-    println!(
-        "ratio tcp_connect_rate_vs_direct_higher_is_better = {:.2}",
-        l4(0, 0, 2, rps)
-    );
-    println!(
-        "ratio tcp_cpu_per_connection_vs_haproxy_lower_is_better = {:.2}",
-        l4(0, 0, 1, cpu)
-    );
-    println!(
-        "ratio tcp_download_mbps_vs_haproxy_higher_is_better = {:.2}",
-        l4(1, 0, 1, mbs)
-    );
-    println!(
-        "ratio tcp_download_mbps_vs_direct_higher_is_better = {:.2}",
-        l4(1, 0, 2, mbs)
-    );
     let of =
         |l: usize, figure: fn(&Figures) -> f64| median(results[l][f].iter().map(figure).collect());
     println!("metric ferry_rps_c50 = {:.0} req/s", of(0, rps));
@@ -404,15 +330,6 @@ fn orchestrate(args: &[String]) -> Result<()> {
     println!("metric ferry_download_10mb = {:.0} MB/s", of(2, mbs));
     println!("metric ferry_upload_10mb = {:.0} MB/s", of(3, mbs));
     Ok(())
-}
-
-/// `wrk`'s figure after `label`, e.g. `Requests/sec: 31234.5`.
-fn number_after(text: &str, label: &str) -> Result<f64> {
-    text.lines()
-        .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .with_context(|| format!("wrk printed no {label}:\n{text}"))
 }
 
 /// The 99% line of wrk's latency distribution, in microseconds.
@@ -483,9 +400,7 @@ fn haproxy_command(work: &Path) -> Result<Command> {
             "global\n  nbthread 1\n  maxconn 8192\n\
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
              frontend front\n  bind 127.0.0.1:{HAPROXY_PORT}\n  default_backend back\n\
-             backend back\n  http-reuse always\n  server b 127.0.0.1:{BACKEND_PORT}\n\
-             frontend tcpfront\n  mode tcp\n  bind 127.0.0.1:{HAPROXY_TCP_PORT}\n  default_backend tcpback\n\
-             backend tcpback\n  mode tcp\n  server b 127.0.0.1:{BACKEND_PORT}\n"
+             backend back\n  http-reuse always\n  server b 127.0.0.1:{BACKEND_PORT}\n"
         ),
     )?;
     let mut cmd = Command::new("haproxy");
@@ -493,11 +408,16 @@ fn haproxy_command(work: &Path) -> Result<Command> {
     Ok(cmd)
 }
 
-/// ferry's ingress alone, publishing `PORT` for one service whose one container is the
-/// backend on loopback.
+/// ferry's ingress alone, publishing `PORT` (HTTP) and the `tcp:` port for one service
+/// whose one container is the backend, on loopback unless `LISTEN BACKEND` name addresses
+/// (the L4 benchmark runs it in a namespace).
 fn serve_ferry(args: &[String]) -> Result<()> {
-    let [port, backend_port] = args else {
-        bail!("usage: ferry-ingress-bench ferry PORT BACKEND_PORT");
+    let (port, backend_port, listen, backend) = match args {
+        [port, backend_port] => (port, backend_port, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST),
+        [port, backend_port, listen, backend] => {
+            (port, backend_port, listen.parse()?, backend.parse()?)
+        }
+        _ => bail!("usage: ferry-ingress-bench ferry PORT BACKEND_PORT [LISTEN BACKEND]"),
     };
     let (port, backend_port): (u16, u16) = (port.parse()?, backend_port.parse()?);
     let records = Records::default();
@@ -525,7 +445,7 @@ fn serve_ferry(args: &[String]) -> Result<()> {
         generations: [(
             1,
             vec![Endpoint {
-                address: Ipv4Addr::LOCALHOST,
+                address: backend,
                 server: "bench".into(),
                 container: "backend".into(),
             }],
@@ -535,7 +455,7 @@ fn serve_ferry(args: &[String]) -> Result<()> {
     }]);
     let _ingress = Ingress::start(
         IngressOptions {
-            address: Ipv4Addr::LOCALHOST,
+            address: listen,
             sockets: None,
             kernel: None,
         },
@@ -547,15 +467,22 @@ fn serve_ferry(args: &[String]) -> Result<()> {
     }
 }
 
-/// The shared backend: one thread, keep-alive, `/small`, `/big`, `POST /upload`.
+/// The shared backend: one thread, keep-alive, `/small`, `/big`, `POST /upload`; on
+/// loopback unless an address follows the port.
 fn backend(args: &[String]) -> Result<()> {
-    let port: u16 = args.first().context("usage: backend PORT")?.parse()?;
+    let port: u16 = args
+        .first()
+        .context("usage: backend PORT [ADDRESS]")?
+        .parse()?;
+    let address: Ipv4Addr = match args.get(1) {
+        Some(a) => a.parse()?,
+        None => Ipv4Addr::LOCALHOST,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).await?;
+        let listener = tokio::net::TcpListener::bind(SocketAddrV4::new(address, port)).await?;
         let big: &'static [u8] = Box::leak(vec![b'b'; BIG].into_boxed_slice());
         loop {
             let (stream, _) = listener.accept().await?;
