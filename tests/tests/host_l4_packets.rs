@@ -1,8 +1,10 @@
 //! Host tier: the L4 tc programs packet by packet, through `BPF_PROG_TEST_RUN` (which
 //! needs root, hence this tier): crafted packets go in, the verdict and the rewritten bytes
 //! come out, and the checksums of what comes out are computed again from scratch. Covers
-//! a new flow and its later packets, the reply turned back, SNAT to a backend on another
-//! server, round-robin, UDP with and without a checksum, IP options, truncated headers,
+//! a new flow and its later packets, the reply turned back, ICMP errors about a flow turned
+//! both ways ("fragmentation needed" to the backend, "port unreachable" to the client),
+//! SNAT to a backend on another server, round-robin, UDP with and without a checksum, IP
+//! options, truncated headers,
 //! fragments, packets of no flow or no port, and a SYN flood from 140,000 sources against
 //! the connection tracking map's 65,536 flows while an established flow keeps its backend.
 //!
@@ -139,6 +141,51 @@ fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4: &[u8]) -> u16 {
     pseudo.extend((l4.len() as u16).to_be_bytes());
     let partial = !checksum(&pseudo, 0);
     checksum(l4, u32::from(partial))
+}
+
+/// An ICMP error (`kind`, `code`) from `from` to `to` quoting the first 28 bytes of the
+/// IP packet in `quoted` (an Ethernet frame).
+fn icmp_error(from: Ipv4Addr, to: Ipv4Addr, kind: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x78]; // next-hop MTU 1400
+    icmp.extend(&quoted[14..14 + 28]);
+    let sum = checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut ip = vec![0x45, 0];
+    ip.extend(((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend([0, 1, 0, 0, 64, 1, 0, 0]);
+    ip.extend(from.octets());
+    ip.extend(to.octets());
+    let sum = checksum(&ip, 0);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend(ip);
+    frame.extend(icmp);
+    frame
+}
+
+/// An ICMP error as the program left it: outer source and destination, the quoted
+/// packet's source and destination; every checksum (outer, ICMP, quoted IP) checked.
+fn inspect_icmp(frame: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr, SocketAddrV4, SocketAddrV4)> {
+    let ip = &frame[14..];
+    ensure!(
+        checksum(&ip[..20], 0) == 0,
+        "the outer IP checksum is wrong"
+    );
+    let icmp = &ip[20..];
+    ensure!(checksum(icmp, 0) == 0, "the ICMP checksum is wrong");
+    let inner = &icmp[8..];
+    ensure!(
+        checksum(&inner[..20], 0) == 0,
+        "the quoted IP checksum is wrong"
+    );
+    let addr = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    Ok((
+        addr(&ip[12..]),
+        addr(&ip[16..]),
+        SocketAddrV4::new(addr(&inner[12..]), port(&inner[20..])),
+        SocketAddrV4::new(addr(&inner[16..]), port(&inner[22..])),
+    ))
 }
 
 /// A frame as the program left it.
@@ -300,6 +347,54 @@ async fn l4_programs_rewrite_what_they_should_and_leave_the_rest() -> Result<()>
         back.src,
         back.dst
     );
+
+    // ICMP errors about the flow, turned its way: "fragmentation needed" from a router on
+    // the client's path, about a packet sent from the published port, reaches the backend
+    // as if about the packet it sent.
+    let router = Ipv4Addr::new(203, 0, 113, 1);
+    let sent = Craft::tcp(service(7000), client(40000), ACK).bytes();
+    let error = icmp_error(router, SERVER, 3, 4, &sent);
+    let (verdict, out) = Programs::run(&programs.ingress, &error)?;
+    ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "fragmentation needed: verdict {verdict}"
+    );
+    let (from, to, quoted_src, quoted_dst) = inspect_icmp(&out)?;
+    ensure!(
+        from == router
+            && to == *first.dst.ip()
+            && quoted_src == first.dst
+            && quoted_dst == client(40000),
+        "fragmentation needed became {from} -> {to} quoting {quoted_src} -> {quoted_dst}"
+    );
+    // A backend's "port unreachable" about a client's datagram reaches the client from
+    // the published address and port.
+    let udp_first = programs.steered(&Craft::udp(client(43100), service(7001)))?;
+    let datagram = Craft::udp(client(43100), udp_first.dst).bytes();
+    let error = icmp_error(*udp_first.dst.ip(), CLIENT, 3, 3, &datagram);
+    let (verdict, out) = Programs::run(&programs.reply, &error)?;
+    ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "port unreachable: verdict {verdict}"
+    );
+    let (from, to, quoted_src, quoted_dst) = inspect_icmp(&out)?;
+    ensure!(
+        from == SERVER
+            && to == CLIENT
+            && quoted_src == client(43100)
+            && quoted_dst == service(7001),
+        "port unreachable became {from} -> {to} quoting {quoted_src} -> {quoted_dst}"
+    );
+    // An error about no tracked flow, and an echo request, are left alone.
+    let stranger = Craft::tcp(service(7000), client(49999), ACK).bytes();
+    let error = icmp_error(router, SERVER, 3, 4, &stranger);
+    programs.passed(
+        &programs.ingress,
+        &error,
+        "an ICMP error about no tracked flow",
+    )?;
+    let echo = icmp_error(router, SERVER, 8, 0, &sent);
+    programs.passed(&programs.ingress, &echo, "an ICMP echo request")?;
 
     // Round-robin: 30 new flows, 10 per backend.
     let mut counts = BTreeMap::<SocketAddrV4, usize>::new();

@@ -22,9 +22,15 @@
 //! accepted before the program was attached, or entries the LRU evicted), and every port
 //! whose value lists no backend.
 //!
+//! ICMP errors about a steered flow (destination unreachable, fragmentation needed among
+//! them, and time exceeded) are translated and sent on the same way (see `icmp`), so
+//! path MTU discovery works through the rewrite in both directions.
+//!
 //! Checksums are updated incrementally with the kernel's helpers (RFC 1624), which also
 //! handle packets whose checksum the device will complete (`CHECKSUM_PARTIAL`); a UDP
 //! datagram sent without a checksum keeps none.
+
+mod icmp;
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -130,7 +136,7 @@ impl Packet {
 pub fn ferry_l4_ingress(ctx: TcContext) -> i32 {
     match parse(&ctx, ETH_HLEN) {
         Some(packet) => steer(&ctx, &packet),
-        None => TC_ACT_OK as i32,
+        None => icmp::toward_backend(&ctx, ETH_HLEN),
     }
 }
 
@@ -149,7 +155,7 @@ pub fn ferry_l4_reply_l3(ctx: TcContext) -> i32 {
 
 fn reply(ctx: &TcContext, l3: usize) -> i32 {
     let Some(packet) = parse(ctx, l3) else {
-        return TC_ACT_OK as i32;
+        return icmp::toward_client(ctx, l3);
     };
     let Some(entry) = FERRY_L4_FLOWS.get_ptr_mut(&packet.key()) else {
         return TC_ACT_OK as i32;
@@ -182,6 +188,30 @@ fn reply(ctx: &TcContext, l3: usize) -> i32 {
 /// The IPv4 TCP or UDP headers at `l3`, or None for anything the programs leave alone.
 #[inline(always)]
 fn parse(ctx: &TcContext, l3: usize) -> Option<Packet> {
+    let (ihl, protocol) = ipv4(ctx, l3)?;
+    if protocol != TCP && protocol != UDP {
+        return None;
+    }
+    let l4 = l3 + ihl;
+    Some(Packet {
+        l3,
+        l4,
+        protocol,
+        src: ctx.load(l3 + 12).ok()?,
+        dst: ctx.load(l3 + 16).ok()?,
+        src_port: ctx.load(l4).ok()?,
+        dst_port: ctx.load(l4 + 2).ok()?,
+        tcp_flags: if protocol == TCP {
+            ctx.load(l4 + 13).ok()?
+        } else {
+            0
+        },
+    })
+}
+
+/// The header length and protocol of the unfragmented IPv4 packet at `l3`, or None.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, l3: usize) -> Option<(usize, u8)> {
     if l3 == ETH_HLEN {
         let ethertype: u16 = ctx.load(12).ok()?;
         if ethertype != ETH_P_IP_BE {
@@ -203,25 +233,7 @@ fn parse(ctx: &TcContext, l3: usize) -> Option<Packet> {
     if u16::from_be(fragment) & IP_FRAGMENT_BITS != 0 {
         return None;
     }
-    let protocol: u8 = ctx.load(l3 + 9).ok()?;
-    if protocol != TCP && protocol != UDP {
-        return None;
-    }
-    let l4 = l3 + ihl;
-    Some(Packet {
-        l3,
-        l4,
-        protocol,
-        src: ctx.load(l3 + 12).ok()?,
-        dst: ctx.load(l3 + 16).ok()?,
-        src_port: ctx.load(l4).ok()?,
-        dst_port: ctx.load(l4 + 2).ok()?,
-        tcp_flags: if protocol == TCP {
-            ctx.load(l4 + 13).ok()?
-        } else {
-            0
-        },
-    })
+    Some((ihl, ctx.load(l3 + 9).ok()?))
 }
 
 fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
@@ -406,15 +418,22 @@ fn send(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
     if rewrite(ctx, packet, flow).is_err() {
         return TC_ACT_SHOT as i32;
     }
+    redirect(ctx, packet.l3, flow.ifindex)
+}
+
+/// Sends the packet (its IP header at `l3`) out of `ifindex`, the link-layer header filled
+/// in by the kernel's FIB and neighbour tables.
+#[inline(always)]
+fn redirect(ctx: &TcContext, l3: usize, ifindex: u32) -> i32 {
     // From a device without a link-layer header (the WireGuard link): the kernel's
     // neighbour output needs one to fill in, so room for it goes in front, its type set.
-    if packet.l3 == 0
+    if l3 == 0
         && (ctx.change_head(ETH_HLEN as u32, 0).is_err() || ctx.store(12, &ETH_P_IP_BE, 0).is_err())
     {
         return TC_ACT_SHOT as i32;
     }
     // SAFETY: plain helper call; no parameters, the kernel looks the next hop up.
-    unsafe { bpf_redirect_neigh(flow.ifindex, ptr::null_mut(), 0, 0) as i32 }
+    unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) as i32 }
 }
 
 #[inline(always)]
