@@ -8,9 +8,10 @@
 //! counters in the agent's metrics; the agent SIGKILLed under a continuous load of new
 //! connections and long transfers without one failing, and the next agent adopting the
 //! programs; a deploy under load sending new flows to the new generation at once while
-//! open ones finish on the old; IP options, fragments and a SYN flood from 100,000 source
-//! ports against the connection tracking map; and the relay taking over where the
-//! operator asks for it (`--l4-path relay`), as `ferry servers list` shows.
+//! open ones finish on the old; IP options and fragments; the relay taking over where the
+//! operator asks for it (`--l4-path relay`), as `ferry servers list` shows; and a killed
+//! container leaving the rotation (timed) with no connection failing meanwhile. The
+//! programs' handling of malformed and hostile packets is `host_l4_packets`.
 
 use std::{
     collections::BTreeMap,
@@ -116,6 +117,16 @@ async fn l4_ports_are_steered_in_the_kernel() -> Result<()> {
     deploy_under_load(tcp, &operator, &site).await?;
 
     relay_where_the_operator_asks(tcp, udp, &operator, &mut one).await?;
+
+    // Server one relays now: through server two's port, a container on server three dies.
+    let two_tcp = SocketAddr::new(
+        two.server
+            .addr()
+            .context("server two has no address")?
+            .into(),
+        TCP_PORT,
+    );
+    killed_container_leaves_rotation(two_tcp, &three).await?;
 
     for member in [one, two, three] {
         member.clean_up().await;
@@ -667,6 +678,50 @@ async fn deploy_under_load(tcp: SocketAddr, operator: &Operator, site: &str) -> 
         .join()
         .map_err(|_| anyhow::anyhow!("the deploy panicked"))??;
     ensure!(ok, "deploy: {out}{err}");
+    Ok(())
+}
+
+/// A shop container on `member` is killed: new connections to `tcp` stop reaching it
+/// (measured), and every one made meanwhile is answered (a SYN that found the dead
+/// container is sent again by the client and taken by the next one).
+async fn killed_container_leaves_rotation(tcp: SocketAddr, member: &Member) -> Result<()> {
+    let victim = member
+        .containers()
+        .await?
+        .into_iter()
+        .find(|c| c.service == "shop" && c.running)
+        .context("no shop container runs there")?;
+    member
+        .docker
+        .engine()
+        .docker()
+        .kill_container(
+            &victim.id,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await?;
+    let started = std::time::Instant::now();
+    let mut in_a_row = 0;
+    let mut connections = 0;
+    while in_a_row < 12 {
+        let (_, _, container) = greeting(tcp)?;
+        connections += 1;
+        ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} still reached {:?} after it was killed",
+            container,
+            started.elapsed()
+        );
+        in_a_row = if victim.id.starts_with(&container) {
+            0
+        } else {
+            in_a_row + 1
+        };
+    }
+    println!(
+        "a killed container left the L4 rotation within {:?} ({connections} connections meanwhile, none failed)",
+        started.elapsed()
+    );
     Ok(())
 }
 

@@ -396,6 +396,24 @@ async fn l4_programs_rewrite_what_they_should_and_leave_the_rest() -> Result<()>
     let echo = icmp_error(router, SERVER, 8, 0, &sent);
     programs.passed(&programs.ingress, &echo, "an ICMP echo request")?;
 
+    // The client sends its SYN again (no answer came): the next backend takes it, and the
+    // first backend's late answer no longer reaches the client.
+    let again = programs.steered(&Craft::tcp(client(40500), service(7000), SYN))?;
+    let retry = programs.steered(&Craft::tcp(client(40500), service(7000), SYN))?;
+    ensure!(
+        retry.dst != again.dst,
+        "a SYN sent again stayed on {}",
+        again.dst
+    );
+    let late = Craft::tcp(again.dst, client(40500), SYN | ACK).bytes();
+    programs.passed(&programs.reply, &late, "the first backend's late answer")?;
+    let answer = Craft::tcp(retry.dst, client(40500), SYN | ACK).bytes();
+    let (verdict, _) = Programs::run(&programs.reply, &answer)?;
+    ensure!(
+        verdict == TC_ACT_REDIRECT,
+        "the second backend's answer: verdict {verdict}"
+    );
+
     // Round-robin: 30 new flows, 10 per backend.
     let mut counts = BTreeMap::<SocketAddrV4, usize>::new();
     for port in 41000..41030 {

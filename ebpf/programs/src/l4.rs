@@ -76,10 +76,6 @@ const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// SNAT ports per backend: [`SNAT_PORT_FIRST`] to 65535.
 const SNAT_PORTS: u32 = 65_536 - SNAT_PORT_FIRST as u32;
-/// How long after a flow's last packet a SYN on its tuple is taken for the client's
-/// retransmission (Linux sends its SYN again after 1, 3 and 7 s) rather than a new
-/// connection, nanoseconds.
-const SYN_RETRY_NS: u64 = 10_000_000_000;
 /// SNAT ports tried for a new flow before it is left to the stack: with random probes,
 /// even a range nine-tenths full fails once in 10^16 flows.
 const SNAT_TRIES: u32 = 16;
@@ -245,21 +241,42 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run;
         // another CPU may write `seen` at the same time, and either value will do.
         let flow = unsafe { &mut *entry };
-        let idle = now.wrapping_sub(flow.seen);
         let live = match packet.protocol {
-            // A SYN on a tracked tuple is the client sending it again (its first, or the
-            // backend's answer, was lost or is late), which must reach the same backend:
-            // another one would answer with other sequence numbers. After a while it is a
-            // new connection from a reused port, and takes the next backend.
-            TCP => !opens || idle < SYN_RETRY_NS,
-            _ => idle < UDP_FLOW_IDLE_NS,
+            TCP => !opens,
+            _ => now.wrapping_sub(flow.seen) < UDP_FLOW_IDLE_NS,
         };
-        if live && flow.flags & FLOW_REPLY == 0 {
+        if flow.flags & FLOW_REPLY != 0 {
+            return TC_ACT_OK as i32;
+        }
+        if live {
             flow.seen = now;
             let flow = *flow;
             account(&traffic_of(packet, &flow), 0, u64::from(ctx.len()), 0);
             return send(ctx, packet, &flow);
         }
+        // A SYN on a tracked tuple: the client sending it again because no answer came
+        // (its backend may have died), or a new connection from a reused port; either way
+        // it takes the next backend, as a UDP client back after its idle time does. The
+        // old backend's entry goes, so a late answer from it cannot reach the client,
+        // which now waits for the new backend's.
+        let stale = FlowKey {
+            src: flow.dst,
+            dst: if flow.flags & FLOW_SOURCE != 0 {
+                flow.src
+            } else {
+                key.src
+            },
+            src_port: flow.dst_port,
+            dst_port: if flow.flags & FLOW_SOURCE != 0 {
+                flow.src_port
+            } else {
+                key.src_port
+            },
+            protocol: key.protocol,
+            family: FAMILY_IPV4,
+            _pad: 0,
+        };
+        let _ = FERRY_L4_FLOWS.remove(&stale);
     }
     if packet.protocol == TCP && !opens {
         return TC_ACT_OK as i32;
