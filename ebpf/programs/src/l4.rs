@@ -154,14 +154,14 @@ fn reply(ctx: &TcContext, l3: usize) -> i32 {
         return icmp::toward_client(ctx, l3);
     };
     let Some(entry) = FERRY_L4_FLOWS.get_ptr_mut(&packet.key()) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this run;
     // `seen` and `flags` are written by this direction's packets only (a reply entry is
     // never looked up by the client's), and a lost race costs nothing but a timestamp.
     let flow = unsafe { &mut *entry };
     if flow.flags & FLOW_REPLY == 0 {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     // SAFETY: plain helper call.
     flow.seen = unsafe { bpf_ktime_get_coarse_ns() };
@@ -246,7 +246,7 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
             _ => now.wrapping_sub(flow.seen) < UDP_FLOW_IDLE_NS,
         };
         if flow.flags & FLOW_REPLY != 0 {
-            return TC_ACT_OK as i32;
+            return TC_ACT_OK;
         }
         if live {
             flow.seen = now;
@@ -279,7 +279,7 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
         let _ = FERRY_L4_FLOWS.remove(&stale);
     }
     if packet.protocol == TCP && !opens {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let port_key = L4PortKey {
         port: packet.dst_port,
@@ -287,10 +287,10 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
         _pad: 0,
     };
     let Some(port) = FERRY_L4_PORTS.get_ptr_mut(&port_key) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let Some(backend) = next_backend(port) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let mut forward = Flow {
         dst: backend.addr,
@@ -326,7 +326,7 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
         reply_key.dst = snat;
         let Some(snat_port) = snat_port(&key, &mut reply_key, now) else {
             // Every port tried is taken by another client: the relay takes this one.
-            return TC_ACT_OK as i32;
+            return TC_ACT_OK;
         };
         forward.src = snat;
         forward.src_port = snat_port;
@@ -337,7 +337,7 @@ fn steer(ctx: &TcContext, packet: &Packet) -> i32 {
     if FERRY_L4_FLOWS.insert(&reply_key, &reply, 0).is_err()
         || FERRY_L4_FLOWS.insert(&key, &forward, 0).is_err()
     {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     account(&traffic_of(packet, &forward), 1, u64::from(ctx.len()), 0);
     send(ctx, packet, &forward)
@@ -433,7 +433,7 @@ fn account(key: &TrafficKey, flows: u64, bytes_in: u64, bytes_out: u64) {
 #[inline(always)]
 fn send(ctx: &TcContext, packet: &Packet, flow: &Flow) -> i32 {
     if rewrite(ctx, packet, flow).is_err() {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     redirect(ctx, packet.l3, flow.ifindex)
 }
@@ -447,7 +447,7 @@ fn redirect(ctx: &TcContext, l3: usize, ifindex: u32) -> i32 {
     if l3 == 0
         && (ctx.change_head(ETH_HLEN as u32, 0).is_err() || ctx.store(12, &ETH_P_IP_BE, 0).is_err())
     {
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     }
     // SAFETY: plain helper call; no parameters, the kernel looks the next hop up.
     unsafe { bpf_redirect_neigh(ifindex, ptr::null_mut(), 0, 0) as i32 }

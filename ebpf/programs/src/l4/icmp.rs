@@ -8,7 +8,10 @@
 //! whose change cancels theirs in the ICMP checksum; the quoted ports are not, so the
 //! ICMP checksum is fixed for them.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
 use ferry_ebpf_abi::{FAMILY_IPV4, FLOW_DESTINATION, FLOW_REPLY, FLOW_SOURCE, Flow, FlowKey};
 
 use super::{FERRY_L4_FLOWS, TCP, UDP, ipv4, redirect};
@@ -93,14 +96,14 @@ fn flow_of(quoted: &Quoted) -> Option<Flow> {
 /// published port goes to the backend that sent it.
 pub(super) fn toward_backend(ctx: &TcContext, l3: usize) -> i32 {
     let Some(quoted) = parse(ctx, l3) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // The quoted packet went backend -> client; its tracked direction is client -> us.
     let Some(flow) = flow_of(&quoted) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     if flow.flags & FLOW_REPLY != 0 {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let translated = (|| -> Result<(), i64> {
         // The backend sent from its own address and port...
@@ -149,15 +152,15 @@ pub(super) fn toward_backend(ctx: &TcContext, l3: usize) -> i32 {
 /// client's packet goes to the client, from the published address and port.
 pub(super) fn toward_client(ctx: &TcContext, l3: usize) -> i32 {
     let Some(quoted) = parse(ctx, l3) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // The quoted packet went client (or SNAT) -> backend; its tracked direction is the
     // backend's reply.
     let Some(flow) = flow_of(&quoted) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     if flow.flags & FLOW_REPLY == 0 {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let translated = (|| -> Result<(), i64> {
         set_inner_addr(
@@ -200,7 +203,6 @@ pub(super) fn toward_client(ctx: &TcContext, l3: usize) -> i32 {
     redirect(ctx, l3, flow.ifindex)
 }
 
-const TC_ACT_SHOT: i32 = aya_ebpf::bindings::TC_ACT_SHOT as i32;
 
 /// An address of the outer header, with the outer header's checksum.
 #[inline(always)]
