@@ -203,7 +203,6 @@ pub(super) fn toward_client(ctx: &TcContext, l3: usize) -> i32 {
     redirect(ctx, l3, flow.ifindex)
 }
 
-
 /// An address of the outer header, with the outer header's checksum.
 #[inline(always)]
 fn set_outer(
