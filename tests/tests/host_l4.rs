@@ -159,32 +159,7 @@ fn spread_and_echo(tcp: SocketAddr, udp: SocketAddr) -> Result<()> {
         counts.len() == 3 && counts.values().all(|n| *n == 10),
         "TCP connections uneven: {counts:?}"
     );
-    let mut stream = TcpStream::connect_timeout(&tcp, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let sent: Vec<u8> = (0..4 * MB).map(|i| (i % 253) as u8).collect();
-    let writer = {
-        let mut stream = stream.try_clone()?;
-        let sent = sent.clone();
-        std::thread::spawn(move || -> std::io::Result<()> {
-            stream.write_all(&sent)?;
-            stream.shutdown(std::net::Shutdown::Write)
-        })
-    };
-    let mut back = Vec::new();
-    stream.read_to_end(&mut back)?;
-    writer
-        .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    let start = back
-        .iter()
-        .position(|b| *b == b'\n')
-        .context("no greeting")?
-        + 1;
-    ensure!(
-        back[start..] == sent[..],
-        "the echo differs ({} bytes back)",
-        back.len() - start
-    );
+    echo(tcp, 4 * MB)?;
 
     let mut counts = BTreeMap::<String, usize>::new();
     // Kept open to the end, so no two clients share a source port (30 flows, not fewer).

@@ -507,55 +507,53 @@ fn measure(_topology: &Topology, runs: usize, seconds: u64) -> Result<()> {
             ),
         );
     }
-    println!(
-        "ratio tcp_connect_rate_tc_vs_direct_higher_is_better = {:.2}",
-        ratio(0, t, d, rps)
-    );
-    println!(
-        "ratio tcp_connect_rate_tc_vs_haproxy_higher_is_better = {:.2}",
-        ratio(0, t, h, rps)
-    );
-    println!(
-        "ratio tcp_connect_rate_relay_vs_direct_higher_is_better = {:.2}",
-        ratio(0, r, d, rps)
-    );
-    println!(
-        "ratio tcp_connect_rate_relay_vs_haproxy_higher_is_better = {:.2}",
-        ratio(0, r, h, rps)
-    );
-    println!(
-        "ratio tcp_download_tc_vs_direct_higher_is_better = {:.2}",
-        ratio(1, t, d, mbs)
-    );
-    println!(
-        "ratio tcp_download_relay_vs_direct_higher_is_better = {:.2}",
-        ratio(1, r, d, mbs)
-    );
-    println!(
-        "ratio tcp_download_tc_vs_haproxy_higher_is_better = {:.2}",
-        ratio(1, t, h, mbs)
-    );
-    println!("ratio tcp_cpu_per_connection_tc_vs_haproxy_lower_is_better = {cpu_ratio:.2}");
-    println!(
-        "metric tcp_cpu_per_connection_tc_beyond_direct = {:.2} us",
-        median(extra(t))
-    );
-    println!(
-        "metric tcp_cpu_per_connection_relay_beyond_direct = {:.2} us",
-        median(extra(r))
-    );
-    println!(
-        "metric tcp_cpu_per_connection_haproxy_beyond_direct = {:.2} us",
-        median(extra(h))
-    );
-    println!(
-        "metric tcp_connect_rate_tc = {:.0} conn/s",
-        median(results[0][t].iter().map(rps).collect())
-    );
-    println!(
-        "metric tcp_download_tc = {:.0} MB/s",
-        median(results[1][t].iter().map(mbs).collect())
-    );
+    let ratios = [
+        (
+            "tcp_connect_rate_tc_vs_direct_higher_is_better",
+            ratio(0, t, d, rps),
+        ),
+        (
+            "tcp_connect_rate_tc_vs_haproxy_higher_is_better",
+            ratio(0, t, h, rps),
+        ),
+        (
+            "tcp_connect_rate_relay_vs_direct_higher_is_better",
+            ratio(0, r, d, rps),
+        ),
+        (
+            "tcp_connect_rate_relay_vs_haproxy_higher_is_better",
+            ratio(0, r, h, rps),
+        ),
+        (
+            "tcp_download_tc_vs_direct_higher_is_better",
+            ratio(1, t, d, mbs),
+        ),
+        (
+            "tcp_download_relay_vs_direct_higher_is_better",
+            ratio(1, r, d, mbs),
+        ),
+        (
+            "tcp_download_tc_vs_haproxy_higher_is_better",
+            ratio(1, t, h, mbs),
+        ),
+        (
+            "tcp_cpu_per_connection_tc_vs_haproxy_lower_is_better",
+            cpu_ratio,
+        ),
+    ];
+    for (name, value) in ratios {
+        println!("ratio {name} = {value:.2}");
+    }
+    for (p, name) in [(t, "tc"), (r, "relay"), (h, "haproxy")] {
+        println!(
+            "metric tcp_cpu_per_connection_{name}_beyond_direct = {:.2} us",
+            median(extra(p))
+        );
+    }
+    let of =
+        |l: usize, figure: fn(&Figures) -> f64| median(results[l][t].iter().map(figure).collect());
+    println!("metric tcp_connect_rate_tc = {:.0} conn/s", of(0, rps));
+    println!("metric tcp_download_tc = {:.0} MB/s", of(1, mbs));
     if results.iter().any(|l| l.iter().any(Vec::is_empty)) {
         bail!("no runs");
     }

@@ -107,40 +107,13 @@ pub(super) fn toward_backend(ctx: &TcContext, l3: usize) -> i32 {
     }
     let translated = (|| -> Result<(), i64> {
         // The backend sent from its own address and port...
-        set_inner_addr(
-            ctx,
-            &quoted,
-            quoted.inner + 12,
-            quoted.inner_src,
-            flow.dst[0],
-        )?;
-        set_inner_port(
-            ctx,
-            &quoted,
-            quoted.inner_l4,
-            quoted.inner_src_port,
-            flow.dst_port,
-        )?;
+        set_end(ctx, &quoted, Sender, flow.dst[0], flow.dst_port)?;
         if flow.flags & FLOW_SOURCE != 0 {
             // ...to this server's SNAT address and port, which the error now comes from
             // too (the peer's WireGuard only takes this server's addresses from it).
-            set_inner_addr(
-                ctx,
-                &quoted,
-                quoted.inner + 16,
-                quoted.inner_dst,
-                flow.src[0],
-            )?;
-            set_inner_port(
-                ctx,
-                &quoted,
-                quoted.inner_l4 + 2,
-                quoted.inner_dst_port,
-                flow.src_port,
-            )?;
-            set_outer(ctx, &quoted, quoted.l3 + 12, quoted.src, flow.src[0])?;
+            set_end(ctx, &quoted, Receiver, flow.src[0], flow.src_port)?;
         }
-        set_outer(ctx, &quoted, quoted.l3 + 16, quoted.dst, flow.dst[0])
+        Ok(())
     })();
     if translated.is_err() {
         return TC_ACT_SHOT;
@@ -163,37 +136,9 @@ pub(super) fn toward_client(ctx: &TcContext, l3: usize) -> i32 {
         return TC_ACT_OK;
     }
     let translated = (|| -> Result<(), i64> {
-        set_inner_addr(
-            ctx,
-            &quoted,
-            quoted.inner + 16,
-            quoted.inner_dst,
-            flow.src[0],
-        )?;
-        set_inner_port(
-            ctx,
-            &quoted,
-            quoted.inner_l4 + 2,
-            quoted.inner_dst_port,
-            flow.src_port,
-        )?;
-        set_outer(ctx, &quoted, quoted.l3 + 12, quoted.src, flow.src[0])?;
+        set_end(ctx, &quoted, Receiver, flow.src[0], flow.src_port)?;
         if flow.flags & FLOW_DESTINATION != 0 {
-            set_inner_addr(
-                ctx,
-                &quoted,
-                quoted.inner + 12,
-                quoted.inner_src,
-                flow.dst[0],
-            )?;
-            set_inner_port(
-                ctx,
-                &quoted,
-                quoted.inner_l4,
-                quoted.inner_src_port,
-                flow.dst_port,
-            )?;
-            set_outer(ctx, &quoted, quoted.l3 + 16, quoted.dst, flow.dst[0])?;
+            set_end(ctx, &quoted, Sender, flow.dst[0], flow.dst_port)?;
         }
         Ok(())
     })();
@@ -203,28 +148,48 @@ pub(super) fn toward_client(ctx: &TcContext, l3: usize) -> i32 {
     redirect(ctx, l3, flow.ifindex)
 }
 
-/// An address of the outer header, with the outer header's checksum.
+/// One end of the quoted packet: its sender, to whom the error goes back (the outer
+/// destination), or its receiver, whose side sends the error (the outer source).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Sender,
+    Receiver,
+}
+use End::{Receiver, Sender};
+
+/// Moves one end of the quoted packet to `addr` and `port` (network order), and the outer
+/// header's address on that side with it.
 #[inline(always)]
-fn set_outer(
-    ctx: &TcContext,
-    quoted: &Quoted,
-    offset: usize,
-    old: u32,
-    new: u32,
-) -> Result<(), i64> {
-    if old == new {
-        return Ok(());
-    }
-    ctx.l3_csum_replace(quoted.l3 + 10, u64::from(old), u64::from(new), 4)?;
-    ctx.store(offset, &new, 0)
+fn set_end(ctx: &TcContext, quoted: &Quoted, end: End, addr: u32, port: u16) -> Result<(), i64> {
+    let (inner_addr, inner_port, outer, old_addr, old_port, old_outer) = match end {
+        Sender => (
+            quoted.inner + 12,
+            quoted.inner_l4,
+            quoted.l3 + 16,
+            quoted.inner_src,
+            quoted.inner_src_port,
+            quoted.dst,
+        ),
+        Receiver => (
+            quoted.inner + 16,
+            quoted.inner_l4 + 2,
+            quoted.l3 + 12,
+            quoted.inner_dst,
+            quoted.inner_dst_port,
+            quoted.src,
+        ),
+    };
+    set_addr(ctx, quoted.inner + 10, inner_addr, old_addr, addr)?;
+    set_inner_port(ctx, quoted, inner_port, old_port, port)?;
+    set_addr(ctx, quoted.l3 + 10, outer, old_outer, addr)
 }
 
-/// An address of the quoted header, with the quoted header's checksum; the two changes
-/// cancel in the ICMP checksum.
+/// An address of the IP header whose checksum is at `checksum` (the outer header's, or the
+/// quoted one's, whose change cancels the address's in the ICMP checksum).
 #[inline(always)]
-fn set_inner_addr(
+fn set_addr(
     ctx: &TcContext,
-    quoted: &Quoted,
+    checksum: usize,
     offset: usize,
     old: u32,
     new: u32,
@@ -232,7 +197,7 @@ fn set_inner_addr(
     if old == new {
         return Ok(());
     }
-    ctx.l3_csum_replace(quoted.inner + 10, u64::from(old), u64::from(new), 4)?;
+    ctx.l3_csum_replace(checksum, u64::from(old), u64::from(new), 4)?;
     ctx.store(offset, &new, 0)
 }
 
