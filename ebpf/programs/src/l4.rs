@@ -76,8 +76,8 @@ const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
 /// SNAT ports per backend: [`SNAT_PORT_FIRST`] to 65535.
 const SNAT_PORTS: u32 = 65_536 - SNAT_PORT_FIRST as u32;
-/// SNAT ports tried for a new flow before it is left to the stack: with random probes,
-/// even a range nine-tenths full fails once in 10^16 flows.
+/// SNAT ports tried for a new flow before it is left to the stack: with random probes, a
+/// range half taken fails one new flow in 65,536 (0.5^16), a tenth taken one in 10^16.
 const SNAT_TRIES: u32 = 16;
 /// How long a closed flow (a FIN or RST seen from its backend) keeps its SNAT port, so
 /// its last packets still find their way: twice Linux's FIN-WAIT timeout, nanoseconds.
