@@ -147,6 +147,11 @@ struct RunArgs {
     /// Use this WireGuard implementation instead of detecting one.
     #[arg(long, value_enum)]
     wg_backend: Option<WgBackend>,
+    /// The WireGuard link's MTU in bytes, which the container network gets too (default:
+    /// the MTU of the interface that routes to the other servers, minus WireGuard's 60
+    /// bytes over IPv4 or 80 over IPv6).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(i64::from(ferry_agent::mesh::mtu::MINIMUM)..=65_535))]
+    mesh_mtu: Option<u32>,
     /// Run this server's containers through the Docker Engine on this socket.
     #[arg(long)]
     docker_socket: Option<PathBuf>,
@@ -455,6 +460,7 @@ fn run(args: RunArgs) -> Result<()> {
         Err(e) => return Err(e).context("reading the agent's state directory"),
     };
     let chosen = std::sync::Arc::new(std::sync::OnceLock::new());
+    let (mtu_chosen, mtu) = tokio::sync::watch::channel(None);
     let l4_path = ferry_agent::ingress::L4Path::default();
     let joined = match joined {
         None => None,
@@ -473,6 +479,7 @@ fn run(args: RunArgs) -> Result<()> {
                         cgroup2: dataplane::cgroup2_mount()
                             .context("finding the cgroup2 mount in /proc/self/mounts")?
                             .context("no cgroup2 filesystem is mounted")?,
+                        mtu,
                     };
                     let [a, b, _, _] = options.container_net.octets();
                     let listen = SocketAddrV4::new(
@@ -515,6 +522,8 @@ fn run(args: RunArgs) -> Result<()> {
                 },
                 mesh: MeshOptions {
                     chosen: chosen.clone(),
+                    mtu: args.mesh_mtu,
+                    mtu_chosen: std::sync::Arc::new(mtu_chosen),
                     interface: args.wg_interface,
                     container_net: ferry_api::keys::CONTAINER_NET,
                     backend: args.wg_backend.map(|b| match b {

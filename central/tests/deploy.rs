@@ -40,6 +40,8 @@ fn server(name: &str, index: u8) -> Server {
         wireguard_public_key: String::new(),
         wireguard_endpoint: "192.0.2.1:51820".parse().expect("addr"),
         memory_bytes: None,
+        key_requested: 0,
+        key_generation: 0,
     }
 }
 

@@ -131,9 +131,14 @@ impl Central {
 
     /// An admin client of every replica [`url`](Self::url) names, pinning the CA.
     pub fn admin(&self) -> Result<ferry_api::client::Client> {
+        self.client_with(&self.admin_token)
+    }
+
+    /// A client of central with `token` (an agent's, say), pinning the CA.
+    pub fn client_with(&self, token: &str) -> Result<ferry_api::client::Client> {
         Ok(ferry_api::client::Client::new(
             &self.url,
-            &self.admin_token,
+            token,
             ferry_api::client::Trust::Fingerprint(self.ca_fingerprint.clone()),
         )?)
     }

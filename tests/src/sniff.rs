@@ -93,7 +93,8 @@ impl PacketSocket {
         Ok(socket)
     }
 
-    fn recv(&self, buf: &mut [u8]) -> Option<usize> {
+    /// The next frame into `buf`, its length; None after 100 ms without one.
+    pub fn recv(&self, buf: &mut [u8]) -> Option<usize> {
         // SAFETY: buf is writable for its length.
         let n = unsafe { libc::recv(self.0, buf.as_mut_ptr().cast(), buf.len(), 0) };
         usize::try_from(n).ok().filter(|n| *n > 0)

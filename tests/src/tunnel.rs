@@ -189,6 +189,17 @@ impl Tunnel {
         }
     }
 
+    /// The two servers' namespaces, a then b.
+    pub fn servers(&self) -> (&Server, &Server) {
+        (&self.a.server, &self.b.server)
+    }
+
+    /// b's addresses: on its container subnet (reached from a through the tunnel) and on
+    /// the LAN (reached from a over the same veth, in clear).
+    pub fn b_addresses(&self) -> (Ipv4Addr, Ipv4Addr) {
+        (self.b.container, self.b.lan_addr)
+    }
+
     /// The backend the agent's detection picks inside srv-a.
     pub fn detected_backend(&self) -> Result<Backend> {
         Self::with_netlink(&self.a, async |netlink| {
@@ -225,6 +236,7 @@ impl Tunnel {
                 endpoint: SocketAddr::V4(SocketAddrV4::new(peer.lan_addr, WG_PORT)),
                 subnet: (peer.subnet, 24),
             }],
+            mtu: ferry_agent::mesh::mtu::DEFAULT_TUNNEL_MTU,
         };
         Self::with_netlink(me, async |netlink| {
             Ok(interface::apply(netlink, &config, self.backend).await?)

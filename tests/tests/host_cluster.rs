@@ -301,7 +301,14 @@ async fn a_two_server_deploy_survives_central_and_agent_crashes() -> Result<()> 
                 && line.contains(" userspace ")
                 && line.contains(ferry_agent::membership::heartbeat::VERSION)
                 && line.contains(peer)
-                && line.trim_end().ends_with(&format!(" {containers}"))
+                // CONTAINERS is the column before L4, whose value has a space of its own;
+                // columns are at least two spaces apart.
+                && line
+                    .trim_end()
+                    .rsplit_once("  ")
+                    .is_some_and(|(before, _l4)| {
+                        before.trim_end().ends_with(&format!(" {containers}"))
+                    })
         })
     };
     let mut listed = String::new();

@@ -41,9 +41,19 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
     let base = node_image::ensure(docker.engine()).await?;
 
     let net = format!("ferry-{tag}");
-    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0)).await?;
-    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0)).await?;
-    let clash = ensure_network(engine, &net, Ipv4Addr::new(10, 66, 8, 0))
+    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0), None).await?;
+    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0), None).await?;
+    // No container is attached yet: a new MTU from the mesh makes the network again.
+    ensure_network(engine, &net, Ipv4Addr::new(10, 66, 7, 0), Some(1340)).await?;
+    let made = engine.docker().inspect_network(&net, None).await?;
+    assert_eq!(
+        made.options
+            .unwrap_or_default()
+            .get("com.docker.network.driver.mtu")
+            .map(String::as_str),
+        Some("1340")
+    );
+    let clash = ensure_network(engine, &net, Ipv4Addr::new(10, 66, 8, 0), None)
         .await
         .unwrap_err();
     assert!(matches!(clash, NetworkError::Mismatch { .. }), "{clash}");
@@ -53,6 +63,7 @@ async fn a_built_node_service_runs_on_the_server_network_and_is_found_by_its_lab
         engine,
         &format!("ferry-other-{tag}"),
         Ipv4Addr::new(10, 66, 7, 0),
+        None,
     )
     .await
     .unwrap_err();

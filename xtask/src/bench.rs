@@ -13,6 +13,8 @@
 //!   under wrk (`ferry-ingress-bench`); then its L4 side, a `tcp:` port through the tc
 //!   program and through the userspace relay against HAProxy in TCP mode and a direct
 //!   connection, on a topology of namespaces (`ferry-l4-bench`).
+//! - `mesh`: a path through the WireGuard mesh (wireguard-go here) against the same path
+//!   in clear over the same link: iperf3 throughput and round trips (`ferry-mesh-bench`).
 
 use std::process::Command;
 
@@ -70,6 +72,16 @@ enum Which {
         /// Which part: `http`, `l4`, or both.
         #[arg(long, value_enum, default_value_t = Part::All)]
         part: Part,
+    },
+    /// The WireGuard mesh (wireguard-go on this kernel) against plain routing over the
+    /// same link: throughput (iperf3) and round-trip latency.
+    Mesh {
+        /// Runs per path; medians are reported.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Seconds of iperf3 per run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u32,
     },
 }
 
@@ -139,6 +151,18 @@ pub fn run(options: Options) -> Result<()> {
                 )?;
             }
             Ok(())
+        }
+        Which::Mesh { runs, seconds } => {
+            build_ebpf::run(build_ebpf::Options::default())?;
+            build("ferry-tests", "ferry-mesh-bench")?;
+            process::run(
+                Command::new(workspace::target_dir().join("release/ferry-mesh-bench")).args([
+                    "--runs",
+                    &runs.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
+                ]),
+            )
         }
     }
 }

@@ -62,6 +62,10 @@ const PACKAGES: &[(&str, &[&str])] = &[
         "`bench ingress` sets nginx and haproxy beside ferry's ingress under wrk; host_ingress loads with wrk and speaks HTTP/2 with curl",
         &["nginx-light", "haproxy", "wrk", "curl"],
     ),
+    (
+        "`bench mesh` measures throughput through the WireGuard mesh and in clear with iperf3",
+        &["iperf3"],
+    ),
 ];
 
 const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";

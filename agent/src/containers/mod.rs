@@ -1,5 +1,6 @@
 //! Containers through the Docker Engine API (bollard): reaching the engine, building
-//! images from uploaded source, the per-server network, and ferry's labelled containers.
+//! images from uploaded source, the per-server network and its MTU, and ferry's labelled
+//! containers.
 //!
 //! Every container ferry runs carries `ferry.stack`, `ferry.service` and
 //! `ferry.generation` labels; they are how an agent finds its containers again after a
@@ -11,6 +12,7 @@ pub mod events;
 mod image;
 pub mod last_lines;
 pub mod listening;
+pub mod mtu;
 mod network;
 pub mod oneoff;
 pub mod operate;

@@ -34,12 +34,20 @@ pub enum NetworkError {
     },
 }
 
-/// Makes sure network `name` exists with `subnet/24` and gateway `.1`; an existing one with
-/// another subnet is an error, never silently reused.
+/// The bridge driver's option that sets the MTU of the bridge and of every container's
+/// interface on it.
+const MTU_OPTION: &str = "com.docker.network.driver.mtu";
+
+/// Makes sure network `name` exists with `subnet/24`, gateway `.1` and, when given, `mtu`
+/// (bytes); an existing one with another subnet is an error, never silently reused. One
+/// with another MTU is made again while no container is attached; with containers it
+/// stays (Docker cannot change a network's options) and the mesh sets the MTU of its
+/// bridge and containers live (see `mesh::mtu`).
 pub async fn ensure_network(
     engine: &Engine,
     name: &str,
     subnet: Ipv4Addr,
+    mtu: Option<u32>,
 ) -> Result<(), NetworkError> {
     let wanted = format!("{subnet}/24");
     let docker = engine.docker();
@@ -48,14 +56,30 @@ pub async fn ensure_network(
             .ipam
             .and_then(|ipam| ipam.config)
             .and_then(|configs| configs.into_iter().find_map(|c| c.subnet));
-        if found.as_deref() == Some(wanted.as_str()) {
+        if found.as_deref() != Some(wanted.as_str()) {
+            return Err(NetworkError::Mismatch {
+                name: name.into(),
+                found,
+                wanted,
+            });
+        }
+        let options = existing.options.unwrap_or_default();
+        let stale = mtu.is_some_and(|m| options.get(MTU_OPTION) != Some(&m.to_string()));
+        if !stale || !existing.containers.unwrap_or_default().is_empty() {
             return Ok(());
         }
-        return Err(NetworkError::Mismatch {
-            name: name.into(),
-            found,
-            wanted,
-        });
+        tracing::info!(
+            network = name,
+            ?mtu,
+            "making the container network again with the mesh's MTU"
+        );
+        docker
+            .remove_network(name)
+            .await
+            .map_err(|source| NetworkError::Engine {
+                name: name.into(),
+                source,
+            })?;
     }
     let [a, b, c, _] = subnet.octets();
     let request = NetworkCreateRequest {
@@ -73,6 +97,7 @@ pub async fn ensure_network(
             "ferry.network".to_string(),
             "1".to_string(),
         )])),
+        options: mtu.map(|m| HashMap::from([(MTU_OPTION.to_string(), m.to_string())])),
         ..Default::default()
     };
     let Err(source) = docker.create_network(request).await else {

@@ -118,6 +118,8 @@ pub struct Loaded {
     pub membership: Membership,
     /// Its WireGuard private key.
     pub private_key: Key,
+    /// The state directory it was read from.
+    pub state_dir: PathBuf,
     /// The one client of central every follower and report shares (clones share its
     /// connections).
     client: ferry_api::client::Client,
@@ -172,6 +174,7 @@ pub fn load(dir: &Path) -> Result<Loaded, StateError> {
     Ok(Loaded {
         membership,
         private_key,
+        state_dir: dir.to_path_buf(),
         client,
     })
 }

@@ -23,6 +23,8 @@ pub struct InterfaceConfig {
     pub address: Ipv4Addr,
     /// Every other server.
     pub peers: Vec<Peer>,
+    /// The link's MTU, bytes (see [`super::mtu`]).
+    pub mtu: u32,
 }
 
 /// A failed step of bringing the interface up.
@@ -52,8 +54,9 @@ pub async fn detect_backend(netlink: &Netlink) -> Backend {
     }
 }
 
-/// Brings the interface to `config`: link, keys and peers, address, up, a route per peer
-/// subnet. Idempotent, so the agent can re-apply its whole state after a restart.
+/// Brings the interface to `config`: link, keys and peers, MTU, address, up, a route per
+/// peer subnet and none to a subnet no peer has any more. Idempotent, so the agent can
+/// re-apply its whole state after a restart or on a timer.
 pub async fn apply(
     netlink: &Netlink,
     config: &InterfaceConfig,
@@ -70,6 +73,8 @@ pub async fn apply(
         &config.peers,
         backend,
     )?;
+    let index = netlink.index(&config.name).await?;
+    netlink.set_mtu(None, index, config.mtu).await?;
     netlink
         .add_address(&config.name, config.address, 32)
         .await?;
@@ -78,6 +83,12 @@ pub async fn apply(
         netlink
             .add_route(&config.name, peer.subnet.0, peer.subnet.1)
             .await?;
+    }
+    for (dest, prefix) in netlink.routes_through(&config.name).await? {
+        if !config.peers.iter().any(|p| p.subnet == (dest, prefix)) {
+            netlink.delete_route(&config.name, dest, prefix).await?;
+            info!(route = %format!("{dest}/{prefix}"), "route of a server that left removed");
+        }
     }
     Ok(())
 }

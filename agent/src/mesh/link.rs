@@ -1,6 +1,9 @@
 //! rtnetlink verbs: create links, bring them up, add addresses and routes.
 
-use std::{io, net::Ipv4Addr};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use futures_util::TryStreamExt as _;
 use rtnetlink::{Handle, LinkUnspec, LinkWireguard, RouteMessageBuilder};
@@ -35,6 +38,13 @@ pub struct Interface {
     pub loopback: bool,
     /// Its IPv4 addresses.
     pub ipv4: Vec<Ipv4Addr>,
+    /// Its MTU, bytes (0 if the kernel did not say).
+    pub mtu: u32,
+    /// The index of the bridge it is a port of, if any.
+    pub master: Option<u32>,
+    /// For one end of a veth pair: the other end, as (namespace id relative to this
+    /// namespace, index there).
+    pub peer: Option<(i32, u32)>,
 }
 
 /// An rtnetlink connection in the network namespace of the thread that opened it.
@@ -86,17 +96,31 @@ impl Netlink {
             .await
             .map_err(|source| request("list", "every link", source))?
         {
-            let name = link.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(name) => Some(name.clone()),
-                _ => None,
-            });
-            out.push(Interface {
+            let mut interface = Interface {
                 index: link.header.index,
-                name: name.unwrap_or_default(),
+                name: String::new(),
                 up: link.header.flags.contains(LinkFlags::Up),
                 loopback: link.header.link_layer_type == LinkLayerType::Loopback,
                 ipv4: Vec::new(),
-            });
+                mtu: 0,
+                master: None,
+                peer: None,
+            };
+            let (mut peer_index, mut peer_netns) = (None, None);
+            for attribute in link.attributes {
+                match attribute {
+                    LinkAttribute::IfName(name) => interface.name = name,
+                    LinkAttribute::Mtu(mtu) => interface.mtu = mtu,
+                    LinkAttribute::Controller(index) => interface.master = Some(index),
+                    LinkAttribute::Link(index) => peer_index = Some(index),
+                    LinkAttribute::LinkNetNsId(id) => peer_netns = Some(id),
+                    _ => {}
+                }
+            }
+            // A link in another namespace is a veth's other end (IFLA_LINK alone can also
+            // name a lower device here, as a VLAN's does).
+            interface.peer = peer_netns.zip(peer_index);
+            out.push(interface);
         }
         let mut addresses = self.handle.address().get().execute();
         while let Some(address) = addresses
@@ -168,6 +192,101 @@ impl Netlink {
             .build();
         let result = self.handle.route().add(route).execute().await;
         tolerate_exists(result).map_err(|source| request("add route", name, source))
+    }
+
+    /// Sets the MTU (bytes) of the link with index `index`; with `netns`, of the link with
+    /// that index in the namespace of that id (relative to this one), as a veth's other end
+    /// is found from this side.
+    pub async fn set_mtu(&self, netns: Option<i32>, index: u32, mtu: u32) -> Result<(), LinkError> {
+        let mut message = LinkUnspec::new_with_index(index).mtu(mtu);
+        if let Some(id) = netns {
+            message = message.append_extra_attribute(
+                rtnetlink::packet_route::link::LinkAttribute::IfNetnsId(id),
+            );
+        }
+        self.handle
+            .link()
+            .set(message.build())
+            .execute()
+            .await
+            .map_err(|source| request("set mtu", &format!("index {index}"), source))
+    }
+
+    /// The index of the link the kernel would send a packet to `dest` through.
+    pub async fn route_to(&self, dest: IpAddr) -> Result<Option<u32>, LinkError> {
+        use rtnetlink::packet_route::route::RouteAttribute;
+        let message = match dest {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .build(),
+        };
+        let mut routes = self.handle.route().get(message).execute();
+        match routes.try_next().await {
+            Ok(Some(route)) => Ok(route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            })),
+            Ok(None) => Ok(None),
+            // No route to it at all (ENETUNREACH, EHOSTUNREACH).
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(-e.raw_code(), libc::ENETUNREACH | libc::EHOSTUNREACH) =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(request("look up the route", &dest.to_string(), source)),
+        }
+    }
+
+    /// The IPv4 routes through the link, as (destination, prefix length), in the main table.
+    pub async fn routes_through(&self, name: &str) -> Result<Vec<(Ipv4Addr, u8)>, LinkError> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+        let index = self.index(name).await?;
+        let mut out = Vec::new();
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        while let Some(route) = routes
+            .try_next()
+            .await
+            .map_err(|source| request("list routes", name, source))?
+        {
+            let through = route
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == index));
+            let dest = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(*a),
+                _ => None,
+            });
+            let main = route.header.table == RouteHeader::RT_TABLE_MAIN;
+            if let (true, true, Some(dest)) = (main, through, dest) {
+                out.push((dest, route.header.destination_prefix_length));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the route to `dest/prefix` through the link; one already gone is fine.
+    pub async fn delete_route(
+        &self,
+        name: &str,
+        dest: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), LinkError> {
+        let index = self.index(name).await?;
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest, prefix)
+            .output_interface(index)
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            result => result.map_err(|source| request("delete route", name, source)),
+        }
     }
 
     /// Deletes the link.

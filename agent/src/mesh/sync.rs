@@ -1,18 +1,28 @@
 //! Keeping this server's WireGuard interface in step with central: list the servers,
-//! apply, then follow the watch. While central is unreachable the interface keeps its
-//! last configuration and the agent reconnects with backoff, resuming from the revision it
-//! last saw.
+//! apply, then follow the watch, and apply again every [`RECHECK`] so what changed on the
+//! server itself (the underlay's MTU, a container that got Docker's MTU, a route someone
+//! removed) is corrected too. While central is unreachable the interface keeps its last
+//! configuration and the agent reconnects with backoff, resuming from the revision it
+//! last saw; nothing is applied before the first listing, so a restart without central
+//! never empties the peer set.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use ferry_api::{keys, types::Server};
+use tokio::{sync::watch, task::JoinSet};
 use tracing::{info, warn};
 
 use super::{
     interface::{self, InterfaceConfig, InterfaceError},
     link::{LinkError, Netlink},
+    mtu, rotation,
     wireguard::{Backend, Key, Peer},
 };
+
+/// How often the whole state is applied again when nothing changed.
+pub const RECHECK: Duration = Duration::from_secs(10);
+/// How soon a failed apply is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 use crate::membership::{
     follow::{Follower, Update},
     state::Loaded,
@@ -28,7 +38,12 @@ pub struct MeshOptions {
     /// Force a backend instead of detecting one.
     pub backend: Option<Backend>,
     /// Where the backend in use is told, once chosen (the heartbeat reports it).
-    pub chosen: std::sync::Arc<std::sync::OnceLock<Backend>>,
+    pub chosen: Arc<std::sync::OnceLock<Backend>>,
+    /// The tunnel MTU the operator set (`--mesh-mtu`), bytes, instead of the underlay's
+    /// minus WireGuard's overhead.
+    pub mtu: Option<u32>,
+    /// Where the MTU in use is published, for the container network the workloads create.
+    pub mtu_chosen: Arc<watch::Sender<Option<u32>>>,
 }
 
 /// Why the mesh could not start at all (later failures are retried, not returned).
@@ -36,6 +51,17 @@ pub struct MeshOptions {
 pub enum MeshError {
     #[error(transparent)]
     Link(#[from] LinkError),
+}
+
+/// A pass that failed; the next one (after [`RETRY`]) starts over.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Interface(#[from] InterfaceError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Rotation(#[from] rotation::RotationError),
 }
 
 /// Runs until the task is dropped.
@@ -57,31 +83,80 @@ pub async fn run(loaded: Loaded, options: MeshOptions) -> Result<(), MeshError> 
         "mesh sync",
         Duration::from_millis(200),
     );
-    let mut servers: BTreeMap<String, Server> = BTreeMap::new();
-    loop {
-        match follower.next().await {
-            Update::Snapshot { items, .. } => {
-                servers = items
-                    .into_iter()
-                    .map(|(_, s)| (s.name.clone(), s))
-                    .collect();
-            }
-            Update::Changes { changes, .. } => {
-                for (key, server) in changes {
-                    let Some(name) = keys::server_of(&key).map(str::to_string) else {
-                        continue;
-                    };
-                    match server {
-                        Some(server) => servers.insert(name, server),
-                        None => servers.remove(&name),
-                    };
-                }
+    // The follower is not cancel-safe (a half-read watch line would be lost), so it runs on
+    // its own and hands its updates over a channel the loop can wait on beside a timer.
+    let (updates, mut received) = tokio::sync::mpsc::channel(16);
+    let mut follow = JoinSet::new();
+    follow.spawn(async move {
+        loop {
+            if updates.send(follower.next().await).await.is_err() {
+                return;
             }
         }
-        if let Err(e) = apply(&netlink, &loaded, &options, backend, &servers).await {
-            // Listed again, and applied whole, after a wait.
-            warn!("mesh sync: {e}; starting over");
-            follower.start_over();
+    });
+    let mut servers: Option<BTreeMap<String, Server>> = None;
+    // Changed by key rotation.
+    let mut private_key = loaded.private_key.clone();
+    let mut wait = RECHECK;
+    // Whether the servers changed since the last apply that worked: then it is logged.
+    let mut changed = false;
+    loop {
+        tokio::select! {
+            update = received.recv() => match update {
+                Some(update) => {
+                    fold(&mut servers, update);
+                    changed = true;
+                }
+                None => return Ok(()),
+            },
+            () = tokio::time::sleep(wait) => {}
+        }
+        let Some(servers) = &servers else { continue };
+        let pass = apply(
+            &netlink,
+            &loaded,
+            &options,
+            backend,
+            servers,
+            &mut private_key,
+        );
+        wait = match pass.await {
+            Ok(()) => {
+                if std::mem::take(&mut changed) {
+                    info!(servers = servers.len(), "mesh applied");
+                }
+                RECHECK
+            }
+            Err(e) => {
+                warn!("mesh sync: {e}; trying again");
+                RETRY
+            }
+        };
+    }
+}
+
+/// Folds one update into the known servers, by name; the first must be a snapshot.
+fn fold(servers: &mut Option<BTreeMap<String, Server>>, update: Update<Server>) {
+    match update {
+        Update::Snapshot { items, .. } => {
+            *servers = Some(
+                items
+                    .into_iter()
+                    .map(|(_, s)| (s.name.clone(), s))
+                    .collect(),
+            );
+        }
+        Update::Changes { changes, .. } => {
+            let Some(servers) = servers else { return };
+            for (key, server) in changes {
+                let Some(name) = keys::server_of(&key).map(str::to_string) else {
+                    continue;
+                };
+                match server {
+                    Some(server) => servers.insert(name, server),
+                    None => servers.remove(&name),
+                };
+            }
         }
     }
 }
@@ -92,8 +167,13 @@ async fn apply(
     options: &MeshOptions,
     backend: Backend,
     servers: &BTreeMap<String, Server>,
-) -> Result<(), InterfaceError> {
+    private_key: &mut Key,
+) -> Result<(), PassError> {
     let me = &loaded.membership;
+    let rotated = match servers.get(&me.name) {
+        Some(record) => rotation::prepare(loaded, record, private_key)?,
+        None => None,
+    };
     let [a, b, _, _] = options.container_net.octets();
     let peers: Vec<Peer> = servers
         .values()
@@ -110,14 +190,36 @@ async fn apply(
             }
         })
         .collect();
+    let interfaces = netlink.interfaces().await?;
+    let endpoints: Vec<_> = peers.iter().map(|p| p.endpoint).collect();
+    let (mtu, source) = mtu::choose(
+        netlink,
+        &interfaces,
+        options.mtu,
+        me.wireguard_endpoint,
+        &endpoints,
+    )
+    .await?;
+    options.mtu_chosen.send_if_modified(|chosen| {
+        let changed = *chosen != Some(mtu);
+        if changed {
+            info!(mtu, ?source, "mesh MTU");
+        }
+        *chosen = Some(mtu);
+        changed
+    });
     let config = InterfaceConfig {
         name: options.interface.clone(),
-        private_key: loaded.private_key.clone(),
+        private_key: private_key.clone(),
         listen_port: me.wireguard_endpoint.port(),
         address: me.gateway(options.container_net),
         peers,
+        mtu,
     };
     interface::apply(netlink, &config, backend).await?;
-    info!(peers = config.peers.len(), "mesh applied");
+    if let Some(update) = rotated {
+        rotation::publish(loaded, &update).await?;
+    }
+    mtu::correct_bridge(netlink, &interfaces, &config.name, config.address, mtu).await?;
     Ok(())
 }

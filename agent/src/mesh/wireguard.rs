@@ -68,7 +68,11 @@ pub enum WireguardError {
     },
 }
 
-/// Sets the interface's private key, listen port and exactly `peers` (others are removed).
+/// Sets the interface's private key, listen port and exactly `peers`: peers it has that
+/// are not wanted are removed, the others are updated in place, so a peer that stays
+/// keeps its session (replacing the whole set would drop every session and cost each
+/// flow a new handshake whenever any server joins or leaves). Neither implementation
+/// touches its sessions when told the private key or port it already has.
 pub fn configure(
     name: &str,
     private_key: &Key,
@@ -77,20 +81,31 @@ pub fn configure(
     backend: Backend,
 ) -> Result<(), WireguardError> {
     let iface = interface_name(name)?;
-    let update = peers.iter().fold(
-        DeviceUpdate::new()
-            .set_private_key(private_key.clone())
-            .set_listen_port(listen_port)
-            .replace_peers(),
-        |update, peer| {
-            update.add_peer(
-                PeerConfigBuilder::new(&peer.public_key)
-                    .set_endpoint(peer.endpoint)
-                    .replace_allowed_ips()
-                    .add_allowed_ip(peer.subnet.0.into(), peer.subnet.1),
-            )
-        },
-    );
+    // A device that cannot be read yet (wireguard-go before its first start) has none.
+    let present: Vec<Key> = Device::get(&iface, backend.into())
+        .map(|device| {
+            device
+                .peers
+                .into_iter()
+                .map(|p| p.config.public_key)
+                .collect()
+        })
+        .unwrap_or_default();
+    let update = DeviceUpdate::new()
+        .set_private_key(private_key.clone())
+        .set_listen_port(listen_port);
+    let update = present
+        .iter()
+        .filter(|key| !peers.iter().any(|p| &p.public_key == *key))
+        .fold(update, |update, key| update.remove_peer_by_key(key));
+    let update = peers.iter().fold(update, |update, peer| {
+        update.add_peer(
+            PeerConfigBuilder::new(&peer.public_key)
+                .set_endpoint(peer.endpoint)
+                .replace_allowed_ips()
+                .add_allowed_ip(peer.subnet.0.into(), peer.subnet.1),
+        )
+    });
     update
         .apply(&iface, backend.into())
         .map_err(|source| WireguardError::Call {

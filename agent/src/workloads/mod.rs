@@ -22,6 +22,7 @@ mod context;
 mod health;
 mod intent;
 mod liveness;
+mod mtu;
 mod options;
 mod plan;
 mod progress;

@@ -22,4 +22,7 @@ pub struct WorkloadOptions {
     pub cgroup_root: PathBuf,
     /// Where cgroup v2 is mounted.
     pub cgroup2: PathBuf,
+    /// The container network's MTU as the mesh chose it (None until it has; see
+    /// [`crate::mesh::mtu`]).
+    pub mtu: tokio::sync::watch::Receiver<Option<u32>>,
 }

@@ -37,6 +37,9 @@ use crate::{
     },
 };
 
+/// How long the first follow waits for the mesh to choose the container network's MTU.
+const MTU_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs until the task is dropped; failures are logged and retried with backoff.
 pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
     let intent = Shared::default();
@@ -47,6 +50,7 @@ pub async fn run(loaded: Loaded, options: WorkloadOptions, callers: Callers) {
         Duration::from_millis(500),
     );
     let mut backoff = Backoff::new(Duration::from_millis(500));
+    let _mtu = AbortOnDrop(tokio::spawn(super::mtu::keep(options.clone())));
     loop {
         backoff.attempt();
         if let Err(e) = follow(&loaded, &options, &intent, &callers, &mut follower).await {
@@ -89,10 +93,18 @@ async fn follow(
     let me = &loaded.membership;
     let engine = Engine::connect(&options.docker_socket).await?;
     let [a, b, _, _] = options.container_net.octets();
+    // The mesh chooses the MTU once it has listed the servers; a mesh that cannot start
+    // leaves Docker's default, which the mesh corrects live once it runs.
+    let mut mtu = options.mtu.clone();
+    let mtu = match tokio::time::timeout(MTU_WAIT, mtu.wait_for(Option::is_some)).await {
+        Ok(Ok(chosen)) => *chosen,
+        _ => None,
+    };
     ensure_network(
         &engine,
         &options.network,
         Ipv4Addr::new(a, b, me.subnet_index, 0),
+        mtu,
     )
     .await?;
     let driver = engine.cgroup_driver().await?;

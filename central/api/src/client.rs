@@ -273,6 +273,24 @@ impl Client {
         self.send(self.http.delete(&url), &url).await
     }
 
+    /// Asks server `name`'s agent for a new WireGuard keypair (admin); returns the record
+    /// with its `key_requested` bumped.
+    pub async fn rotate_key(&self, name: &str) -> Result<Server, ClientError> {
+        let url = format!("{}/v1/servers/{name}/rotate-key", self.base());
+        self.send(self.http.post(&url), &url).await
+    }
+
+    /// Publishes this server's new WireGuard public key for rotation `generation` (the
+    /// server's own agent).
+    pub async fn publish_key(
+        &self,
+        name: &str,
+        update: &crate::types::KeyUpdate,
+    ) -> Result<Server, ClientError> {
+        let url = format!("{}/v1/servers/{name}/wireguard-key", self.base());
+        self.send(self.http.put(&url).json(update), &url).await
+    }
+
     /// Uploads a source archive (tar.gz, service.yml at its root) as the next generation of
     /// `stack` (admin).
     pub async fn deploy(

@@ -151,6 +151,8 @@ mod tests {
                 wireguard_public_key: String::new(),
                 wireguard_endpoint: "192.0.2.1:51820".parse().expect("addr"),
                 memory_bytes: None,
+                key_requested: 0,
+                key_generation: 0,
             },
             last_contact_unix: last,
             heartbeat: last.map(|_| beat(0)),

@@ -123,6 +123,27 @@ pub struct Server {
     /// Its memory in bytes, as it said when it joined; None: unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
+    /// Key rotations asked of it (`ferry servers rotate-key`): while this is above
+    /// `key_generation`, its agent makes a new keypair and publishes the public half.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_requested: u64,
+    /// The rotation its current public key answers (0: the key it joined with).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_generation: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// `PUT /v1/servers/{name}/wireguard-key`: an agent's new public key, for the rotation it
+/// answers.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct KeyUpdate {
+    /// The new WireGuard public key, base64 of 32 bytes.
+    pub wireguard_public_key: String,
+    /// The `key_requested` it answers.
+    pub generation: u64,
 }
 
 /// What `POST /v1/stacks/{stack}/deploy` made.

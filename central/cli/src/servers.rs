@@ -22,6 +22,19 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Give a server a new WireGuard keypair: its agent makes it locally (the private key
+    /// never leaves the server) and publishes the public half; the other servers switch
+    /// on their next sync. Waits until the agent has published it.
+    RotateKey {
+        /// The server's name.
+        name: String,
+        /// How long to wait for the agent, seconds; the request stands after that and
+        /// is carried out when the agent next runs.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 /// Runs one `ferry servers` command.
@@ -48,6 +61,42 @@ pub async fn run(command: Command) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::RotateKey { name, wait, output } => {
+            let asked = client.rotate_key(&name).await?;
+            let rotation = asked.key_requested;
+            if !output.json {
+                println!("asked {name} for key rotation {rotation}; waiting for its agent");
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            loop {
+                let now = client
+                    .servers()
+                    .await?
+                    .into_iter()
+                    .find(|s| s.name == name)
+                    .ok_or_else(|| anyhow::anyhow!("server {name} was removed meanwhile"))?;
+                if now.key_generation >= rotation {
+                    if output.json {
+                        println!("{}", serde_json::to_string_pretty(&now)?);
+                    } else {
+                        println!(
+                            "{name} now has WireGuard key {} (rotation {}); the other servers \
+                             switch to it on their next sync",
+                            now.wireguard_public_key, now.key_generation
+                        );
+                    }
+                    return Ok(());
+                }
+                if std::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "{name}'s agent has not published a new key within {wait} s; the request \
+                         stands and is carried out when the agent runs (`ferry servers list` \
+                         shows when central last heard from it)"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
         }
     }
 }
@@ -191,6 +240,8 @@ mod tests {
                 wireguard_public_key: key.into(),
                 wireguard_endpoint: "192.0.2.1:51820".parse().expect("addr"),
                 memory_bytes: None,
+                key_requested: 0,
+                key_generation: 0,
             },
             last_contact_unix: contact,
             heartbeat: beat,

@@ -137,7 +137,12 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Server(ServerError::Exists { .. }) => StatusCode::CONFLICT,
+            Self::Server(
+                ServerError::Exists { .. }
+                | ServerError::EndpointTaken { .. }
+                | ServerError::KeyTaken { .. }
+                | ServerError::StaleRotation { .. },
+            ) => StatusCode::CONFLICT,
             Self::Server(ServerError::Unknown { .. }) => StatusCode::NOT_FOUND,
             Self::Server(ServerError::BadName { .. }) => StatusCode::BAD_REQUEST,
             Self::Server(ServerError::Exhausted { .. }) => StatusCode::INSUFFICIENT_STORAGE,

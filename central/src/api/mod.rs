@@ -126,6 +126,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/servers/status", get(heartbeats::status))
         .route("/v1/heartbeat/{server}", put(heartbeats::beat))
         .route("/v1/servers/{name}", delete(routes::remove_server))
+        .route("/v1/servers/{name}/rotate-key", post(routes::rotate_key))
+        .route("/v1/servers/{name}/wireguard-key", put(routes::publish_key))
         .route("/v1/list", get(routes::list))
         .route("/v1/watch", get(routes::watch))
         .route("/v1/stacks", get(routes::list_stacks))

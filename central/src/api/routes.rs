@@ -50,15 +50,7 @@ pub async fn join(
     if caller.0 != Role::Join && caller.0 != Role::Admin {
         return Err(forbidden("join a server (use the join token)"));
     }
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(request.wireguard_public_key.trim())
-        .ok()
-        .filter(|k| k.len() == 32);
-    if key.is_none() {
-        return Err(ApiError::BadRequest(
-            "wireguard_public_key must be a base64 WireGuard public key (32 bytes)".into(),
-        ));
-    }
+    check_public_key(&request.wireguard_public_key)?;
     let agent_token =
         tokens::generate("agent").map_err(|e| ApiError::internal("draw an agent token", e))?;
     let token_key = tokens::key(&agent_token);
@@ -98,6 +90,50 @@ pub async fn list_servers(
 ) -> Result<Json<Vec<Server>>, ApiError> {
     caller.admin("list servers")?;
     Ok(Json(state.servers.list()?))
+}
+
+/// `POST /v1/servers/{name}/rotate-key` (admin): asks the server's agent for a new
+/// WireGuard keypair; the record as written comes back (its `key_requested` bumped).
+pub async fn rotate_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Server>, ApiError> {
+    caller.admin("rotate servers' keys")?;
+    let server = state.servers.request_rotation(&name)?;
+    tracing::info!(server = %name, rotation = server.key_requested, "key rotation asked");
+    Ok(Json(server))
+}
+
+/// `PUT /v1/servers/{name}/wireguard-key` (that server's agent): its new public key.
+pub async fn publish_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(update): Json<ferry_api::types::KeyUpdate>,
+) -> Result<Json<Server>, ApiError> {
+    caller.agent_of(&name, "publish another server's key")?;
+    check_public_key(&update.wireguard_public_key)?;
+    let server =
+        state
+            .servers
+            .publish_key(&name, &update.wireguard_public_key, update.generation)?;
+    tracing::info!(server = %name, rotation = update.generation, "new WireGuard key published");
+    Ok(Json(server))
+}
+
+/// A WireGuard public key as the API takes it: base64 of 32 bytes.
+fn check_public_key(key: &str) -> Result<(), ApiError> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .ok()
+        .filter(|k| k.len() == 32);
+    match decoded {
+        Some(_) => Ok(()),
+        None => Err(ApiError::BadRequest(
+            "wireguard_public_key must be a base64 WireGuard public key (32 bytes)".into(),
+        )),
+    }
 }
 
 pub async fn remove_server(

@@ -49,6 +49,25 @@ pub enum ServerError {
         "every subnet of the container network is taken ({max} servers); remove a server first"
     )]
     Exhausted { max: usize },
+    #[error(
+        "server {by:?} already has WireGuard endpoint {endpoint}; give this server its own \
+         address and port (--endpoint)"
+    )]
+    EndpointTaken { endpoint: SocketAddr, by: String },
+    #[error(
+        "server {by:?} already has this WireGuard public key; every server makes its own \
+         keypair (a copied state directory carries another server's key: join from a fresh one)"
+    )]
+    KeyTaken { by: String },
+    #[error(
+        "server {name:?} was asked for key rotation {requested}, not {given}; its agent \
+         publishes the key for the newest request"
+    )]
+    StaleRotation {
+        name: String,
+        requested: u64,
+        given: u64,
+    },
     #[error("the record at {key} is unreadable: {source}")]
     Corrupt {
         key: String,
@@ -105,6 +124,7 @@ impl<S: Store> Servers<S> {
             if self.store.get(&server_key)?.is_some() {
                 return Err(ServerError::Exists { name: name.into() });
             }
+            self.check_unclaimed(name, Some(endpoint), wireguard_public_key)?;
             let (taken, _) = self.store.list(keys::SUBNETS)?;
             let taken: Vec<u8> = taken
                 .iter()
@@ -123,6 +143,8 @@ impl<S: Store> Servers<S> {
                 wireguard_public_key: wireguard_public_key.into(),
                 wireguard_endpoint: endpoint,
                 memory_bytes,
+                key_requested: 0,
+                key_generation: 0,
             };
             let subnet_key = keys::subnet(index);
             let record = serde_json::to_vec(&server).map_err(|source| ServerError::Corrupt {
@@ -152,6 +174,96 @@ impl<S: Store> Servers<S> {
         // look. Say so rather than spin.
         Err(ServerError::Store(StoreError::Contended {
             what: "subnet allocation",
+        }))
+    }
+
+    /// Refuses an endpoint or public key another server than `name` has: a server cannot
+    /// take over another's traffic by claiming its address or key.
+    fn check_unclaimed(
+        &self,
+        name: &str,
+        endpoint: Option<SocketAddr>,
+        public_key: &str,
+    ) -> Result<(), ServerError> {
+        for other in self.list()?.into_iter().filter(|s| s.name != name) {
+            if Some(other.wireguard_endpoint) == endpoint {
+                return Err(ServerError::EndpointTaken {
+                    endpoint: other.wireguard_endpoint,
+                    by: other.name,
+                });
+            }
+            if other.wireguard_public_key.trim() == public_key.trim() {
+                return Err(ServerError::KeyTaken { by: other.name });
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks server `name`'s agent for a new keypair: bumps its `key_requested`. Returns the
+    /// record as written.
+    pub fn request_rotation(&self, name: &str) -> Result<Server, ServerError> {
+        self.update(name, |server| {
+            server.key_requested = server.key_requested.max(server.key_generation) + 1;
+            Ok(())
+        })
+    }
+
+    /// Records server `name`'s new public key, made for rotation `generation`, which must
+    /// be the newest asked of it.
+    pub fn publish_key(
+        &self,
+        name: &str,
+        public_key: &str,
+        generation: u64,
+    ) -> Result<Server, ServerError> {
+        self.check_unclaimed(name, None, public_key)?;
+        self.update(name, |server| {
+            if generation != server.key_requested {
+                return Err(ServerError::StaleRotation {
+                    name: server.name.clone(),
+                    requested: server.key_requested,
+                    given: generation,
+                });
+            }
+            server.wireguard_public_key = public_key.trim().into();
+            server.key_generation = generation;
+            Ok(())
+        })
+    }
+
+    /// Reads, changes and writes back one server's record, again if another write came
+    /// between.
+    fn update(
+        &self,
+        name: &str,
+        change: impl Fn(&mut Server) -> Result<(), ServerError>,
+    ) -> Result<Server, ServerError> {
+        let key = keys::server(name);
+        for _ in 0..ATTEMPTS {
+            let kv = self
+                .store
+                .get(&key)?
+                .ok_or_else(|| ServerError::Unknown { name: name.into() })?;
+            let mut server: Server =
+                serde_json::from_slice(&kv.value).map_err(|source| ServerError::Corrupt {
+                    key: key.clone(),
+                    source,
+                })?;
+            change(&mut server)?;
+            let record = serde_json::to_vec(&server).map_err(|source| ServerError::Corrupt {
+                key: key.clone(),
+                source,
+            })?;
+            let outcome = self.store.txn(
+                &[Compare::ModRevision(key.clone(), kv.mod_revision)],
+                &[Op::Put(key.clone(), record)],
+            )?;
+            if let TxnOutcome::Committed(_) = outcome {
+                return Ok(server);
+            }
+        }
+        Err(ServerError::Store(StoreError::Contended {
+            what: "a server's record",
         }))
     }
 

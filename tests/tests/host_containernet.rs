@@ -1,0 +1,574 @@
+//! Host tier: ContainerNet across servers over wireguard-go (this kernel has no WireGuard
+//! module), on an underlay whose links have a 1400-byte MTU as this machine's `eth0` does.
+//! The tunnel and the containers get the underlay's MTU less WireGuard's 60 bytes, and a
+//! 10 MB body crosses between containers on two servers intact, with nothing but
+//! WireGuard's UDP on the underlay. Then, while containers on two servers talk without
+//! pause, a third server joins (nothing fails between the two; the newcomer is reached
+//! within seconds), a server's key is rotated (the longest gap is measured), and the third
+//! server is removed (its peer entries and routes go everywhere, its token stops working).
+//! Forged claims to another server's endpoint or key are refused, and a changed underlay
+//! MTU is followed.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use ferry_agent::{
+    containers::{Engine, FerryContainer},
+    mesh::wireguard::{self, Backend},
+};
+use ferry_api::{client::ClientError, types::JoinRequest};
+use ferry_tests::{
+    central::Central,
+    cluster::{Member, Operator, Saw, eventually},
+    inside::{get_from, node},
+    netns::{Network, Server},
+    sniff::PacketSocket,
+    unique,
+};
+
+const SUBNET: u8 = 171;
+/// The underlay's MTU, as on this machine's own `eth0`.
+const UNDERLAY_MTU: u32 = 1400;
+/// What the tunnel and the containers must get: 1400 less WireGuard's 60 bytes.
+const TUNNEL_MTU: u32 = 1340;
+/// WireGuard's port on every server (see `Central::join`).
+const WIREGUARD_PORT: u16 = 51820;
+
+fn write_stack(tag: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("ferry-test-containernet{tag}"));
+    std::fs::create_dir_all(dir.join("app"))?;
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("stacks/site/app/server.js");
+    std::fs::copy(app, dir.join("app/server.js"))?;
+    std::fs::write(
+        dir.join("service.yml"),
+        "services:\n  web:\n    build_root: app\n    command: node server.js\n    ports: [\"3000\"]\n    env_vars:\n      SERVICE: web\n    health:\n      endpoint: /healthz\n      timeout: 30s\n",
+    )?;
+    Ok(dir)
+}
+
+/// The running `web` containers on `member`.
+async fn webs(member: &Member) -> Result<Vec<FerryContainer>> {
+    Ok(member
+        .containers()
+        .await?
+        .into_iter()
+        .filter(|c| c.service == "web" && c.running)
+        .collect())
+}
+
+async fn the_web(member: &Member) -> Result<(FerryContainer, SocketAddrV4)> {
+    let web = webs(member)
+        .await?
+        .into_iter()
+        .next()
+        .context("no web container")?;
+    let address = web.address.context("web has no address")?;
+    Ok((web, SocketAddrV4::new(address, 3000)))
+}
+
+/// The MTU of `interface` in `server`'s namespace (sysfs would show the host's links, so
+/// `ip` is asked).
+fn link_mtu(server: &Server, interface: &str) -> Result<u32> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", server.name(), "-o", "link", "show", "dev", interface])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no MTU for {interface} in: {text}"))
+}
+
+/// The MTU of a container's `eth0`, read inside it.
+async fn container_mtu(engine: &Engine, id: &str) -> Result<u32> {
+    let text = node(
+        engine,
+        id,
+        "console.log(require('fs').readFileSync('/sys/class/net/eth0/mtu', 'utf8').trim())",
+    )
+    .await?;
+    Ok(text.parse()?)
+}
+
+/// The public keys of `member`'s WireGuard peers, and the routes through its link.
+fn mesh_of(member: &Member) -> Result<(Vec<String>, String)> {
+    let wg = member.paths.wg_interface.clone();
+    let peers = member
+        .server
+        .run(|| wireguard::peer_stats(&wg, Backend::Userspace))??
+        .into_iter()
+        .map(|p| p.public_key.to_base64())
+        .collect();
+    let routes = std::process::Command::new("ip")
+        .args(["-n", member.server.name(), "route", "show", "dev", &wg])
+        .output()?;
+    Ok((peers, String::from_utf8_lossy(&routes.stdout).into_owned()))
+}
+
+/// Requests from one container to another without pause, each on a new connection, until
+/// the file `stop` appears in the caller; then one JSON line: successes, failures by
+/// code, and the longest time between two successes (ms). The count of successes so far
+/// is kept in the file `progress`.
+const FLOW: &str = r#"
+const http = require('http'), fs = require('fs');
+const [host, port, stop, progress] = process.argv.slice(1);
+let ok = 0, failed = 0, last = Date.now(), gap = 0; const errors = {};
+function next() { setTimeout(one, 20); }
+function one() {
+  if (fs.existsSync(stop)) return console.log(JSON.stringify({ ok, failed, gap, errors }));
+  const req = http.get({ host, port, path: '/', agent: false, timeout: 15000 }, (r) => {
+    r.resume();
+    r.on('end', () => { ok++; const now = Date.now(); gap = Math.max(gap, now - last); last = now; fs.writeFileSync(progress, String(ok)); next(); });
+  });
+  req.on('timeout', () => req.destroy(new Error('timeout')));
+  req.on('error', (e) => { failed++; errors[e.code || e.message] = (errors[e.code || e.message] || 0) + 1; next(); });
+}
+one();
+"#;
+
+#[derive(Debug, serde::Deserialize)]
+struct FlowReport {
+    ok: u64,
+    failed: u64,
+    gap: u64,
+    errors: std::collections::BTreeMap<String, u64>,
+}
+
+/// A [`FLOW`] running in container `id` towards `target`.
+struct Flow {
+    engine: Engine,
+    id: String,
+    stop: String,
+    progress: String,
+    task: tokio::task::JoinHandle<Result<String>>,
+}
+
+impl Flow {
+    fn start(engine: &Engine, id: &str, target: SocketAddrV4, name: &str) -> Self {
+        let stop = format!("/tmp/stop-{name}");
+        let progress = format!("/tmp/progress-{name}");
+        let (engine, id) = (engine.clone(), id.to_string());
+        let task = {
+            let (engine, id) = (engine.clone(), id.clone());
+            let (stop, progress) = (stop.clone(), progress.clone());
+            tokio::spawn(async move {
+                let (host, port) = (target.ip().to_string(), target.port().to_string());
+                let command = ["node", "-e", FLOW, &host, &port, &stop, &progress];
+                ferry_tests::inside::exec(&engine, &id, &command).await
+            })
+        };
+        Self {
+            engine,
+            id,
+            stop,
+            progress,
+            task,
+        }
+    }
+
+    /// Successes so far.
+    async fn successes(&self) -> Result<u64> {
+        let script = format!(
+            "try {{ console.log(require('fs').readFileSync('{}', 'utf8')) }} catch {{ console.log(0) }}",
+            self.progress
+        );
+        Ok(node(&self.engine, &self.id, &script).await?.parse()?)
+    }
+
+    /// Waits until `more` requests succeeded after this call.
+    async fn goes_on(&self, more: u64) -> Result<()> {
+        let now = self.successes().await?;
+        eventually(Duration::from_secs(30), "the flow going on", || async {
+            let seen = self.successes().await?;
+            Ok(Saw(seen >= now + more, seen))
+        })
+        .await
+    }
+
+    async fn stop(self) -> Result<FlowReport> {
+        ferry_tests::inside::exec(&self.engine, &self.id, &["touch", &self.stop]).await?;
+        let out = tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .context("the flow did not stop")???;
+        serde_json::from_str(out.lines().last().unwrap_or_default())
+            .with_context(|| format!("the flow's report: {out}"))
+    }
+}
+
+/// Downloads `mb` MiB from `target`'s `/download` inside container `id` and checks every
+/// byte against the app's pattern; prints `ok BYTES MS`, or what went wrong (a stall shows
+/// as `stalled` after 60 s).
+const DOWNLOAD: &str = r#"
+const http = require('http'), crypto = require('crypto');
+const [host, port, mb] = process.argv.slice(1);
+const block = crypto.createHash('sha512').update('ferry').digest();
+const chunk = Buffer.alloc(1 << 20);
+for (let i = 0; i < chunk.length; i += block.length) block.copy(chunk, i);
+const want = crypto.createHash('sha256'); for (let i = 0; i < Number(mb); i++) want.update(chunk);
+const got = crypto.createHash('sha256'); let bytes = 0; const t = Date.now();
+const req = http.get({ host, port, path: '/download?mb=' + mb, timeout: 60000 }, (r) => {
+  r.on('data', (d) => { got.update(d); bytes += d.length; });
+  r.on('end', () => console.log(got.digest('hex') === want.digest('hex') ? 'ok' : 'corrupt', bytes, Date.now() - t));
+});
+req.on('timeout', () => { console.log('stalled', bytes); process.exit(0); });
+req.on('error', (e) => console.log('error', e.code, bytes));
+"#;
+
+/// What an underlay capture found between servers.
+#[derive(Debug, Default)]
+struct Underlay {
+    /// IPv4 frames between two servers' addresses.
+    between_servers: usize,
+    /// Of those, UDP to or from WireGuard's port.
+    wireguard: usize,
+    /// Of those, IPv4 fragments: the tunnel's packets were bigger than the underlay's MTU.
+    fragments: usize,
+    /// Frames naming a ContainerNet address in an IPv4 header at their start (in clear).
+    container_addresses: usize,
+    /// Frames holding the downloaded bytes in clear.
+    clear_payload: usize,
+}
+
+fn watch_underlay(
+    socket: &PacketSocket,
+    servers: &[Ipv4Addr],
+    marker: &[u8],
+    stop: &AtomicBool,
+) -> Underlay {
+    let mut seen = Underlay::default();
+    let mut frame = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let Some(n) = socket.recv(&mut frame) else {
+            continue;
+        };
+        let frame = &frame[..n];
+        if frame.windows(marker.len()).any(|w| w == marker) {
+            seen.clear_payload += 1;
+        }
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        if [src, dst].iter().any(|a| a.octets()[..2] == [10, 66]) {
+            seen.container_addresses += 1;
+        }
+        if servers.contains(&src) && servers.contains(&dst) {
+            seen.between_servers += 1;
+            // More fragments, or an offset: either makes a fragment.
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+                seen.fragments += 1;
+            }
+            if ferry_tests::sniff::is_udp_port(frame, WIREGUARD_PORT) {
+                seen.wireguard += 1;
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_talk_across_servers_through_joins_rotations_and_removals() -> Result<()> {
+    let tag = unique("");
+    let mut network = Network::new(&format!("fcn{tag}"), SUBNET)?.with_mtu(UNDERLAY_MTU)?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-cnet{tag}"));
+    let central = Central::start(&central_dir, &format!("10.250.{SUBNET}.1"))?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let two = Member::join(&mut network, &central, "two", &tag).await?;
+    let operator = Operator::login(&central, &tag)?;
+    let admin = central.admin()?;
+    let stack = write_stack(&tag)?;
+    let (ok, out, err) = operator.run(&["deploy", "--stack", "alpha", &stack.to_string_lossy()])?;
+    ensure!(ok, "deploy: {out}{err}");
+    let (ok, out, err) = operator.run(&["services", "scale", "--stack", "alpha", "web", "2"])?;
+    ensure!(ok && out.contains("(one: 1, two: 1)"), "{out}{err}");
+    eventually(Duration::from_secs(60), "a web on each server", || async {
+        Ok(webs(&one).await?.len() == 1 && webs(&two).await?.len() == 1)
+    })
+    .await?;
+    let (a, _) = the_web(&one).await?;
+    let (b, b_at) = the_web(&two).await?;
+
+    // The tunnel, the bridge and the containers all have the underlay's MTU less 60.
+    for member in [&one, &two] {
+        let wg = &member.paths.wg_interface;
+        eventually(Duration::from_secs(20), "the tunnel's MTU", || async {
+            let mtu = link_mtu(&member.server, wg)?;
+            Ok(Saw(mtu == TUNNEL_MTU, mtu))
+        })
+        .await?;
+    }
+    for (member, web) in [(&one, &a), (&two, &b)] {
+        let mtu = container_mtu(member.docker.engine(), &web.id).await?;
+        ensure!(mtu == TUNNEL_MTU, "a container's eth0 has MTU {mtu}");
+    }
+
+    // 10 MB from a container on two to one on one, watched on the underlay.
+    let servers: Vec<Ipv4Addr> = [&one, &two]
+        .iter()
+        .filter_map(|m| m.server.addr())
+        .collect();
+    let socket = PacketSocket::bind(&network.uplink_of(&two.server))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let capture = {
+        let stop = stop.clone();
+        let servers = servers.clone();
+        // The app's download pattern: sha512("ferry"), as in the app and DOWNLOAD.
+        let marker = <sha2::Sha512 as sha2::Digest>::digest(b"ferry")[..24].to_vec();
+        std::thread::spawn(move || watch_underlay(&socket, &servers, &marker, &stop))
+    };
+    let (host, port) = (b_at.ip().to_string(), b_at.port().to_string());
+    let download = ferry_tests::inside::exec(
+        one.docker.engine(),
+        &a.id,
+        &["node", "-e", DOWNLOAD, &host, &port, "10"],
+    )
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    let seen = capture
+        .join()
+        .map_err(|_| anyhow::anyhow!("capture panicked"))?;
+    println!(
+        "10 MiB across servers over a {UNDERLAY_MTU}-byte underlay: {download}; underlay: {seen:?}"
+    );
+    ensure!(
+        download.starts_with(&format!("ok {}", 10 << 20)),
+        "the 10 MiB body: {download}"
+    );
+    ensure!(
+        seen.fragments == 0,
+        "the tunnel's packets were fragmented on the underlay (its MTU is too large): {seen:?}"
+    );
+    ensure!(
+        seen.between_servers > 1000 && seen.wireguard == seen.between_servers,
+        "only WireGuard may cross between servers: {seen:?}"
+    );
+    ensure!(
+        seen.container_addresses == 0 && seen.clear_payload == 0,
+        "container addresses or bytes crossed the underlay in clear: {seen:?}"
+    );
+
+    // A server claiming another's endpoint or key through central is refused.
+    let (one_record, two_record) = {
+        let listed = admin.servers().await?;
+        let find = |name: &str| listed.iter().find(|s| s.name == name).cloned();
+        (find("one").context("one")?, find("two").context("two")?)
+    };
+    for (request, names) in [
+        (
+            JoinRequest {
+                name: "forger".into(),
+                wireguard_public_key: wireguard::Key::generate_private().get_public().to_base64(),
+                wireguard_endpoint: one_record.wireguard_endpoint,
+                memory_bytes: None,
+            },
+            "\"one\" already has WireGuard endpoint",
+        ),
+        (
+            JoinRequest {
+                name: "forger".into(),
+                wireguard_public_key: two_record.wireguard_public_key.clone(),
+                wireguard_endpoint: SocketAddr::from(([10, 250, SUBNET, 99], WIREGUARD_PORT)),
+                memory_bytes: None,
+            },
+            "\"two\" already has this WireGuard public key",
+        ),
+    ] {
+        match admin.join(&request).await {
+            Err(ClientError::Status {
+                status: 409,
+                message,
+                ..
+            }) if message.contains(names) => {}
+            other => anyhow::bail!("a forged join: {other:?}"),
+        }
+    }
+    ensure!(
+        admin.servers().await?.len() == 2,
+        "a forged join left a server behind"
+    );
+
+    // A third server joins while one and two talk.
+    let flow = Flow::start(one.docker.engine(), &a.id, b_at, "join");
+    flow.goes_on(10).await?;
+    let joining = Instant::now();
+    let three = Member::join(&mut network, &central, "three", &tag).await?;
+    let started = Instant::now();
+    let three_record = admin
+        .servers()
+        .await?
+        .into_iter()
+        .find(|s| s.name == "three")
+        .context("three did not join")?;
+    let three_subnet = format!("10.66.{}.0/24", three_record.subnet_index);
+    for member in [&one, &two] {
+        eventually(
+            Duration::from_secs(20),
+            "three as a peer with a route",
+            || async {
+                let (peers, routes) = mesh_of(member)?;
+                Ok(Saw(
+                    peers.contains(&three_record.wireguard_public_key)
+                        && routes.contains(&three_subnet),
+                    (peers, routes),
+                ))
+            },
+        )
+        .await?;
+    }
+    println!(
+        "three joined: a peer with a route on one and two {:?} after its agent started ({:?} \
+         after its Docker Engine started, the join and the agent's start began)",
+        started.elapsed(),
+        joining.elapsed()
+    );
+    let (ok, out, err) = operator.run(&["services", "scale", "--stack", "alpha", "web", "3"])?;
+    ensure!(ok && out.contains("three: 1"), "{out}{err}");
+    eventually(Duration::from_secs(60), "a web on three", || async {
+        Ok(webs(&three).await?.len() == 1)
+    })
+    .await?;
+    let (_, c_at) = the_web(&three).await?;
+    let running = Instant::now();
+    for (member, web) in [(&one, &a), (&two, &b)] {
+        eventually(Duration::from_secs(20), "three's web reached", || async {
+            let answer = get_from(member.docker.engine(), &web.id, c_at).await?;
+            Ok(Saw(answer.starts_with("web"), answer))
+        })
+        .await?;
+    }
+    println!(
+        "three's web reached from one and two {:?} after it ran",
+        running.elapsed()
+    );
+    flow.goes_on(10).await?;
+    let report = flow.stop().await?;
+    println!("one -> two while three joined: {report:?}");
+    ensure!(
+        report.ok > 20 && report.failed == 0,
+        "failures: {:?}",
+        report.errors
+    );
+
+    // two's key is rotated while one talks to it: at most a handshake's interruption.
+    let flow = Flow::start(one.docker.engine(), &a.id, b_at, "rotate");
+    flow.goes_on(10).await?;
+    let (ok, out, err) = operator.run(&["servers", "rotate-key", "two"])?;
+    ensure!(
+        ok && out.contains("two now has WireGuard key"),
+        "{out}{err}"
+    );
+    let rotated = admin
+        .servers()
+        .await?
+        .into_iter()
+        .find(|s| s.name == "two")
+        .context("two is gone")?;
+    ensure!(
+        rotated.wireguard_public_key != two_record.wireguard_public_key
+            && rotated.key_generation == 1,
+        "{rotated:?}"
+    );
+    let saved = std::fs::read_to_string(two.paths.state_dir.join("wireguard.key"))?;
+    ensure!(
+        wireguard::Key::from_base64(saved.trim())
+            .map(|k| k.get_public().to_base64())
+            .ok()
+            == Some(rotated.wireguard_public_key.clone()),
+        "two's saved private key is not the published key's"
+    );
+    for member in [&one, &three] {
+        eventually(
+            Duration::from_secs(20),
+            "two's new key as a peer",
+            || async {
+                let (peers, _) = mesh_of(member)?;
+                Ok(Saw(
+                    peers.contains(&rotated.wireguard_public_key)
+                        && !peers.contains(&two_record.wireguard_public_key),
+                    peers,
+                ))
+            },
+        )
+        .await?;
+    }
+    flow.goes_on(10).await?;
+    let report = flow.stop().await?;
+    println!(
+        "one -> two across two's key rotation: longest gap {} ms; {report:?}",
+        report.gap
+    );
+    ensure!(
+        report.ok > 20 && report.failed == 0,
+        "failures: {:?}",
+        report.errors
+    );
+
+    // three leaves: its peer entries and routes go everywhere, its token stops working.
+    let token = std::fs::read_to_string(three.paths.state_dir.join("agent.token"))?;
+    let removing = Instant::now();
+    let (ok, out, err) = operator.run(&["servers", "remove", "three"])?;
+    ensure!(ok, "{out}{err}");
+    for member in [&one, &two] {
+        eventually(
+            Duration::from_secs(20),
+            "three gone as a peer and a route",
+            || async {
+                let (peers, routes) = mesh_of(member)?;
+                Ok(Saw(
+                    !peers.contains(&three_record.wireguard_public_key)
+                        && !routes.contains(&three_subnet),
+                    (peers, routes),
+                ))
+            },
+        )
+        .await?;
+    }
+    println!(
+        "three removed: gone from one's and two's peers and routes {:?} after",
+        removing.elapsed()
+    );
+    match central.client_with(token.trim())?.servers().await {
+        Err(ClientError::Status { status: 401, .. }) => {}
+        other => anyhow::bail!("a removed server's token: {other:?}"),
+    }
+    let answer = get_from(one.docker.engine(), &a.id, c_at).await?;
+    ensure!(
+        answer.starts_with("error"),
+        "three's web still answers one: {answer}"
+    );
+
+    // one's underlay shrinks to 1300: its tunnel, bridge and containers follow.
+    network.set_server_mtu(&one.server, 1300)?;
+    eventually(
+        Duration::from_secs(30),
+        "one's tunnel following its underlay",
+        || async {
+            let tunnel = link_mtu(&one.server, &one.paths.wg_interface)?;
+            let container = container_mtu(one.docker.engine(), &a.id).await?;
+            Ok(Saw(
+                tunnel == 1240 && container == 1240,
+                (tunnel, container),
+            ))
+        },
+    )
+    .await?;
+
+    three.clean_up().await;
+    one.clean_up().await;
+    two.clean_up().await;
+    drop(central);
+    let _ = std::fs::remove_dir_all(&central_dir);
+    let _ = std::fs::remove_dir_all(&stack);
+    Ok(())
+}
