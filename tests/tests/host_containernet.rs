@@ -572,3 +572,186 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
     let _ = std::fs::remove_dir_all(&stack);
     Ok(())
 }
+
+/// `stack`'s running web on `member`, with its address.
+async fn web_of(member: &Member, stack: &str) -> Result<(FerryContainer, SocketAddrV4)> {
+    let found = member
+        .containers()
+        .await?
+        .into_iter()
+        .find(|c| c.stack == stack && c.service == "web" && c.running)
+        .with_context(|| format!("no {stack} web"))?;
+    let at = SocketAddrV4::new(found.address.context("no address")?, 3000);
+    Ok((found, at))
+}
+
+/// Connects to `target` from container `id`'s network namespace but from this test's own
+/// cgroup, so no connect4 hook of the container runs: only the receiver's checks decide.
+async fn connect_beside(
+    engine: &Engine,
+    id: &str,
+    target: SocketAddrV4,
+) -> Result<std::io::Result<()>> {
+    let pid = engine
+        .docker()
+        .inspect_container(id, None)
+        .await?
+        .state
+        .and_then(|s| s.pid)
+        .context("the container has no process")?;
+    let namespace = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let thread = std::thread::spawn(move || -> std::io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a plain syscall on an open fd; it changes this thread only.
+        if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::net::TcpStream::connect_timeout(&target.into(), Duration::from_secs(3)).map(|_| ())
+    });
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("the connecting thread panicked"))
+}
+
+/// What a connect from container `id` to `target` gives: `ok`, or the error's code.
+async fn connect_from(engine: &Engine, id: &str, target: SocketAddrV4) -> Result<String> {
+    let script = format!(
+        "const s = require('net').connect({}, '{}', () => {{ console.log('ok'); s.destroy(); }}); \
+         s.setTimeout(5000, () => {{ console.log('timeout'); s.destroy(); }}); \
+         s.on('error', (e) => console.log(e.code))",
+        target.port(),
+        target.ip()
+    );
+    node(engine, id, &script).await
+}
+
+/// What a UDP datagram from container `id` to `target` gives: `sent`, or the error's code.
+async fn send_from(engine: &Engine, id: &str, target: SocketAddrV4) -> Result<String> {
+    let script = format!(
+        "const s = require('dgram').createSocket('udp4'); \
+         s.send('x', {}, '{}', (e) => {{ console.log(e ? e.code : 'sent'); s.close(); }})",
+        target.port(),
+        target.ip()
+    );
+    node(engine, id, &script).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stacks_reach_their_own_containers_and_never_each_others() -> Result<()> {
+    let tag = unique("");
+    let subnet = SUBNET + 1;
+    let mut network = Network::new(&format!("fci{tag}"), subnet)?;
+    let central_dir = std::env::temp_dir().join(format!("ferry-test-cisol{tag}"));
+    let central = Central::start(&central_dir, &format!("10.250.{subnet}.1"))?;
+    let one = Member::join(&mut network, &central, "one", &tag).await?;
+    let two = Member::join(&mut network, &central, "two", &tag).await?;
+    let operator = Operator::login(&central, &tag)?;
+    let admin = central.admin()?;
+    let stack = write_stack(&format!("i{tag}"))?;
+    for name in ["alpha", "beta"] {
+        let (ok, out, err) =
+            operator.run(&["deploy", "--stack", name, &stack.to_string_lossy()])?;
+        ensure!(ok, "deploy {name}: {out}{err}");
+        let (ok, out, err) = operator.run(&["services", "scale", "--stack", name, "web", "2"])?;
+        ensure!(ok && out.contains("(one: 1, two: 1)"), "{out}{err}");
+    }
+    eventually(
+        Duration::from_secs(90),
+        "two webs of each stack running",
+        || async {
+            let mut all = Vec::new();
+            for m in [&one, &two] {
+                all.extend(webs(m).await?);
+            }
+            Ok(Saw(all.len() == 4, all.len()))
+        },
+    )
+    .await?;
+    let (alpha_one, alpha_one_at) = web_of(&one, "alpha").await?;
+    let (_, alpha_two_at) = web_of(&two, "alpha").await?;
+    let (beta_one, beta_one_at) = web_of(&one, "beta").await?;
+    let (beta_two, beta_two_at) = web_of(&two, "beta").await?;
+    let beta_service = ferry_tests::cluster::service_address(&admin, "beta", "web", 3000).await?;
+    let alpha_service = ferry_tests::cluster::service_address(&admin, "alpha", "web", 3000).await?;
+    // The records of all four reach both agents before the checks count.
+    let engine_one = one.docker.engine();
+    eventually(
+        Duration::from_secs(20),
+        "beta's webs isolated from alpha",
+        || async {
+            let seen = connect_from(engine_one, &alpha_one.id, beta_two_at).await?;
+            Ok(Saw(seen == "EACCES", seen))
+        },
+    )
+    .await?;
+
+    // Allowed: alpha to alpha, on this server and the other, and through its service address.
+    for target in [alpha_one_at, alpha_two_at, alpha_service] {
+        let seen = connect_from(engine_one, &alpha_one.id, target).await?;
+        ensure!(seen == "ok", "alpha's web to alpha's {target}: {seen}");
+    }
+    // Refused at once: alpha to beta, on this server and the other, and beta's service
+    // address; a datagram too; and beta to alpha the other way.
+    for target in [beta_one_at, beta_two_at, beta_service] {
+        let seen = connect_from(engine_one, &alpha_one.id, target).await?;
+        ensure!(seen == "EACCES", "alpha's web to beta's {target}: {seen}");
+    }
+    let seen = send_from(
+        engine_one,
+        &alpha_one.id,
+        SocketAddrV4::new(*beta_two_at.ip(), 7001),
+    )
+    .await?;
+    ensure!(seen == "EACCES", "a datagram from alpha to beta: {seen}");
+    let seen = send_from(
+        engine_one,
+        &alpha_one.id,
+        SocketAddrV4::new(*alpha_two_at.ip(), 7001),
+    )
+    .await?;
+    ensure!(seen == "sent", "a datagram from alpha to alpha: {seen}");
+    let seen = connect_from(two.docker.engine(), &beta_two.id, alpha_one_at).await?;
+    ensure!(
+        seen == "EACCES",
+        "beta's web on two to alpha's on one: {seen}"
+    );
+    let seen = connect_from(engine_one, &beta_one.id, beta_two_at).await?;
+    ensure!(seen == "ok", "beta's web on one to beta's on two: {seen}");
+
+    // Past the caller's hooks (a socket in the container's namespace but not its cgroup,
+    // as a raw socket would be): the receiving container's program drops it.
+    let control = connect_beside(engine_one, &alpha_one.id, alpha_two_at).await?;
+    ensure!(
+        control.is_ok(),
+        "alpha's address to alpha's web: {control:?}"
+    );
+    for target in [beta_one_at, beta_two_at] {
+        match connect_beside(engine_one, &alpha_one.id, target).await? {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            other => anyhow::bail!("from alpha's address to beta's {target}: {other:?}"),
+        }
+    }
+
+    // Host processes keep access to every container.
+    for target in [alpha_one_at, beta_one_at, beta_two_at] {
+        let answer = one
+            .server
+            .run(|| ferry_tests::inside::http_get(target, "/"))??;
+        ensure!(
+            answer.starts_with("HTTP/1.1 200"),
+            "the host to {target}: {answer}"
+        );
+    }
+    // Each refusal on server one was counted.
+    let counters =
+        ferry_agent::dataplane::Counters::open(&ferry_agent::dataplane::map_dir(&one.paths.bpffs))?;
+    let refused = counters.get(ferry_ebpf_abi::Counter::Isolated)?;
+    ensure!(refused >= 6, "server one counted {refused} refusals");
+
+    one.clean_up().await;
+    two.clean_up().await;
+    drop(central);
+    let _ = std::fs::remove_dir_all(&central_dir);
+    let _ = std::fs::remove_dir_all(&stack);
+    Ok(())
+}

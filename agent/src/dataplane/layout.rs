@@ -310,6 +310,9 @@ fn convert(
         map_names::DNS_LISTENER => same(size_of::<u32>(), size_of::<DnsListener>())
             .map(|()| copy_array::<DnsListener>(old, new))
             .transpose()?,
+        map_names::ADDRESS_STACKS => same(size_of::<u32>(), size_of::<u32>())
+            .map(|()| rekey::<_, _, u32>(old, new, |k: u32| k))
+            .transpose()?,
         // Counters only ever gain indexes at the end: the ones both have keep their counts.
         map_names::COUNTERS => same(size_of::<u32>(), size_of::<u64>())
             .map(|()| copy_counters(old, new))

@@ -176,10 +176,14 @@ impl Dataplane {
         let mut attachment = Attachment::Fresh;
         for (name, short) in PROGRAMS {
             let pin = link_dir.join(format!("{short}-{cgroup_id}"));
-            let how = if *short == "dns-egress" {
-                attach_egress(&mut ebpf, name, &cgroup, &pin)?
-            } else {
-                attach_sock_addr(&mut ebpf, name, &cgroup, &pin)?
+            let how = match *name {
+                program_names::DNS_EGRESS => {
+                    attach_skb(&mut ebpf, name, CgroupSkbAttachType::Egress, &cgroup, &pin)?
+                }
+                program_names::ISOLATION => {
+                    attach_skb(&mut ebpf, name, CgroupSkbAttachType::Ingress, &cgroup, &pin)?
+                }
+                _ => attach_sock_addr(&mut ebpf, name, &cgroup, &pin)?,
             };
             if *name == program_names::CONNECT4 {
                 attachment = how;
@@ -223,6 +227,7 @@ const PROGRAMS: &[(&str, &str)] = &[
     (program_names::RECVMSG4, "recvmsg4"),
     (program_names::GETPEERNAME4, "getpeername4"),
     (program_names::DNS_EGRESS, "dns-egress"),
+    (program_names::ISOLATION, "isolation"),
 ];
 
 /// The tc programs of the L4 ingress. They attach to interfaces the agent finds later (the
@@ -306,24 +311,22 @@ fn attach_sock_addr(
     Ok(Attachment::Fresh)
 }
 
-/// Attaches the egress program with a new pinned link. aya cannot swap a program into a
+/// Attaches a cgroup_skb program with a new pinned link. aya cannot swap a program into a
 /// cgroup_skb link, so a restart attaches the new program first, then moves its pin over the
-/// old one, which detaches the old program: for a moment both record the same peers, which
-/// is harmless, and there is never a moment with neither.
-fn attach_egress(
+/// old one, which detaches the old program: for a moment both run (both record the same
+/// DNS peers; both apply the same isolation), which is harmless, and there is never a
+/// moment with neither.
+fn attach_skb(
     ebpf: &mut Ebpf,
     name: &'static str,
+    direction: CgroupSkbAttachType,
     cgroup: &fs::File,
     pin: &Path,
 ) -> Result<Attachment, LoadError> {
     let program: &mut CgroupSkb = load_program(ebpf, name)?;
     program.load().map_err(failed("load", name))?;
     let id = program
-        .attach(
-            cgroup,
-            CgroupSkbAttachType::Egress,
-            CgroupAttachMode::Single,
-        )
+        .attach(cgroup, direction, CgroupAttachMode::Single)
         .map_err(failed("attach", name))?;
     let link = program
         .take_link(id)

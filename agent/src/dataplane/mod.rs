@@ -19,6 +19,7 @@
 mod callers;
 mod counters;
 mod dns;
+mod isolation;
 mod l4;
 mod layout;
 mod loader;
@@ -29,6 +30,7 @@ mod tc;
 pub use callers::CallerTable;
 pub use counters::{CounterError, Counters};
 pub use dns::{DnsMaps, SeenPeers, Sender, Transport};
+pub use isolation::AddressStacks;
 pub use l4::{L4Table, L4TableError, L4Target, PortTraffic, Protocol};
 pub use layout::{LayoutError, map_dir};
 pub use loader::{Attachment, Dataplane, DataplaneConfig, LoadError, unpin};

@@ -2,7 +2,7 @@
 //!
 //! WireGuard wraps each packet in IP, UDP and its own 32-byte header and 16-byte tag, so
 //! the tunnel carries packets 60 bytes (IPv4 underlay) or 80 bytes (IPv6) smaller than the
-//! underlay's MTU; its default of 1420 assumes a 1500-byte underlay. A tunnel MTU above
+//! underlay's MTU; its default of 1420 fits a 1500-byte underlay even over IPv6. A tunnel MTU above
 //! that makes every full-size packet fragment after encryption, or vanish where a hop
 //! drops fragments: small requests work, large ones hang (moby#36689 on a WireGuard
 //! underlay). The container bridge and every container's interface get the tunnel's MTU
@@ -19,7 +19,7 @@ pub const OVERHEAD_IPV4: u32 = 60;
 /// Over an IPv6 underlay: IPv6 40 + UDP 8 + WireGuard 32, bytes.
 pub const OVERHEAD_IPV6: u32 = 80;
 /// The MTU a tunnel gets when no underlay can be found: WireGuard's own default, which
-/// assumes a 1500-byte underlay.
+/// fits a 1500-byte underlay even over IPv6.
 pub const DEFAULT_TUNNEL_MTU: u32 = 1420;
 /// The smallest MTU an IPv4 host must accept (RFC 791: 576 bytes); a smaller override or
 /// underlay is refused rather than applied.
@@ -121,8 +121,9 @@ mod tests {
 
     #[test]
     fn the_tunnel_is_smaller_than_its_underlay_by_wireguards_overhead() {
-        // WireGuard's own default: 1420 over a 1500-byte IPv4 underlay.
-        assert_eq!(tunnel_mtu(1500, false), DEFAULT_TUNNEL_MTU);
+        // WireGuard's own default: 1420, a 1500-byte underlay less IPv6's overhead.
+        assert_eq!(tunnel_mtu(1500, true), DEFAULT_TUNNEL_MTU);
+        assert_eq!(tunnel_mtu(1500, false), 1440);
         // This kind of machine's eth0.
         assert_eq!(tunnel_mtu(1400, false), 1340);
         assert_eq!(tunnel_mtu(1400, true), 1320);

@@ -39,8 +39,11 @@ pub mod map_names {
     /// Per-CPU [`TrafficKey`](super::TrafficKey) to [`Traffic`](super::Traffic): flows and
     /// bytes per port and backend, LRU.
     pub const L4_TRAFFIC: &str = "FERRY_L4_TRAFFIC";
+    /// A container's address (IPv4, network byte order) to its stack's
+    /// [`stack_id`](super::stack_id): the stack isolation's view of ContainerNet.
+    pub const ADDRESS_STACKS: &str = "FERRY_ADDRESS_STACKS";
     /// Every map the object pins, in no particular order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         BACKENDS,
         COUNTERS,
@@ -52,6 +55,7 @@ pub mod map_names {
         L4_PORTS,
         L4_FLOWS,
         L4_TRAFFIC,
+        ADDRESS_STACKS,
     ];
 }
 
@@ -70,8 +74,10 @@ pub mod map_names {
 /// - 4: layout 3's maps and shapes, plus the ring buffer of DNS senders
 ///   ([`map_names::DNS_SEEN`]);
 /// - 5: layout 4's maps and shapes, plus the L4 ingress maps ([`map_names::L4_PORTS`],
-///   [`map_names::L4_FLOWS`], [`map_names::L4_TRAFFIC`]).
-pub const MAP_LAYOUT: u32 = 5;
+///   [`map_names::L4_FLOWS`], [`map_names::L4_TRAFFIC`]);
+/// - 6: layout 5's maps and shapes, plus the stack isolation's
+///   [`map_names::ADDRESS_STACKS`] and its counter ([`Counter::Isolated`], seven counters).
+pub const MAP_LAYOUT: u32 = 6;
 
 /// Shapes of older map layouts, kept so an upgraded agent can read their pins.
 pub mod legacy {
@@ -130,7 +136,13 @@ pub mod program_names {
     /// `tc` ingress of the WireGuard link (no link-layer header): the replies of backends on
     /// other servers.
     pub const L4_REPLY_L3: &str = "ferry_l4_reply_l3";
+    /// `cgroup_skb/ingress`: drops what reaches a container from another stack's.
+    pub const ISOLATION: &str = "ferry_isolation";
 }
+
+/// Capacity of the address-to-stack map: every address of 254 servers' `/24`s, rounded
+/// up to a power of two.
+pub const MAX_ADDRESS_STACKS: u32 = 65_536;
 
 /// Most backends one published L4 port steers to (containers of the serving generation).
 pub const MAX_L4_BACKENDS: u32 = 256;
@@ -436,19 +448,22 @@ pub enum Counter {
     DnsRedirected = 4,
     /// A reply's source, or a socket's peer, was given back as the resolver asked.
     DnsRestored = 5,
+    /// A connect, datagram or packet between containers of two stacks was refused.
+    Isolated = 6,
 }
 
 impl Counter {
     /// Number of counters; the size of the counters map.
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 7;
     /// Every counter, in index order.
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 7] = [
         Counter::Steered,
         Counter::NoBackend,
         Counter::MissingSlot,
         Counter::Versioned,
         Counter::DnsRedirected,
         Counter::DnsRestored,
+        Counter::Isolated,
     ];
 }
 

@@ -11,7 +11,12 @@ static FERRY_CALLERS: HashMap<u64, Caller> = HashMap::pinned(MAX_CALLERS, 0);
 #[inline(always)]
 pub fn current() -> Option<Caller> {
     // SAFETY: no sleeping helper here; the cgroup id is the calling task's.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    of(unsafe { bpf_get_current_cgroup_id() })
+}
+
+/// The container of cgroup `cgroup`, if the agent registered it.
+#[inline(always)]
+pub fn of(cgroup: u64) -> Option<Caller> {
     // SAFETY: the value is plain data copied out at once.
     unsafe { FERRY_CALLERS.get(&cgroup) }.copied()
 }

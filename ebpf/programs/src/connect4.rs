@@ -10,7 +10,8 @@
 //! refuses the connect with ECONNREFUSED at once.
 //!
 //! Connects to port 53 from ferry's containers are DNS: they go to the agent's listener
-//! (see `dns`).
+//! (see `dns`). A container's connect to another stack's container, directly or through
+//! that stack's service address, fails with EACCES (see `isolation`).
 //!
 //! Invariant: the agent writes a service's backends into the bank that [`Service::bank`] does
 //! not name, then replaces the service value in one update. A lookup here therefore sees
@@ -29,7 +30,7 @@ use ferry_ebpf_abi::{
     ANY_GENERATION, Backend, BackendKey, Counter, MAX_BACKENDS, MAX_SERVICES, Service, ServiceKey,
 };
 
-use crate::{callers, counters::bump, dns};
+use crate::{callers, counters::bump, dns, isolation};
 
 #[map(name = "FERRY_SERVICES")]
 static FERRY_SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
@@ -58,14 +59,20 @@ pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
         _pad: 0,
         generation: ANY_GENERATION,
     };
+    // Plain integers, not the Option: see `isolation::caller_stack`.
+    let caller = callers::current();
+    let stack = isolation::caller_stack(caller);
+    let generation = caller.map_or(ANY_GENERATION, |c| c.generation);
     let Some(mut service) = FERRY_SERVICES.get_ptr_mut(&key) else {
-        return ALLOW;
+        return if isolation::allows(stack, sa.user_ip4) {
+            ALLOW
+        } else {
+            isolation::refuse()
+        };
     };
     // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
-    if let Some(caller) = callers::current()
-        && caller.stack == unsafe { (*service).stack }
-    {
-        key.generation = caller.generation;
+    if stack == u64::from(unsafe { (*service).stack }) {
+        key.generation = generation;
         if let Some(own) = FERRY_SERVICES.get_ptr_mut(&key) {
             service = own;
             bump(Counter::Versioned);
@@ -99,6 +106,10 @@ pub fn ferry_connect4(ctx: SockAddrContext) -> i32 {
         bump(Counter::MissingSlot);
         return refuse();
     };
+    // Another stack's service steers to another stack's containers.
+    if !isolation::allows(stack, backend.addr) {
+        return isolation::refuse();
+    }
     sa.user_ip4 = backend.addr;
     sa.user_port = u32::from(backend.port);
     bump(Counter::Steered);

@@ -109,8 +109,17 @@ pub fn redirect(ctx: &SockAddrContext) -> bool {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn ferry_sendmsg4(ctx: SockAddrContext) -> i32 {
-    redirect(&ctx);
-    ALLOW
+    if redirect(&ctx) {
+        return ALLOW;
+    }
+    // SAFETY: the kernel hands every sock_addr program a valid bpf_sock_addr.
+    let destination = unsafe { (*ctx.sock_addr).user_ip4 };
+    let stack = crate::isolation::caller_stack(callers::current());
+    if crate::isolation::allows(stack, destination) {
+        ALLOW
+    } else {
+        crate::isolation::refuse()
+    }
 }
 
 /// Where the listener's address shows (a reply's source, a connected socket's peer), shows

@@ -6,6 +6,7 @@
 //! - `dns`: queries to port 53 from ferry's containers go to the agent's DNS listener, and
 //!   the listener learns each query's cgroup.
 //! - `callers`: which cgroups are ferry's containers.
+//! - `isolation`: a container reaches its own stack's containers, not another stack's.
 //! - `l4`: the published `tcp:` and `udp:` ports, steered by tc programs on the server's
 //!   interfaces, with connection tracking.
 //!
@@ -22,6 +23,7 @@ mod callers;
 mod connect4;
 mod counters;
 mod dns;
+mod isolation;
 mod l4;
 
 #[cfg(not(test))]
