@@ -5,7 +5,9 @@
 //! A namespace of its own holds the backend (10.98.0.1:8080 on its loopback) and the
 //! client; the client runs in a cgroup below the data plane's root, so all three paths pay
 //! the same connect4 lookup (the direct address and the DNAT address are simply not
-//! services). Each connection is opened, carries one byte each way, and is closed with a
+//! services). A fourth path connects to the service from a cgroup registered as a
+//! container, with the backend's address in its stack: the stack isolation's check runs
+//! in full (and allows it) on top of the steering. Each connection is opened, carries one byte each way, and is closed with a
 //! reset (SO_LINGER 0, so no TIME_WAIT piles up); the client opens them one after another
 //! and reports the rate and the per-connection latency. Runs interleave the three paths.
 //!
@@ -78,6 +80,8 @@ fn orchestrate(args: &[String]) -> Result<()> {
 
     let root = TestCgroup::top_level("ferry-connect-bench")?;
     let client_cgroup = TestCgroup::new(root.path(), "client")?;
+    // A registered container's cgroup, whose connects also pass the stack isolation's check.
+    let member_cgroup = TestCgroup::new(root.path(), "member")?;
     let pins = Pins::new("ferry-connect-bench")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -88,6 +92,11 @@ fn orchestrate(args: &[String]) -> Result<()> {
     };
     let _dataplane = runtime.block_on(async { Dataplane::start(&config) })?;
     ServiceTable::open(&map_dir(pins.path()))?.set(SERVICE, 0, Callers::Everyone, &[BACKEND])?;
+    let stack = ferry_ebpf_abi::stack_id("bench");
+    let member_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(member_cgroup.path())?);
+    ferry_agent::dataplane::CallerTable::open(&map_dir(pins.path()))?.set(member_id, stack, 1)?;
+    ferry_agent::dataplane::AddressStacks::open(&map_dir(pins.path()))?
+        .set(*BACKEND.ip(), stack)?;
 
     // The backend: one byte in, one byte out, on a thread inside the namespace.
     let listener = ns.run(|| TcpListener::bind(BACKEND))??;
@@ -103,17 +112,18 @@ fn orchestrate(args: &[String]) -> Result<()> {
 
     let exe = std::env::current_exe()?;
     let paths = [
-        ("direct", BACKEND),
-        ("connect4", SERVICE),
-        ("iptables", DNAT),
+        ("direct", BACKEND, &client_cgroup),
+        ("connect4", SERVICE, &client_cgroup),
+        ("iptables", DNAT, &client_cgroup),
+        ("isolated", SERVICE, &member_cgroup),
     ];
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
     for run in 0..runs {
-        for (i, (label, target)) in paths.iter().enumerate() {
+        for (i, (label, target, cgroup)) in paths.iter().enumerate() {
             let mut cmd = Command::new(&exe);
             cmd.args(["client", &target.to_string(), &connections.to_string()]);
             ns.enter(&mut cmd);
-            let cgroup_procs = client_cgroup.path().join("cgroup.procs");
+            let cgroup_procs = cgroup.path().join("cgroup.procs");
             // SAFETY: only a write(2) to a file between fork and exec.
             unsafe {
                 std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
@@ -137,7 +147,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
     }
     let of = |i: usize, f: fn(&Figures) -> f64| median(results[i].iter().map(f).collect());
     println!();
-    for (i, (label, _)) in paths.iter().enumerate() {
+    for (i, (label, _, _)) in paths.iter().enumerate() {
         println!(
             "median {label:<9} {:>8.0} connections/s  p50 {:>5.1} us  p99 {:>5.1} us",
             of(i, |f| f.per_second),
@@ -146,7 +156,6 @@ fn orchestrate(args: &[String]) -> Result<()> {
         );
     }
     let rate = |i| of(i, |f| f.per_second);
-    // Ratios per run, then their median (see the DNS bench).
     // Ratios per run, then their median (see the DNS bench).
     let paired = |a: usize, b: usize, f: fn(&Figures) -> f64| paired(&results[a], &results[b], f);
     let by_rate = |f: &Figures| f.per_second;
@@ -161,6 +170,14 @@ fn orchestrate(args: &[String]) -> Result<()> {
     println!(
         "ratio connect_p99_vs_direct_lower_is_better = {:.2}",
         paired(1, 0, |f| f.p99_us)
+    );
+    println!(
+        "ratio isolated_connect_rate_vs_direct_higher_is_better = {:.2}",
+        paired(3, 0, by_rate)
+    );
+    println!(
+        "ratio isolated_connect_rate_vs_connect4_higher_is_better = {:.2}",
+        paired(3, 1, by_rate)
     );
     println!("metric connect4_rate = {:.0} connections/s", rate(1));
     println!("metric connect4_p99 = {:.1} us", of(1, |f| f.p99_us));
