@@ -96,7 +96,7 @@ fn join_request(name: &str, n: u8) -> JoinRequest {
     JoinRequest {
         name: name.into(),
         wireguard_public_key: wg_key(n),
-        wireguard_endpoint: ep(),
+        wireguard_endpoint: ep(u16::from(n)),
         memory_bytes: None,
     }
 }
@@ -205,7 +205,7 @@ async fn every_token_can_do_only_its_own_job() {
         .join(&JoinRequest {
             name: "bravo".into(),
             wireguard_public_key: "not-a-key".into(),
-            wireguard_endpoint: ep(),
+            wireguard_endpoint: ep(200),
             memory_bytes: None,
         })
         .await
@@ -323,8 +323,9 @@ fn reqwest_client(central: &Central) -> reqwest::Client {
 
 use rustls_pki_types::pem::PemObject as _;
 
-fn ep() -> std::net::SocketAddr {
-    "192.0.2.1:51820".parse().expect("addr")
+/// Endpoint number `n`: every server has its own (central refuses a taken one).
+fn ep(n: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([192, 0, 2, 1], 20_000 + n))
 }
 
 fn archive(service_yml: &str) -> Vec<u8> {

@@ -197,6 +197,58 @@ impl Drop for Member {
     }
 }
 
+/// A server with an agent's paths but no Docker Engine: the mesh and the data plane alone,
+/// as the mesh tests and benchmarks need it.
+pub struct Bare {
+    /// The server's namespace.
+    pub server: Server,
+    /// Where its agent attaches and keeps state.
+    pub paths: AgentPaths,
+    _cgroup: TestCgroup,
+    _pins: Pins,
+}
+
+impl Bare {
+    /// Creates server `name` on `network` (namespace `<name><tag>`), with a cgroup, pins and
+    /// an empty state directory of its own; its WireGuard link is `fw<name><tag>`.
+    pub fn new(network: &mut Network, tag: &str, name: &str) -> Result<Self> {
+        let server = network.server(&format!("{name}{tag}"))?;
+        let cgroup = TestCgroup::top_level(&format!("ferry-test-{name}{tag}"))?;
+        let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
+        let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
+        let _ = std::fs::remove_dir_all(&state_dir);
+        let paths = AgentPaths {
+            cgroup_root: cgroup.path().to_path_buf(),
+            bpffs: pins.path().to_path_buf(),
+            state_dir,
+            wg_interface: format!("fw{name}{tag}"),
+            extra: Vec::new(),
+        };
+        Ok(Self {
+            server,
+            paths,
+            _cgroup: cgroup,
+            _pins: pins,
+        })
+    }
+
+    /// Runs `ferry-agent join` in this server: (success, stdout, stderr).
+    pub fn join(&self, central: &Central, name: &str) -> Result<(bool, String, String)> {
+        central.join(&self.server, name, &self.paths.state_dir)
+    }
+
+    /// Starts its agent.
+    pub fn start_agent(&self) -> Result<Agent> {
+        Agent::start_in(&self.paths, Some(&self.server))
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        self.paths.forget(&self.server);
+    }
+}
+
 /// Removes the containers and ferry networks an earlier run that did not finish left in
 /// `docker`: they would hold the subnets a new agent needs.
 pub async fn remove_leftovers(docker: &DockerEngine) -> Result<()> {

@@ -42,6 +42,19 @@ pub struct Tunnel {
     a: Side,
     b: Side,
     backend: Backend,
+    /// The tunnel's MTU: the LAN's less WireGuard's overhead, as the agent sets it.
+    tunnel_mtu: u32,
+}
+
+/// What a bulk transfer through the tunnel saw.
+#[derive(Debug)]
+pub struct BulkReport {
+    /// How long the transfer took.
+    pub elapsed: Duration,
+    /// Frames on b's LAN side meanwhile.
+    pub frames: usize,
+    /// Of those, IPv4 fragments: the tunnel's packets did not fit the LAN.
+    pub fragments: usize,
 }
 
 /// What the encrypted-traffic check saw.
@@ -59,6 +72,12 @@ impl Tunnel {
     /// Creates both namespaces and the veth LAN between them. `tag` keeps names (and
     /// wireguard-go's sockets, which are not per namespace) apart from other tests.
     pub fn new(tag: &str, backend: Backend) -> Result<Self> {
+        Self::with_lan_mtu(tag, backend, 1500)
+    }
+
+    /// [`new`](Self::new), the LAN's links having MTU `lan_mtu` bytes; the tunnel gets the
+    /// agent's MTU for it (`mesh::mtu::tunnel_mtu`).
+    pub fn with_lan_mtu(tag: &str, backend: Backend, lan_mtu: u32) -> Result<Self> {
         let side = |name: &str, host: u8| -> Result<Side> {
             Ok(Side {
                 server: Server::create(&format!("{name}{tag}"), None)?,
@@ -95,9 +114,15 @@ impl Tunnel {
                 "dev",
                 LAN_IF,
             ])?;
+            ip(&["-n", n, "link", "set", LAN_IF, "mtu", &lan_mtu.to_string()])?;
             ip(&["-n", n, "link", "set", LAN_IF, "up"])?;
         }
-        Ok(Self { a, b, backend })
+        Ok(Self {
+            a,
+            b,
+            backend,
+            tunnel_mtu: ferry_agent::mesh::mtu::tunnel_mtu(lan_mtu, false),
+        })
     }
 
     /// Brings up both interfaces with each other as peers, twice on one side, since the
@@ -189,6 +214,80 @@ impl Tunnel {
         }
     }
 
+    /// Sends `bytes` from a's container address to b's through the tunnel, with full-size
+    /// segments, while capturing b's LAN side. Fails unless every byte arrives in order.
+    pub fn check_bulk(&self, bytes: usize) -> Result<BulkReport> {
+        let (a, b) = (&self.a, &self.b);
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| -> Result<BulkReport> {
+            let socket = b.server.run(|| sniff::PacketSocket::bind(LAN_IF))??;
+            let stop = &stop;
+            let sniffer = scope.spawn(move || {
+                let (mut frames, mut fragments) = (0, 0);
+                let mut frame = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(n) = socket.recv(&mut frame) else {
+                        continue;
+                    };
+                    frames += 1;
+                    let ip = &frame[14..n.max(14)];
+                    if n >= 34
+                        && frame[12..14] == [0x08, 0x00]
+                        && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+                    {
+                        fragments += 1;
+                    }
+                }
+                (frames, fragments)
+            });
+            let listener = b.server.run(|| TcpListener::bind((b.container, 7002)))??;
+            let sink = scope.spawn(move || -> Result<usize> {
+                let (mut stream, _) = listener.accept()?;
+                stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+                let mut buf = vec![0u8; 1 << 16];
+                let (mut got, mut next) = (0usize, 0u8);
+                loop {
+                    let n = stream.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(got);
+                    }
+                    for byte in &buf[..n] {
+                        ensure!(*byte == next, "byte {got} arrived altered");
+                        next = next.wrapping_add(1);
+                        got += 1;
+                    }
+                }
+            });
+            let started = std::time::Instant::now();
+            a.server.run(|| -> Result<()> {
+                let target = SocketAddr::V4(SocketAddrV4::new(b.container, 7002));
+                let mut stream = TcpStream::connect_timeout(&target, Duration::from_secs(10))
+                    .context("connecting through the tunnel")?;
+                stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+                let block: Vec<u8> = (0..=255u8).cycle().take(1 << 16).collect();
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(block.len());
+                    stream
+                        .write_all(&block[..n])
+                        .context("a stall: the tunnel stopped taking bytes")?;
+                    left -= n;
+                }
+                Ok(())
+            })??;
+            let got = sink.join().map_err(|_| anyhow!("sink thread panicked"))??;
+            let elapsed = started.elapsed();
+            stop.store(true, Ordering::Relaxed);
+            let (frames, fragments) = sniffer.join().map_err(|_| anyhow!("sniffer panicked"))?;
+            ensure!(got == bytes, "{got} of {bytes} bytes arrived");
+            Ok(BulkReport {
+                elapsed,
+                frames,
+                fragments,
+            })
+        })
+    }
+
     /// The two servers' namespaces, a then b.
     pub fn servers(&self) -> (&Server, &Server) {
         (&self.a.server, &self.b.server)
@@ -236,7 +335,7 @@ impl Tunnel {
                 endpoint: SocketAddr::V4(SocketAddrV4::new(peer.lan_addr, WG_PORT)),
                 subnet: (peer.subnet, 24),
             }],
-            mtu: ferry_agent::mesh::mtu::DEFAULT_TUNNEL_MTU,
+            mtu: self.tunnel_mtu,
         };
         Self::with_netlink(me, async |netlink| {
             Ok(interface::apply(netlink, &config, self.backend).await?)

@@ -11,54 +11,13 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use ferry_api::client::{Client, Trust};
 use ferry_tests::{
-    agent::{Agent, AgentPaths, Pins},
+    agent::Agent,
     central::Central,
-    cgroup::TestCgroup,
+    cluster::Bare,
     netns::{Network, Server},
     probe::Probe,
     unique,
 };
-
-struct Node {
-    server: Server,
-    paths: AgentPaths,
-    _cgroup: TestCgroup,
-    _pins: Pins,
-}
-
-impl Node {
-    fn new(network: &mut Network, tag: &str, name: &str) -> Result<Self> {
-        let server = network.server(&format!("{name}{tag}"))?;
-        let cgroup = TestCgroup::top_level(&format!("ferry-test-{name}{tag}"))?;
-        let pins = Pins::new(&format!("ferry-test-{name}{tag}"))?;
-        let state_dir = std::env::temp_dir().join(format!("ferry-test-{name}{tag}"));
-        let _ = std::fs::remove_dir_all(&state_dir);
-        let paths = AgentPaths {
-            cgroup_root: cgroup.path().to_path_buf(),
-            bpffs: pins.path().to_path_buf(),
-            state_dir,
-            wg_interface: format!("fw{name}{tag}"),
-            extra: Vec::new(),
-        };
-        Ok(Self {
-            server,
-            paths,
-            _cgroup: cgroup,
-            _pins: pins,
-        })
-    }
-
-    /// Runs `ferry-agent join` in this server: (success, stdout, stderr).
-    fn join(&self, central: &Central, name: &str) -> Result<(bool, String, String)> {
-        central.join(&self.server, name, &self.paths.state_dir)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.paths.forget(&self.server);
-    }
-}
 
 /// Connects from `from` to `to` until a backend answers or `deadline` passes.
 fn reach(probe: &Probe, from: &Server, to: SocketAddrV4, within: Duration) -> Result<String> {
@@ -81,8 +40,8 @@ fn agents_join_central_and_the_mesh_follows_its_watch() -> Result<()> {
     let mut network = Network::new(&format!("fbc{tag}"), 31)?;
     let central_dir = std::env::temp_dir().join(format!("ferry-test-central{tag}"));
     let central = Central::start(&central_dir, "10.250.31.1")?;
-    let one = Node::new(&mut network, &tag, "one")?;
-    let two = Node::new(&mut network, &tag, "two")?;
+    let one = Bare::new(&mut network, &tag, "one")?;
+    let two = Bare::new(&mut network, &tag, "two")?;
 
     let (ok, joined, err) = one.join(&central, "one")?;
     assert!(
@@ -217,8 +176,8 @@ fn an_agent_cut_off_through_a_compaction_lists_again_and_misses_nothing() -> Res
             "100ms",
         ],
     )?;
-    let one = Node::new(&mut network, &tag, "one")?;
-    let two = Node::new(&mut network, &tag, "two")?;
+    let one = Bare::new(&mut network, &tag, "one")?;
+    let two = Bare::new(&mut network, &tag, "two")?;
     let (ok, joined, err) = one.join(&central, "one")?;
     anyhow::ensure!(ok, "{joined}{err}");
     let agent = Agent::start_in(&one.paths, Some(&one.server))?;

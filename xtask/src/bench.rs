@@ -13,8 +13,10 @@
 //!   under wrk (`ferry-ingress-bench`); then its L4 side, a `tcp:` port through the tc
 //!   program and through the userspace relay against HAProxy in TCP mode and a direct
 //!   connection, on a topology of namespaces (`ferry-l4-bench`).
-//! - `mesh`: a path through the WireGuard mesh (wireguard-go here) against the same path
-//!   in clear over the same link: iperf3 throughput and round trips (`ferry-mesh-bench`).
+//! - `mesh`: a path through the WireGuard mesh (wireguard-go here; kernel WireGuard in a
+//!   VM with `--vm`) against the same path in clear over the same link: iperf3 throughput
+//!   and round trips; then how long a joining server takes to be every other server's
+//!   peer with a route, at 10 and 50 servers (`ferry-mesh-bench`).
 
 use std::process::Command;
 
@@ -82,6 +84,15 @@ enum Which {
         /// Seconds of iperf3 per run.
         #[arg(long, default_value_t = 3)]
         seconds: u32,
+        /// Also run it inside a VM (the VM tier's kernel, TCG) on kernel WireGuard.
+        #[arg(long)]
+        vm: bool,
+        /// Then the convergence of a joining server, at these server counts.
+        #[arg(long, default_value = "10,50")]
+        convergence: String,
+        /// Servers that join, one after another, at each count.
+        #[arg(long, default_value_t = 5)]
+        joins: u32,
     },
 }
 
@@ -152,17 +163,41 @@ pub fn run(options: Options) -> Result<()> {
             }
             Ok(())
         }
-        Which::Mesh { runs, seconds } => {
+        Which::Mesh {
+            runs,
+            seconds,
+            vm,
+            convergence,
+            joins,
+        } => {
             build_ebpf::run(build_ebpf::Options::default())?;
             build("ferry-tests", "ferry-mesh-bench")?;
-            process::run(
-                Command::new(workspace::target_dir().join("release/ferry-mesh-bench")).args([
-                    "--runs",
-                    &runs.to_string(),
-                    "--seconds",
-                    &seconds.to_string(),
-                ]),
-            )
+            let bench = workspace::target_dir().join("release/ferry-mesh-bench");
+            let (runs, seconds) = (runs.to_string(), seconds.to_string());
+            process::run(Command::new(&bench).args(["--runs", &runs, "--seconds", &seconds]))?;
+            if vm {
+                // Under TCG every figure is many times slower than on the host; the ratios
+                // between the two paths of one run are what the VM tells.
+                let args = ["--kernel", "--runs", &runs, "--seconds", &seconds];
+                let lines = crate::vm::run_program(
+                    &bench.canonicalize()?,
+                    &args,
+                    std::time::Duration::from_secs(1800),
+                )?;
+                println!("in the VM, on kernel WireGuard (TCG: absolute figures distorted):");
+                for line in lines
+                    .iter()
+                    .filter(|l| l.starts_with("ratio ") || l.starts_with("metric "))
+                {
+                    println!("{line}");
+                }
+            }
+            process::run(Command::new(&bench).args([
+                "--convergence",
+                &convergence,
+                "--joins",
+                &joins.to_string(),
+            ]))
         }
     }
 }

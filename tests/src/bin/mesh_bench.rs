@@ -12,6 +12,12 @@
 //! Anchors: WireGuard's own figures are 2.5-6 Gbit/s per core on bare metal; measured on
 //! this kind of machine, userspace implementations reached ~0.5 Gbit/s against veth's
 //! 16.7. Absolute figures drift here; the ratios are the result.
+//!
+//! `--convergence 10,50`: a real central and that many servers (namespaces on a bridge, a
+//! real agent each, wireguard-go, no Docker Engine); then `--joins` more servers join one
+//! after another, and for each the time from its join (central has its record) until
+//! every other server has it as a WireGuard peer with a route to its subnet: p50 and p99
+//! over every (server, join).
 
 use std::{
     io::{Read as _, Write as _},
@@ -41,6 +47,17 @@ struct Figures {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--convergence") {
+        let sizes: Vec<usize> = args
+            .get(i + 1)
+            .context("--convergence needs server counts, e.g. 10,50")?
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .context("--convergence takes server counts, e.g. 10,50")?;
+        let joins: usize = flag(&args, "--joins")?.unwrap_or(5);
+        return convergence(&sizes, joins);
+    }
     let runs: usize = flag(&args, "--runs")?.unwrap_or(5);
     let seconds: u32 = flag(&args, "--seconds")?.unwrap_or(3);
     let round_trips: usize = flag(&args, "--round-trips")?.unwrap_or(5000);
@@ -204,4 +221,121 @@ impl Drop for IperfServer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Servers whose mesh is measured, and the central they joined.
+fn convergence(sizes: &[usize], joins: usize) -> Result<()> {
+    let mut summary = Vec::new();
+    for &size in sizes {
+        let samples = converge(size, joins)?;
+        let p50 = median(samples.clone());
+        let mut sorted = samples;
+        sorted.sort_by(f64::total_cmp);
+        let p99 = sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)];
+        println!(
+            "{size} servers: a joining server a peer with a route on every other after \
+             p50 {p50:.0} ms, p99 {p99:.0} ms ({} samples)",
+            sorted.len()
+        );
+        summary.push((size, p50, p99));
+    }
+    println!();
+    for (size, p50, p99) in summary {
+        println!("metric convergence_{size}_servers_p50 = {p50:.0} ms");
+        println!("metric convergence_{size}_servers_p99 = {p99:.0} ms");
+    }
+    Ok(())
+}
+
+/// The convergence times (ms) of `joins` servers joining `size` running ones.
+fn converge(size: usize, joins: usize) -> Result<Vec<f64>> {
+    use ferry_tests::{central::Central, cluster::Bare, netns::Network};
+    let tag = format!("c{size}");
+    let mut network = Network::new(&format!("fmc{size}"), 250)?;
+    let dir = std::env::temp_dir().join(format!("ferry-mesh-bench-{size}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let central = Central::start(&dir, "10.250.250.1")?;
+    let mut servers = Vec::new();
+    let mut agents = Vec::new();
+    for i in 0..size {
+        let name = format!("s{i}");
+        let server = Bare::new(&mut network, &tag, &name)?;
+        let (ok, out, err) = server.join(&central, &name)?;
+        ensure!(ok, "joining {name}: {out}{err}");
+        agents.push(server.start_agent()?);
+        servers.push(server);
+    }
+    println!("{size} servers up");
+    let mut samples = Vec::new();
+    for j in 0..joins {
+        let name = format!("n{j}");
+        let newcomer = Bare::new(&mut network, &tag, &name)?;
+        let (ok, out, err) = newcomer.join(&central, &name)?;
+        ensure!(ok, "joining {name}: {out}{err}");
+        let joined = Instant::now();
+        let key = read_public_key(&newcomer)?;
+        let subnet = joined_subnet(&out)?;
+        let mut pending: Vec<&Bare> = servers.iter().collect();
+        let deadline = joined + Duration::from_secs(60);
+        while !pending.is_empty() {
+            ensure!(
+                Instant::now() < deadline,
+                "{} servers never had {name} as a peer with a route",
+                pending.len()
+            );
+            let mut still = Vec::new();
+            for server in pending {
+                if has_peer(server, &key)? && has_route(server, &subnet)? {
+                    samples.push(joined.elapsed().as_secs_f64() * 1e3);
+                } else {
+                    still.push(server);
+                }
+            }
+            pending = still;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        agents.push(newcomer.start_agent()?);
+        servers.push(newcomer);
+    }
+    for agent in agents {
+        let _ = agent.kill();
+    }
+    drop(servers);
+    drop(central);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(samples)
+}
+
+/// The public key of a joined server, from the private key in its state directory.
+fn read_public_key(server: &ferry_tests::cluster::Bare) -> Result<String> {
+    let text = std::fs::read_to_string(server.paths.state_dir.join("wireguard.key"))?;
+    let key = ferry_agent::mesh::wireguard::Key::from_base64(text.trim())
+        .map_err(|_| anyhow::anyhow!("unreadable wireguard.key"))?;
+    Ok(key.get_public().to_base64())
+}
+
+/// The subnet `ferry-agent join` printed ("container subnet 10.66.N.0/24").
+fn joined_subnet(printed: &str) -> Result<String> {
+    printed
+        .split_whitespace()
+        .skip_while(|w| *w != "subnet")
+        .nth(1)
+        .map(|w| w.trim_end_matches(',').to_string())
+        .with_context(|| format!("no subnet in: {printed}"))
+}
+
+fn has_peer(server: &ferry_tests::cluster::Bare, key: &str) -> Result<bool> {
+    // wireguard-go's UAPI socket is not per namespace; before its first start it has none.
+    Ok(
+        ferry_agent::mesh::wireguard::peer_stats(&server.paths.wg_interface, Backend::Userspace)
+            .map(|peers| peers.iter().any(|p| p.public_key.to_base64() == key))
+            .unwrap_or(false),
+    )
+}
+
+fn has_route(server: &ferry_tests::cluster::Bare, subnet: &str) -> Result<bool> {
+    let out = Command::new("ip")
+        .args(["-n", server.server.name(), "route", "show", subnet])
+        .output()?;
+    Ok(!out.stdout.is_empty())
 }

@@ -47,12 +47,31 @@ fn main() -> ExitCode {
         }
         Err(e) => report("two servers joined by veth", Err(e)),
     }
+    report(
+        "10 MB crosses a 1400-byte underlay through kernel WireGuard at the agent's MTU, unfragmented",
+        bulk_over_a_small_underlay(),
+    );
     println!("{passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn bulk_over_a_small_underlay() -> Result<()> {
+    let tunnel = Tunnel::with_lan_mtu("vs", Backend::Kernel, 1400)?;
+    tunnel.configure()?;
+    let report = tunnel.check_bulk(10 << 20)?;
+    println!(
+        "# 10 MiB in {:?}: {} frames on the LAN, {} fragments",
+        report.elapsed, report.frames, report.fragments
+    );
+    ensure!(
+        report.fragments == 0,
+        "the tunnel's packets were fragmented: {report:?}"
+    );
+    Ok(())
 }
 
 fn detects_kernel(tunnel: &Tunnel) -> Result<()> {

@@ -25,8 +25,21 @@ pub const EXIT_PREFIX: &str = "ferry-vm-exit: ";
 /// since CI may clone the workspace there.
 const COVERED: [&str; 4] = ["/run", "/proc", "/sys", "/dev"];
 
-/// Builds `<work>/initramfs.cpio` for `kernel` that runs `guest` and powers off.
-pub fn build(work: &Path, kernel: &Kernel, modules: &[&str], guest: &Path) -> Result<PathBuf> {
+/// Builds `<work>/initramfs.cpio` for `kernel` that runs `guest` with `args` (words
+/// without spaces or quotes) and powers off.
+pub fn build(
+    work: &Path,
+    kernel: &Kernel,
+    modules: &[&str],
+    guest: &Path,
+    args: &[&str],
+) -> Result<PathBuf> {
+    if let Some(arg) = args
+        .iter()
+        .find(|a| a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)))
+    {
+        bail!("the guest's argument {arg:?} must be one plain word");
+    }
     if let Some(dir) = COVERED.iter().find(|d| guest.starts_with(d)) {
         bail!(
             "the guest program {} is under {dir}, which the guest mounts over; build the \
@@ -62,7 +75,7 @@ pub fn build(work: &Path, kernel: &Kernel, modules: &[&str], guest: &Path) -> Re
         .context("writing the module order")?;
 
     let init = staging.join("init");
-    fs::write(&init, init_script(guest)).context("writing init")?;
+    fs::write(&init, init_script(guest, args)).context("writing init")?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).context("chmod init")?;
 
     let image = work.join("initramfs.cpio");
@@ -119,7 +132,7 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
     }
 }
 
-fn init_script(guest: &Path) -> String {
+fn init_script(guest: &Path, args: &[&str]) -> String {
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -136,10 +149,11 @@ mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
 mount -t tmpfs run /host/run
-chroot /host {guest}
+chroot /host {guest} {args}
 echo "{EXIT_PREFIX}$?"
 poweroff -f
 "#,
-        guest = guest.display()
+        guest = guest.display(),
+        args = args.join(" ")
     )
 }

@@ -42,7 +42,7 @@ fn run_with(timeout: Duration) -> Result<usize> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let kernel = kernel::fetch(&work)?;
     let guest = build_guest()?;
-    let image = initramfs::build(&work, &kernel, MODULES, &guest)?;
+    let image = initramfs::build(&work, &kernel, MODULES, &guest, &[])?;
     let accel = qemu::choose_accel(&work, &kernel, &image)?;
     let run = qemu::boot(&kernel, &image, accel, timeout)?;
     let (passed, failed) = run.counts();
@@ -55,6 +55,31 @@ fn run_with(timeout: Duration) -> Result<usize> {
         );
     }
     Ok(passed)
+}
+
+/// Boots a guest that runs `program` (from the host root, so built outside the directories
+/// the guest mounts over) with `args`, and returns its console lines once it powered off
+/// with exit code 0.
+pub fn run_program(
+    program: &std::path::Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let work = workspace::target_dir().join("vm");
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let kernel = kernel::fetch(&work)?;
+    let image = initramfs::build(&work, &kernel, MODULES, program, args)?;
+    let accel = qemu::choose_accel(&work, &kernel, &image)?;
+    let run = qemu::boot(&kernel, &image, accel, timeout)?;
+    if run.exit_code != Some(0) {
+        bail!(
+            "{} in the guest failed: exit code {:?}\n--- console tail ---\n{}",
+            program.display(),
+            run.exit_code,
+            run.tail(40)
+        );
+    }
+    Ok(run.lines)
 }
 
 /// Builds the guest test program; the guest runs it from the host root it mounts.
