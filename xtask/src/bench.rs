@@ -174,30 +174,38 @@ pub fn run(options: Options) -> Result<()> {
             build("ferry-tests", "ferry-mesh-bench")?;
             let bench = workspace::target_dir().join("release/ferry-mesh-bench");
             let (runs, seconds) = (runs.to_string(), seconds.to_string());
-            process::run(Command::new(&bench).args(["--runs", &runs, "--seconds", &seconds]))?;
+            let mut lines = process::run_tee(Command::new(&bench).args([
+                "--runs",
+                &runs,
+                "--seconds",
+                &seconds,
+            ]))?;
             if vm {
                 // Under TCG every figure is many times slower than on the host; the ratios
                 // between the two paths of one run are what the VM tells.
                 let args = ["--kernel", "--runs", &runs, "--seconds", &seconds];
-                let lines = crate::vm::run_program(
+                lines.extend(crate::vm::run_program(
                     &bench.canonicalize()?,
                     &args,
                     std::time::Duration::from_secs(1800),
-                )?;
-                println!("in the VM, on kernel WireGuard (TCG: absolute figures distorted):");
-                for line in lines
-                    .iter()
-                    .filter(|l| l.starts_with("ratio ") || l.starts_with("metric "))
-                {
-                    println!("{line}");
-                }
+                )?);
             }
-            process::run(Command::new(&bench).args([
+            lines.extend(process::run_tee(Command::new(&bench).args([
                 "--convergence",
                 &convergence,
                 "--joins",
                 &joins.to_string(),
-            ]))
+            ]))?);
+            // Every figure once more, together at the end (the VM's `kernel_` ones under
+            // TCG: their absolute values are distorted, their ratios are the result).
+            println!();
+            for line in lines
+                .iter()
+                .filter(|l| l.starts_with("ratio ") || l.starts_with("metric "))
+            {
+                println!("{line}");
+            }
+            Ok(())
         }
     }
 }

@@ -133,6 +133,8 @@ fn measure(a: &Server, address: Ipv4Addr, seconds: u32, round_trips: usize) -> R
         &seconds.to_string(),
         "-J",
     ]);
+    // iperf3 keeps its buffer in a file under TMPDIR; the VM's /tmp is the host's, read-only.
+    iperf.env("TMPDIR", "/run");
     a.enter(&mut iperf);
     let out = iperf
         .output()
@@ -145,7 +147,7 @@ fn measure(a: &Server, address: Ipv4Addr, seconds: u32, round_trips: usize) -> R
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let bits_per_second = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
-        .context("iperf3's report has no end.sum_received.bits_per_second")?;
+        .with_context(|| format!("iperf3 measured nothing: {}", report["error"]))?;
     let mut rtts = a.run(|| round_trip(SocketAddrV4::new(address, ECHO_PORT), round_trips))??;
     rtts.sort_by(f64::total_cmp);
     let p99 = rtts[(rtts.len() * 99 / 100).min(rtts.len() - 1)];
@@ -194,6 +196,7 @@ impl IperfServer {
     fn start(server: &Server) -> Result<Self> {
         let mut cmd = Command::new("iperf3");
         cmd.args(["-s", "-p", &IPERF_PORT.to_string()])
+            .env("TMPDIR", "/run")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         server.enter(&mut cmd);
