@@ -197,6 +197,18 @@ impl Drop for Member {
     }
 }
 
+/// Writes a stack of the site app (`tests/stacks/site/app`) under the temporary directory,
+/// in `<name>/`, with `service_yml` as its service.yml; returns the directory.
+pub fn site_stack(name: &str, service_yml: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(dir.join("app"))?;
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("stacks/site/app/server.js");
+    std::fs::copy(&app, dir.join("app/server.js"))
+        .with_context(|| format!("copying {}", app.display()))?;
+    std::fs::write(dir.join("service.yml"), service_yml)?;
+    Ok(dir)
+}
+
 /// A server with an agent's paths but no Docker Engine: the mesh and the data plane alone,
 /// as the mesh tests and benchmarks need it.
 pub struct Bare {

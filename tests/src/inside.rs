@@ -25,6 +25,14 @@ pub async fn exec(engine: &Engine, id: &str, command: &[&str]) -> Result<String>
     Ok(output.trim().to_string())
 }
 
+/// The host's process id of container `id`'s first process.
+pub async fn pid(engine: &Engine, id: &str) -> Result<i64> {
+    engine
+        .main_pid(id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("container {id} has no process"))
+}
+
 /// Runs `script` with `node -e` in container `id`; its trimmed output.
 pub async fn node(engine: &Engine, id: &str, script: &str) -> Result<String> {
     exec(engine, id, &["node", "-e", script]).await

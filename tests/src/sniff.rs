@@ -23,12 +23,7 @@ pub struct Capture {
 /// Captures on `socket` until `stop` is set.
 pub fn capture(socket: &PacketSocket, udp_port: u16, marker: &[u8], stop: &AtomicBool) -> Capture {
     let mut capture = Capture::default();
-    let mut frame = vec![0u8; 65536];
-    while !stop.load(Ordering::Relaxed) {
-        let Some(n) = socket.recv(&mut frame) else {
-            continue;
-        };
-        let frame = &frame[..n];
+    each_frame(socket, stop, |frame| {
         capture.frames += 1;
         if frame.windows(marker.len()).any(|w| w == marker) {
             capture.marker_frames += 1;
@@ -36,8 +31,26 @@ pub fn capture(socket: &PacketSocket, udp_port: u16, marker: &[u8], stop: &Atomi
         if is_udp_port(frame, udp_port) {
             capture.udp_port_frames += 1;
         }
-    }
+    });
     capture
+}
+
+/// Hands every frame `socket` receives to `look` until `stop` is set.
+pub fn each_frame(socket: &PacketSocket, stop: &AtomicBool, mut look: impl FnMut(&[u8])) {
+    let mut frame = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        if let Some(n) = socket.recv(&mut frame) {
+            look(&frame[..n]);
+        }
+    }
+}
+
+/// An Ethernet frame carrying an IPv4 fragment (more fragments follow, or an offset).
+pub fn is_ipv4_fragment(frame: &[u8]) -> bool {
+    // The flags and fragment offset: bytes 6-7 of the IPv4 header; DF (0x4000) is not one.
+    frame.len() >= 34
+        && frame[12..14] == [0x08, 0x00]
+        && u16::from_be_bytes([frame[20], frame[21]]) & 0x3fff != 0
 }
 
 /// An AF_PACKET socket bound to one interface; it sees every frame from the moment it is
@@ -141,5 +154,20 @@ mod tests {
         frame[14 + 9] = 6; // TCP
         assert!(!is_udp_port(&frame, 51820));
         assert!(!is_udp_port(&frame[..20], 51820));
+    }
+
+    #[test]
+    fn tells_a_fragment_from_a_whole_packet_with_dont_fragment() {
+        let mut frame = vec![0u8; 14 + 20 + 8];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame[14] = 0x45;
+        frame[20] = 0x40; // DF alone: a whole packet
+        assert!(!is_ipv4_fragment(&frame));
+        frame[20] = 0x20; // MF: the first fragment
+        assert!(is_ipv4_fragment(&frame));
+        frame[20..22].copy_from_slice(&0x00b9u16.to_be_bytes()); // an offset: a later one
+        assert!(is_ipv4_fragment(&frame));
+        frame[12..14].copy_from_slice(&[0x86, 0xdd]); // not IPv4
+        assert!(!is_ipv4_fragment(&frame));
     }
 }

@@ -224,20 +224,12 @@ impl Tunnel {
             let stop = &stop;
             let sniffer = scope.spawn(move || {
                 let (mut frames, mut fragments) = (0, 0);
-                let mut frame = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Some(n) = socket.recv(&mut frame) else {
-                        continue;
-                    };
+                sniff::each_frame(&socket, stop, |frame| {
                     frames += 1;
-                    let ip = &frame[14..n.max(14)];
-                    if n >= 34
-                        && frame[12..14] == [0x08, 0x00]
-                        && u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
-                    {
+                    if sniff::is_ipv4_fragment(frame) {
                         fragments += 1;
                     }
-                }
+                });
                 (frames, fragments)
             });
             let listener = b.server.run(|| TcpListener::bind((b.container, 7002)))??;

@@ -79,13 +79,7 @@ async fn dig(engine: &Engine, id: &str, args: &[&str]) -> Result<String> {
 
 /// The cgroup v2 directory container `id`'s processes are in.
 async fn cgroup_of(engine: &Engine, id: &str) -> Result<PathBuf> {
-    let pid = engine
-        .docker()
-        .inspect_container(id, None)
-        .await?
-        .state
-        .and_then(|s| s.pid)
-        .context("the container has no pid")?;
+    let pid = ferry_tests::inside::pid(engine, id).await?;
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
     let path = text
         .lines()

@@ -11,7 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -38,15 +38,10 @@ fn who(text: &str) -> (String, String, String) {
 /// A stack of `web` (published on port 80 by host name) and `client` (one container to
 /// ask from), both the ingress tests' app, written to a fresh directory.
 fn write_stack(tag: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("ferry-test-scale{tag}"));
-    std::fs::create_dir_all(dir.join("app"))?;
-    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("stacks/site/app/server.js");
-    std::fs::copy(app, dir.join("app/server.js"))?;
-    std::fs::write(
-        dir.join("service.yml"),
+    ferry_tests::cluster::site_stack(
+        &format!("ferry-test-scale{tag}"),
         "services:\n  web:\n    build_root: app\n    command: node server.js\n    ports: [\"3000:80\"]\n    traffic_matches: [\"web.example.test\"]\n    env_vars:\n      SERVICE: web\n    health:\n      endpoint: /healthz\n      timeout: 30s\n  client:\n    build_root: app\n    command: node server.js\n    ports: [\"3000\"]\n    env_vars:\n      SERVICE: client\n    constraints:\n      max_count: 1\n",
-    )?;
-    Ok(dir)
+    )
 }
 
 /// The running containers of `service` on `member` in generation `generation`.

@@ -180,18 +180,14 @@ pub fn sweep(root: &Path, live: &[String]) {
 }
 
 async fn init_pid(engine: &Engine, id: &str) -> Result<i64, CgroupError> {
-    let inspect = engine
-        .docker()
-        .inspect_container(id, None)
+    engine
+        .main_pid(id)
         .await
         .map_err(|source| CgroupError::Engine {
             id: id.into(),
             source,
-        })?;
-    match inspect.state.and_then(|s| s.pid) {
-        Some(pid) if pid > 0 => Ok(pid),
-        _ => Err(CgroupError::NotRunning { id: id.into() }),
-    }
+        })?
+        .ok_or_else(|| CgroupError::NotRunning { id: id.into() })
 }
 
 /// The v2 cgroup directory of `pid`, container `id`'s first process, from the `0::` line

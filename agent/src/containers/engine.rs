@@ -34,6 +34,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The host's process id of container `id`'s first process; None when it does not run.
+    pub async fn main_pid(&self, id: &str) -> Result<Option<i64>, bollard::errors::Error> {
+        let inspect = self.docker().inspect_container(id, None).await?;
+        Ok(inspect.state.and_then(|s| s.pid).filter(|pid| *pid > 0))
+    }
+
     /// Connects to the engine at the unix socket `socket`, negotiates the API version and
     /// pings it.
     pub async fn connect(socket: &Path) -> Result<Self, EngineError> {

@@ -42,18 +42,14 @@ pub enum MtuError {
 /// they differ. Returns how many of the container's interfaces changed (0: it had the MTU
 /// already).
 pub async fn set(engine: &Engine, host: &Netlink, id: &str, mtu: u32) -> Result<usize, MtuError> {
-    let inspect = engine
-        .docker()
-        .inspect_container(id, None)
+    let pid = engine
+        .main_pid(id)
         .await
         .map_err(|source| MtuError::Engine {
             id: id.into(),
             source,
-        })?;
-    let pid = match inspect.state.and_then(|s| s.pid) {
-        Some(pid) if pid > 0 => pid,
-        _ => return Err(MtuError::NotRunning { id: id.into() }),
-    };
+        })?
+        .ok_or_else(|| MtuError::NotRunning { id: id.into() })?;
     let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let inside: Vec<Interface> = in_namespace(&namespace, id, async move |netlink| {
         Ok(netlink

@@ -25,6 +25,13 @@ impl From<Backend> for WgBackend {
     }
 }
 
+/// Seconds between keepalives to each peer. 25 s is what WireGuard's documentation gives
+/// for keeping a NAT mapping open; setting it on a new peer also makes both
+/// implementations send a keepalive at once, so a peer that joined or changed its key has a
+/// session before the first packet of a flow needs one (a rotation's gap went from a TCP
+/// retransmission, ~1 s, to the time the change takes to arrive).
+pub const PERSISTENT_KEEPALIVE_SECS: u16 = 25;
+
 /// Another server as this server's WireGuard sees it.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -102,6 +109,7 @@ pub fn configure(
         update.add_peer(
             PeerConfigBuilder::new(&peer.public_key)
                 .set_endpoint(peer.endpoint)
+                .set_persistent_keepalive_interval(PERSISTENT_KEEPALIVE_SECS)
                 .replace_allowed_ips()
                 .add_allowed_ip(peer.subnet.0.into(), peer.subnet.1),
         )

@@ -46,6 +46,21 @@ pub async fn keep(options: WorkloadOptions) {
 async fn pass(options: &WorkloadOptions, mtu: u32) -> Result<(), PassError> {
     let engine = Engine::connect(&options.docker_socket).await?;
     let host = Netlink::connect()?;
+    // Docker sets both ends of a pair alike: when every port of the network's bridge has
+    // the MTU, so has every container, and no namespace needs entering.
+    if let Some(bridge) = bridge_name(&engine, &options.network).await {
+        let interfaces = host.interfaces().await?;
+        if let Some(index) = interfaces
+            .iter()
+            .find(|i| i.name == bridge)
+            .map(|i| i.index)
+        {
+            let mut ports = interfaces.iter().filter(|i| i.master == Some(index));
+            if ports.all(|p| p.mtu == mtu) {
+                return Ok(());
+            }
+        }
+    }
     for container in containers::list(&engine).await? {
         if !container.running {
             continue;
@@ -58,4 +73,19 @@ async fn pass(options: &WorkloadOptions, mtu: u32) -> Result<(), PassError> {
         }
     }
     Ok(())
+}
+
+/// The Linux bridge behind Docker network `network`: its `bridge.name` option, else
+/// Docker's `br-` and the first 12 characters of the network's id.
+async fn bridge_name(engine: &Engine, network: &str) -> Option<String> {
+    let inspect = engine.docker().inspect_network(network, None).await.ok()?;
+    if let Some(name) = inspect
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name"))
+    {
+        return Some(name.clone());
+    }
+    let id = inspect.id?;
+    Some(format!("br-{}", id.get(..12)?))
 }
