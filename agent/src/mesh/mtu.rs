@@ -6,11 +6,12 @@
 //! that makes every full-size packet fragment after encryption, or vanish where a hop
 //! drops fragments: small requests work, large ones hang (moby#36689 on a WireGuard
 //! underlay). The container bridge and every container's interface get the tunnel's MTU
-//! too, so no container sends a packet the tunnel would have to fragment.
+//! too (the workloads set them: `workloads::mtu`), so no container sends a packet the
+//! tunnel would have to fragment.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::link::{Interface, LinkError, Netlink};
 
@@ -88,31 +89,6 @@ pub async fn choose(
         ),
         _ => (DEFAULT_TUNNEL_MTU, Source::Default),
     })
-}
-
-/// Gives the container bridge (the interface other than `wg` holding `gateway`) `mtu`, the
-/// MTU of what this server itself sends into it (its ports, each a container's host end,
-/// are set with their containers: `containers::mtu`). Returns whether it changed; no
-/// bridge yet is no change.
-pub async fn correct_bridge(
-    netlink: &Netlink,
-    interfaces: &[Interface],
-    wg: &str,
-    gateway: Ipv4Addr,
-    mtu: u32,
-) -> Result<bool, LinkError> {
-    let Some(bridge) = interfaces
-        .iter()
-        .find(|i| i.name != wg && i.ipv4.contains(&gateway))
-    else {
-        return Ok(false);
-    };
-    if bridge.mtu == mtu {
-        return Ok(false);
-    }
-    netlink.set_mtu(None, bridge.index, mtu).await?;
-    info!(bridge = %bridge.name, mtu, "container bridge MTU set");
-    Ok(true)
 }
 
 #[cfg(test)]

@@ -220,6 +220,5 @@ async fn apply(
     if let Some(update) = rotated {
         rotation::publish(loaded, &update).await?;
     }
-    mtu::correct_bridge(netlink, &interfaces, &config.name, config.address, mtu).await?;
     Ok(())
 }

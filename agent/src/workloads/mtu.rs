@@ -1,6 +1,6 @@
-//! Keeps every running container at the mesh's MTU: after the mesh chooses another (the
-//! underlay's changed), and every [`RECHECK`] for containers Docker started with the
-//! network's older option.
+//! Keeps the container network at the mesh's MTU, its bridge and every running container:
+//! after the mesh chooses another (the underlay's changed), and every [`RECHECK`] for
+//! containers Docker started with the network's older option.
 
 use std::time::Duration;
 
@@ -46,16 +46,17 @@ pub async fn keep(options: WorkloadOptions) {
 async fn pass(options: &WorkloadOptions, mtu: u32) -> Result<(), PassError> {
     let engine = Engine::connect(&options.docker_socket).await?;
     let host = Netlink::connect()?;
-    // Docker sets both ends of a pair alike: when every port of the network's bridge has
-    // the MTU, so has every container, and no namespace needs entering.
+    // The bridge is what this server itself sends into the network through. Docker sets
+    // both ends of a pair alike: when every port of the bridge has the MTU, so has every
+    // container, and no namespace needs entering.
     if let Some(bridge) = bridge_name(&engine, &options.network).await {
         let interfaces = host.interfaces().await?;
-        if let Some(index) = interfaces
-            .iter()
-            .find(|i| i.name == bridge)
-            .map(|i| i.index)
-        {
-            let mut ports = interfaces.iter().filter(|i| i.master == Some(index));
+        if let Some(bridge) = interfaces.iter().find(|i| i.name == bridge) {
+            if bridge.mtu != mtu {
+                host.set_mtu(None, bridge.index, mtu).await?;
+                info!(bridge = %bridge.name, mtu, "container bridge MTU set");
+            }
+            let mut ports = interfaces.iter().filter(|i| i.master == Some(bridge.index));
             if ports.all(|p| p.mtu == mtu) {
                 return Ok(());
             }
