@@ -39,6 +39,8 @@ const SUBNET: u8 = 171;
 const UNDERLAY_MTU: u32 = 1400;
 /// What the tunnel and the containers must get: 1400 less WireGuard's 60 bytes.
 const TUNNEL_MTU: u32 = 1340;
+/// The MTU server three's agent is given with `--mesh-mtu`.
+const THREE_MTU: u32 = 1320;
 /// WireGuard's port on every server (see `Central::join`).
 const WIREGUARD_PORT: u16 = 51820;
 
@@ -107,6 +109,32 @@ fn mesh_of(member: &Member) -> Result<(Vec<String>, String)> {
         .args(["-n", member.server.name(), "route", "show", "dev", &wg])
         .output()?;
     Ok((peers, String::from_utf8_lossy(&routes.stdout).into_owned()))
+}
+
+/// Waits until `check(peers' public keys, routes)` holds on every one of `members`.
+async fn mesh_shows(
+    members: &[&Member],
+    what: &str,
+    check: impl Fn(&[String], &str) -> bool,
+) -> Result<()> {
+    for member in members {
+        eventually(Duration::from_secs(20), what, || async {
+            let (peers, routes) = mesh_of(member)?;
+            Ok(Saw(check(&peers, &routes), (peers, routes)))
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Central's record of server `name`.
+async fn record(admin: &ferry_api::client::Client, name: &str) -> Result<ferry_api::types::Server> {
+    admin
+        .servers()
+        .await?
+        .into_iter()
+        .find(|s| s.name == name)
+        .with_context(|| format!("central has no server {name}"))
 }
 
 /// Requests from one container to another without pause, each on a new connection, until
@@ -391,30 +419,20 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
     let flow = Flow::start(one.docker.engine(), &a.id, b_at, "join");
     flow.goes_on(10).await?;
     let joining = Instant::now();
-    let three = Member::join(&mut network, &central, "three", &tag).await?;
+    // three's operator sets its MTU by hand, as the README's `--mesh-mtu` says.
+    let by_hand = ["--mesh-mtu".to_string(), THREE_MTU.to_string()];
+    let three = Member::join_with(&mut network, &central, "three", &tag, &by_hand).await?;
     let started = Instant::now();
-    let three_record = admin
-        .servers()
-        .await?
-        .into_iter()
-        .find(|s| s.name == "three")
-        .context("three did not join")?;
+    let three_record = record(&admin, "three").await?;
     let three_subnet = format!("10.66.{}.0/24", three_record.subnet_index);
-    for member in [&one, &two] {
-        eventually(
-            Duration::from_secs(20),
-            "three as a peer with a route",
-            || async {
-                let (peers, routes) = mesh_of(member)?;
-                Ok(Saw(
-                    peers.contains(&three_record.wireguard_public_key)
-                        && routes.contains(&three_subnet),
-                    (peers, routes),
-                ))
-            },
-        )
-        .await?;
-    }
+    mesh_shows(
+        &[&one, &two],
+        "three as a peer with a route",
+        |peers, routes| {
+            peers.contains(&three_record.wireguard_public_key) && routes.contains(&three_subnet)
+        },
+    )
+    .await?;
     println!(
         "three joined: a peer with a route on one and two {:?} after its agent started ({:?} \
          after its Docker Engine started, the join and the agent's start began)",
@@ -427,8 +445,17 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
         Ok(webs(&three).await?.len() == 1)
     })
     .await?;
-    let (_, c_at) = the_web(&three).await?;
+    let (c, c_at) = the_web(&three).await?;
     let running = Instant::now();
+    eventually(Duration::from_secs(20), "three's --mesh-mtu", || async {
+        let tunnel = link_mtu(&three.server, &three.paths.wg_interface)?;
+        let container = container_mtu(three.docker.engine(), &c.id).await?;
+        Ok(Saw(
+            (tunnel, container) == (THREE_MTU, THREE_MTU),
+            (tunnel, container),
+        ))
+    })
+    .await?;
     for (member, web) in [(&one, &a), (&two, &b)] {
         eventually(Duration::from_secs(20), "three's web reached", || async {
             let answer = get_from(member.docker.engine(), &web.id, c_at).await?;
@@ -457,12 +484,7 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
         ok && out.contains("two now has WireGuard key"),
         "{out}{err}"
     );
-    let rotated = admin
-        .servers()
-        .await?
-        .into_iter()
-        .find(|s| s.name == "two")
-        .context("two is gone")?;
+    let rotated = record(&admin, "two").await?;
     ensure!(
         rotated.wireguard_public_key != two_record.wireguard_public_key
             && rotated.key_generation == 1,
@@ -476,21 +498,11 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
             == Some(rotated.wireguard_public_key.clone()),
         "two's saved private key is not the published key's"
     );
-    for member in [&one, &three] {
-        eventually(
-            Duration::from_secs(20),
-            "two's new key as a peer",
-            || async {
-                let (peers, _) = mesh_of(member)?;
-                Ok(Saw(
-                    peers.contains(&rotated.wireguard_public_key)
-                        && !peers.contains(&two_record.wireguard_public_key),
-                    peers,
-                ))
-            },
-        )
-        .await?;
-    }
+    mesh_shows(&[&one, &three], "two's new key as a peer", |peers, _| {
+        peers.contains(&rotated.wireguard_public_key)
+            && !peers.contains(&two_record.wireguard_public_key)
+    })
+    .await?;
     flow.goes_on(10).await?;
     let report = flow.stop().await?;
     println!(
@@ -514,21 +526,14 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
     let removing = Instant::now();
     let (ok, out, err) = operator.run(&["servers", "remove", "three"])?;
     ensure!(ok, "{out}{err}");
-    for member in [&one, &two] {
-        eventually(
-            Duration::from_secs(20),
-            "three gone as a peer and a route",
-            || async {
-                let (peers, routes) = mesh_of(member)?;
-                Ok(Saw(
-                    !peers.contains(&three_record.wireguard_public_key)
-                        && !routes.contains(&three_subnet),
-                    (peers, routes),
-                ))
-            },
-        )
-        .await?;
-    }
+    mesh_shows(
+        &[&one, &two],
+        "three gone as a peer and a route",
+        |peers, routes| {
+            !peers.contains(&three_record.wireguard_public_key) && !routes.contains(&three_subnet)
+        },
+    )
+    .await?;
     println!(
         "three removed: gone from one's and two's peers and routes {:?} after",
         removing.elapsed()
