@@ -77,9 +77,7 @@ pub async fn set(engine: &Engine, host: &Netlink, id: &str, mtu: u32) -> Result<
     // The host's end of each pair: IFLA_LINK of the container's end.
     for interface in &inside {
         if let Some((_, host_index)) = interface.peer {
-            host.set_mtu(None, host_index, mtu)
-                .await
-                .map_err(Box::new)?;
+            host.set_mtu(host_index, mtu).await.map_err(Box::new)?;
         }
     }
     set_inside(&namespace, id, raising).await?;
@@ -96,7 +94,7 @@ async fn set_inside(
     }
     in_namespace(namespace, id, async move |netlink| {
         for (index, mtu) in links {
-            netlink.set_mtu(None, index, mtu).await?;
+            netlink.set_mtu(index, mtu).await?;
         }
         Ok(())
     })

@@ -26,6 +26,14 @@ pub enum NetworkError {
         other: String,
         wanted: String,
     },
+    #[error(
+        "making network {name} again with the mesh's MTU: {source}; remove it (docker network rm {name}) and the agent makes it anew"
+    )]
+    Remake {
+        name: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
     #[error("creating network {name}: {source}")]
     Engine {
         name: String,
@@ -76,7 +84,7 @@ pub async fn ensure_network(
         docker
             .remove_network(name)
             .await
-            .map_err(|source| NetworkError::Engine {
+            .map_err(|source| NetworkError::Remake {
                 name: name.into(),
                 source,
             })?;

@@ -74,7 +74,7 @@ pub async fn apply(
         backend,
     )?;
     let index = netlink.index(&config.name).await?;
-    netlink.set_mtu(None, index, config.mtu).await?;
+    netlink.set_mtu(index, config.mtu).await?;
     netlink
         .add_address(&config.name, config.address, 32)
         .await?;

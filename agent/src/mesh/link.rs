@@ -194,19 +194,13 @@ impl Netlink {
         tolerate_exists(result).map_err(|source| request("add route", name, source))
     }
 
-    /// Sets the MTU (bytes) of the link with index `index`; with `netns`, of the link with
-    /// that index in the namespace of that id (relative to this one), as a veth's other end
-    /// is found from this side.
-    pub async fn set_mtu(&self, netns: Option<i32>, index: u32, mtu: u32) -> Result<(), LinkError> {
-        let mut message = LinkUnspec::new_with_index(index).mtu(mtu);
-        if let Some(id) = netns {
-            message = message.append_extra_attribute(
-                rtnetlink::packet_route::link::LinkAttribute::IfNetnsId(id),
-            );
-        }
+    /// Sets the MTU (bytes) of the link with index `index`. (A link in another namespace
+    /// cannot be named from here: the kernel answers IFLA_TARGET_NETNSID on a set with
+    /// ENODEV, so its namespace is entered instead; see `containers::mtu`.)
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), LinkError> {
         self.handle
             .link()
-            .set(message.build())
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
             .execute()
             .await
             .map_err(|source| request("set mtu", &format!("index {index}"), source))

@@ -53,7 +53,7 @@ async fn pass(options: &WorkloadOptions, mtu: u32) -> Result<(), PassError> {
         let interfaces = host.interfaces().await?;
         if let Some(bridge) = interfaces.iter().find(|i| i.name == bridge) {
             if bridge.mtu != mtu {
-                host.set_mtu(None, bridge.index, mtu).await?;
+                host.set_mtu(bridge.index, mtu).await?;
                 info!(bridge = %bridge.name, mtu, "container bridge MTU set");
             }
             let mut ports = interfaces.iter().filter(|i| i.master == Some(bridge.index));
