@@ -252,20 +252,29 @@ pub fn spawn_serve(mut cmd: Command) -> Result<(Child, SocketAddr)> {
     }
 }
 
-impl Central {
-    /// Runs `ferry-agent join` inside `server` as `name`, with WireGuard on port 51820 of
-    /// the server's address: (success, stdout, stderr).
+/// What a server needs to join a central: its URL, the join token and the CA's
+/// fingerprint (what `init` prints in its join command).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct JoinTicket {
+    /// Central's URL.
+    pub url: String,
+    /// The join token.
+    pub join_token: String,
+    /// The CA fingerprint.
+    pub ca_fingerprint: String,
+}
+
+impl JoinTicket {
+    /// Runs `ferry-agent join` as `name`, inside `server` if given, with WireGuard at
+    /// `endpoint` and state in `state_dir`: (success, stdout, stderr).
     pub fn join(
         &self,
-        server: &Server,
         name: &str,
+        endpoint: SocketAddr,
         state_dir: &Path,
+        server: Option<&Server>,
     ) -> Result<(bool, String, String)> {
-        let endpoint = format!(
-            "{}:51820",
-            server.addr().context("the server has no address")?
-        );
-        let state = state_dir.to_string_lossy();
+        let (endpoint, state) = (endpoint.to_string(), state_dir.to_string_lossy());
         agent_command_in(
             &[
                 "join",
@@ -282,6 +291,34 @@ impl Central {
                 "--state-dir",
                 &state,
             ],
+            server,
+        )
+    }
+}
+
+impl Central {
+    /// The ticket servers join this central with.
+    pub fn ticket(&self) -> JoinTicket {
+        JoinTicket {
+            url: self.url.clone(),
+            join_token: self.join_token.clone(),
+            ca_fingerprint: self.ca_fingerprint.clone(),
+        }
+    }
+
+    /// Runs `ferry-agent join` inside `server` as `name`, with WireGuard on port 51820 of
+    /// the server's address: (success, stdout, stderr).
+    pub fn join(
+        &self,
+        server: &Server,
+        name: &str,
+        state_dir: &Path,
+    ) -> Result<(bool, String, String)> {
+        let address = server.addr().context("the server has no address")?;
+        self.ticket().join(
+            name,
+            SocketAddr::from((address, 51820)),
+            state_dir,
             Some(server),
         )
     }

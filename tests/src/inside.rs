@@ -41,8 +41,14 @@ pub async fn node(engine: &Engine, id: &str, script: &str) -> Result<String> {
 /// What `GET /` on `target` answers (the body, trimmed), asked by Node inside container `id`;
 /// `error CODE` when the request fails.
 pub async fn get_from(engine: &Engine, id: &str, target: SocketAddrV4) -> Result<String> {
+    get_url_from(engine, id, &format!("http://{target}/")).await
+}
+
+/// What a GET of `url` answers (the body, trimmed), asked by Node inside container `id`
+/// (a name in it resolved as the app's own code would); `error CODE` when it fails.
+pub async fn get_url_from(engine: &Engine, id: &str, url: &str) -> Result<String> {
     let script = format!(
-        "require('http').get('http://{target}/', r => {{ let b = ''; \
+        "require('http').get('{url}', r => {{ let b = ''; \
          r.on('data', c => b += c); r.on('end', () => console.log(b.trim())); }})\
          .on('error', e => console.log('error', e.code))"
     );

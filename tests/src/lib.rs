@@ -17,12 +17,16 @@
 //! - [`resolvers`]: peer DNS servers (dnsmasq with fixed names).
 //! - [`probe`]: the `ferry-probe` helper: TCP backends that name themselves, and clients.
 //! - [`sniff`]: what really crosses a link, from an AF_PACKET socket.
+//! - [`traffic`]: a flow of requests and a watched download between containers.
 //! - [`tunnel`]: two servers joined by WireGuard through the agent's mesh verbs.
+//! - [`tap`]: the VM guests' `ok`/`not ok` lines; [`board`]: where the VM cluster's
+//!   guests leave each other notes.
 //!
 //! Every fixture removes what it made when dropped. None of them skips when it lacks a
 //! privilege: a privileged tier that cannot run fails and says why.
 
 pub mod agent;
+pub mod board;
 pub mod central;
 pub mod cgroup;
 pub mod cluster;
@@ -39,6 +43,8 @@ pub mod probe;
 pub mod registry;
 pub mod resolvers;
 pub mod sniff;
+pub mod tap;
+pub mod traffic;
 pub mod tunnel;
 
 /// A child process killed and reaped on drop, so a failing test leaves nothing holding its

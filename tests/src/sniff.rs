@@ -123,18 +123,105 @@ impl Drop for PacketSocket {
 
 /// An Ethernet frame carrying IPv4 UDP from or to `port`.
 pub fn is_udp_port(frame: &[u8], port: u16) -> bool {
+    is_transport_port(frame, 17, port)
+}
+
+/// An Ethernet frame carrying IPv4 TCP from or to `port`.
+pub fn is_tcp_port(frame: &[u8], port: u16) -> bool {
+    is_transport_port(frame, 6, port)
+}
+
+fn is_transport_port(frame: &[u8], protocol: u8, port: u16) -> bool {
     if frame.len() < 14 + 20 + 8 || frame[12..14] != [0x08, 0x00] {
         return false;
     }
     let ip = &frame[14..];
     let header_len = usize::from(ip[0] & 0x0f) * 4;
-    if ip[9] != 17 || ip.len() < header_len + 8 {
+    if ip[9] != protocol || ip.len() < header_len + 8 {
         return false;
     }
-    let udp = &ip[header_len..];
-    let src = u16::from_be_bytes([udp[0], udp[1]]);
-    let dst = u16::from_be_bytes([udp[2], udp[3]]);
+    let ports = &ip[header_len..];
+    let src = u16::from_be_bytes([ports[0], ports[1]]);
+    let dst = u16::from_be_bytes([ports[2], ports[3]]);
     src == port || dst == port
+}
+
+/// What an underlay capture found between servers.
+#[derive(Debug, Default)]
+pub struct Underlay {
+    /// IPv4 frames between two servers' addresses.
+    pub between_servers: usize,
+    /// Of those, UDP to or from WireGuard's port.
+    pub wireguard: usize,
+    /// Of those, TCP to or from central's port (its TLS, when central is on a server).
+    pub control: usize,
+    /// Of those, IPv4 fragments: the tunnel's packets were bigger than the underlay's MTU.
+    pub fragments: usize,
+    /// Frames naming a ContainerNet address in an IPv4 header at their start (in clear).
+    pub container_addresses: usize,
+    /// Frames holding the marker (the payload) in clear.
+    pub clear_payload: usize,
+}
+
+impl Underlay {
+    /// An error unless at least `least` frames crossed between the servers, all of them
+    /// WireGuard (or central's TLS), none fragmented, none with a container's address or
+    /// the payload in clear.
+    pub fn check(&self, least: usize) -> Result<()> {
+        ensure!(
+            self.fragments == 0,
+            "the tunnel's packets were fragmented on the underlay (its MTU is too large): \
+             {self:?}"
+        );
+        ensure!(
+            self.between_servers >= least && self.wireguard + self.control == self.between_servers,
+            "only WireGuard (and central's TLS) may cross between servers: {self:?}"
+        );
+        ensure!(
+            self.container_addresses == 0 && self.clear_payload == 0,
+            "container addresses or bytes crossed the underlay in clear: {self:?}"
+        );
+        Ok(())
+    }
+}
+
+/// Captures on `socket` until `stop` is set: frames between `servers` by kind, given
+/// WireGuard's UDP port and central's TCP port (if central is on a server), and frames
+/// holding `marker`.
+pub fn watch_underlay(
+    socket: &PacketSocket,
+    servers: &[std::net::Ipv4Addr],
+    (wireguard_port, control_port): (u16, Option<u16>),
+    marker: &[u8],
+    stop: &AtomicBool,
+) -> Underlay {
+    let mut seen = Underlay::default();
+    each_frame(socket, stop, |frame| {
+        if frame.windows(marker.len()).any(|w| w == marker) {
+            seen.clear_payload += 1;
+        }
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            return;
+        }
+        let ip = &frame[14..];
+        let src = std::net::Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        if [src, dst].iter().any(|a| a.octets()[..2] == [10, 66]) {
+            seen.container_addresses += 1;
+        }
+        if servers.contains(&src) && servers.contains(&dst) {
+            seen.between_servers += 1;
+            if is_ipv4_fragment(frame) {
+                seen.fragments += 1;
+            }
+            if is_udp_port(frame, wireguard_port) {
+                seen.wireguard += 1;
+            } else if control_port.is_some_and(|port| is_tcp_port(frame, port)) {
+                seen.control += 1;
+            }
+        }
+    });
+    seen
 }
 
 #[cfg(test)]

@@ -12,10 +12,6 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
@@ -31,6 +27,7 @@ use ferry_tests::{
     inside::{get_from, node},
     netns::{Network, Server},
     sniff::PacketSocket,
+    traffic::{Flow, Watch, download_watched},
     unique,
 };
 
@@ -137,163 +134,6 @@ async fn record(admin: &ferry_api::client::Client, name: &str) -> Result<ferry_a
         .with_context(|| format!("central has no server {name}"))
 }
 
-/// Requests from one container to another without pause, each on a new connection, until
-/// the file `stop` appears in the caller; then one JSON line: successes, failures by
-/// code, and the longest time between two successes (ms). The count of successes so far
-/// is kept in the file `progress`.
-const FLOW: &str = r#"
-const http = require('http'), fs = require('fs');
-const [host, port, stop, progress] = process.argv.slice(1);
-let ok = 0, failed = 0, last = Date.now(), gap = 0; const errors = {};
-function next() { setTimeout(one, 20); }
-function one() {
-  if (fs.existsSync(stop)) return console.log(JSON.stringify({ ok, failed, gap, errors }));
-  const req = http.get({ host, port, path: '/', agent: false, timeout: 15000 }, (r) => {
-    r.resume();
-    r.on('end', () => { ok++; const now = Date.now(); gap = Math.max(gap, now - last); last = now; fs.writeFileSync(progress, String(ok)); next(); });
-  });
-  req.on('timeout', () => req.destroy(new Error('timeout')));
-  req.on('error', (e) => { failed++; errors[e.code || e.message] = (errors[e.code || e.message] || 0) + 1; next(); });
-}
-one();
-"#;
-
-#[derive(Debug, serde::Deserialize)]
-struct FlowReport {
-    ok: u64,
-    failed: u64,
-    gap: u64,
-    errors: std::collections::BTreeMap<String, u64>,
-}
-
-/// A [`FLOW`] running in container `id` towards `target`.
-struct Flow {
-    engine: Engine,
-    id: String,
-    stop: String,
-    progress: String,
-    task: tokio::task::JoinHandle<Result<String>>,
-}
-
-impl Flow {
-    fn start(engine: &Engine, id: &str, target: SocketAddrV4, name: &str) -> Self {
-        let stop = format!("/tmp/stop-{name}");
-        let progress = format!("/tmp/progress-{name}");
-        let (engine, id) = (engine.clone(), id.to_string());
-        let task = {
-            let (engine, id) = (engine.clone(), id.clone());
-            let (stop, progress) = (stop.clone(), progress.clone());
-            tokio::spawn(async move {
-                let (host, port) = (target.ip().to_string(), target.port().to_string());
-                let command = ["node", "-e", FLOW, &host, &port, &stop, &progress];
-                ferry_tests::inside::exec(&engine, &id, &command).await
-            })
-        };
-        Self {
-            engine,
-            id,
-            stop,
-            progress,
-            task,
-        }
-    }
-
-    /// Successes so far.
-    async fn successes(&self) -> Result<u64> {
-        let script = format!(
-            "try {{ console.log(require('fs').readFileSync('{}', 'utf8')) }} catch {{ console.log(0) }}",
-            self.progress
-        );
-        Ok(node(&self.engine, &self.id, &script).await?.parse()?)
-    }
-
-    /// Waits until `more` requests succeeded after this call.
-    async fn goes_on(&self, more: u64) -> Result<()> {
-        let now = self.successes().await?;
-        eventually(Duration::from_secs(30), "the flow going on", || async {
-            let seen = self.successes().await?;
-            Ok(Saw(seen >= now + more, seen))
-        })
-        .await
-    }
-
-    async fn stop(self) -> Result<FlowReport> {
-        ferry_tests::inside::exec(&self.engine, &self.id, &["touch", &self.stop]).await?;
-        let out = tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .context("the flow did not stop")???;
-        serde_json::from_str(out.lines().last().unwrap_or_default())
-            .with_context(|| format!("the flow's report: {out}"))
-    }
-}
-
-/// Downloads `mb` MiB from `target`'s `/download` inside container `id` and checks every
-/// byte against the app's pattern; prints `ok BYTES MS`, or what went wrong (a stall shows
-/// as `stalled` after 60 s).
-const DOWNLOAD: &str = r#"
-const http = require('http'), crypto = require('crypto');
-const [host, port, mb] = process.argv.slice(1);
-const block = crypto.createHash('sha512').update('ferry').digest();
-const chunk = Buffer.alloc(1 << 20);
-for (let i = 0; i < chunk.length; i += block.length) block.copy(chunk, i);
-const want = crypto.createHash('sha256'); for (let i = 0; i < Number(mb); i++) want.update(chunk);
-const got = crypto.createHash('sha256'); let bytes = 0; const t = Date.now();
-const req = http.get({ host, port, path: '/download?mb=' + mb, timeout: 60000 }, (r) => {
-  r.on('data', (d) => { got.update(d); bytes += d.length; });
-  r.on('end', () => console.log(got.digest('hex') === want.digest('hex') ? 'ok' : 'corrupt', bytes, Date.now() - t));
-});
-req.on('timeout', () => { console.log('stalled', bytes); process.exit(0); });
-req.on('error', (e) => console.log('error', e.code, bytes));
-"#;
-
-/// What an underlay capture found between servers.
-#[derive(Debug, Default)]
-struct Underlay {
-    /// IPv4 frames between two servers' addresses.
-    between_servers: usize,
-    /// Of those, UDP to or from WireGuard's port.
-    wireguard: usize,
-    /// Of those, IPv4 fragments: the tunnel's packets were bigger than the underlay's MTU.
-    fragments: usize,
-    /// Frames naming a ContainerNet address in an IPv4 header at their start (in clear).
-    container_addresses: usize,
-    /// Frames holding the downloaded bytes in clear.
-    clear_payload: usize,
-}
-
-fn watch_underlay(
-    socket: &PacketSocket,
-    servers: &[Ipv4Addr],
-    marker: &[u8],
-    stop: &AtomicBool,
-) -> Underlay {
-    let mut seen = Underlay::default();
-    ferry_tests::sniff::each_frame(socket, stop, |frame| {
-        if frame.windows(marker.len()).any(|w| w == marker) {
-            seen.clear_payload += 1;
-        }
-        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
-            return;
-        }
-        let ip = &frame[14..];
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-        if [src, dst].iter().any(|a| a.octets()[..2] == [10, 66]) {
-            seen.container_addresses += 1;
-        }
-        if servers.contains(&src) && servers.contains(&dst) {
-            seen.between_servers += 1;
-            if ferry_tests::sniff::is_ipv4_fragment(frame) {
-                seen.fragments += 1;
-            }
-            if ferry_tests::sniff::is_udp_port(frame, WIREGUARD_PORT) {
-                seen.wireguard += 1;
-            }
-        }
-    });
-    seen
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_talk_across_servers_through_joins_rotations_and_removals() -> Result<()> {
     let tag = unique("");
@@ -335,26 +175,13 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
         .iter()
         .filter_map(|m| m.server.addr())
         .collect();
-    let socket = PacketSocket::bind(&network.uplink_of(&two.server))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let capture = {
-        let stop = stop.clone();
-        let servers = servers.clone();
-        // The app's download pattern: sha512("ferry"), as in the app and DOWNLOAD.
-        let marker = <sha2::Sha512 as sha2::Digest>::digest(b"ferry")[..24].to_vec();
-        std::thread::spawn(move || watch_underlay(&socket, &servers, &marker, &stop))
+    let watch = Watch {
+        socket: PacketSocket::bind(&network.uplink_of(&two.server))?,
+        servers: &servers,
+        wireguard_port: WIREGUARD_PORT,
+        control_port: None,
     };
-    let (host, port) = (b_at.ip().to_string(), b_at.port().to_string());
-    let download = ferry_tests::inside::exec(
-        one.docker.engine(),
-        &a.id,
-        &["node", "-e", DOWNLOAD, &host, &port, "10"],
-    )
-    .await?;
-    stop.store(true, Ordering::Relaxed);
-    let seen = capture
-        .join()
-        .map_err(|_| anyhow::anyhow!("capture panicked"))?;
+    let (download, seen) = download_watched(one.docker.engine(), &a.id, b_at, 10, watch).await?;
     println!(
         "10 MiB across servers over a {UNDERLAY_MTU}-byte underlay: {download}; underlay: {seen:?}"
     );
@@ -362,18 +189,7 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
         download.starts_with(&format!("ok {}", 10 << 20)),
         "the 10 MiB body: {download}"
     );
-    ensure!(
-        seen.fragments == 0,
-        "the tunnel's packets were fragmented on the underlay (its MTU is too large): {seen:?}"
-    );
-    ensure!(
-        seen.between_servers > 1000 && seen.wireguard == seen.between_servers,
-        "only WireGuard may cross between servers: {seen:?}"
-    );
-    ensure!(
-        seen.container_addresses == 0 && seen.clear_payload == 0,
-        "container addresses or bytes crossed the underlay in clear: {seen:?}"
-    );
+    seen.check(1000)?;
 
     // A server claiming another's endpoint or key through central is refused.
     let (one_record, two_record) = {
@@ -417,7 +233,7 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
 
     // A third server joins while one and two talk.
     let flow = Flow::start(one.docker.engine(), &a.id, b_at, "join");
-    flow.goes_on(10).await?;
+    flow.goes_on(10, Duration::from_secs(30)).await?;
     let joining = Instant::now();
     // three's operator sets its MTU by hand, as the README's `--mesh-mtu` says.
     let by_hand = ["--mesh-mtu".to_string(), THREE_MTU.to_string()];
@@ -467,7 +283,7 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
         "three's web reached from one and two {:?} after it ran",
         running.elapsed()
     );
-    flow.goes_on(10).await?;
+    flow.goes_on(10, Duration::from_secs(30)).await?;
     let report = flow.stop().await?;
     println!("one -> two while three joined: {report:?}");
     ensure!(
@@ -478,7 +294,7 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
 
     // two's key is rotated while one talks to it: at most a handshake's interruption.
     let flow = Flow::start(one.docker.engine(), &a.id, b_at, "rotate");
-    flow.goes_on(10).await?;
+    flow.goes_on(10, Duration::from_secs(30)).await?;
     let (ok, out, err) = operator.run(&["servers", "rotate-key", "two"])?;
     ensure!(
         ok && out.contains("two now has WireGuard key"),
@@ -503,7 +319,7 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
             && !peers.contains(&two_record.wireguard_public_key)
     })
     .await?;
-    flow.goes_on(10).await?;
+    flow.goes_on(10, Duration::from_secs(30)).await?;
     let report = flow.stop().await?;
     println!(
         "one -> two across two's key rotation: longest gap {} ms; {report:?}",

@@ -6,32 +6,21 @@ use std::process::ExitCode;
 
 use anyhow::{Result, ensure};
 use ferry_agent::mesh::wireguard::Backend;
-use ferry_tests::tunnel::Tunnel;
+use ferry_tests::{tap::Report, tunnel::Tunnel};
 
 fn main() -> ExitCode {
-    let mut passed = 0;
-    let mut failed = 0;
-    let mut report = |name: &str, result: Result<()>| match result {
-        Ok(()) => {
-            passed += 1;
-            println!("ok {} - {name}", passed + failed);
-        }
-        Err(e) => {
-            failed += 1;
-            println!("not ok {} - {name}: {e:#}", passed + failed);
-        }
-    };
+    let mut report = Report::default();
     match Tunnel::new("vm", Backend::Kernel) {
         Ok(tunnel) => {
-            report(
+            report.check(
                 "the agent detects kernel WireGuard",
                 detects_kernel(&tunnel),
             );
-            report(
+            report.check(
                 "kernel WireGuard links configured through netlink",
                 tunnel.configure(),
             );
-            report(
+            report.check(
                 "traffic between the container subnets crosses the LAN encrypted",
                 tunnel.check_encrypted().map(|r| {
                     println!(
@@ -40,23 +29,20 @@ fn main() -> ExitCode {
                     );
                 }),
             );
-            report(
+            report.check(
                 "a peer with the wrong key gets nothing through",
                 tunnel.check_wrong_key(),
             );
         }
-        Err(e) => report("two servers joined by veth", Err(e)),
+        Err(e) => {
+            report.check("two servers joined by veth", Err(e));
+        }
     }
-    report(
+    report.check(
         "10 MB crosses a 1400-byte underlay through kernel WireGuard at the agent's MTU, unfragmented",
         bulk_over_a_small_underlay(),
     );
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    report.finish()
 }
 
 fn bulk_over_a_small_underlay() -> Result<()> {

@@ -1,5 +1,13 @@
 //! The guest's initramfs: busybox, the module closure (decompressed, in modprobe's order),
-//! and an init script that mounts the host root over 9p and runs the guest program in it.
+//! and an init script that makes the host root the guest's own and runs the guest program
+//! in it.
+//!
+//! The host root comes over 9p, read-only, under an overlay whose upper layer is the
+//! guest's memory: the guest writes anywhere (its /etc, /var/lib, /tmp) as a server does,
+//! and the host sees none of it. What the guest program gets besides its built-in
+//! arguments comes from the kernel command line: `ferry.args=a,b` appends words, and
+//! `ferry.shared=1` mounts the host folder QEMU shares as `shared` at `/run/shared`, the
+//! one place guests of one run can all write.
 
 use std::{
     fs,
@@ -25,29 +33,46 @@ pub const EXIT_PREFIX: &str = "ferry-vm-exit: ";
 /// since CI may clone the workspace there.
 const COVERED: [&str; 4] = ["/run", "/proc", "/sys", "/dev"];
 
-/// Builds `<work>/initramfs.cpio` for `kernel` that runs `guest` with `args` (words
-/// without spaces or quotes) and powers off.
+/// What the guest runs: a program of the host root, its arguments and environment.
+pub struct Guest<'a> {
+    /// The program, outside the directories the guest mounts over.
+    pub program: &'a Path,
+    /// Its first arguments (words without spaces or quotes); `ferry.args=` adds more.
+    pub args: &'a [&'a str],
+    /// Variables it gets besides init's (plain words as values).
+    pub env: &'a [(&'a str, String)],
+}
+
+/// Builds `<work>/<name>.cpio` for `kernel` that runs `guest` and powers off.
 pub fn build(
     work: &Path,
+    name: &str,
     kernel: &Kernel,
     modules: &[&str],
-    guest: &Path,
-    args: &[&str],
+    guest: &Guest,
 ) -> Result<PathBuf> {
-    if let Some(arg) = args
-        .iter()
-        .find(|a| a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c)))
-    {
+    let plain = |word: &str| {
+        !word.is_empty() && !word.contains(|c: char| c.is_whitespace() || "'\"\\$`".contains(c))
+    };
+    if let Some(arg) = guest.args.iter().find(|a| !plain(a)) {
         bail!("the guest's argument {arg:?} must be one plain word");
     }
-    if let Some(dir) = COVERED.iter().find(|d| guest.starts_with(d)) {
+    if let Some((var, value)) = guest
+        .env
+        .iter()
+        .find(|(var, value)| !plain(var) || !plain(value))
+    {
+        bail!("the guest's variable {var}={value:?} must be plain words");
+    }
+    let guest_program = guest.program;
+    if let Some(dir) = COVERED.iter().find(|d| guest_program.starts_with(d)) {
         bail!(
             "the guest program {} is under {dir}, which the guest mounts over; build the \
              workspace elsewhere (or set CARGO_TARGET_DIR)",
-            guest.display()
+            guest_program.display()
         );
     }
-    let staging = work.join("initramfs");
+    let staging = work.join(name);
     let _ = fs::remove_dir_all(&staging);
     for dir in ["bin", "dev", "proc", "sys", "host", "modules"] {
         fs::create_dir_all(staging.join(dir))
@@ -75,10 +100,10 @@ pub fn build(
         .context("writing the module order")?;
 
     let init = staging.join("init");
-    fs::write(&init, init_script(guest, args)).context("writing init")?;
+    fs::write(&init, init_script(guest)).context("writing init")?;
     fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).context("chmod init")?;
 
-    let image = work.join("initramfs.cpio");
+    let image = work.join(format!("{name}.cpio"));
     let out = fs::File::create(&image).with_context(|| format!("creating {}", image.display()))?;
     let mut cpio = Command::new("sh");
     cpio.current_dir(&staging)
@@ -132,7 +157,12 @@ fn decompress(from: &Path, to: &Path) -> Result<()> {
     }
 }
 
-fn init_script(guest: &Path, args: &[&str]) -> String {
+fn init_script(guest: &Guest) -> String {
+    let exports: String = guest
+        .env
+        .iter()
+        .map(|(var, value)| format!("export {var}={value}\n"))
+        .collect();
     format!(
         r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -144,16 +174,34 @@ if grep -q ferry.trial=1 /proc/cmdline; then poweroff -f; fi
 for m in $(cat /modules/order); do
   insmod /modules/$m || echo "ferry-vm: insmod $m failed"
 done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host || echo "ferry-vm: 9p mount failed"
+mkdir -p /lower /upper
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /lower || echo "ferry-vm: 9p mount failed"
+mount -t tmpfs -o size=80% upper /upper
+mkdir -p /upper/data /upper/work
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work /host || echo "ferry-vm: overlay mount failed"
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
 mount -t devtmpfs dev /host/dev
 mount -t tmpfs run /host/run
-chroot /host {guest} {args}
-echo "{EXIT_PREFIX}$?"
-poweroff -f
+mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
+mount -t bpf bpf /host/sys/fs/bpf
+mkdir -p /host/dev/pts /host/dev/shm
+mount -t devpts devpts /host/dev/pts
+mount -t tmpfs shm /host/dev/shm
+# Docker keeps its layers with overlayfs, which takes no overlay as its upper layer.
+for d in /var/lib/docker /var/lib/ferry-test; do
+  mkdir -p /host$d && mount -t tmpfs -o size=80% layers /host$d
+done
+if grep -q ferry.shared=1 /proc/cmdline; then
+  mkdir -p /host/run/shared
+  mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 shared /host/run/shared || echo "ferry-vm: shared mount failed"
+fi
+MORE=$(sed -n 's/.*ferry.args=\([^ ]*\).*/\1/p' /proc/cmdline | tr , ' ')
+# switch_root, not chroot: runc cannot enter a container's mount namespace from a chroot
+# ("chdir to cwd ... no such file or directory" on every exec).
+{exports}exec switch_root /host /bin/sh -c "{program} {args} $MORE; echo {EXIT_PREFIX}\$?; {BUSYBOX} poweroff -f"
 "#,
-        guest = guest.display(),
-        args = args.join(" ")
+        program = guest.program.display(),
+        args = guest.args.join(" ")
     )
 }

@@ -1,8 +1,11 @@
 //! The VM tier: the distribution's kernel (which has WireGuard as a module, unlike this
-//! machine's) booted under QEMU with a busybox initramfs. The guest mounts the host root
-//! read-only over 9p and runs a test program from it; results come back as lines on the
-//! serial console plus an exit code.
+//! machine's) booted under QEMU with a busybox initramfs. The guest takes the host root
+//! (over 9p, its writes kept in its own memory) and runs a test program from it; results
+//! come back as lines on the serial console plus an exit code. Two stages: one guest
+//! checks the mesh's kernel WireGuard verbs between namespaces, then two guests are two
+//! servers of one cluster ([`cluster`]).
 
+mod cluster;
 mod initramfs;
 mod kernel;
 mod qemu;
@@ -18,37 +21,77 @@ use crate::{process, workspace};
 #[derive(Args)]
 pub struct Options {
     /// Seconds before a guest that has not powered off is killed.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 1200)]
     timeout: u64,
+    /// Run only this stage.
+    #[arg(long)]
+    only: Option<Stage>,
 }
 
-/// The modules the guest loads, with their dependencies resolved by modprobe.
-const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "wireguard"];
+/// The VM tier's stages, in the order it runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stage {
+    /// One guest: the mesh's kernel WireGuard verbs between namespaces.
+    Mesh,
+    /// Two guests, two servers of one cluster: the whole system across them.
+    Cluster,
+}
+
+/// The modules the guest loads, with their dependencies resolved by modprobe: the host
+/// root's transport, WireGuard, the guests' network card, and what Docker needs (overlay
+/// for its layers, bridge for the containers' network).
+const MODULES: &[&str] = &[
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "veth",
+    "wireguard",
+    "virtio_net",
+    "overlay",
+    "bridge",
+];
 
 /// Runs the VM tier alone.
 pub fn run(options: Options) -> Result<()> {
-    let passed = run_with(Duration::from_secs(options.timeout))?;
+    let passed = run_with(Duration::from_secs(options.timeout), options.only)?;
     eprintln!("vm: {passed} passed");
     Ok(())
 }
 
 /// Runs the VM tier as part of `test`; returns how many guest tests passed.
 pub fn run_tier() -> Result<usize> {
-    run_with(Duration::from_secs(600))
+    run_with(Duration::from_secs(1200), None)
 }
 
-fn run_with(timeout: Duration) -> Result<usize> {
+fn run_with(timeout: Duration, only: Option<Stage>) -> Result<usize> {
     let work = workspace::target_dir().join("vm");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let kernel = kernel::fetch(&work)?;
-    let guest = build_guest()?;
-    let image = initramfs::build(&work, &kernel, MODULES, &guest, &[])?;
+    let built = build_guests()?;
+    let guest = initramfs::Guest {
+        program: &built.join("ferry-vm-guest"),
+        args: &[],
+        env: &[],
+    };
+    let image = initramfs::build(&work, "initramfs", &kernel, MODULES, &guest)?;
     let accel = qemu::choose_accel(&work, &kernel, &image)?;
-    let run = qemu::boot(&kernel, &image, accel, timeout)?;
+    let mut passed = 0;
+    if only.is_none_or(|stage| stage == Stage::Mesh) {
+        let run = qemu::boot(&kernel, &image, accel, &qemu::Machine::default(), timeout)?;
+        passed += passed_of("the mesh guest", &run)?;
+    }
+    if only.is_none_or(|stage| stage == Stage::Cluster) {
+        passed += cluster::run(&work, &kernel, accel, &built, timeout)?;
+    }
+    Ok(passed)
+}
+
+/// How many checks `run` passed; an error unless it passed some, failed none and exited 0.
+fn passed_of(guest: &str, run: &qemu::Run) -> Result<usize> {
     let (passed, failed) = run.counts();
     if run.exit_code != Some(0) || failed > 0 || passed == 0 {
         bail!(
-            "the VM tier failed: guest exit code {:?}, {passed} passed, {failed} failed\n\
+            "the VM tier failed in {guest}: exit code {:?}, {passed} passed, {failed} failed\n\
              --- console tail ---\n{}",
             run.exit_code,
             run.tail(40)
@@ -68,9 +111,14 @@ pub fn run_program(
     let work = workspace::target_dir().join("vm");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let kernel = kernel::fetch(&work)?;
-    let image = initramfs::build(&work, &kernel, MODULES, program, args)?;
+    let guest = initramfs::Guest {
+        program,
+        args,
+        env: &[],
+    };
+    let image = initramfs::build(&work, "initramfs", &kernel, MODULES, &guest)?;
     let accel = qemu::choose_accel(&work, &kernel, &image)?;
-    let run = qemu::boot(&kernel, &image, accel, timeout)?;
+    let run = qemu::boot(&kernel, &image, accel, &qemu::Machine::default(), timeout)?;
     if run.exit_code != Some(0) {
         bail!(
             "{} in the guest failed: exit code {:?}\n--- console tail ---\n{}",
@@ -82,22 +130,22 @@ pub fn run_program(
     Ok(run.lines)
 }
 
-/// Builds the guest test program; the guest runs it from the host root it mounts.
-fn build_guest() -> Result<PathBuf> {
+/// Builds the guests' test programs and the binaries the cluster's guests run (agent,
+/// central, CLI); returns the folder holding them. The guests run them from the host root.
+fn build_guests() -> Result<PathBuf> {
     process::run(
         Command::new(workspace::cargo())
             .current_dir(workspace::root())
-            .args([
-                "build",
-                "--package",
-                "ferry-tests",
-                "--bin",
-                "ferry-vm-guest",
-            ]),
+            .args(["build", "--package", "ferry-tests"])
+            .args(["--bin", "ferry-vm-guest", "--bin", "ferry-vm-cluster"])
+            .args(["--package", "ferry-agent", "--package", "ferry-central"])
+            .args(["--package", "ferry-cli"]),
     )?;
-    let path = workspace::target_dir().join("debug/ferry-vm-guest");
-    let path = path
-        .canonicalize()
-        .with_context(|| format!("the guest program {} was not built", path.display()))?;
-    Ok(path)
+    let path = workspace::target_dir().join("debug");
+    path.canonicalize().with_context(|| {
+        format!(
+            "the guest programs' folder {} was not built",
+            path.display()
+        )
+    })
 }

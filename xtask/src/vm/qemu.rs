@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -65,11 +65,15 @@ pub fn choose_accel(work: &Path, kernel: &Kernel, image: &Path) -> Result<Accel>
         }
     }
     let accel = if Path::new("/dev/kvm").exists() {
+        let machine = Machine {
+            cmdline: "ferry.trial=1".into(),
+            ..Machine::default()
+        };
         let trial = run_qemu(
             kernel,
             image,
             Accel::Kvm,
-            "ferry.trial=1",
+            &machine,
             Duration::from_secs(20),
             false,
         );
@@ -89,45 +93,111 @@ pub fn choose_accel(work: &Path, kernel: &Kernel, image: &Path) -> Result<Accel>
     Ok(accel)
 }
 
+/// A guest's machine, besides its kernel and initramfs.
+pub struct Machine {
+    /// What its console lines are prefixed with when echoed (empty: nothing).
+    pub label: String,
+    /// Its memory in MiB; the guest's writes to its root live there too.
+    pub memory_mib: u32,
+    /// Its virtual CPUs.
+    pub cpus: u32,
+    /// More words for the kernel command line (`ferry.args=...`, say).
+    pub cmdline: String,
+    /// A network card joined to another guest's.
+    pub link: Option<Link>,
+    /// A host folder the guest mounts writable (with `ferry.shared=1`).
+    pub shared: Option<PathBuf>,
+}
+
+impl Default for Machine {
+    fn default() -> Self {
+        Self {
+            label: String::new(),
+            memory_mib: 1024,
+            cpus: 2,
+            cmdline: String::new(),
+            link: None,
+            shared: None,
+        }
+    }
+}
+
+/// A virtio network card whose frames go, as datagrams on a Unix socket of the host, to
+/// the guest bound at `remote`: a wire between two guests that touches no host interface.
+pub struct Link {
+    /// This guest's end.
+    pub local: PathBuf,
+    /// The other guest's end.
+    pub remote: PathBuf,
+    /// The card's MAC address.
+    pub mac: String,
+}
+
 /// Boots the guest and waits for it to power off, killing it after `timeout`.
-pub fn boot(kernel: &Kernel, image: &Path, accel: Accel, timeout: Duration) -> Result<Run> {
-    run_qemu(kernel, image, accel, "", timeout, true)
+pub fn boot(
+    kernel: &Kernel,
+    image: &Path,
+    accel: Accel,
+    machine: &Machine,
+    timeout: Duration,
+) -> Result<Run> {
+    run_qemu(kernel, image, accel, machine, timeout, true)
 }
 
 fn run_qemu(
     kernel: &Kernel,
     image: &Path,
     accel: Accel,
-    extra_cmdline: &str,
+    machine: &Machine,
     timeout: Duration,
     echo: bool,
 ) -> Result<Run> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-machine",
-        "q35",
-        "-m",
-        "1024",
-        "-smp",
-        "2",
-        "-nodefaults",
-        "-no-reboot",
-    ])
-    .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
-    .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
-    .arg("-kernel")
-    .arg(&kernel.vmlinuz)
-    .arg("-initrd")
-    .arg(image)
-    .args([
-        "-append",
-        &format!("console=ttyS0 panic=-1 loglevel=4 {extra_cmdline}"),
-        "-virtfs",
-        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(["-machine", "q35", "-m", &machine.memory_mib.to_string()])
+        .args([
+            "-smp",
+            &machine.cpus.to_string(),
+            "-nodefaults",
+            "-no-reboot",
+        ])
+        .args(["-display", "none", "-serial", "stdio", "-monitor", "none"])
+        .args(["-accel", if accel == Accel::Kvm { "kvm" } else { "tcg" }])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(image)
+        .args([
+            "-append",
+            &format!("console=ttyS0 panic=-1 loglevel=4 {}", machine.cmdline),
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]);
+    if let Some(link) = &machine.link {
+        // A socket left by an earlier run would keep QEMU from binding.
+        let _ = std::fs::remove_file(&link.local);
+        cmd.args([
+            "-netdev",
+            &format!(
+                "dgram,id=link,local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                link.local.display(),
+                link.remote.display()
+            ),
+            "-device",
+            &format!("virtio-net-pci,netdev=link,mac={}", link.mac),
+        ]);
+    }
+    if let Some(shared) = &machine.shared {
+        cmd.args([
+            "-virtfs",
+            &format!(
+                "local,path={},mount_tag=shared,security_model=none,multidevs=remap",
+                shared.display()
+            ),
+        ]);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let line = process::describe(&cmd);
     if echo {
         eprintln!("+ {line}");
@@ -161,7 +231,7 @@ fn run_qemu(
                 // The serial console ends lines with \r\n.
                 let l = l.trim_end_matches('\r').to_string();
                 if echo {
-                    println!("{l}");
+                    println!("{}{l}", machine.label);
                 }
                 if let Some(code) = l.strip_prefix(EXIT_PREFIX) {
                     exit_code = code.trim().parse().ok();
