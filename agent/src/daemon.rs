@@ -112,6 +112,11 @@ fn start_joined(
     let snapshot = state_dir.join("records.json");
     let records = Records::from_snapshot(&snapshot);
     let callers = Callers::new(Some(map_dir.clone()));
+    tasks.spawn(discovery::keep_isolation(
+        map_dir.clone(),
+        records.clone(),
+        callers.clone(),
+    ));
     tasks.spawn(discovery::run(
         loaded.clone(),
         map_dir,

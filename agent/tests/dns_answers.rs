@@ -63,6 +63,7 @@ fn answerer(tweak: impl FnOnce(&mut ServiceRecord)) -> Answerer {
                 stack: "shop".into(),
                 service: "web".into(),
                 generation,
+                address: None,
             },
         );
     }

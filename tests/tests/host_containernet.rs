@@ -536,6 +536,65 @@ async fn stacks_reach_their_own_containers_and_never_each_others() -> Result<()>
         }
     }
 
+    // A container still starting (no health check passed, so no record names it) is
+    // isolated from its first moment: gamma's web sleeps before it listens.
+    let gamma = ferry_tests::cluster::site_stack(
+        &format!("ferry-test-cnet-gamma{tag}"),
+        "services:\n  web:\n    build_root: app\n    command: sleep 600; node server.js\n    ports: [\"3000\"]\n    health:\n      endpoint: /healthz\n      timeout: 600s\n",
+    )?;
+    let _deploying = ferry_tests::Running(
+        operator
+            .command()?
+            .args(["deploy", "--stack", "gamma", &gamma.to_string_lossy()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let (host, starting) = {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let mut found = None;
+            for member in [&one, &two] {
+                if let Some(c) = member
+                    .containers()
+                    .await?
+                    .into_iter()
+                    .find(|c| c.stack == "gamma" && c.running && c.address.is_some())
+                {
+                    found = Some((member, c));
+                }
+            }
+            if let Some(found) = found {
+                break found;
+            }
+            ensure!(Instant::now() < deadline, "gamma's web never ran");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let starting_at = SocketAddrV4::new(starting.address.context("no address")?, 3000);
+    let (alpha_here, alpha_here_at) = web_of(host, "alpha").await?;
+    let engine_here = host.docker.engine();
+    eventually(
+        Duration::from_secs(20),
+        "alpha refused gamma's starting web",
+        || async {
+            let seen = connect_from(engine_here, &alpha_here.id, starting_at).await?;
+            Ok(Saw(seen == "EACCES", seen))
+        },
+    )
+    .await?;
+    let seen = connect_from(engine_here, &starting.id, alpha_here_at).await?;
+    ensure!(seen == "EACCES", "gamma's starting web to alpha's: {seen}");
+    let gamma_stack = admin
+        .stacks()
+        .await?
+        .into_iter()
+        .find(|s| s.name == "gamma");
+    ensure!(
+        gamma_stack.as_ref().is_some_and(|s| s.serving.is_none()),
+        "gamma was to be still starting: {gamma_stack:?}"
+    );
+
     // Host processes keep access to every container.
     for target in [alpha_one_at, beta_one_at, beta_two_at] {
         let answer = one
@@ -557,5 +616,6 @@ async fn stacks_reach_their_own_containers_and_never_each_others() -> Result<()>
     drop(central);
     let _ = std::fs::remove_dir_all(&central_dir);
     let _ = std::fs::remove_dir_all(&stack);
+    let _ = std::fs::remove_dir_all(&gamma);
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! This server's containers as callers: each one's cgroup id and the stack, service and
-//! generation its processes belong to. Kept in memory for the DNS server and in the kernel's
-//! callers map for `connect4`; written by the workloads as containers start and by every
-//! container report, so both views follow the containers that run.
+//! generation its processes belong to, and its address. Kept in memory for the DNS server
+//! and the stack isolation, and in the kernel's callers map for `connect4`; written by the
+//! workloads as containers start and by every container report, so every view follows the
+//! containers that run.
 
 use std::{
     collections::HashMap,
+    net::Ipv4Addr,
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError, RwLock,
@@ -26,6 +28,8 @@ pub struct LocalCaller {
     pub service: String,
     /// The newest generation it runs for: its own, or a later one it was carried into.
     pub generation: u64,
+    /// Its ContainerNet address, once Docker gave it one.
+    pub address: Option<Ipv4Addr>,
 }
 
 /// The shared table of this server's callers, by cgroup id.
@@ -35,6 +39,8 @@ pub struct Callers {
     kernel: Arc<Mutex<Kernel>>,
     /// Whether the containers have been listed once since the agent started.
     loaded: Arc<AtomicBool>,
+    /// Bumped on every write, for followers (the stack isolation).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The kernel's callers map, opened on first use: the daemon starts the data plane first.
@@ -67,7 +73,23 @@ impl Callers {
                 table: None,
             })),
             loaded: Arc::default(),
+            changes: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// A receiver that sees every later write.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The address and stack id of every known caller that has an address.
+    pub fn addresses(&self) -> Vec<(Ipv4Addr, u32)> {
+        self.known
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter_map(|c| Some((c.address?, stack_id(&c.stack))))
+            .collect()
     }
 
     /// Whether this server's containers have been listed since the agent started.
@@ -92,6 +114,7 @@ impl Callers {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(cgroup, Arc::new(caller));
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Makes the table exactly `all`: the containers that run now.
@@ -120,6 +143,7 @@ impl Callers {
         *self.known.write().unwrap_or_else(PoisonError::into_inner) =
             all.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.loaded.store(true, Ordering::Release);
+        self.changes.send_modify(|n| *n += 1);
     }
 
     fn write_kernel(&self, cgroup: u64, caller: &LocalCaller) {

@@ -11,4 +11,5 @@ mod records;
 
 pub use callers::{Callers, LocalCaller};
 pub use follow::run;
+pub use isolation::keep as keep_isolation;
 pub use records::{Directory, Found, Records};

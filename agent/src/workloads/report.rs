@@ -133,5 +133,6 @@ fn as_caller(c: &ContainerReport) -> LocalCaller {
         stack: c.stack.clone(),
         service: c.service.clone(),
         generation: c.serves.iter().copied().max().unwrap_or(c.generation),
+        address: c.address,
     }
 }

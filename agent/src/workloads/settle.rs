@@ -284,6 +284,7 @@ async fn settle_each(
                         stack: assignment.stack.clone(),
                         service: name.into(),
                         generation: assignment.generation,
+                        address,
                     },
                 ),
                 // One that already exited fails its check below, with its log.

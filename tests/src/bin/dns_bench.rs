@@ -447,6 +447,7 @@ fn serve_ferry(args: &[String]) -> Result<()> {
                     stack: "bench".into(),
                     service: "client".into(),
                     generation: 1,
+                    address: None,
                 },
             )]
             .into_iter()
