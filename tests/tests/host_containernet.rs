@@ -435,6 +435,20 @@ async fn connect_from(engine: &Engine, id: &str, target: SocketAddrV4) -> Result
     node(engine, id, &script).await
 }
 
+/// Waits (up to 20 s, while the agents learn the addresses) until a connect from container
+/// `id` to `target` fails with EACCES.
+async fn refused_within(engine: &Engine, id: &str, target: SocketAddrV4, what: &str) -> Result<()> {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{what} refused"),
+        || async {
+            let seen = connect_from(engine, id, target).await?;
+            Ok(Saw(seen == "EACCES", seen))
+        },
+    )
+    .await
+}
+
 /// What a UDP datagram from container `id` to `target` gives: `sent`, or the error's code.
 async fn send_from(engine: &Engine, id: &str, target: SocketAddrV4) -> Result<String> {
     let script = format!(
@@ -485,13 +499,11 @@ async fn stacks_reach_their_own_containers_and_never_each_others() -> Result<()>
     let alpha_service = ferry_tests::cluster::service_address(&admin, "alpha", "web", 3000).await?;
     // The records of all four reach both agents before the checks count.
     let engine_one = one.docker.engine();
-    eventually(
-        Duration::from_secs(20),
-        "beta's webs isolated from alpha",
-        || async {
-            let seen = connect_from(engine_one, &alpha_one.id, beta_two_at).await?;
-            Ok(Saw(seen == "EACCES", seen))
-        },
+    refused_within(
+        engine_one,
+        &alpha_one.id,
+        beta_two_at,
+        "alpha to beta's web on two",
     )
     .await?;
 
@@ -574,13 +586,11 @@ async fn stacks_reach_their_own_containers_and_never_each_others() -> Result<()>
     let starting_at = SocketAddrV4::new(starting.address.context("no address")?, 3000);
     let (alpha_here, alpha_here_at) = web_of(host, "alpha").await?;
     let engine_here = host.docker.engine();
-    eventually(
-        Duration::from_secs(20),
-        "alpha refused gamma's starting web",
-        || async {
-            let seen = connect_from(engine_here, &alpha_here.id, starting_at).await?;
-            Ok(Saw(seen == "EACCES", seen))
-        },
+    refused_within(
+        engine_here,
+        &alpha_here.id,
+        starting_at,
+        "alpha to gamma's starting web",
     )
     .await?;
     let seen = connect_from(engine_here, &starting.id, alpha_here_at).await?;

@@ -97,8 +97,7 @@ async fn main() -> ExitCode {
     let outcome = match Board::at(Path::new(BOARD)) {
         Ok(board) => {
             let outcome = match role.as_str() {
-                "one" => one(&mut report, &board).await,
-                "two" => two(&mut report, &board).await,
+                "one" | "two" => serve(&mut report, &board, &role).await,
                 other => Err(anyhow!("usage: ferry-vm-cluster one|two (got {other:?})")),
             };
             if let Err(e) = &outcome {
@@ -508,14 +507,24 @@ async fn isolated(here: &ThisServer, admin: &Client) -> Result<()> {
     Ok(())
 }
 
-async fn one(report: &mut Report, board: &Board) -> Result<()> {
+/// Server `role`'s run: the server prepared, then its part, cut short if the other server
+/// gives up; the agent's last lines printed if it failed.
+async fn serve(report: &mut Report, board: &Board, role: &str) -> Result<()> {
+    let other = if role == "one" { "two" } else { "one" };
     let mut here = step(
         report,
-        "one: underlay up at MTU 1400, Docker Engine up, Node base image in",
-        ThisServer::prepare("one"),
+        &format!("{role}: underlay up at MTU 1400, Docker Engine up, Node base image in"),
+        ThisServer::prepare(role),
     )
     .await?;
-    let outcome = wait_unless_abandoned(board, "two", one_joined(report, board, &mut here)).await;
+    let part = async {
+        if role == "one" {
+            one_joined(report, board, &mut here).await
+        } else {
+            two_joined(report, board, &mut here).await
+        }
+    };
+    let outcome = wait_unless_abandoned(board, other, part).await;
     if outcome.is_err() {
         here.print_log_tail();
     }
@@ -749,20 +758,6 @@ async fn one_joined(report: &mut Report, board: &Board, here: &mut ThisServer) -
     .await?;
     board.post("done", &Done {})?;
     Ok(())
-}
-
-async fn two(report: &mut Report, board: &Board) -> Result<()> {
-    let mut here = step(
-        report,
-        "two: underlay up at MTU 1400, Docker Engine up, Node base image in",
-        ThisServer::prepare("two"),
-    )
-    .await?;
-    let outcome = wait_unless_abandoned(board, "one", two_joined(report, board, &mut here)).await;
-    if outcome.is_err() {
-        here.print_log_tail();
-    }
-    outcome
 }
 
 async fn two_joined(report: &mut Report, board: &Board, here: &mut ThisServer) -> Result<()> {
