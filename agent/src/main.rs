@@ -461,6 +461,7 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let chosen = std::sync::Arc::new(std::sync::OnceLock::new());
     let (mtu_chosen, mtu) = tokio::sync::watch::channel(None);
+    let heartbeat_mtu = mtu.clone();
     let l4_path = ferry_agent::ingress::L4Path::default();
     let joined = match joined {
         None => None,
@@ -519,6 +520,7 @@ fn run(args: RunArgs) -> Result<()> {
                     backend: chosen.clone(),
                     docker_socket: args.docker_socket.clone(),
                     l4_path: workloads.as_ref().map(|_| l4_path.clone()),
+                    mtu: heartbeat_mtu,
                 },
                 mesh: MeshOptions {
                     chosen: chosen.clone(),

@@ -23,7 +23,7 @@ use crate::{
 /// Requests from one container to another without pause, each on a new connection, until
 /// the file `stop` appears in the caller; then one JSON line: successes, failures by
 /// code, and the longest time between two successes (ms). The count of successes so far
-/// is kept in the file `progress`.
+/// is kept in the file `progress` (replaced whole, so a reader never finds it empty).
 const FLOW: &str = r#"
 const http = require('http'), fs = require('fs');
 const [host, port, stop, progress] = process.argv.slice(1);
@@ -33,7 +33,7 @@ function one() {
   if (fs.existsSync(stop)) return console.log(JSON.stringify({ ok, failed, gap, errors }));
   const req = http.get({ host, port, path: '/', agent: false, timeout: 15000 }, (r) => {
     r.resume();
-    r.on('end', () => { ok++; const now = Date.now(); gap = Math.max(gap, now - last); last = now; fs.writeFileSync(progress, String(ok)); next(); });
+    r.on('end', () => { ok++; const now = Date.now(); gap = Math.max(gap, now - last); last = now; fs.writeFileSync(progress + '.new', String(ok)); fs.renameSync(progress + '.new', progress); next(); });
   });
   req.on('timeout', () => req.destroy(new Error('timeout')));
   req.on('error', (e) => { failed++; errors[e.code || e.message] = (errors[e.code || e.message] || 0) + 1; next(); });

@@ -336,6 +336,27 @@ async fn containers_talk_across_servers_through_joins_rotations_and_removals() -
         "the rotation stopped the flow for {} ms",
         report.gap
     );
+    // The operator sees each link's MTU and two's rotation (as the agents' next heartbeats
+    // and central's record tell).
+    let wanted = [
+        ("one", "userspace MTU 1340 "),
+        ("two", " rotation 1 "),
+        ("three", "userspace MTU 1320 "),
+    ];
+    eventually(
+        Duration::from_secs(30),
+        "servers list showing MTUs and the rotation",
+        || async {
+            let (_, listed, _) = operator.run(&["servers", "list"])?;
+            let shown = wanted.iter().all(|(name, what)| {
+                listed
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name} ")) && l.contains(what))
+            });
+            Ok(Saw(shown, listed))
+        },
+    )
+    .await?;
 
     // three leaves: its peer entries and routes go everywhere, its token stops working.
     let token = std::fs::read_to_string(three.paths.state_dir.join("agent.token"))?;

@@ -37,6 +37,8 @@ pub struct HeartbeatOptions {
     pub docker_socket: Option<PathBuf>,
     /// The path the published L4 ports take, as the ingress decided it.
     pub l4_path: Option<crate::ingress::L4Path>,
+    /// The MTU the mesh gave its link, once it has.
+    pub mtu: tokio::sync::watch::Receiver<Option<u32>>,
 }
 
 /// Sends heartbeats until the task is dropped; a failed one is logged and the next one
@@ -79,6 +81,7 @@ async fn heartbeat(options: &HeartbeatOptions, engine: &mut Option<Engine>) -> H
                         Backend::Userspace => "userspace",
                     }
                     .into(),
+                    mtu: *options.mtu.borrow(),
                     peers: peers
                         .into_iter()
                         .map(|p| PeerStatus {

@@ -62,6 +62,10 @@ impl Heartbeat {
 pub struct WireguardStatus {
     /// `kernel` or `userspace` (wireguard-go).
     pub backend: String,
+    /// The link's MTU, bytes: the underlay's less WireGuard's overhead, or the operator's
+    /// `--mesh-mtu`; None from agents older than this field.
+    #[serde(default)]
+    pub mtu: Option<u32>,
     /// Each peer, by its public key.
     pub peers: Vec<PeerStatus>,
 }
@@ -113,6 +117,7 @@ mod tests {
             interval_secs: 10,
             wireguard: Some(WireguardStatus {
                 backend: "kernel".into(),
+                mtu: Some(1340),
                 peers: (0..peers)
                     .map(|i| PeerStatus {
                         public_key: format!("key{i}"),

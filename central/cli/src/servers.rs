@@ -12,8 +12,9 @@ use crate::{Output, login, table};
 pub enum Command {
     /// Every server: its subnet and WireGuard endpoint, when central last heard from it
     /// ("unreachable since ..." once it missed three heartbeats), its agent's version,
-    /// its WireGuard backend with each peer's last handshake and bytes, its containers,
-    /// and the path its `tcp:`/`udp:` ports take (kernel, or the userspace relay and why).
+    /// its WireGuard backend and link MTU, its key (how many rotations, and one asked but
+    /// not made yet), each peer's last handshake and bytes, its containers, and the path
+    /// its `tcp:`/`udp:` ports take (kernel, or the userspace relay and why).
     List(Output),
     /// Remove a server: its subnet is released and its agent's token revoked.
     Remove {
@@ -127,7 +128,11 @@ fn render(servers: &[ServerStatus], now: u64) -> String {
                 contact,
                 beat.map_or("-".into(), |b| b.version.clone()),
                 beat.and_then(|b| b.wireguard.as_ref())
-                    .map_or("-".into(), |w| w.backend.clone()),
+                    .map_or("-".into(), |w| match w.mtu {
+                        Some(mtu) => format!("{} MTU {mtu}", w.backend),
+                        None => w.backend.clone(),
+                    }),
+                key(&s.server),
                 beat.and_then(|b| b.wireguard.as_ref())
                     .map_or("-".into(), |w| peers(w, servers, now)),
                 beat.and_then(|b| b.containers_running)
@@ -145,12 +150,27 @@ fn render(servers: &[ServerStatus], now: u64) -> String {
             "LAST CONTACT",
             "VERSION",
             "WIREGUARD",
+            "KEY",
             "PEERS",
             "CONTAINERS",
             "L4",
         ],
         &rows,
     )
+}
+
+/// `initial`, `rotation 2`, or `rotation 2, rotation 3 asked` while the agent has not
+/// published the key `ferry servers rotate-key` asked for.
+fn key(server: &ferry_api::types::Server) -> String {
+    let now = match server.key_generation {
+        0 => "initial".to_string(),
+        n => format!("rotation {n}"),
+    };
+    if server.key_requested > server.key_generation {
+        format!("{now}, rotation {} asked", server.key_requested)
+    } else {
+        now
+    }
 }
 
 /// `two: handshake 5s ago, 1.2 KiB in, 3.4 KiB out; three: no handshake`.
@@ -256,6 +276,7 @@ mod tests {
             interval_secs: 10,
             wireguard: Some(WireguardStatus {
                 backend: "userspace".into(),
+                mtu: Some(1340),
                 peers: vec![
                     PeerStatus {
                         public_key: "KEYTWO".into(),
@@ -274,11 +295,14 @@ mod tests {
             containers_running: Some(3),
             l4_path: Some("relay (no container bridge yet)".into()),
         };
-        let servers = [
+        let mut servers = [
             status("one", "KEYONE", Some(now - 4), Some(beat.clone())),
             status("two", "KEYTWO", Some(now - 95), Some(beat)),
             status("three", "KEYTHREE", None, None),
         ];
+        // Two was rotated once and asked for a second rotation its agent has not made.
+        servers[1].server.key_generation = 1;
+        servers[1].server.key_requested = 2;
         let table = render(&servers, now);
         let row = |name: &str| {
             table
@@ -294,7 +318,13 @@ mod tests {
             "{table}"
         );
         assert!(
-            row("one").contains("userspace") && row("one").contains(" 3"),
+            row("one").contains("userspace MTU 1340 ")
+                && row("one").contains(" initial ")
+                && row("one").contains(" 3"),
+            "{table}"
+        );
+        assert!(
+            row("two").contains(" rotation 1, rotation 2 asked "),
             "{table}"
         );
         assert!(

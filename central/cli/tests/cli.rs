@@ -174,6 +174,7 @@ async fn login_then_list_and_remove_servers() {
         interval_secs: 10,
         wireguard: Some(ferry_api::heartbeat::WireguardStatus {
             backend: "kernel".into(),
+            mtu: Some(1420),
             peers: Vec::new(),
         }),
         containers_running: Some(2),
@@ -188,7 +189,15 @@ async fn login_then_list_and_remove_servers() {
     let out = ferry(&config, &["servers", "list"]);
     let (stdout, _) = text(&out);
     let row = stdout.lines().nth(1).unwrap_or_default();
-    for shown in ["s ago", "0.1.0", "kernel", "none", " 2", "kernel (eth0)"] {
+    for shown in [
+        "s ago",
+        "0.1.0",
+        "kernel MTU 1420",
+        "initial",
+        "none",
+        " 2",
+        "kernel (eth0)",
+    ] {
         assert!(row.contains(shown), "{shown:?} not in {row}");
     }
 
