@@ -7,12 +7,17 @@
 //! the same connect4 lookup (the direct address and the DNAT address are simply not
 //! services). A fourth path connects to the service from a cgroup registered as a
 //! container, with the backend's address in its stack: the stack isolation's check runs
-//! in full (and allows it) on top of the steering. Each connection is opened, carries one byte each way, and is closed with a
-//! reset (SO_LINGER 0, so no TIME_WAIT piles up); the client opens them one after another
-//! and reports the rate and the per-connection latency. Runs interleave the three paths.
+//! in full (and allows it) on top of the steering. A fifth path is the receiving side of
+//! the isolation: a direct connect to a second backend whose process lives in a registered
+//! container's cgroup below the programs' root, so `ferry_isolation` (cgroup_skb/ingress)
+//! checks every packet it receives, the client's address being in the same stack. Each
+//! connection is opened, carries one byte each way, and is closed with a reset (SO_LINGER
+//! 0, so no TIME_WAIT piles up); the client opens them one after another and reports the
+//! rate and the per-connection latency. Runs interleave the paths.
 //!
 //! Modes: `ferry-connect-bench [--runs N] [--connections N]` orchestrates;
-//! `ferry-connect-bench client TARGET N` is the client it starts.
+//! `ferry-connect-bench client TARGET N` is the client it starts; `ferry-connect-bench
+//! backend ADDRESS` is the second backend (it prints `listening` once it is).
 
 use std::{
     io::{Read as _, Write as _},
@@ -33,11 +38,14 @@ use ferry_tests::{
 const BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 98, 0, 1), 8080);
 const SERVICE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 97, 0, 1), 80);
 const DNAT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 97, 0, 2), 80);
+/// The backend in a registered container's cgroup (the receiving side's check runs).
+const GUARDED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 98, 0, 2), 8080);
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("client") => client(&args[1..]),
+        Some("backend") => backend(&args[1..]),
         _ => orchestrate(&args),
     }
 }
@@ -56,6 +64,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
     let ns = Server::create("ferry-connect-bench", None)?;
     let name = ns.name().to_string();
     ip(&["-n", &name, "addr", "add", "10.98.0.1/32", "dev", "lo"])?;
+    ip(&["-n", &name, "addr", "add", "10.98.0.2/32", "dev", "lo"])?;
     // The DNAT address needs a route before the rule rewrites it; connect4 needs none.
     ip(&["-n", &name, "route", "add", "10.97.0.0/16", "dev", "lo"])?;
     iptables(
@@ -95,27 +104,40 @@ fn orchestrate(args: &[String]) -> Result<()> {
     let stack = ferry_ebpf_abi::stack_id("bench");
     let member_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(member_cgroup.path())?);
     ferry_agent::dataplane::CallerTable::open(&map_dir(pins.path()))?.set(member_id, stack, 1)?;
-    ferry_agent::dataplane::AddressStacks::open(&map_dir(pins.path()))?
-        .set(*BACKEND.ip(), stack)?;
+    let mut address_stacks = ferry_agent::dataplane::AddressStacks::open(&map_dir(pins.path()))?;
+    address_stacks.set(*BACKEND.ip(), stack)?;
+    // The guarded backend and the address its clients come from (a connect to a local
+    // address comes from that address): both of the member's stack, so each packet is
+    // looked up and allowed.
+    address_stacks.set(*GUARDED.ip(), stack)?;
 
     // The backend: one byte in, one byte out, on a thread inside the namespace.
     let listener = ns.run(|| TcpListener::bind(BACKEND))??;
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut byte = [0u8; 1];
-            if stream.read_exact(&mut byte).is_ok() {
-                let _ = stream.write_all(&byte);
-            }
-        }
-    });
+    std::thread::spawn(move || answer(&listener));
 
     let exe = std::env::current_exe()?;
+    // The guarded backend: a process of its own, placed in the member's cgroup before it
+    // opens its socket (a socket belongs to its creator's cgroup).
+    let guarded = {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["backend", &GUARDED.to_string()])
+            .stdout(std::process::Stdio::piped());
+        ns.enter(&mut cmd);
+        place(&mut cmd, member_cgroup.path());
+        let mut child = ferry_tests::Running(cmd.spawn().context("starting the guarded backend")?);
+        let stdout = child.0.stdout.take().context("the backend's stdout")?;
+        let ready = ferry_tests::lines_of(stdout)
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .context("the guarded backend did not start listening")?;
+        ensure!(ready == "listening", "the guarded backend said {ready:?}");
+        child
+    };
     let paths = [
         ("direct", BACKEND, &client_cgroup),
         ("connect4", SERVICE, &client_cgroup),
         ("iptables", DNAT, &client_cgroup),
         ("isolated", SERVICE, &member_cgroup),
+        ("received", GUARDED, &client_cgroup),
     ];
     let mut results: Vec<Vec<Figures>> = vec![Vec::new(); paths.len()];
     for run in 0..runs {
@@ -123,13 +145,7 @@ fn orchestrate(args: &[String]) -> Result<()> {
             let mut cmd = Command::new(&exe);
             cmd.args(["client", &target.to_string(), &connections.to_string()]);
             ns.enter(&mut cmd);
-            let cgroup_procs = cgroup.path().join("cgroup.procs");
-            // SAFETY: only a write(2) to a file between fork and exec.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                    std::fs::write(&cgroup_procs, b"0")
-                });
-            }
+            place(&mut cmd, cgroup.path());
             let out = cmd.output().context("running the client")?;
             let text = String::from_utf8_lossy(&out.stdout);
             ensure!(
@@ -179,11 +195,48 @@ fn orchestrate(args: &[String]) -> Result<()> {
         "ratio isolated_connect_rate_vs_connect4_higher_is_better = {:.2}",
         paired(3, 1, by_rate)
     );
+    println!(
+        "ratio received_connect_rate_vs_direct_higher_is_better = {:.2}",
+        paired(4, 0, by_rate)
+    );
     println!("metric connect4_rate = {:.0} connections/s", rate(1));
     println!("metric connect4_p99 = {:.1} us", of(1, |f| f.p99_us));
+    drop(guarded);
     drop(_dataplane);
     let _ = ferry_agent::dataplane::unpin(pins.path());
     Ok(())
+}
+
+/// Has `cmd` move itself into the cgroup at `cgroup` before it runs.
+fn place(cmd: &mut Command, cgroup: &std::path::Path) {
+    let procs = cgroup.join("cgroup.procs");
+    // SAFETY: only a write(2) to a file between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || std::fs::write(&procs, b"0"));
+    }
+}
+
+/// Listens on ADDRESS, prints `listening`, and answers each connection's byte with one.
+fn backend(args: &[String]) -> Result<()> {
+    let [address] = args else {
+        bail!("usage: ferry-connect-bench backend ADDRESS");
+    };
+    let address: SocketAddrV4 = address.parse()?;
+    let listener = TcpListener::bind(address).with_context(|| format!("binding {address}"))?;
+    println!("listening");
+    answer(&listener);
+    Ok(())
+}
+
+/// Answers each connection's byte with one, for ever.
+fn answer(listener: &TcpListener) {
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut byte = [0u8; 1];
+        if stream.read_exact(&mut byte).is_ok() {
+            let _ = stream.write_all(&byte);
+        }
+    }
 }
 
 fn iptables(netns: &str, args: &[&str]) -> Result<()> {

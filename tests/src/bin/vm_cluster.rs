@@ -9,8 +9,9 @@
 //! route each way, the tunnel at 1400 less 60); containers reaching each other by
 //! `.cloud66.local` name, by address and by service address; a 10 MiB body crossing
 //! intact with nothing but WireGuard (and central's TLS) on the underlay and no fragment;
-//! during a deploy, each generation reaching its own; two's key rotated under a flow of
-//! requests (longest gap measured); two removed (its peer and route gone from one).
+//! a second stack and the first refusing each other's containers; during a deploy, each
+//! generation reaching its own; two's key rotated under a flow of requests (longest gap
+//! measured); two removed (its peer and route gone from one).
 //!
 //! Prints `ok`/`not ok` lines and `# ` figures (see [`ferry_tests::tap`]).
 
