@@ -161,6 +161,8 @@ pub struct Underlay {
     pub container_addresses: usize,
     /// Frames holding the marker (the payload) in clear.
     pub clear_payload: usize,
+    /// The first few frames naming a ContainerNet address: `src > dst proto N, LEN bytes`.
+    pub container_samples: Vec<String>,
 }
 
 impl Underlay {
@@ -208,6 +210,27 @@ pub fn watch_underlay(
         let dst = std::net::Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
         if [src, dst].iter().any(|a| a.octets()[..2] == [10, 66]) {
             seen.container_addresses += 1;
+            if seen.container_samples.len() < 5 {
+                let ports = if ip.len() >= 24 && (ip[9] == 6 || ip[9] == 17) {
+                    let at = usize::from(ip[0] & 0x0f) * 4;
+                    ip.get(at..at + 4)
+                        .map(|p| {
+                            format!(
+                                " ports {}>{}",
+                                u16::from_be_bytes([p[0], p[1]]),
+                                u16::from_be_bytes([p[2], p[3]])
+                            )
+                        })
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                seen.container_samples.push(format!(
+                    "{src} > {dst} proto {}{ports}, {} bytes",
+                    ip[9],
+                    frame.len()
+                ));
+            }
         }
         if servers.contains(&src) && servers.contains(&dst) {
             seen.between_servers += 1;

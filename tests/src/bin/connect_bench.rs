@@ -132,6 +132,18 @@ fn orchestrate(args: &[String]) -> Result<()> {
         ensure!(ready == "listening", "the guarded backend said {ready:?}");
         child
     };
+    // The receiving side's check is in the path: with the clients' address in another
+    // stack, the guarded backend gets nothing (its SYN dropped), and then it does again.
+    address_stacks.set(*GUARDED.ip(), ferry_ebpf_abi::stack_id("another"))?;
+    let refused = ns.run(|| {
+        TcpStream::connect_timeout(&GUARDED.into(), std::time::Duration::from_millis(500))
+    })?;
+    ensure!(
+        refused.is_err(),
+        "a connect from another stack's address reached the guarded backend: the receiving \
+         side's check is not in its path"
+    );
+    address_stacks.set(*GUARDED.ip(), stack)?;
     let paths = [
         ("direct", BACKEND, &client_cgroup),
         ("connect4", SERVICE, &client_cgroup),
