@@ -61,8 +61,12 @@ impl PacketSocket {
     /// Binds to `interface` of the calling thread's network namespace.
     pub fn bind(interface: &str) -> Result<Self> {
         let protocol = (libc::ETH_P_ALL as u16).to_be();
+        // Protocol 0 at socket(2): nothing is received until bind(2) names the interface
+        // and the protocol (packet(7)). A socket made with ETH_P_ALL takes frames of every
+        // interface until it is bound, and the capture read them: a server's own health
+        // checks on its container bridge, counted as container addresses on the underlay.
         // SAFETY: plain socket(2) call.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(protocol)) };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
         ensure!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
         let socket = Self(fd);
         let name = CString::new(interface)?;
