@@ -12,19 +12,17 @@ pub struct Report {
 }
 
 impl Report {
-    /// Prints `result` of the check `name`; whether it passed.
-    pub fn check(&mut self, name: &str, result: anyhow::Result<()>) -> bool {
+    /// Prints `result` of the check `name`.
+    pub fn check(&mut self, name: &str, result: anyhow::Result<()>) {
         let number = self.passed + self.failed + 1;
         match result {
             Ok(()) => {
                 self.passed += 1;
                 println!("ok {number} - {name}");
-                true
             }
             Err(e) => {
                 self.failed += 1;
                 println!("not ok {number} - {name}: {e:#}");
-                false
             }
         }
     }
