@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -55,6 +55,17 @@ pub struct BulkReport {
     pub frames: usize,
     /// Of those, IPv4 fragments: the tunnel's packets did not fit the LAN.
     pub fragments: usize,
+}
+
+/// What the re-apply check saw.
+#[derive(Debug)]
+pub struct ReapplyReport {
+    /// Datagrams a sent to b through the tunnel while the passes ran.
+    pub sent: u64,
+    /// Of those, the ones b received.
+    pub received: u64,
+    /// Passes of the agent's apply over both sides meanwhile, each with nothing to change.
+    pub passes: u32,
 }
 
 /// What the encrypted-traffic check saw.
@@ -194,6 +205,92 @@ impl Tunnel {
             frames: capture.frames,
             wireguard_frames: capture.udp_port_frames,
             tx_bytes: peer.tx_bytes,
+        })
+    }
+
+    /// Sends `count` numbered datagrams from a's container address to b's, one every 200
+    /// µs, while the agent's apply runs again and again on both sides with the
+    /// configuration they already have (as the agent's sync does every 10 s, and on every
+    /// change of any server). Such a pass has nothing to change, so it must lose nothing.
+    pub fn check_reapply_loses_nothing(&self, count: u64) -> Result<ReapplyReport> {
+        const WARM: u64 = u64::MAX - 1;
+        const END: u64 = u64::MAX;
+        let (a, b) = (&self.a, &self.b);
+        let target = SocketAddr::V4(SocketAddrV4::new(b.container, 7003));
+        let inbox = b.server.run(|| UdpSocket::bind(target))??;
+        inbox.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let outbox = a
+            .server
+            .run(|| UdpSocket::bind(SocketAddrV4::new(a.container, 0)))??;
+        let (warm, sent, done) = (
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+        );
+        std::thread::scope(|scope| -> Result<ReapplyReport> {
+            let (warm, sent, done, outbox) = (&warm, &sent, &done, &outbox);
+            let receiver = scope.spawn(move || -> Result<u64> {
+                let mut seen = vec![false; usize::try_from(count)?];
+                let mut buf = [0u8; 8];
+                loop {
+                    let n = inbox
+                        .recv(&mut buf)
+                        .context("nothing arrived through the tunnel for 10 s")?;
+                    ensure!(n == 8, "a datagram of {n} bytes");
+                    match u64::from_be_bytes(buf) {
+                        WARM => warm.store(true, Ordering::Relaxed),
+                        END => break,
+                        seq => {
+                            if let Some(slot) =
+                                usize::try_from(seq).ok().and_then(|i| seen.get_mut(i))
+                            {
+                                *slot = true;
+                            }
+                        }
+                    }
+                }
+                done.store(true, Ordering::Relaxed);
+                Ok(seen.iter().filter(|s| **s).count() as u64)
+            });
+            // The first handshake first: packets sent before it are queued, not lost.
+            let mut waited = 0;
+            while !warm.load(Ordering::Relaxed) {
+                ensure!(waited < 500, "the tunnel carried nothing within 10 s");
+                outbox.send_to(&WARM.to_be_bytes(), target)?;
+                std::thread::sleep(Duration::from_millis(20));
+                waited += 1;
+            }
+            let sender = scope.spawn(move || -> Result<()> {
+                for seq in 0..count {
+                    outbox.send_to(&seq.to_be_bytes(), target)?;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                sent.store(true, Ordering::Relaxed);
+                Ok(())
+            });
+            let mut passes = 0;
+            while !sent.load(Ordering::Relaxed) {
+                self.configure_side(b, a, true)?;
+                self.configure_side(a, b, true)?;
+                passes += 2;
+            }
+            sender.join().map_err(|_| anyhow!("sender panicked"))??;
+            // Whatever is still on its way arrives before the end marker (one path, in
+            // order); the marker is repeated in case one is lost.
+            let mut waited = 0;
+            while !done.load(Ordering::Relaxed) && waited < 500 {
+                outbox.send_to(&END.to_be_bytes(), target)?;
+                std::thread::sleep(Duration::from_millis(20));
+                waited += 1;
+            }
+            let received = receiver
+                .join()
+                .map_err(|_| anyhow!("receiver panicked"))??;
+            Ok(ReapplyReport {
+                sent: count,
+                received,
+                passes,
+            })
         })
     }
 

@@ -43,3 +43,17 @@ fn wireguard_go_over_a_1400_byte_underlay_moves_10_mb_unfragmented() -> Result<(
     assert_eq!(report.fragments, 0, "{report:?}");
     Ok(())
 }
+
+#[test]
+fn wireguard_go_loses_nothing_while_the_agent_reapplies_its_configuration() -> Result<()> {
+    let tunnel = Tunnel::new(&unique("r"), Backend::Userspace)?;
+    tunnel.configure()?;
+    let report = tunnel.check_reapply_loses_nothing(5000)?;
+    println!("re-applied while a flow ran: {report:?}");
+    assert!(
+        report.passes >= 20,
+        "too few passes to show anything: {report:?}"
+    );
+    assert_eq!(report.received, report.sent, "{report:?}");
+    Ok(())
+}

@@ -1,10 +1,15 @@
 //! WireGuard verbs: keys, listen port and peers of one interface, and its peer statistics.
 
-use std::{io, net::Ipv4Addr, net::SocketAddr, time::SystemTime};
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::SystemTime,
+};
 
 pub use wireguard_control::Key;
 use wireguard_control::{
-    Backend as WgBackend, Device, DeviceUpdate, InterfaceName, PeerConfigBuilder,
+    Backend as WgBackend, Device, DeviceUpdate, InterfaceName, PeerConfig, PeerConfigBuilder,
+    PeerInfo,
 };
 
 /// Which WireGuard implementation carries the traffic.
@@ -75,11 +80,19 @@ pub enum WireguardError {
     },
 }
 
-/// Sets the interface's private key, listen port and exactly `peers`: peers it has that
-/// are not wanted are removed, the others are updated in place, so a peer that stays
-/// keeps its session (replacing the whole set would drop every session and cost each
-/// flow a new handshake whenever any server joins or leaves). Neither implementation
-/// touches its sessions when told the private key or port it already has.
+/// Sets the interface's private key, listen port and exactly `peers`, telling it only what
+/// differs from what it has: peers it has that are not wanted are removed, peers whose
+/// endpoint, allowed IPs or keepalive differ are updated in place, and the others are left
+/// alone, so a pass that changes nothing touches nothing.
+///
+/// Each of these matters to traffic. Replacing the whole set would drop every session and
+/// cost each flow a new handshake whenever any server joins or leaves. wireguard-go closes
+/// and reopens its UDP socket whenever it is told a listen port, even the one it has
+/// (`BindUpdate` in its `device/uapi.go`; the kernel compares first), so a handshake
+/// arriving meanwhile is lost and its sender retries only after 5 s (REKEY_TIMEOUT): a key
+/// rotation's gap was 5.1 s in one run of six before the port was left alone. And
+/// replacing a peer's allowed IPs leaves an instant where packets for its subnet have no
+/// peer.
 pub fn configure(
     name: &str,
     private_key: &Key,
@@ -88,32 +101,46 @@ pub fn configure(
     backend: Backend,
 ) -> Result<(), WireguardError> {
     let iface = interface_name(name)?;
-    // A device that cannot be read yet (wireguard-go before its first start) has none.
-    let present: Vec<Key> = Device::get(&iface, backend.into())
-        .map(|device| {
-            device
-                .peers
-                .into_iter()
-                .map(|p| p.config.public_key)
-                .collect()
-        })
-        .unwrap_or_default();
-    let update = DeviceUpdate::new()
-        .set_private_key(private_key.clone())
-        .set_listen_port(listen_port);
-    let update = present
+    // A device that cannot be read yet (wireguard-go before its first start) has nothing,
+    // and applying starts it.
+    let device = Device::get(&iface, backend.into()).ok();
+    let mut update = DeviceUpdate::new();
+    let mut changes = 0;
+    if device.as_ref().and_then(|d| d.private_key.as_ref()) != Some(private_key) {
+        update = update.set_private_key(private_key.clone());
+        changes += 1;
+    }
+    if device.as_ref().and_then(|d| d.listen_port) != Some(listen_port) {
+        update = update.set_listen_port(listen_port);
+        changes += 1;
+    }
+    let present: &[PeerInfo] = device.as_ref().map_or(&[], |d| &d.peers);
+    for unwanted in present
         .iter()
-        .filter(|key| !peers.iter().any(|p| &p.public_key == *key))
-        .fold(update, |update, key| update.remove_peer_by_key(key));
-    let update = peers.iter().fold(update, |update, peer| {
-        update.add_peer(
+        .filter(|p| !peers.iter().any(|w| w.public_key == p.config.public_key))
+    {
+        update = update.remove_peer_by_key(&unwanted.config.public_key);
+        changes += 1;
+    }
+    for peer in peers {
+        let current = present
+            .iter()
+            .find(|p| p.config.public_key == peer.public_key);
+        if current.is_some_and(|current| peer.is_configured_as(&current.config)) {
+            continue;
+        }
+        update = update.add_peer(
             PeerConfigBuilder::new(&peer.public_key)
                 .set_endpoint(peer.endpoint)
                 .set_persistent_keepalive_interval(PERSISTENT_KEEPALIVE_SECS)
                 .replace_allowed_ips()
                 .add_allowed_ip(peer.subnet.0.into(), peer.subnet.1),
-        )
-    });
+        );
+        changes += 1;
+    }
+    if device.is_some() && changes == 0 {
+        return Ok(());
+    }
     update
         .apply(&iface, backend.into())
         .map_err(|source| WireguardError::Call {
@@ -122,6 +149,19 @@ pub fn configure(
             backend,
             source,
         })
+}
+
+impl Peer {
+    /// Whether `config`, as the interface reports it, is this peer as [`configure`] sets
+    /// it: same endpoint, this subnet as its only allowed IPs, ferry's keepalive.
+    fn is_configured_as(&self, config: &PeerConfig) -> bool {
+        config.endpoint == Some(self.endpoint)
+            && config.persistent_keepalive_interval == Some(PERSISTENT_KEEPALIVE_SECS)
+            && matches!(
+                config.allowed_ips.as_slice(),
+                [ip] if ip.address == IpAddr::V4(self.subnet.0) && ip.cidr == self.subnet.1
+            )
+    }
 }
 
 /// The statistics of every peer of the interface.

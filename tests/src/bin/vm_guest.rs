@@ -33,6 +33,10 @@ fn main() -> ExitCode {
                 "a peer with the wrong key gets nothing through",
                 tunnel.check_wrong_key(),
             );
+            report.check(
+                "re-applying the same configuration loses no packet",
+                reapply_loses_nothing(&tunnel),
+            );
         }
         Err(e) => {
             report.check("two servers joined by veth", Err(e));
@@ -56,6 +60,19 @@ fn bulk_over_a_small_underlay() -> Result<()> {
     ensure!(
         report.fragments == 0,
         "the tunnel's packets were fragmented: {report:?}"
+    );
+    Ok(())
+}
+
+fn reapply_loses_nothing(tunnel: &Tunnel) -> Result<()> {
+    let report = tunnel.check_reapply_loses_nothing(2000)?;
+    println!(
+        "# {} of {} datagrams arrived across {} passes",
+        report.received, report.sent, report.passes
+    );
+    ensure!(
+        report.passes >= 10 && report.received == report.sent,
+        "{report:?}"
     );
     Ok(())
 }
