@@ -185,6 +185,26 @@ impl Server {
         }
     }
 
+    /// UDP datagrams the kernel dropped in this namespace because a socket's receive
+    /// buffer was full (`RcvbufErrors` of `/proc/net/snmp`, counted since the namespace
+    /// was made).
+    pub fn udp_receive_buffer_errors(&self) -> Result<u64> {
+        // /proc/self/net is the main thread's namespace; thread-self is this thread's.
+        let snmp = self.run(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))??;
+        let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+            bail!("no Udp lines in /proc/net/snmp");
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(name, _)| *name == "RcvbufErrors")
+            .context("no RcvbufErrors in /proc/net/snmp")?
+            .1
+            .parse()
+            .context("RcvbufErrors in /proc/net/snmp")
+    }
+
     /// Runs `f` on a thread that has entered this namespace; sockets it opens live there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
         let fd = self.netns.as_raw_fd();

@@ -55,6 +55,10 @@ pub struct BulkReport {
     pub frames: usize,
     /// Of those, IPv4 fragments: the tunnel's packets did not fit the LAN.
     pub fragments: usize,
+    /// UDP datagrams dropped meanwhile on either server for a full socket receive buffer:
+    /// the tunnel's packets that its WireGuard did not read in time (wireguard-go reads
+    /// its socket; the kernel module has none).
+    pub socket_drops: u64,
 }
 
 /// What the re-apply check saw.
@@ -315,6 +319,10 @@ impl Tunnel {
     /// segments, while capturing b's LAN side. Fails unless every byte arrives in order.
     pub fn check_bulk(&self, bytes: usize) -> Result<BulkReport> {
         let (a, b) = (&self.a, &self.b);
+        let socket_drops = || -> Result<u64> {
+            Ok(a.server.udp_receive_buffer_errors()? + b.server.udp_receive_buffer_errors()?)
+        };
+        let drops_before = socket_drops()?;
         let stop = AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<BulkReport> {
             let socket = b.server.run(|| sniff::PacketSocket::bind(LAN_IF))??;
@@ -373,6 +381,7 @@ impl Tunnel {
                 elapsed,
                 frames,
                 fragments,
+                socket_drops: socket_drops()? - drops_before,
             })
         })
     }

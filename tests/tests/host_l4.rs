@@ -307,6 +307,8 @@ struct Seen {
     transfers: AtomicUsize,
     datagrams: AtomicUsize,
     failures: std::sync::Mutex<Vec<String>>,
+    /// Datagrams answered only when sent again: when first sent, and who answered.
+    resent: std::sync::Mutex<Vec<String>>,
 }
 
 impl Default for Seen {
@@ -317,6 +319,7 @@ impl Default for Seen {
             transfers: AtomicUsize::default(),
             datagrams: AtomicUsize::default(),
             failures: std::sync::Mutex::default(),
+            resent: std::sync::Mutex::default(),
         }
     }
 }
@@ -326,6 +329,12 @@ impl Seen {
         let at = self.started.elapsed();
         if let Ok(mut failures) = self.failures.lock() {
             failures.push(format!("{what} at {at:?} into the load: {e:#}"));
+        }
+    }
+
+    fn resent(&self, what: String) {
+        if let Ok(mut resent) = self.resent.lock() {
+            resent.push(what);
         }
     }
 
@@ -395,13 +404,18 @@ impl Load {
                     for i in 0..20 {
                         let wanted = format!("load {i}");
                         let mut answered = false;
-                        for _attempt in 0..2 {
+                        let first = seen.elapsed();
+                        for attempt in 0..2 {
                             socket.send_to(wanted.as_bytes(), udp)?;
                             let mut buf = [0u8; 512];
                             // A late answer to the previous datagram is skipped.
                             while let Ok((n, _)) = socket.recv_from(&mut buf) {
-                                if String::from_utf8_lossy(&buf[..n]).ends_with(&wanted) {
+                                let answer = String::from_utf8_lossy(&buf[..n]);
+                                if answer.ends_with(&wanted) {
                                     answered = true;
+                                    if attempt > 0 {
+                                        seen.resent(format!("{first:?}: {answer}"));
+                                    }
                                     break;
                                 }
                             }
@@ -409,7 +423,11 @@ impl Load {
                                 break;
                             }
                         }
-                        ensure!(answered, "no answer to {wanted:?}, twice");
+                        ensure!(
+                            answered,
+                            "no answer to {wanted:?}, first sent at {first:?}, twice; from {}",
+                            socket.local_addr()?
+                        );
                         seen.datagrams.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(())
@@ -453,6 +471,12 @@ impl Load {
             .failures
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let resent = self
+            .seen
+            .resent
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        println!("datagrams answered only when sent again: {resent:?}");
         ensure!(
             failures.is_empty(),
             "{} failed: {failures:#?}",

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use super::{
     link::{LinkError, Netlink},
+    socket_buffers,
     wireguard::{self, Backend, Key, Peer, WireguardError},
 };
 
@@ -73,6 +74,18 @@ pub async fn apply(
         &config.peers,
         backend,
     )?;
+    if backend == Backend::Userspace {
+        match socket_buffers::raise(&config.name, config.listen_port) {
+            Ok(0) => {}
+            Ok(raised) => info!(
+                sockets = raised,
+                bytes = socket_buffers::SOCKET_BUFFER,
+                "wireguard-go's UDP socket buffers raised"
+            ),
+            // The tunnel works without; it drops more under load.
+            Err(e) => warn!("wireguard-go's UDP socket buffers left as they are: {e}"),
+        }
+    }
     let index = netlink.index(&config.name).await?;
     netlink.set_mtu(index, config.mtu).await?;
     netlink
