@@ -10,19 +10,31 @@
 //! socket", first released in 0.0.20250515), with `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` so
 //! `net.core.rmem_max` does not cap it.
 //!
-//! The agent does the same from outside: it takes a duplicate of each of the process's
-//! UDP sockets bound to the listen port (`pidfd_getfd(2)`, Linux 5.6) and sets both
-//! buffers on it, which sets them on the socket wireguard-go reads. The kernel module
+//! The agent does the same from outside: it finds the wireguard-go serving the interface
+//! (by its arguments; the UAPI socket's `SO_PEERCRED` names the parent that exited after
+//! starting it), takes a duplicate of each of that process's UDP sockets bound to the
+//! listen port (`pidfd_getfd(2)`, Linux 5.6) and sets both buffers on it, which sets them
+//! on the socket wireguard-go reads. Done once per process and port: later sync passes
+//! only check that process still runs, and a wireguard-go started again or a socket
+//! reopened on another port is raised anew. The kernel module
 //! needs none of this: it receives in the network stack's softirq, with no socket queue.
 
-use std::{fs, io, os::fd::AsFd};
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    os::fd::AsFd,
+    sync::{Mutex, PoisonError},
+};
 
 use rustix::{
     net::{SocketType, getsockname, sockopt},
     process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open},
 };
 
-use crate::down::processes;
+use crate::down::{alive, processes};
+
+/// Per interface, the wireguard-go process and listen port whose sockets were raised.
+static RAISED: Mutex<BTreeMap<String, (u32, u16)>> = Mutex::new(BTreeMap::new());
 
 /// Bytes of receive and of send buffer each socket gets: wireguard-go's own
 /// `socketBufferSize` (7 MiB) since upstream's fix. The kernel doubles what is set for its
@@ -43,14 +55,22 @@ pub enum SocketBufferError {
     },
 }
 
-/// Raises the buffers of wireguard-go's UDP sockets bound to `listen_port` (the process
-/// serving `interface`, known by its arguments) to [`SOCKET_BUFFER`]. Returns how many
-/// sockets it raised: 0 when they already had it, so it can run on every sync pass.
+/// Raises the buffers of the UDP sockets bound to `listen_port` of the wireguard-go that
+/// serves `interface` to [`SOCKET_BUFFER`]. Returns how many sockets it raised: 0 when
+/// they already had it or this process already raised them, so it can run on every sync
+/// pass.
 ///
 /// Errors: [`SocketBufferError::NoProcess`] when no wireguard-go runs for the interface,
 /// and [`SocketBufferError::Process`] when its file descriptors cannot be read or taken
 /// (a kernel before 5.6, or no `CAP_SYS_PTRACE`).
 pub fn raise(interface: &str, listen_port: u16) -> Result<usize, SocketBufferError> {
+    let mut raised = RAISED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(&(pid, port)) = raised.get(interface)
+        && port == listen_port
+        && alive(pid)
+    {
+        return Ok(0);
+    }
     let pid = processes(|args| {
         args.first().is_some_and(|a| a.ends_with("wireguard-go"))
             && args.iter().skip(1).any(|a| a == interface)
@@ -60,6 +80,13 @@ pub fn raise(interface: &str, listen_port: u16) -> Result<usize, SocketBufferErr
     .ok_or_else(|| SocketBufferError::NoProcess {
         interface: interface.into(),
     })?;
+    let count = raise_sockets(pid, listen_port)?;
+    raised.insert(interface.into(), (pid, listen_port));
+    Ok(count)
+}
+
+/// Raises the buffers of process `pid`'s UDP sockets bound to `listen_port`.
+fn raise_sockets(pid: u32, listen_port: u16) -> Result<usize, SocketBufferError> {
     let failed = |action, source| SocketBufferError::Process {
         action,
         pid,

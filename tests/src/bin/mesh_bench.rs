@@ -250,9 +250,49 @@ fn convergence(sizes: &[usize], joins: usize) -> Result<()> {
     Ok(())
 }
 
+/// The kernel's ARP table, made big enough for `servers` on one link for as long as this
+/// lives, then put back. Real servers each have their own table; here every namespace
+/// shares the machine's one (its `gc_thresh` limits count entries of every namespace), and
+/// each server has an entry for each other server it sends a handshake to: at the default
+/// limit of 1024, the 33rd server of 50 found the table full and could not even ARP for
+/// central ("neighbor table overflow").
+struct NeighbourTable {
+    saved: Vec<(&'static str, String)>,
+}
+
+impl NeighbourTable {
+    const LIMITS: [&'static str; 3] = [
+        "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+        "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+        "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+    ];
+
+    fn for_servers(servers: usize) -> Result<Self> {
+        // Each server's entries for the others and central, twice over for slack.
+        let wanted = 2 * servers * (servers + 1);
+        let mut saved = Vec::new();
+        for (path, share) in Self::LIMITS.iter().zip([4, 2, 1]) {
+            let now = std::fs::read_to_string(path).with_context(|| path.to_string())?;
+            let limit = (wanted / share).max(now.trim().parse().unwrap_or(0));
+            std::fs::write(path, limit.to_string()).with_context(|| path.to_string())?;
+            saved.push((*path, now));
+        }
+        Ok(Self { saved })
+    }
+}
+
+impl Drop for NeighbourTable {
+    fn drop(&mut self) {
+        for (path, value) in &self.saved {
+            let _ = std::fs::write(path, value.trim());
+        }
+    }
+}
+
 /// The convergence times (ms) of `joins` servers joining `size` running ones.
 fn converge(size: usize, joins: usize) -> Result<Vec<f64>> {
     use ferry_tests::{central::Central, cluster::Bare, netns::Network};
+    let _table = NeighbourTable::for_servers(size + joins)?;
     let tag = format!("c{size}");
     let mut network = Network::new(&format!("fmc{size}"), 250)?;
     let dir = std::env::temp_dir().join(format!("ferry-mesh-bench-{size}"));
