@@ -104,10 +104,7 @@ pub async fn down(options: &DownOptions) -> Result<DownReport, DownError> {
         }
     }
     // wireguard-go, if it serves the link, looked up before the link goes.
-    let userspace = processes(|args| {
-        args.first().is_some_and(|a| a.ends_with("wireguard-go"))
-            && args.contains(&options.wg_interface)
-    });
+    let userspace = crate::mesh::interface::wireguard_go_serving(&options.wg_interface);
     let link_error = |source: crate::mesh::link::LinkError| DownError::Link {
         name: options.wg_interface.clone(),
         source: Box::new(source.into()),
@@ -118,7 +115,7 @@ pub async fn down(options: &DownOptions) -> Result<DownReport, DownError> {
     match netlink.delete(&options.wg_interface).await {
         // wireguard-go notices its TUN link is gone and exits.
         Ok(()) => {
-            report.link = Some(match userspace.first() {
+            report.link = Some(match userspace {
                 Some(pid) => format!("{} (wireguard-go, process {pid})", options.wg_interface),
                 None => format!("{} (kernel WireGuard)", options.wg_interface),
             });

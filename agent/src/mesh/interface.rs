@@ -106,6 +106,17 @@ pub async fn apply(
     Ok(())
 }
 
+/// The wireguard-go process serving `interface`, known by its arguments
+/// (`wireguard-go <interface>`, as the userspace backend starts it), if one runs.
+pub fn wireguard_go_serving(interface: &str) -> Option<u32> {
+    crate::down::processes(|args| {
+        args.first().is_some_and(|a| a.ends_with("wireguard-go"))
+            && args.iter().skip(1).any(|a| a == interface)
+    })
+    .first()
+    .copied()
+}
+
 /// Removes the interface. wireguard-go notices its TUN link is gone and exits.
 pub async fn remove(netlink: &Netlink, name: &str) -> Result<(), InterfaceError> {
     match netlink.delete(name).await {

@@ -31,7 +31,8 @@ use rustix::{
     process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open},
 };
 
-use crate::down::{alive, processes};
+use super::interface::wireguard_go_serving;
+use crate::down::alive;
 
 /// Per interface, the wireguard-go process and listen port whose sockets were raised.
 static RAISED: Mutex<BTreeMap<String, (u32, u16)>> = Mutex::new(BTreeMap::new());
@@ -71,13 +72,7 @@ pub fn raise(interface: &str, listen_port: u16) -> Result<usize, SocketBufferErr
     {
         return Ok(0);
     }
-    let pid = processes(|args| {
-        args.first().is_some_and(|a| a.ends_with("wireguard-go"))
-            && args.iter().skip(1).any(|a| a == interface)
-    })
-    .first()
-    .copied()
-    .ok_or_else(|| SocketBufferError::NoProcess {
+    let pid = wireguard_go_serving(interface).ok_or_else(|| SocketBufferError::NoProcess {
         interface: interface.into(),
     })?;
     let count = raise_sockets(pid, listen_port)?;
@@ -92,7 +87,9 @@ fn raise_sockets(pid: u32, listen_port: u16) -> Result<usize, SocketBufferError>
         pid,
         source,
     };
-    let pidfd = Pid::from_raw(pid as i32)
+    let pidfd = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
         .ok_or_else(|| failed("its process id", io::ErrorKind::InvalidInput.into()))
         .and_then(|p| {
             pidfd_open(p, PidfdFlags::empty()).map_err(|e| failed("pidfd_open", e.into()))
@@ -101,8 +98,6 @@ fn raise_sockets(pid: u32, listen_port: u16) -> Result<usize, SocketBufferError>
         .map_err(|e| failed("listing the descriptors", e))?;
     let mut raised = 0;
     for entry in entries.flatten() {
-        let is_socket = fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
         let Some(number) = entry
             .file_name()
             .to_str()
@@ -110,10 +105,8 @@ fn raise_sockets(pid: u32, listen_port: u16) -> Result<usize, SocketBufferError>
         else {
             continue;
         };
-        if !is_socket {
-            continue;
-        }
-        // The descriptor may have closed since it was listed: skip it, not fail.
+        // A descriptor closed since it was listed is skipped, not a failure; one that is
+        // not a socket fails `is_listen_socket`'s first question.
         let Ok(socket) = pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) else {
             continue;
         };
